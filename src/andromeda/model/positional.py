@@ -1,0 +1,100 @@
+"""Positional encodings as pure functions: ALiBi slopes, rotary with xPos, interpolation.
+
+Angles are computed in float64 and stored in float32, so positions past 10^5 keep their phase.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def alibi_slopes(n: int) -> list[float]:
+    """ALiBi slopes for n heads (Press et al.).
+
+    n a power of two: start = 2^(-8/n), slope_k = start^(k+1). Otherwise: the slopes of the
+    largest power of two m < n, then every other slope of 2m, cut to n.
+    """
+    if n <= 0:
+        raise ValueError(f"alibi_slopes: n must be positive, got {n}")
+
+    def power_of_two(m: int) -> list[float]:
+        start = 2.0 ** (-8.0 / m)
+        return [start ** (k + 1) for k in range(m)]
+
+    if math.log2(n).is_integer():
+        return power_of_two(n)
+    m = 2 ** math.floor(math.log2(n))
+    return power_of_two(m) + power_of_two(2 * m)[0::2][: n - m]
+
+
+def head_slopes(heads: int, alibi_heads: int, interpolation_factor: float = 1.0) -> torch.Tensor:
+    """(H,) float32 slopes: ALiBi slopes on the first `alibi_heads` heads, zeros on the rest.
+
+    Positional interpolation divides distances by the factor, which is the same as dividing slopes.
+    """
+    slopes = torch.zeros(heads, dtype=torch.float64)
+    if alibi_heads:
+        slopes[:alibi_heads] = torch.tensor(alibi_slopes(alibi_heads), dtype=torch.float64)
+    return (slopes / interpolation_factor).float()
+
+
+def rotary_inv_freq(rot_dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """(rot_dim/2,) float64: inv_freq_i = 1 / theta^(2i / rot_dim)."""
+    i = torch.arange(0, rot_dim, 2, dtype=torch.float64)
+    return 1.0 / theta ** (i / rot_dim)
+
+
+def xpos_zeta(rot_dim: int) -> torch.Tensor:
+    """(rot_dim/2,) float64: zeta_i = (2i + 0.4 d) / (1.4 d), the per-pair xPos decay base."""
+    i = torch.arange(0, rot_dim, 2, dtype=torch.float64)
+    return (i + 0.4 * rot_dim) / (1.4 * rot_dim)
+
+
+def rotary_tables(
+    positions: torch.Tensor,
+    rot_dim: int,
+    *,
+    theta: float = 10000.0,
+    interpolation_factor: float = 1.0,
+    xpos: bool = False,
+    xpos_scale_base: float = 512.0,
+    xpos_offset: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """cos, sin (N, rot_dim) and the xPos query scale (N, rot_dim) or None, all float32.
+
+    positions: (N,) integer positions. Interpolation divides them by the factor. xPos scales
+    queries by zeta^((pos - c) / scale_base) and keys by its inverse; c is a fixed offset.
+    """
+    pos = positions.to(torch.float64) / interpolation_factor  # (N,)
+    angles = pos[:, None] * rotary_inv_freq(rot_dim, theta).to(pos.device)[None, :]  # (N, r/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (N, r)
+    scale = None
+    if xpos:
+        power = (pos - xpos_offset) / xpos_scale_base  # (N,)
+        zeta = xpos_zeta(rot_dim).to(pos.device)
+        scale = zeta[None, :] ** power[:, None]  # (N, r/2)
+        scale = torch.cat([scale, scale], dim=-1).float()
+    return angles.cos().float(), angles.sin().float(), scale
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Rotate the first rot_dim features of x (..., N, D) by (N, rot_dim) tables; the rest pass.
+
+    `scale` multiplies the rotated features (xPos: the table for queries, its inverse for keys).
+    The arithmetic is float32; the result has x's dtype.
+    """
+    rot_dim = cos.shape[-1]
+    xr, rest = x[..., :rot_dim].float(), x[..., rot_dim:]
+    out = xr * cos + _rotate_half(xr) * sin
+    if scale is not None:
+        out = out * scale
+    return torch.cat([out.to(x.dtype), rest], dim=-1)
