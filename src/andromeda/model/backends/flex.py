@@ -8,6 +8,7 @@ process; on CPU FlexAttention runs unfused (correct, for tests).
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
@@ -91,7 +92,9 @@ class FlexAttention:
             block_mask = (
                 causal_block_mask(n_q, str(q.device)) if n_q == n_k else _offset_block_mask(n_q, n_k, q.device)
             )
-        fn = _compiled_flex() if q.device.type == "cuda" else _flex()
-        return fn(
-            q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-        )
+        gqa = q.shape[1] != k.shape[1]
+        if q.device.type == "cuda":
+            return _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa)
+        with warnings.catch_warnings():  # the unfused CPU path is expected here; its warning is noise
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return _flex()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa)

@@ -1,0 +1,202 @@
+"""Timing of a callable: warm-up, then repeat until the median is stable, a time budget, or max_runs.
+
+CUDA: each run is bracketed by a pair of CUDA events on the current stream, and the device is
+synchronized before the events are read. CPU: time.perf_counter around the call. MPS and other
+accelerators: the device is synchronized before each clock read. Raw samples are kept (ms).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from andromeda.bench.stats import Summary, relative_ci_width, summarize
+
+Stopped = Literal["stable", "budget", "max_runs"]
+
+# Stability is checked after min_runs and then every _CHECK_EVERY runs, with a cheap bootstrap.
+_CHECK_EVERY = 5
+_CHECK_BOOT = 500
+_L2_FLUSH_BYTES = 256 * 2**20  # larger than any current GPU's L2 (H100: 50 MiB, H200: 60 MiB)
+
+
+@dataclass
+class TimingConfig:
+    warmup: int = 2  # warm-up runs (not timed)
+    warmup_s: float = 0.0  # and keep warming up until this many seconds have passed
+    min_runs: int = 5
+    max_runs: int = 200
+    budget_s: float = 1.0  # stop once the measuring phase has taken this long (wall clock, s)
+    target_rel_ci: float | None = 0.02  # stop once (ci_high - ci_low) / median < this; None = never
+    flush_l2: bool = False  # CUDA: overwrite a 256 MiB buffer before each run (outside the timed region)
+    cuda_graph: bool = False  # CUDA: capture fn once into a CUDA graph and time graph.replay()
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.warmup_s < 0:
+            raise ValueError(f"warmup ({self.warmup}) and warmup_s ({self.warmup_s}) must be >= 0")
+        if self.min_runs < 1:
+            raise ValueError(f"min_runs must be >= 1, got {self.min_runs}")
+        if self.max_runs < self.min_runs:
+            raise ValueError(f"max_runs ({self.max_runs}) must be >= min_runs ({self.min_runs})")
+        if self.budget_s <= 0:
+            raise ValueError(f"budget_s must be > 0, got {self.budget_s}")
+        if self.target_rel_ci is not None and self.target_rel_ci <= 0:
+            raise ValueError(f"target_rel_ci must be > 0 or None, got {self.target_rel_ci}")
+
+
+@dataclass
+class Timing:
+    samples_ms: list[float]  # raw per-run times in milliseconds, in run order
+    summary: Summary  # of samples_ms (ms)
+    warmup_runs: int  # calls made before timing (including graph warm-up and capture)
+    stopped: Stopped  # why measuring stopped
+
+    @property
+    def median_ms(self) -> float:
+        return self.summary.median
+
+
+def cuda_sync(device: torch.device | str) -> None:
+    """Wait for all queued work on `device` (CUDA, MPS, XPU...); a no-op on CPU."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    elif dev.type == "mps":
+        torch.mps.synchronize()
+    elif dev.type != "cpu":
+        mod = getattr(torch, dev.type, None)
+        if mod is not None and hasattr(mod, "synchronize"):
+            mod.synchronize()
+
+
+class Stopwatch:
+    """Wall-clock time of a block, synchronizing the device on entry and exit.
+
+    with Stopwatch("cuda") as sw: ...;  sw.elapsed_s, sw.elapsed_ms
+    """
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.elapsed_s = 0.0
+        self._t0 = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        cuda_sync(self.device)
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        cuda_sync(self.device)
+        self.elapsed_s = time.perf_counter() - self._t0
+
+    @property
+    def elapsed_ms(self) -> float:
+        return self.elapsed_s * 1e3
+
+
+def _warm_up(call: Callable[[], object], device: torch.device, count: int, seconds: float) -> int:
+    """Run `call` at least `count` times and until `seconds` have passed; returns the number of runs."""
+    runs, t0 = 0, time.perf_counter()
+    while runs < count or time.perf_counter() - t0 < seconds:
+        call()
+        cuda_sync(device)
+        runs += 1
+    return runs
+
+
+def _capture_graph(fn: Callable[[], object], device: torch.device, cfg: TimingConfig) -> tuple[Callable, int]:
+    """Warm fn up on a side stream, capture it into a CUDA graph; returns (graph.replay, warm-up runs)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        runs = _warm_up(fn, device, max(cfg.warmup, 1), cfg.warmup_s)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize(device)
+    graph.replay()  # first replay pays one-time costs
+    torch.cuda.synchronize(device)
+    return graph.replay, runs + 2
+
+
+def _cuda_timer(call: Callable[[], object], device: torch.device, flush: torch.Tensor | None) -> Callable:
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+
+    def run() -> float:
+        if flush is not None:
+            flush.zero_()  # queued before `start`: not inside the timed region
+        stream = torch.cuda.current_stream(device)
+        start.record(stream)
+        call()
+        end.record(stream)
+        torch.cuda.synchronize(device)
+        return float(start.elapsed_time(end))  # ms
+
+    return run
+
+
+def _host_timer(call: Callable[[], object], device: torch.device) -> Callable:
+    def run() -> float:
+        cuda_sync(device)
+        t0 = time.perf_counter()
+        call()
+        cuda_sync(device)
+        return (time.perf_counter() - t0) * 1e3  # ms
+
+    return run
+
+
+def time_fn(
+    fn: Callable[[], object], device: torch.device | str = "cpu", cfg: TimingConfig | None = None
+) -> Timing:
+    """Time `fn()` (no arguments) on `device` per `cfg`; returns raw samples (ms) and their summary.
+
+    Stops after at least min_runs when the relative width of the median's 95% bootstrap CI is
+    below target_rel_ci ("stable") or the measuring phase has taken budget_s ("budget"), else
+    at max_runs ("max_runs").
+    """
+    cfg = cfg or TimingConfig()
+    dev = torch.device(device)
+    is_cuda = dev.type == "cuda"
+    if (cfg.cuda_graph or cfg.flush_l2) and not is_cuda:
+        raise ValueError(f"cuda_graph and flush_l2 need a CUDA device, got '{dev}'")
+
+    call: Callable[[], object] = fn
+    if cfg.cuda_graph:
+        call, warmup_runs = _capture_graph(fn, dev, cfg)
+    else:
+        warmup_runs = _warm_up(fn, dev, cfg.warmup, cfg.warmup_s)
+
+    flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.uint8, device=dev) if cfg.flush_l2 else None
+    timer = _cuda_timer(call, dev, flush) if is_cuda else _host_timer(call, dev)
+
+    samples: list[float] = []
+    stopped: Stopped = "max_runs"
+    t_start = time.perf_counter()
+    while len(samples) < cfg.max_runs:
+        samples.append(timer())
+        n = len(samples)
+        if n < cfg.min_runs:
+            continue
+        if (
+            cfg.target_rel_ci is not None
+            and n >= 2
+            and (n - cfg.min_runs) % _CHECK_EVERY == 0
+            and relative_ci_width(samples, n_boot=_CHECK_BOOT) < cfg.target_rel_ci
+        ):
+            stopped = "stable"
+            break
+        if time.perf_counter() - t_start >= cfg.budget_s:
+            stopped = "budget"
+            break
+    del flush
+    return Timing(samples_ms=samples, summary=summarize(samples), warmup_runs=warmup_runs, stopped=stopped)
+
+
+__all__ = ["TimingConfig", "Timing", "time_fn", "cuda_sync", "Stopwatch"]

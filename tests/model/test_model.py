@@ -1,0 +1,299 @@
+"""The whole model: flags take effect, causality, cached generation, checkpoints, errors, training."""
+
+import itertools
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from andromeda.errors import ConfigError
+from andromeda.model import (
+    Andromeda,
+    ByteTokenizer,
+    EmbeddingProvider,
+    ModelConfig,
+    from_name,
+    load_checkpoint,
+    lm_loss,
+    save_checkpoint,
+)
+
+# A small config with every spec flag off; each test turns flags on.
+PLAIN = dict(num_tokens=64, max_seq_len=64, dim=32, depth=2, heads=4, dim_head=8)
+
+
+def _logits(cfg, tokens, state=None):
+    m = Andromeda(cfg).eval()
+    if state is not None:  # copy every weight both models share so only the flag differs
+        own = m.state_dict()
+        m.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
+    with torch.no_grad():
+        return m(tokens), m.state_dict()
+
+
+TOGGLES = {
+    "alibi_pos_bias": dict(alibi_pos_bias=True),
+    "alibi_num_heads": dict(alibi_pos_bias=True, alibi_num_heads=2),
+    "rotary_xpos": dict(rotary_xpos=True),
+    "rotary_pos_emb": dict(rotary_pos_emb=True),
+    "xpos_scale_base": dict(rotary_xpos=True, xpos_scale_base=64),
+    "pos_interpolation_factor": dict(rotary_pos_emb=True, pos_interpolation_factor=4.0),
+    "shift_tokens": dict(shift_tokens=1),
+    "kv_heads": dict(kv_heads=1),
+    "qk_norm": dict(qk_norm=True),
+    "deepnorm": dict(deepnorm=True),
+    "parallel_block": dict(parallel_block=True),
+    "use_abs_pos_emb": dict(use_abs_pos_emb=True),
+    "norm": dict(norm="rmsnorm"),
+    "ff_glu": dict(ff_glu=True),
+}
+# Flags whose "off" state is not the plain config (the flag refines another feature).
+BASES = {
+    "alibi_num_heads": dict(alibi_pos_bias=True),
+    "xpos_scale_base": dict(rotary_xpos=True),
+    "pos_interpolation_factor": dict(rotary_pos_emb=True),
+}
+
+
+@pytest.mark.parametrize("flag", list(TOGGLES))
+def test_every_flag_changes_logits(flag):
+    tokens = torch.randint(0, 64, (2, 24))
+    off = ModelConfig(**PLAIN, **BASES.get(flag, {}))
+    on = ModelConfig(**{**PLAIN, **BASES.get(flag, {}), **TOGGLES[flag]})
+    a, state = _logits(off, tokens)
+    b, _ = _logits(on, tokens, state)
+    assert (a - b).abs().max().item() > 1e-4, f"{flag} had no effect on the logits"
+
+
+def test_qk_norm_dim_scale_gains_take_effect():
+    cfg = ModelConfig(**PLAIN, qk_norm=True, qk_norm_dim_scale=True)
+    m = Andromeda(cfg).eval()
+    tokens = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        a = m(tokens)
+        m.blocks[0].attn.q_norm.gain.mul_(torch.rand_like(m.blocks[0].attn.q_norm.gain) + 0.5)
+        b = m(tokens)
+    assert (a - b).abs().max().item() > 1e-4
+    assert not hasattr(Andromeda(ModelConfig(**PLAIN, qk_norm=True)).blocks[0].attn.q_norm.gain, "shape")
+
+
+def test_qk_norm_uses_its_logit_scale():
+    cfg = ModelConfig(**PLAIN, qk_norm=True)
+    assert cfg.attn_scale == 10.0 and ModelConfig(**PLAIN).attn_scale == pytest.approx(8**-0.5)
+    tokens = torch.randint(0, 64, (1, 16))
+    a, state = _logits(cfg, tokens)
+    b, _ = _logits(cfg.replace(qk_norm_scale=3.0), tokens, state)
+    assert (a - b).abs().max().item() > 1e-4
+
+
+def test_mqa_equals_mha_with_repeated_kv_weights():
+    """MQA is MHA whose heads all share one K/V projection: copy it into every head of an MHA model."""
+    mqa_cfg = ModelConfig(**PLAIN, kv_heads=1, alibi_pos_bias=True, rotary_xpos=True)
+    mqa = Andromeda(mqa_cfg).eval()
+    mha = Andromeda(mqa_cfg.replace(kv_heads=None)).eval()
+    state = mqa.state_dict()
+    for i in range(mqa_cfg.depth):
+        for w in ("to_k", "to_v"):
+            key = f"blocks.{i}.attn.{w}.weight"
+            state[key] = state[key].repeat(mqa_cfg.heads, 1)  # (H * D, dim)
+    mha.load_state_dict(state)
+    tokens = torch.randint(0, 64, (2, 20))
+    with torch.no_grad():
+        assert torch.allclose(mqa(tokens), mha(tokens), atol=1e-5)
+
+
+FEATURES = ["alibi_pos_bias", "rotary_xpos", "shift_tokens", "kv_heads", "qk_norm", "deepnorm", "parallel_block"]
+ON = dict(alibi_pos_bias=dict(alibi_pos_bias=True, alibi_num_heads=2), rotary_xpos=dict(rotary_xpos=True),
+          shift_tokens=dict(shift_tokens=2), kv_heads=dict(kv_heads=1), qk_norm=dict(qk_norm=True, qk_norm_dim_scale=True),
+          deepnorm=dict(deepnorm=True), parallel_block=dict(parallel_block=True))
+
+
+def _combos():
+    for bits in itertools.product([0, 1], repeat=len(FEATURES)):
+        flags = [f for f, b in zip(FEATURES, bits) if b]
+        if "deepnorm" in flags and "parallel_block" in flags:
+            continue
+        yield flags
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "flex"])
+def test_causality_for_every_feature_combination(backend):
+    tokens = torch.randint(0, 64, (1, 12))
+    t = 7
+    changed = tokens.clone()
+    changed[:, t:] = torch.randint(0, 64, (1, 12 - t))
+    for flags in _combos():
+        kw = {k: v for f in flags for k, v in ON[f].items()}
+        m = Andromeda(ModelConfig(**PLAIN, **kw, attn_backend=backend)).eval()
+        with torch.no_grad():
+            a, b = m(tokens), m(changed)
+        assert torch.allclose(a[:, :t], b[:, :t], atol=1e-5), f"future tokens leaked with {flags}"
+        assert (a[:, t:] - b[:, t:]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "flex"])
+@pytest.mark.parametrize("preset_kw", [{}, dict(parallel_block=True), dict(deepnorm=True), dict(kv_heads=2)])
+def test_cached_generation_matches_full_forward(backend, preset_kw):
+    cfg = from_name("tiny", attn_backend=backend, shift_tokens=2, **preset_kw)
+    m = Andromeda(cfg).eval()
+    prompt = torch.randint(0, cfg.num_tokens, (2, 9))
+    tokens, step_logits = m.generate(prompt, 12, temperature=1.0, top_k=50,
+                                     generator=torch.Generator().manual_seed(1), return_logits=True)
+    with torch.no_grad():
+        full = m(tokens)  # (B, N + 12, V)
+    for s in range(12):
+        assert (full[:, 9 + s - 1] - step_logits[:, s]).abs().max().item() <= 1e-4, f"step {s}"
+
+
+def test_generation_without_cache_gives_same_tokens():
+    m = Andromeda(from_name("tiny")).eval()
+    prompt = torch.randint(0, 320, (2, 5))
+    assert torch.equal(m.generate(prompt, 10), m.generate(prompt, 10, use_cache=False))
+
+
+def test_generation_stops_at_eos():
+    m = Andromeda(from_name("tiny")).eval()
+    prompt = torch.randint(0, 320, (1, 4))
+    first = int(m.generate(prompt, 1)[0, -1])
+    out = m.generate(prompt, 20, eos_token=first)
+    assert out.shape[1] == 5 and int(out[0, -1]) == first
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_checkpoint_round_trip_exact(tmp_path, tied):
+    m = Andromeda(from_name("tiny", tie_embeddings=tied))
+    save_checkpoint(m, tmp_path / "ck")
+    m2 = load_checkpoint(tmp_path / "ck")
+    assert m2.cfg == m.cfg
+    for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    if tied:
+        assert m2.head.weight.data_ptr() == m2.embed.token.weight.data_ptr()
+    tokens = torch.randint(0, 320, (1, 10))
+    assert torch.equal(m(tokens), m2(tokens))
+
+
+def test_checkpoint_weights_only_torch_file(tmp_path):
+    m = Andromeda(from_name("tiny"))
+    d = tmp_path / "ck"
+    save_checkpoint(m, d)
+    (d / "model.safetensors").unlink()
+    torch.save(m.state_dict(), d / "model.pt")
+    assert torch.equal(load_checkpoint(d).head.weight, m.head.weight)
+
+
+def test_spec_preset_on_meta_device():
+    cfg = from_name("andromeda")
+    assert (cfg.num_tokens, cfg.max_seq_len, cfg.dim, cfg.depth, cfg.dim_head, cfg.heads) == (
+        50432, 8192, 2560, 32, 128, 24)
+    assert cfg.n_alibi_heads == 12 and cfg.rotary_xpos and cfg.shift_tokens == 1 and cfg.n_kv_heads == 1
+    assert cfg.qk_norm and cfg.qk_norm_dim_scale and not cfg.use_abs_pos_emb
+    with torch.device("meta"):
+        m = Andromeda(cfg)
+    n = m.num_params()
+    # written out: per layer q, k, v, out projections (no bias), GELU FFN with biases, two LayerNorms,
+    # QK-norm gains (24 + 1 heads x 128); plus embeddings, final norm and untied head.
+    inner, kv = 24 * 128, 1 * 128
+    per_layer = 2560 * inner + 2 * 2560 * kv + inner * 2560 + (2560 * 10240 + 10240) + (10240 * 2560 + 2560)
+    per_layer += 2 * 2 * 2560 + (24 + 1) * 128
+    expected = 32 * per_layer + 2 * 50432 * 2560 + 2 * 2560
+    assert n == expected
+    assert 2.4e9 <= n <= 2.5e9
+
+
+def test_loss_matches_direct_cross_entropy():
+    m = Andromeda(from_name("tiny")).eval()
+    tokens = torch.randint(0, 320, (2, 16))
+    labels = tokens.clone()
+    labels[0, 5:9] = -100
+    with torch.no_grad():
+        logits = m(tokens).double()
+        logp = logits.log_softmax(-1)[:, :-1]  # position t predicts t + 1
+        tgt = labels[:, 1:]
+        keep = tgt != -100
+        ref = -(logp.gather(-1, tgt.clamp(min=0)[..., None]).squeeze(-1)[keep]).mean()
+        assert float(m.loss(tokens, labels)) == pytest.approx(float(ref), rel=1e-5)
+        assert float(lm_loss(m(tokens), tokens)) == pytest.approx(
+            float(F.cross_entropy(logits[:, :-1].reshape(-1, 320), tokens[:, 1:].reshape(-1))), rel=1e-5)
+
+
+class ZeroPositionEmbedding(EmbeddingProvider):
+    def __init__(self, cfg):
+        super().__init__()
+        self.table = torch.nn.Embedding(cfg.num_tokens, cfg.dim)
+        self.calls = 0
+
+    def forward(self, tokens, positions):
+        self.calls += 1
+        return self.table(tokens) * 2.0
+
+
+def test_custom_embedding_provider_is_used():
+    cfg = from_name("tiny")
+    emb = ZeroPositionEmbedding(cfg)
+    m = Andromeda(cfg, embedding=emb)
+    assert m.embed is emb
+    m(torch.randint(0, 320, (1, 8)))
+    assert emb.calls == 1
+    with pytest.raises(ConfigError, match="tie_embeddings"):
+        Andromeda(from_name("tiny", tie_embeddings=True), embedding=ZeroPositionEmbedding(cfg))
+
+
+BAD = [
+    (dict(kv_heads=3), "kv_heads"),
+    (dict(kv_heads=0), "kv_heads"),
+    (dict(causal=False), "rotary_xpos"),
+    (dict(alibi_num_heads=9), "alibi_num_heads"),
+    (dict(deepnorm=True, parallel_block=True), "deepnorm"),
+    (dict(qk_norm=False), "qk_norm_dim_scale"),
+    (dict(dim=-4), "dim"),
+    (dict(depth="12"), "depth"),
+    (dict(rotary_xpos=1), "rotary_xpos"),
+    (dict(norm="batchnorm"), "norm"),
+    (dict(dropout=1.5), "dropout"),
+    (dict(pos_interpolation_factor=0.5), "pos_interpolation_factor"),
+    (dict(rotary_dim=15), "rotary_dim"),
+    (dict(shift_tokens=-1), "shift_tokens"),
+    (dict(attn_backend="fast"), "attn_backend"),
+]
+
+
+@pytest.mark.parametrize("override,field", BAD)
+def test_bad_configs_name_the_field(override, field):
+    with pytest.raises(ConfigError) as e:
+        from_name("tiny", **override)
+    assert f"model.{field}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_keys_and_presets():
+    with pytest.raises(ConfigError, match=r"model\.heds: unknown config field \(did you mean 'heads'\?\)"):
+        ModelConfig.from_dict({"heds": 4})
+    with pytest.raises(ConfigError, match="available: tiny"):
+        from_name("huge")
+
+
+def test_byte_tokenizer_round_trip():
+    tok = ByteTokenizer()
+    text = "Andromeda — ἀνδρομέδα, 仙女座 🌌 x=1+2"
+    ids = tok.encode(text, add_bos=True)
+    assert ids[0] == tok.bos_id and ids[1:] == list(text.encode("utf-8"))
+    assert tok.decode(ids) == text
+
+
+def test_tiny_with_all_spec_features_overfits_one_batch():
+    cfg = from_name("tiny")  # every spec feature on
+    assert cfg.n_alibi_heads and cfg.rotary_xpos and cfg.shift_tokens and cfg.kv_heads == 1 and cfg.qk_norm_dim_scale
+    torch.manual_seed(0)
+    m = Andromeda(cfg)
+    batch = torch.randint(0, cfg.num_tokens, (4, 32))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    start, loss = time.perf_counter(), None
+    while time.perf_counter() - start < 30:
+        loss = m.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.1:
+            break
+    assert loss.item() < 0.1, f"loss {loss.item():.3f} after 30 s"
