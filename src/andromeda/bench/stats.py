@@ -52,7 +52,8 @@ def _as_samples(samples: Sequence[float] | np.ndarray) -> np.ndarray:
     if x.size == 0:
         raise ValueError("no samples: need at least one measurement to summarize")
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"samples must be finite numbers; got {int((~np.isfinite(x)).sum())} NaN/inf value(s)")
+        bad = int((~np.isfinite(x)).sum())
+        raise ValueError(f"samples must be finite numbers; got {bad} NaN/inf value(s)")
     return x
 
 

@@ -17,6 +17,7 @@ import torch
 from andromeda.bench.stats import Summary, relative_ci_width, summarize
 
 Stopped = Literal["stable", "budget", "max_runs"]
+Setup = Callable[[], object] | None
 
 # Stability is checked after min_runs and then every _CHECK_EVERY runs, with a cheap bootstrap.
 _CHECK_EVERY = 5
@@ -98,10 +99,14 @@ class Stopwatch:
         return self.elapsed_s * 1e3
 
 
-def _warm_up(call: Callable[[], object], device: torch.device, count: int, seconds: float) -> int:
+def _warm_up(
+    call: Callable[[], object], device: torch.device, count: int, seconds: float, setup: Setup = None
+) -> int:
     """Run `call` at least `count` times and until `seconds` have passed; returns the number of runs."""
     runs, t0 = 0, time.perf_counter()
     while runs < count or time.perf_counter() - t0 < seconds:
+        if setup is not None:
+            setup()
         call()
         cuda_sync(device)
         runs += 1
@@ -124,11 +129,15 @@ def _capture_graph(fn: Callable[[], object], device: torch.device, cfg: TimingCo
     return graph.replay, runs + 2
 
 
-def _cuda_timer(call: Callable[[], object], device: torch.device, flush: torch.Tensor | None) -> Callable:
+def _cuda_timer(
+    call: Callable[[], object], device: torch.device, flush: torch.Tensor | None, setup: Setup
+) -> Callable:
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
 
     def run() -> float:
+        if setup is not None:
+            setup()  # queued before `start`: not inside the timed region
         if flush is not None:
             flush.zero_()  # queued before `start`: not inside the timed region
         stream = torch.cuda.current_stream(device)
@@ -141,8 +150,10 @@ def _cuda_timer(call: Callable[[], object], device: torch.device, flush: torch.T
     return run
 
 
-def _host_timer(call: Callable[[], object], device: torch.device) -> Callable:
+def _host_timer(call: Callable[[], object], device: torch.device, setup: Setup) -> Callable:
     def run() -> float:
+        if setup is not None:
+            setup()
         cuda_sync(device)
         t0 = time.perf_counter()
         call()
@@ -153,9 +164,16 @@ def _host_timer(call: Callable[[], object], device: torch.device) -> Callable:
 
 
 def time_fn(
-    fn: Callable[[], object], device: torch.device | str = "cpu", cfg: TimingConfig | None = None
+    fn: Callable[[], object],
+    device: torch.device | str = "cpu",
+    cfg: TimingConfig | None = None,
+    *,
+    setup: Setup = None,
 ) -> Timing:
     """Time `fn()` (no arguments) on `device` per `cfg`; returns raw samples (ms) and their summary.
+
+    `setup()`, if given, runs before every call (warm-up and timed), outside the timed region:
+    e.g. a forward pass whose backward `fn` times.
 
     Stops after at least min_runs when the relative width of the median's 95% bootstrap CI is
     below target_rel_ci ("stable") or the measuring phase has taken budget_s ("budget"), else
@@ -166,15 +184,17 @@ def time_fn(
     is_cuda = dev.type == "cuda"
     if (cfg.cuda_graph or cfg.flush_l2) and not is_cuda:
         raise ValueError(f"cuda_graph and flush_l2 need a CUDA device, got '{dev}'")
+    if cfg.cuda_graph and setup is not None:
+        raise ValueError("cuda_graph cannot be combined with a per-run setup: a graph replays fixed work")
 
     call: Callable[[], object] = fn
     if cfg.cuda_graph:
         call, warmup_runs = _capture_graph(fn, dev, cfg)
     else:
-        warmup_runs = _warm_up(fn, dev, cfg.warmup, cfg.warmup_s)
+        warmup_runs = _warm_up(fn, dev, cfg.warmup, cfg.warmup_s, setup)
 
     flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.uint8, device=dev) if cfg.flush_l2 else None
-    timer = _cuda_timer(call, dev, flush) if is_cuda else _host_timer(call, dev)
+    timer = _cuda_timer(call, dev, flush, setup) if is_cuda else _host_timer(call, dev, setup)
 
     samples: list[float] = []
     stopped: Stopped = "max_runs"

@@ -15,19 +15,49 @@ SIG_DIGITS = 4
 
 # Qualifiers that may end a metric name after its unit: latency_ms_p95, latency_ms_cv.
 _QUALIFIERS = {
-    "p50": "p50", "p90": "p90", "p95": "p95", "p99": "p99", "mean": "mean", "median": "median",
-    "std": "std", "min": "min", "max": "max", "iqr": "IQR", "ci_low": "CI low", "ci_high": "CI high",
+    "p50": "p50",
+    "p90": "p90",
+    "p95": "p95",
+    "p99": "p99",
+    "mean": "mean",
+    "median": "median",
+    "std": "std",
+    "min": "min",
+    "max": "max",
+    "iqr": "IQR",
+    "ci_low": "CI low",
+    "ci_high": "CI high",
     "cv": "CV",
 }
 # Unit suffixes, longest first: (suffix of the name without qualifier, unit shown).
 _UNITS = [
-    ("_ms_per_token2", "ms/tok²"), ("_ms_per_token", "ms/tok"),
-    ("tokens_per_s", "tok/s"), ("sequences_per_s", "seq/s"), ("samples_per_s", "samples/s"),
-    ("_per_s", "/s"), ("_ms", "ms"), ("_us", "µs"), ("_s", "s"), ("_mib", "MiB"), ("_gib", "GiB"),
-    ("_bytes", "B"), ("_pct", "%"), ("tflops", "TFLOP/s"),
+    ("_ms_per_token2", "ms/tok²"),
+    ("_ms_per_token", "ms/tok"),
+    ("tokens_per_s", "tok/s"),
+    ("sequences_per_s", "seq/s"),
+    ("samples_per_s", "samples/s"),
+    ("_per_s", "/s"),
+    ("_ms", "ms"),
+    ("_us", "µs"),
+    ("_s", "s"),
+    ("_mib", "MiB"),
+    ("_gib", "GiB"),
+    ("_bytes", "B"),
+    ("_pct", "%"),
+    ("tflops", "TFLOP/s"),
 ]
-_WORDS = {"ttft": "TTFT", "tpot": "TPOT", "mfu": "MFU", "kv": "KV", "rss": "RSS", "e2e": "E2E",
-          "r2": "R²", "oom": "OOM", "cv": "CV", "tflops": "TFLOP/s"}
+_WORDS = {
+    "ttft": "TTFT",
+    "tpot": "TPOT",
+    "mfu": "MFU",
+    "kv": "KV",
+    "rss": "RSS",
+    "e2e": "E2E",
+    "r2": "R²",
+    "oom": "OOM",
+    "cv": "CV",
+    "tflops": "TFLOP/s",
+}
 
 
 def is_missing(x: Any) -> bool:
@@ -115,9 +145,20 @@ def unit_of(name: str) -> str:
 
 
 _LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "²": r"\textsuperscript{2}", "µ": r"$\mu$", "—": "---", "–": "--",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "²": r"\textsuperscript{2}",
+    "µ": r"$\mu$",
+    "—": "---",
+    "–": "--",
 }
 _E_NOTATION = re.compile(r"(-?\d+(?:\.\d+)?)e([+-])0*(\d+)")
 

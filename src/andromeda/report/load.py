@@ -39,6 +39,12 @@ def load_records(run_dir: Path) -> list[Record]:
     return records
 
 
+def unreadable_lines(run_dir: Path, n_records: int) -> int:
+    """Non-empty lines of results.jsonl that RecordStore skipped (a line cut short by a crash)."""
+    with open(Path(run_dir) / RESULTS, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip()) - n_records
+
+
 def read_manifest(run_dir: Path) -> str | None:
     path = Path(run_dir) / MANIFEST
     return path.read_text(encoding="utf-8") if path.is_file() else None
@@ -89,7 +95,7 @@ def frame(records: Sequence[Record]) -> pd.DataFrame:
 def columns_of(df: pd.DataFrame, group: str) -> list[str]:
     """Names (without the group prefix) of a frame's `<group>.*` columns."""
     prefix = group + "."
-    return [c[len(prefix):] for c in df.columns if c.startswith(prefix)]
+    return [c[len(prefix) :] for c in df.columns if c.startswith(prefix)]
 
 
 def merged_env(records: Iterable[Record]) -> tuple[dict[str, Any], list[str]]:
@@ -119,6 +125,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 def summary(records: Sequence[Record]) -> dict[str, Any]:
     """Counts by status, overall and per scenario (every status listed, zeros included)."""
+
     def count(rs: Iterable[Record]) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
         for r in rs:

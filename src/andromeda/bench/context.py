@@ -1,0 +1,66 @@
+"""RunContext: what a scenario gets besides the model: device, dtype, timing, the case, progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from andromeda.bench.records import Record
+from andromeda.bench.timing import Timing, TimingConfig, time_fn
+
+
+@dataclass
+class Case:
+    """One model source x one scenario x one sweep point, with a stable id."""
+
+    case_id: str
+    source: str
+    scenario: str
+    params: dict[str, Any]
+    group: str = ""  # cases of one source and one scenario entry (a sweep): finalize() sees them together
+
+
+@dataclass
+class RunContext:
+    device: torch.device
+    dtype: torch.dtype
+    timing: TimingConfig
+    env: dict[str, Any]
+    peak_tflops: float | None = None
+    seed: int = 0
+    case: Case | None = None
+    progress: Callable[[str], None] = lambda msg: None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def time(self, fn: Callable[[], object], setup: Callable[[], object] | None = None) -> Timing:
+        return time_fn(fn, self.device, self.timing, setup=setup)
+
+    def record(
+        self,
+        metrics: dict[str, float] | None = None,
+        *,
+        samples: dict[str, list[float]] | None = None,
+        info: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        status: str = "ok",
+        message: str | None = None,
+    ) -> Record:
+        assert self.case is not None, "record() is called while a case runs"
+        return Record(
+            case_id=self.case.case_id,
+            scenario=self.case.scenario,
+            source=self.case.source,
+            params={**self.case.params, **(params or {})},
+            status=status,
+            metrics=metrics or {},
+            samples=samples or {},
+            message=message,
+            info={"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), **(info or {})},
+            env=self.env,
+        )
+
+    def skip(self, reason: str) -> list[Record]:
+        return [self.record(status="skipped", message=reason)]

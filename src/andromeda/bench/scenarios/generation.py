@@ -1,0 +1,83 @@
+"""generation: prefill, time to first token, time per output token, decode and end-to-end rates.
+
+One sample = one whole generation (prefill + gen_len greedy steps), repeated per the timing
+config (at least min_runs). Each step is timed with the device clock (CUDA events, or
+perf_counter after synchronize), so the per-position decode latency curve is measured, not
+derived. With use_cache false every step recomputes the prefix: the cache's value.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from andromeda.bench.decoding import Decoder
+from andromeda.bench.scenarios import ScenarioConfig, register
+from andromeda.bench.scenarios.common import PosIntList, random_tokens
+from andromeda.bench.stats import summarize
+from andromeda.bench.timing import Stopwatch
+
+
+class GenerationConfig(ScenarioConfig):
+    SWEEP = ("prompt_len", "gen_len", "batch", "use_cache")
+    scenario: Literal["generation"] = "generation"
+    prompt_len: PosIntList = [32]
+    gen_len: PosIntList = [32]
+    batch: PosIntList = [1]
+    use_cache: list[bool] = Field(default=[True], min_length=1)
+
+
+@register("generation")
+class Generation:
+    Config = GenerationConfig
+
+    def run(self, bundle, p, ctx):
+        P, G, B = p["prompt_len"], p["gen_len"], p["batch"]
+        if P + G > bundle.facts.max_seq_len:
+            return ctx.skip(f"prompt_len + gen_len = {P + G} exceeds max_seq_len {bundle.facts.max_seq_len}")
+        prompt = random_tokens(bundle, B, P, ctx.device, ctx.seed)
+
+        def generate_once():
+            dec = Decoder(bundle, B, P + G, p["use_cache"])
+            with Stopwatch(ctx.device) as sw:
+                logits = dec.prefill(prompt)
+            prefill = sw.elapsed_ms
+            with Stopwatch(ctx.device) as sw:
+                nxt = logits.argmax(-1, keepdim=True)
+            first = prefill + sw.elapsed_ms
+            steps = []
+            for _ in range(G - 1):
+                with Stopwatch(ctx.device) as sw:
+                    nxt = dec.step(nxt).argmax(-1, keepdim=True)
+                steps.append(sw.elapsed_ms)
+            return prefill, first, steps, dec.cache_bytes()
+
+        for _ in range(max(ctx.timing.warmup, 1)):
+            generate_once()
+        runs, t0 = [], time.perf_counter()
+        while len(runs) < ctx.timing.min_runs or (
+            time.perf_counter() - t0 < ctx.timing.budget_s and len(runs) < ctx.timing.max_runs
+        ):
+            runs.append(generate_once())
+        prefill = [r[0] for r in runs]
+        ttft = [r[1] for r in runs]
+        total = [r[1] + sum(r[2]) for r in runs]
+        step_matrix = np.array([r[2] for r in runs]) if G > 1 else np.zeros((len(runs), 0))
+        per_position = np.median(step_matrix, axis=0).tolist() if G > 1 else []
+        tpot = summarize(step_matrix.flatten().tolist()) if G > 1 else None
+        metrics = {
+            **summarize(prefill).to_metrics("prefill_ms"),
+            **summarize(ttft).to_metrics("ttft_ms"),
+            "e2e_ms": float(np.median(total)),
+            "e2e_tokens_per_s": B * G / (float(np.median(total)) / 1e3),
+            "kv_cache_mib": runs[-1][3] / 2**20,
+        }
+        if tpot is not None:
+            metrics.update(tpot.to_metrics("tpot_ms"))
+            metrics["decode_tokens_per_s"] = B / (tpot.median / 1e3)
+        return [ctx.record(metrics, samples={"decode_step_ms": per_position, "prefill_ms": prefill,
+                                             "ttft_ms": ttft, "e2e_ms": total},
+                           info={"runs": len(runs)})]

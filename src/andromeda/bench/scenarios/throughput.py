@@ -1,0 +1,53 @@
+"""throughput: tokens/s and sequences/s over batch sizes, until the largest batch or OOM.
+
+The runner skips every batch larger than one that ran out of memory.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from andromeda.bench.flops import backward_flops, forward_flops
+from andromeda.bench.scenarios import ScenarioConfig, register
+from andromeda.bench.scenarios.common import PosIntList, check_length, flop_metrics, random_tokens, zero_grads
+
+
+class ThroughputConfig(ScenarioConfig):
+    SWEEP = ("batch", "seq_len")
+    scenario: Literal["throughput"] = "throughput"
+    mode: Literal["inference", "train"] = "inference"
+    batch: PosIntList = [1, 2, 4, 8]
+    seq_len: PosIntList = [128]
+
+
+@register("throughput")
+class Throughput:
+    Config = ThroughputConfig
+
+    def run(self, bundle, p, ctx):
+        batch, seq = p["batch"], p["seq_len"]
+        if (reason := check_length(bundle, seq)) is not None:
+            return ctx.skip(reason)
+        tokens = random_tokens(bundle, batch, seq, ctx.device, ctx.seed)
+        fwd = forward_flops(bundle.facts, batch, seq)
+        if p["mode"] == "train":
+            flops = fwd.total + backward_flops(fwd).total
+
+            def fn():
+                zero_grads(bundle.model)
+                bundle.loss(tokens).backward()
+        else:
+            flops = fwd.total
+
+            def fn():
+                with torch.inference_mode():
+                    bundle.logits(tokens)
+
+        timing = ctx.time(fn)
+        zero_grads(bundle.model)
+        s = timing.median_ms / 1e3
+        metrics = {"tokens_per_s": batch * seq / s, "sequences_per_s": batch / s,
+                   **timing.summary.to_metrics("latency_ms"), **flop_metrics(flops, s, ctx.peak_tflops)}
+        return [ctx.record(metrics, samples={"latency_ms": timing.samples_ms})]

@@ -1,0 +1,231 @@
+"""Model sources: a string names a model; build() returns the model, a tokenizer and its facts.
+
+  andromeda:<preset>[?field=value&...]   an Andromeda preset with config overrides
+  hf:<local dir>                          a Hugging Face causal LM from a local checkpoint
+  hf:<model_type>[?key=value&...]         a HF causal LM with random weights from a config (e.g. hf:llama?...)
+  hf:matched:<preset>                     a Llama of the same shape as an Andromeda preset, random weights
+  xt:<preset>[?field=value&...]           the x-transformers model with the same flags as an Andromeda preset
+
+Nothing downloads: HF checkpoints and tokenizers load with local_files_only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import torch
+from torch import nn
+
+from andromeda.bench.facts import ModelFacts, facts_from_config
+from andromeda.errors import AndromedaError, ConfigError, missing_extra
+from andromeda.model import Andromeda, ByteTokenizer, ModelConfig, from_name
+
+KINDS = ("andromeda", "hf", "xt")
+
+
+@dataclass
+class ModelBundle:
+    """A built model with what scenarios need to drive it uniformly."""
+
+    source: str
+    model: nn.Module
+    tokenizer: Any
+    facts: ModelFacts
+    logits: Callable[[torch.Tensor], torch.Tensor]  # tokens (B, N) -> logits (B, N, V)
+    generate: Callable[..., torch.Tensor] | None = None  # (prompt, n_new, use_cache) -> tokens
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        from andromeda.model import lm_loss
+
+        return lm_loss(self.logits(tokens), tokens)
+
+
+def parse_source(source: str) -> tuple[str, str, dict[str, Any]]:
+    """'andromeda:base?depth=12' -> ('andromeda', 'base', {'depth': 12})."""
+    if not isinstance(source, str) or ":" not in source:
+        raise ConfigError(f"models: '{source}' is not a model source; use andromeda:<preset>, hf:<path|type> or xt:<preset>")
+    kind, rest = source.split(":", 1)
+    if kind not in KINDS:
+        raise ConfigError(f"models: source kind '{kind}' is unknown in '{source}'; allowed: {', '.join(KINDS)}")
+    name, _, query = rest.partition("?")
+    if not name:
+        raise ConfigError(f"models: '{source}' names no model after '{kind}:'")
+    overrides = {k: _parse_value(v) for k, v in parse_qsl(query, keep_blank_values=True, strict_parsing=False)}
+    if query and not overrides:
+        raise ConfigError(f"models: cannot parse overrides '{query}' in '{source}'; use key=value&key=value")
+    return kind, name, overrides
+
+
+def _parse_value(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
+def validate_source(source: str) -> None:
+    """Cheap checks done at manifest time, before anything is built."""
+    kind, name, overrides = parse_source(source)
+    if kind in ("andromeda", "xt"):
+        from_name(name, **overrides)
+    elif kind == "hf" and name.startswith("matched:"):
+        from_name(name.split(":", 1)[1])
+
+
+def andromeda_config(source: str) -> ModelConfig:
+    kind, name, overrides = parse_source(source)
+    if kind == "hf" and name.startswith("matched:"):
+        return from_name(name.split(":", 1)[1], **overrides)
+    if kind not in ("andromeda", "xt"):
+        raise ConfigError(f"models: '{source}' is not an Andromeda-shaped source")
+    return from_name(name, **overrides)
+
+
+def build(source: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
+    kind, name, overrides = parse_source(source)
+    builder = {"andromeda": _build_andromeda, "hf": _build_hf, "xt": _build_xt}[kind]
+    bundle = builder(source, name, overrides)
+    bundle.model.to(device=device, dtype=dtype).eval()
+    bundle.info["kind"] = kind
+    bundle.info.setdefault("dtype", str(dtype).removeprefix("torch."))
+    bundle.info.setdefault("device", str(device))
+    return bundle
+
+
+# ---- andromeda ----------------------------------------------------------------------------
+def _build_andromeda(source: str, name: str, overrides: dict) -> ModelBundle:
+    cfg = from_name(name, **overrides)
+    model = Andromeda(cfg)
+
+    def generate(prompt, n_new, use_cache=True):
+        return model.generate(prompt, n_new, use_cache=use_cache)
+
+    return ModelBundle(source, model, ByteTokenizer(), facts_from_config(cfg), logits=model,
+                       generate=generate, info={"attn_backend": cfg.attn_backend})
+
+
+# ---- Hugging Face ------------------------------------------------------------------------
+def llama_config_for(cfg: ModelConfig) -> dict[str, Any]:
+    """A Llama config of the same shape as an Andromeda config (dim, depth, heads, KV heads, FFN size)."""
+    return dict(
+        vocab_size=cfg.num_tokens, hidden_size=cfg.dim, num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.dim_head,
+        intermediate_size=cfg.ff_hidden, max_position_embeddings=cfg.max_seq_len,
+        tie_word_embeddings=cfg.tie_embeddings,
+    )
+
+
+def _build_hf(source: str, name: str, overrides: dict) -> ModelBundle:
+    try:
+        import transformers
+        from transformers import AutoConfig, AutoModelForCausalLM
+    except ImportError as e:
+        raise missing_extra("transformers", "hf") from e
+    tokenizer = ByteTokenizer()
+    path = Path(name)
+    if path.exists():
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, **overrides)
+        if (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists():
+            from andromeda.model import HFTokenizer
+
+            tokenizer = HFTokenizer(path)
+    else:
+        if name.startswith("matched:"):
+            kw = {**llama_config_for(from_name(name.split(":", 1)[1])), **overrides}
+            model_type = "llama"
+        else:
+            model_type, kw = name, overrides
+        try:
+            config = AutoConfig.for_model(model_type, **kw)
+        except ValueError as e:
+            raise ConfigError(
+                f"models: '{source}': '{name}' is neither a local directory nor a transformers model type "
+                f"(e.g. llama, gpt2, mistral); {str(e).splitlines()[0]}"
+            ) from e
+        config._attn_implementation = "sdpa"
+        model = AutoModelForCausalLM.from_config(config)
+    c = model.config
+    facts = _hf_facts(c, model)
+
+    def logits(tokens):
+        return model(input_ids=tokens, use_cache=False).logits
+
+    def generate(prompt, n_new, use_cache=True):
+        return model.generate(prompt, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                              use_cache=use_cache, pad_token_id=0)
+
+    return ModelBundle(source, model, tokenizer, facts, logits=logits, generate=generate,
+                       info={"transformers": transformers.__version__, "model_type": c.model_type})
+
+
+def _hf_facts(c, model: nn.Module) -> ModelFacts:
+    def get(*names, default=None):
+        for n in names:
+            v = getattr(c, n, None)
+            if v is not None:
+                return v
+        return default
+
+    dim = get("hidden_size", "n_embd", "d_model")
+    heads = get("num_attention_heads", "n_head")
+    layers = get("num_hidden_layers", "n_layer")
+    emb = model.get_input_embeddings()
+    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return ModelFacts(
+        params=params,
+        non_embedding_params=params - (emb.weight.numel() if emb is not None else 0),
+        vocab=get("vocab_size"), dim=dim, layers=layers, heads=heads,
+        kv_heads=get("num_key_value_heads", default=heads), head_dim=get("head_dim", default=dim // heads),
+        ff_hidden=get("intermediate_size", "n_inner", default=4 * dim),
+        ff_glu=c.model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3"),
+        causal=True, max_seq_len=get("max_position_embeddings", "n_positions", default=2048),
+        tied_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+    )
+
+
+# ---- x-transformers -------------------------------------------------------------------------
+def _build_xt(source: str, name: str, overrides: dict) -> ModelBundle:
+    try:
+        import x_transformers
+        from x_transformers import Decoder, TransformerWrapper
+    except ImportError as e:
+        raise missing_extra("x-transformers", "xt") from e
+    cfg = from_name(name, **overrides)
+    if cfg.parallel_block or cfg.pos_interpolation_factor != 1.0 or cfg.ff_glu:
+        raise ConfigError(f"models: '{source}': parallel_block, pos_interpolation_factor and ff_glu "
+                          "have no x-transformers equivalent here")
+    model = TransformerWrapper(
+        num_tokens=cfg.num_tokens, max_seq_len=cfg.max_seq_len, use_abs_pos_emb=cfg.use_abs_pos_emb,
+        tie_embedding=cfg.tie_embeddings,
+        attn_layers=Decoder(
+            dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, attn_dim_head=cfg.dim_head,
+            attn_kv_heads=cfg.n_kv_heads, alibi_pos_bias=cfg.alibi_pos_bias,
+            alibi_num_heads=cfg.n_alibi_heads or None, rotary_pos_emb=cfg.rotary_pos_emb,
+            rotary_xpos=cfg.rotary_xpos, rotary_xpos_scale_base=cfg.xpos_scale_base,
+            attn_flash=True, shift_tokens=cfg.shift_tokens, attn_qk_norm=cfg.qk_norm,
+            attn_qk_norm_dim_scale=cfg.qk_norm_dim_scale, attn_qk_norm_scale=cfg.qk_norm_scale,
+            deepnorm=cfg.deepnorm, ff_mult=cfg.ff_mult, use_rmsnorm=cfg.norm == "rmsnorm",
+        ),
+    )
+    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    facts = facts_from_config(cfg)
+    facts = type(facts)(**{**facts.__dict__, "params": params})
+    return ModelBundle(source, model, ByteTokenizer(), facts, logits=model,
+                       info={"x_transformers": getattr(x_transformers, "__version__", "unknown")})
+
+
+def describe() -> dict[str, str]:
+    return {
+        "andromeda:<preset>[?field=value&...]": "Andromeda preset with config overrides",
+        "hf:<local dir>": "Hugging Face causal LM from a local checkpoint (extra [hf])",
+        "hf:<model_type>[?key=value&...]": "HF causal LM with random weights from a config (extra [hf])",
+        "hf:matched:<preset>": "Llama of the same shape as an Andromeda preset, random weights (extra [hf])",
+        "xt:<preset>[?field=value&...]": "x-transformers model with the preset's flags (extra [xt])",
+    }
+

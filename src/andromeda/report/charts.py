@@ -1,0 +1,145 @@
+"""Charts: a registry of chart specs per scenario, rendered to PNG bytes with matplotlib's Agg canvas.
+
+A new scenario adds its charts in `chart_specs.py` (or any module imported before rendering):
+
+    @register("my_scenario", "vs_batch", "Latency vs batch size", key=True)
+    def draw(ax, df, records) -> bool:   # df: load.frame(records); False = nothing to draw
+        ...
+
+Scenarios without specs get tables only. `key=True` charts also go into the summary panel.
+pyplot is never imported: figures are built on `Figure` + `FigureCanvasAgg`, so no global backend
+state changes and no display is needed.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import Formatter
+
+from andromeda.bench.records import Record
+from andromeda.report.format import fmt_number
+from andromeda.report.load import by_scenario, frame
+from andromeda.report.tables import safe_name
+
+Draw = Callable[[Axes, pd.DataFrame, Sequence[Record]], bool]
+FIGSIZE = (6.4, 4.2)
+DPI = 110
+SUMMARY_NAME = "summary"
+
+
+@dataclass(frozen=True)
+class ChartSpec:
+    scenario: str
+    name: str  # file stem suffix: charts/<scenario>_<name>.png
+    title: str
+    draw: Draw
+    key: bool = False  # also drawn in the summary panel
+
+
+@dataclass
+class Chart:
+    scenario: str
+    name: str  # file stem, e.g. "latency_vs_seq_len"
+    title: str
+    png: bytes
+
+
+CHARTS: dict[str, list[ChartSpec]] = {}
+
+
+def register(scenario: str, name: str, title: str, key: bool = False) -> Callable[[Draw], Draw]:
+    def deco(draw: Draw) -> Draw:
+        specs = CHARTS.setdefault(scenario, [])
+        specs[:] = [s for s in specs if s.name != name]  # re-registering replaces
+        specs.append(ChartSpec(scenario, name, title, draw, key))
+        return draw
+
+    return deco
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig)
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+class _PlainLog(Formatter):
+    """Log-axis ticks as plain numbers (128, 0.5) where matplotlib would write 2^7 or 5x10^-1."""
+
+    def __init__(self, inner: Formatter):
+        self.inner = inner
+
+    def set_axis(self, axis) -> None:
+        super().set_axis(axis)
+        self.inner.set_axis(axis)
+
+    def set_locs(self, locs) -> None:
+        super().set_locs(locs)
+        self.inner.set_locs(locs)
+
+    def __call__(self, x, pos=None) -> str:
+        return fmt_number(float(x), 3) if self.inner(x, pos) else ""
+
+
+def _style(ax: Axes, title: str) -> None:
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log" and not isinstance(axis.get_major_formatter(), _PlainLog):
+            axis.set_major_formatter(_PlainLog(axis.get_major_formatter()))
+            axis.set_minor_formatter(_PlainLog(axis.get_minor_formatter()))
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", alpha=0.12)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, framealpha=0.85)
+
+
+def render_charts(records: Sequence[Record]) -> tuple[list[Chart], list[str]]:
+    """Every registered chart that has data, then the summary panel; and the errors of failed charts."""
+    from andromeda.report import chart_specs  # noqa: F401  (registers the built-in charts)
+
+    charts: list[Chart] = []
+    errors: list[str] = []
+    keyed: list[tuple[ChartSpec, pd.DataFrame, Sequence[Record]]] = []
+    for scenario, recs in by_scenario(records).items():
+        specs = CHARTS.get(scenario, [])
+        if not specs:
+            continue
+        df = frame(recs)
+        for spec in specs:
+            fig = Figure(figsize=FIGSIZE, layout="constrained")
+            ax = fig.add_subplot()
+            try:
+                drawn = spec.draw(ax, df, recs)
+            except Exception as e:  # a broken chart must not cost the tables
+                errors.append(f"chart {scenario}/{spec.name} failed: {type(e).__name__}: {e}")
+                continue
+            if not drawn:
+                continue
+            _style(ax, spec.title)
+            charts.append(Chart(scenario, f"{safe_name(scenario)}_{spec.name}", spec.title, _png(fig)))
+            if spec.key:
+                keyed.append((spec, df, recs))
+    if keyed:
+        charts.insert(0, Chart("", SUMMARY_NAME, "Summary", _summary(keyed)))
+    return charts, errors
+
+
+def _summary(keyed: list[tuple[ChartSpec, pd.DataFrame, Sequence[Record]]]) -> bytes:
+    ncols = 2 if len(keyed) > 1 else 1
+    nrows = math.ceil(len(keyed) / ncols)
+    fig = Figure(figsize=(FIGSIZE[0] * ncols, FIGSIZE[1] * nrows), layout="constrained")
+    for i, (spec, df, recs) in enumerate(keyed):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        spec.draw(ax, df, recs)
+        _style(ax, f"{spec.scenario}: {spec.title}")
+    fig.suptitle("Andromeda benchmark summary", fontsize=13)
+    return _png(fig)

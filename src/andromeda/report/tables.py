@@ -1,0 +1,185 @@
+"""Tables: per-scenario CSV (raw values), and display tables rendered as Markdown, HTML rows and LaTeX.
+
+A display table has one row per record: source, status, the parameters that vary (constant ones go
+to the caption), then every metric with its unit in the header. A metric `X` with `X_ci_low` and
+`X_ci_high` is shown as one cell `median [low, high]`. Fit records (`params.fit == true`) get a table
+of their own. Values are formatted by `format.py`; the CSV keeps the exact numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from andromeda.bench.records import Record
+from andromeda.report.format import (
+    fmt_ci,
+    fmt_number,
+    fmt_value,
+    is_missing,
+    latex_escape,
+    latex_number,
+    metric_header,
+    param_header,
+)
+from andromeda.report.load import by_scenario, columns_of, frame
+
+CI_SUFFIXES = ("_ci_low", "_ci_high")
+CI_NOTE = "Columns marked [CI]: median [CI low, CI high]."
+MISSING_NOTE = "— marks a value not measured (OOM, error, skipped) or not applicable."
+
+
+@dataclass
+class Column:
+    key: str  # frame column: "source", "status", "params.batch", "metrics.latency_ms"
+    header: str
+    numeric: bool
+    ci: tuple[str, str] | None = None  # frame columns of the CI bounds
+
+
+@dataclass
+class Table:
+    scenario: str
+    title: str
+    label: str
+    columns: list[Column]
+    rows: list[list[Any]]  # raw values; a CI cell is (median, low, high)
+    notes: list[str] = field(default_factory=list)
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "scenario"
+
+
+def write_csvs(records: Sequence[Record], out_dir: Path) -> list[Path]:
+    """csv/<scenario>.csv: fixed columns, params.*, metrics.*, info.*; exact values, empty = missing."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for scenario, recs in by_scenario(records).items():
+        path = out_dir / f"{safe_name(scenario)}.csv"
+        frame(recs).to_csv(path, index=False)
+        paths.append(path)
+    return paths
+
+
+def _is_numeric(values: Sequence[Any]) -> bool:
+    present = [v for v in values if not is_missing(v)]
+    return bool(present) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
+
+
+def _table(scenario: str, title: str, label: str, recs: Sequence[Record]) -> Table:
+    df = frame(recs)
+    columns = [Column("source", "source", False), Column("status", "status", False)]
+    notes = []
+    for p in columns_of(df, "params"):
+        values = list(df[f"params.{p}"])
+        if p == "fit":
+            continue
+        if len(values) > 1 and len({fmt_value(v) for v in values}) == 1 and not is_missing(values[0]):
+            notes.append(f"{p}={fmt_value(values[0])}")
+            continue
+        columns.append(Column(f"params.{p}", param_header(p), _is_numeric(values)))
+    metrics = columns_of(df, "metrics")
+    bounds = {m + s for m in metrics for s in CI_SUFFIXES if all(m + t in metrics for t in CI_SUFFIXES)}
+    for m in metrics:
+        if m in bounds:
+            continue
+        ci = None
+        if all(m + s in metrics for s in CI_SUFFIXES):
+            ci = (f"metrics.{m}_ci_low", f"metrics.{m}_ci_high")
+        columns.append(Column(f"metrics.{m}", metric_header(m, with_ci=ci is not None), True, ci))
+    rows = []
+    for _, row in df.iterrows():
+        rows.append([(row[c.key], row[c.ci[0]], row[c.ci[1]]) if c.ci else row[c.key] for c in columns])
+    text_notes = [f"Fixed parameters: {', '.join(notes)}."] if notes else []
+    if any(c.ci for c in columns):
+        text_notes.append(CI_NOTE)
+    return Table(scenario, title, label, columns, rows, text_notes)
+
+
+def scenario_tables(scenario: str, recs: Sequence[Record]) -> list[Table]:
+    """The measurements table, and a fits table when the scenario emitted fit records."""
+    fits = [r for r in recs if r.params.get("fit") is True]
+    points = [r for r in recs if r.params.get("fit") is not True]
+    tables = []
+    if points:
+        tables.append(_table(scenario, scenario, safe_name(scenario), points))
+    if fits:
+        tables.append(_table(scenario, f"{scenario} (fits)", f"{safe_name(scenario)}-fits", fits))
+    return tables
+
+
+def all_tables(records: Sequence[Record]) -> list[Table]:
+    return [t for s, recs in by_scenario(records).items() for t in scenario_tables(s, recs)]
+
+
+def cell_text(column: Column, value: Any) -> str:
+    if column.ci:
+        return fmt_ci(*value)
+    return fmt_number(value) if column.numeric else fmt_value(value)
+
+
+def text_rows(table: Table) -> list[list[str]]:
+    return [[cell_text(c, v) for c, v in zip(table.columns, row, strict=True)] for row in table.rows]
+
+
+def to_markdown(table: Table) -> str:
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "| " + " | ".join(esc(c.header) for c in table.columns) + " |",
+        "|" + "|".join("---:" if c.numeric else ":---" for c in table.columns) + "|",
+    ]
+    lines += ["| " + " | ".join(esc(s) for s in row) + " |" for row in text_rows(table)]
+    return "\n".join(lines)
+
+
+def _latex_cell(column: Column, value: Any) -> str:
+    if column.ci:
+        median, low, high = value
+        text = latex_number(fmt_number(median))
+        if not (is_missing(low) and is_missing(high)):
+            text += rf" {{\scriptsize [{latex_number(fmt_number(low))}, {latex_number(fmt_number(high))}]}}"
+        return text
+    if column.numeric:
+        return latex_number(fmt_number(value))
+    return latex_escape(fmt_value(value))
+
+
+def to_latex(table: Table) -> str:
+    """One booktabs table (needs \\usepackage{booktabs}), caption above, label tab:<scenario>."""
+    spec = "".join("r" if c.numeric else "l" for c in table.columns)
+    caption = " ".join(
+        [f"Scenario \\texttt{{{latex_escape(table.title)}}}."]
+        + [latex_escape(n) for n in table.notes]
+        + [latex_escape(MISSING_NOTE)]
+    )
+    lines = [
+        f"% scenario: {table.title}",
+        "\\begin{table}[htbp]",
+        "\\centering",
+        "\\small",
+        f"\\caption{{{caption}}}",
+        f"\\label{{tab:{table.label}}}",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join(latex_escape(c.header) for c in table.columns) + " \\\\",
+        "\\midrule",
+    ]
+    for row in table.rows:
+        lines.append(" & ".join(_latex_cell(c, v) for c, v in zip(table.columns, row, strict=True)) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines)
+
+
+def latex_document(tables: Sequence[Table]) -> str:
+    head = [
+        "% Generated by `andromeda report` from results.jsonl: one table per scenario.",
+        "% Needs \\usepackage{booktabs} in the preamble.",
+        "",
+    ]
+    return "\n".join(head) + "\n\n".join(to_latex(t) for t in tables) + "\n"
