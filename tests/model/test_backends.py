@@ -116,3 +116,20 @@ def test_model_config_rejects_unknown_backend():
 
     with pytest.raises(ConfigError, match="attn_backend"):
         from_name("tiny", attn_backend="cudnn-magic")
+
+
+def test_flex_cached_mask_from_inference_mode_serves_training():
+    """A block mask first built under inference_mode is cached; a training step must still work."""
+    from andromeda.model import Andromeda, from_name
+
+    m = Andromeda(from_name("tiny", attn_backend="flex"))
+    tokens = torch.randint(0, 320, (1, 77))
+    with torch.inference_mode():
+        m(tokens)
+    m.loss(tokens).backward()  # on CPU flex hands a training step to eager (no CPU backward)
+    assert m.head.weight.grad is not None
+    from andromeda.model.backends.flex import causal_block_mask
+
+    with torch.inference_mode():
+        mask = causal_block_mask(333, "cpu")
+    assert not mask.kv_num_blocks.is_inference() and not mask.full_kv_indices.is_inference()

@@ -11,6 +11,7 @@ import hashlib
 import json
 import random
 
+import numpy as np
 import pytest
 
 from andromeda.bench.records import Record, RecordStore
@@ -36,6 +37,33 @@ def _rec(scenario: str, source: str, params: dict, status: str = "ok", **kw) -> 
     )
 
 
+def _stats(prefix: str, samples: list[float]) -> dict[str, float]:
+    """What bench.stats reports for a timed metric: median and its CI, spread, percentiles, n."""
+    x = np.asarray(samples)
+    med = float(np.median(x))
+    q = {
+        k: float(np.percentile(x, v))
+        for k, v in (("p5", 5), ("p25", 25), ("p75", 75), ("p95", 95), ("p99", 99))
+    }
+    out = {
+        prefix: med,
+        "mean": float(x.mean()),
+        "std": float(x.std(ddof=1)),
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "p5": q["p5"],
+        "p50": med,
+        "p95": q["p95"],
+        "p99": q["p99"],
+        "iqr": q["p75"] - q["p25"],
+        "cv": float(x.std(ddof=1) / x.mean()),
+        "ci_low": float(np.percentile(x, 35)),
+        "ci_high": float(np.percentile(x, 65)),
+        "n": float(len(x)),
+    }
+    return {(k if k == prefix else f"{prefix}_{k}"): v for k, v in out.items()}
+
+
 def _latency(rng: random.Random) -> list[Record]:
     out = []
     for source, scale in (("andromeda:tiny", 1.0), ("hf:gpt2", 2.3)):
@@ -49,23 +77,16 @@ def _latency(rng: random.Random) -> list[Record]:
                         * (0.9 + 0.0011 * batch * n + 1.6e-7 * batch * n * n)
                         * (3 if mode == "fwd_bwd" else 1)
                     )
-                    ms *= 1 + rng.uniform(-0.02, 0.02)
-                    cv = 0.17 if (source, mode, batch, n) == ("andromeda:tiny", "forward", 1, 128) else 0.021
-                    metrics = {
-                        "latency_ms": ms,
-                        "latency_ms_ci_low": ms * 0.97,
-                        "latency_ms_ci_high": ms * 1.035,
-                        "latency_ms_p95": ms * 1.08,
-                        "latency_ms_cv": cv,
-                        "tokens_per_s": batch * n / ms * 1e3,
-                    }
+                    noisy = (source, mode, batch, n) == ("andromeda:tiny", "forward", 1, 128)
+                    samples = [ms * (1 + rng.gauss(0, 0.17 if noisy else 0.02)) for _ in range(20)]
+                    metrics = {**_stats("latency_ms", samples), "tokens_per_s": batch * n / ms * 1e3}
                     out.append(
                         _rec(
                             "latency",
                             source,
                             {"mode": mode, "batch": batch, "seq_len": n, **COMMON},
                             metrics=metrics,
-                            samples={"latency_ms": [ms * (1 + rng.gauss(0, 0.02)) for _ in range(20)]},
+                            samples={"latency_ms": samples},
                             info={"backend": "sdpa"},
                         )
                     )
@@ -150,6 +171,8 @@ def _memory() -> list[Record]:
             kv = kv_per_token * n / 2**20 if mode == "inference" else 0.0
             metrics = {
                 "peak_allocated_mib": 482.5 + act + kv,
+                "peak_reserved_mib": 512.0 + act + kv,
+                "start_allocated_mib": 482.5,
                 "weights_mib": 482.5,
                 "activations_mib": act,
                 "kv_cache_mib": kv,

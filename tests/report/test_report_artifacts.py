@@ -112,6 +112,19 @@ def _tex_tables(tex):
     return {re.search(r"\\label\{tab:([^}]*)\}", b).group(1): b for b in blocks}
 
 
+def _named_in_caption(block, metric):
+    """The caption says the metric is measured but left to the CSV: 'latency_ms_{mean, std}' or 'x_mib'."""
+    caption = re.search(r"\\caption\{(.*)\}\n", block).group(1)
+    caption = caption.replace("\\_", "_").replace("\\{", "{").replace("\\}", "}")
+    if "Also measured" not in caption:
+        return False
+    listed = caption.split("Also measured", 1)[1]
+    base, _, qual = metric.rpartition("_")
+    return bool(re.search(rf"[ ;]{re.escape(metric)}[;.]", listed)) or bool(
+        re.search(rf"{re.escape(base)}_{{[^}}]*\b{qual}\b", listed)
+    )
+
+
 def test_latex_structure_and_values(built, records):
     run_dir, _ = built
     tables = _tex_tables((run_dir / "tables.tex").read_text())
@@ -132,10 +145,13 @@ def test_latex_structure_and_values(built, records):
             assert r.status in line
             found = _numbers(line)
             for k, v in r.metrics.items():
-                if finite(v):
+                if finite(v) and not _named_in_caption(block, k):  # a value is in its row, or its name
                     assert any(abs(x - v) <= 5e-4 * abs(v) for x in found), (label, k, v, line)
     assert "latency (ms) [CI]" in tables["latency"] and "(MiB)" in tables["memory"]
     assert "fwd\\_bwd" in tables["latency"]  # LaTeX-escaped text
+    assert _named_in_caption(tables["latency"], "latency_ms_std")  # in the CSV, named, not in a column
+    assert not _named_in_caption(tables["latency"], "latency_ms_p95")  # shown in a column
+    assert _named_in_caption(tables["memory"], "peak_reserved_mib")
 
 
 def test_markdown(built, records):
@@ -169,7 +185,7 @@ def test_html_self_contained(built, records):
     assert html.count('src="data:image/png;base64,') == len(written["png"])
     assert not re.search(r'src="(?!data:)', html) and "<script" not in html
     assert "NVIDIA H100 80GB HBM3" in html and "name: smoke" in html  # environment, manifest
-    assert "latency_ms_cv = 0.17" in html
+    assert "latency_ms_cv = 0.1" in html and "(noisy measurement)" in html
     for r in records:
         if r.status != "ok":
             assert r.message.replace("'", "&#39;") in html

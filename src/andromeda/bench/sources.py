@@ -197,9 +197,9 @@ def _build_xt(source: str, name: str, overrides: dict) -> ModelBundle:
     except ImportError as e:
         raise missing_extra("x-transformers", "xt") from e
     cfg = from_name(name, **overrides)
-    if cfg.parallel_block or cfg.pos_interpolation_factor != 1.0 or cfg.ff_glu:
-        raise ConfigError(f"models: '{source}': parallel_block, pos_interpolation_factor and ff_glu "
-                          "have no x-transformers equivalent here")
+    if cfg.parallel_block or cfg.pos_interpolation_factor != 1.0 or cfg.ff_glu or cfg.deepnorm:
+        raise ConfigError(f"models: '{source}': parallel_block, pos_interpolation_factor, ff_glu and deepnorm "
+                          "have no equivalent in this x-transformers version")
     model = TransformerWrapper(
         num_tokens=cfg.num_tokens, max_seq_len=cfg.max_seq_len, use_abs_pos_emb=cfg.use_abs_pos_emb,
         tie_embedding=cfg.tie_embeddings,
@@ -210,7 +210,7 @@ def _build_xt(source: str, name: str, overrides: dict) -> ModelBundle:
             rotary_xpos=cfg.rotary_xpos, rotary_xpos_scale_base=cfg.xpos_scale_base,
             attn_flash=True, shift_tokens=cfg.shift_tokens, attn_qk_norm=cfg.qk_norm,
             attn_qk_norm_dim_scale=cfg.qk_norm_dim_scale, attn_qk_norm_scale=cfg.qk_norm_scale,
-            deepnorm=cfg.deepnorm, ff_mult=cfg.ff_mult, use_rmsnorm=cfg.norm == "rmsnorm",
+            ff_mult=cfg.ff_mult, use_rmsnorm=cfg.norm == "rmsnorm",
         ),
     )
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

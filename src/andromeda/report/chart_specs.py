@@ -106,7 +106,7 @@ def throughput_vs_batch(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> b
     if not _has(df, "params.batch", "metrics.tokens_per_s"):
         return False
     drawn = False
-    for label, g in _groups(_ok(df), ["source", "params.seq_len"]):
+    for label, g in _groups(_ok(df), ["source", "params.mode", "params.seq_len"]):
         pts = _xy(g, "params.batch", "metrics.tokens_per_s")
         if not pts.empty:
             ax.plot(pts["x"], pts["y"], marker="o", markersize=4, label=label)
@@ -181,7 +181,7 @@ def memory_vs_seq_len(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> boo
     metric = next(
         (
             m
-            for m in ("metrics.peak_allocated_mib", "metrics.rss_peak_mib")
+            for m in ("metrics.peak_allocated_mib", "metrics.rss_peak_mib", "metrics.peak_mib")
             if m in df.columns and df[m].notna().any()
         ),
         None,
@@ -202,7 +202,8 @@ def memory_vs_seq_len(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> boo
         ax.set_xscale("log", base=2)
         ax.set_ylim(bottom=0)
         ax.set_xlabel(AXIS_LABELS["seq_len"])
-        what = "peak allocated GPU memory" if metric.endswith("allocated_mib") else "peak RSS"
+        what = {"metrics.peak_allocated_mib": "peak allocated GPU memory", "metrics.rss_peak_mib": "peak RSS"}
+        what = what.get(metric, "peak memory")
         ax.set_ylabel(f"{what} (MiB)")
     return drawn
 
@@ -242,7 +243,10 @@ def _scaling(axis: str):
                 color=line.get_color(),
                 label=f"{source} · fit a+bN+cN² ({', '.join(extra)})",
             )
+            # oom_boundary, or the bisection's bracket: largest size that ran .. smallest that did not
             boundary = f.get("metrics.oom_boundary", np.nan)
+            if pd.isna(boundary):
+                boundary = f.get("metrics.oom_boundary_fail", np.nan)
             if pd.notna(boundary):
                 ax.axvline(
                     boundary,

@@ -98,13 +98,28 @@ def _style(ax: Axes, title: str) -> None:
     ax.set_title(title, fontsize=11)
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
-    if ax.get_legend_handles_labels()[0]:
+    handles = ax.get_legend_handles_labels()[0]
+    if len(handles) > 6:  # many lines: keep the legend off the data
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    elif handles:
         ax.legend(fontsize=7, framealpha=0.85)
+
+
+def _load_chart_specs() -> None:
+    """Import chart_specs.py and every chart_specs_<name>.py beside it (each registers its charts)."""
+    import importlib
+    import pkgutil
+
+    import andromeda.report as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name == "chart_specs" or mod.name.startswith("chart_specs_"):
+            importlib.import_module(f"andromeda.report.{mod.name}")
 
 
 def render_charts(records: Sequence[Record]) -> tuple[list[Chart], list[str]]:
     """Every registered chart that has data, then the summary panel; and the errors of failed charts."""
-    from andromeda.report import chart_specs  # noqa: F401  (registers the built-in charts)
+    _load_chart_specs()
 
     charts: list[Chart] = []
     errors: list[str] = []

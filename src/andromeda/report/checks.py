@@ -64,7 +64,9 @@ def find_warnings(records: Sequence[Record], env_differing: Sequence[str] = ()) 
             flags = [flags]
         for flag in flags or []:
             out.append(make_warning("flagged", f"{where}: {flag}", r))
-        if r.info.get("noisy") is True:
+        if r.info.get("noisy") is True and not any(
+            w["kind"] == "noisy" and w["case_id"] == r.case_id for w in out
+        ):
             out.append(make_warning("flagged", f"{where}: marked noisy by the scenario", r))
     return out
 

@@ -32,6 +32,7 @@ _QUALIFIERS = {
 # Unit suffixes, longest first: (suffix of the name without qualifier, unit shown).
 _UNITS = [
     ("_ms_per_token2", "ms/tok²"),
+    ("ms_per_sequence", "ms/seq"),
     ("_ms_per_token", "ms/tok"),
     ("tokens_per_s", "tok/s"),
     ("sequences_per_s", "seq/s"),
@@ -57,6 +58,7 @@ _WORDS = {
     "oom": "OOM",
     "cv": "CV",
     "tflops": "TFLOP/s",
+    "flops": "FLOPs",
 }
 
 
@@ -118,7 +120,8 @@ def split_metric(name: str) -> tuple[str, str, str]:
     for suffix, unit in _UNITS:
         if stem.endswith(suffix) or stem == suffix.lstrip("_"):
             rest = stem[: -len(suffix)] if stem.endswith(suffix) else ""
-            fallback = "compute" if unit == "TFLOP/s" else "throughput" if "/s" in unit else stem
+            fallback = {"TFLOP/s": "compute", "ms/seq": "time"}.get(unit)
+            fallback = fallback or ("throughput" if "/s" in unit else stem)
             label = _words(rest) or fallback
             return label, qual, unit
     return _words(stem), qual, ""

@@ -30,6 +30,23 @@ from andromeda.report.load import by_scenario, columns_of, frame
 CI_SUFFIXES = ("_ci_low", "_ci_high")
 CI_NOTE = "Columns marked [CI]: median [CI low, CI high]."
 MISSING_NOTE = "— marks a value not measured (OOM, error, skipped) or not applicable."
+# Summary statistics of a metric X (X_mean, X_std, ...) kept out of display tables when X is shown:
+# the tables show X (the median) with its CI, X_p95 and X_cv; the CSV and report.json have them all.
+STAT_DETAILS = ("mean", "std", "min", "max", "p5", "p50", "p90", "p99", "iqr", "n")
+# Scenarios whose display tables show a chosen set of metrics (plus their CI, p95, CV); the rest of
+# the record's metrics are named in a note under the table. Scenarios not listed show every metric.
+TABLE_METRICS: dict[str, tuple[str, ...]] = {
+    "memory": (
+        "peak_mib",
+        "peak_allocated_mib",
+        "rss_peak_mib",
+        "weights_mib",
+        "activations_mib",
+        "kv_cache_mib",
+        "kv_bytes_per_token_measured",
+        "kv_bytes_per_token_analytic",
+    ),
+}
 
 
 @dataclass
@@ -70,21 +87,52 @@ def _is_numeric(values: Sequence[Any]) -> bool:
     return bool(present) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
 
 
+def _shown_metrics(scenario: str, metrics: list[str]) -> tuple[list[str], list[str]]:
+    """(metrics shown in display tables, metrics left to the CSV). Never drops one without saying so."""
+    preferred = TABLE_METRICS.get(scenario)
+    shown, hidden = [], []
+    for m in metrics:
+        base, _, qual = m.rpartition("_")
+        detail = qual in STAT_DETAILS and base in metrics
+        if preferred is not None and any(m == p or base == p for p in preferred):
+            detail = detail and m not in preferred
+            (hidden if detail else shown).append(m)
+        elif preferred is not None or detail:
+            hidden.append(m)
+        else:
+            shown.append(m)
+    return shown, hidden
+
+
+def _hidden_note(scenario: str, hidden: list[str], metrics: list[str]) -> str:
+    """'latency_ms_{mean, std, n}; start_allocated_mib': the hidden metrics, details grouped by base."""
+    groups: dict[str, list[str]] = {}
+    for m in hidden:
+        base, _, qual = m.rpartition("_")
+        if qual in STAT_DETAILS and base in metrics:
+            groups.setdefault(base + "_", []).append(qual)
+        else:
+            groups.setdefault(m, [])
+    parts = [f"{b}{{{', '.join(q)}}}" if q else b for b, q in groups.items()]
+    return f"Also measured, in csv/{safe_name(scenario)}.csv and report.json: {'; '.join(parts)}."
+
+
 def _table(scenario: str, title: str, label: str, recs: Sequence[Record]) -> Table:
     df = frame(recs)
     columns = [Column("source", "source", False), Column("status", "status", False)]
-    notes = []
+    fixed = []
     for p in columns_of(df, "params"):
         values = list(df[f"params.{p}"])
-        if p == "fit":
+        if p == "fit" or all(is_missing(v) for v in values):
             continue
-        if len(values) > 1 and len({fmt_value(v) for v in values}) == 1 and not is_missing(values[0]):
-            notes.append(f"{p}={fmt_value(values[0])}")
+        if len(values) > 1 and len({fmt_value(v) for v in values}) == 1:
+            fixed.append(f"{p}={fmt_value(values[0])}")
             continue
         columns.append(Column(f"params.{p}", param_header(p), _is_numeric(values)))
     metrics = columns_of(df, "metrics")
-    bounds = {m + s for m in metrics for s in CI_SUFFIXES if all(m + t in metrics for t in CI_SUFFIXES)}
-    for m in metrics:
+    shown, hidden = _shown_metrics(scenario, metrics)
+    bounds = {m + s for m in shown for s in CI_SUFFIXES if all(m + t in metrics for t in CI_SUFFIXES)}
+    for m in shown:
         if m in bounds:
             continue
         ci = None
@@ -94,10 +142,12 @@ def _table(scenario: str, title: str, label: str, recs: Sequence[Record]) -> Tab
     rows = []
     for _, row in df.iterrows():
         rows.append([(row[c.key], row[c.ci[0]], row[c.ci[1]]) if c.ci else row[c.key] for c in columns])
-    text_notes = [f"Fixed parameters: {', '.join(notes)}."] if notes else []
+    notes = [f"Fixed parameters: {', '.join(fixed)}."] if fixed else []
     if any(c.ci for c in columns):
-        text_notes.append(CI_NOTE)
-    return Table(scenario, title, label, columns, rows, text_notes)
+        notes.append(CI_NOTE)
+    if hidden:
+        notes.append(_hidden_note(scenario, hidden, metrics))
+    return Table(scenario, title, label, columns, rows, notes)
 
 
 def scenario_tables(scenario: str, recs: Sequence[Record]) -> list[Table]:

@@ -54,4 +54,14 @@ def configs() -> list[type[ScenarioConfig]]:
     return [cls.Config for cls in _REGISTRY.values()]
 
 
-from andromeda.bench.scenarios import generation, latency, memory, scaling, throughput  # noqa: E402,F401
+def _load() -> None:
+    """Import every scenario module in this package (each registers itself); `common` is shared code."""
+    import importlib
+    import pkgutil
+
+    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if mod.name != "common" and not mod.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{mod.name}")
+
+
+_load()

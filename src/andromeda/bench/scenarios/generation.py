@@ -1,15 +1,14 @@
 """generation: prefill, time to first token, time per output token, decode and end-to-end rates.
 
-One sample = one whole generation (prefill + gen_len greedy steps), repeated per the timing
-config (at least min_runs). Each step is timed with the device clock (CUDA events, or
+One sample = one whole generation (prefill + gen_len greedy steps), repeated `runs` times after
+one warm-up generation; every step of every run is a sample of the time per output token. Each step is timed with the device clock (CUDA events, or
 perf_counter after synchronize), so the per-position decode latency curve is measured, not
 derived. With use_cache false every step recomputes the prefix: the cache's value.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -28,6 +27,7 @@ class GenerationConfig(ScenarioConfig):
     gen_len: PosIntList = [32]
     batch: PosIntList = [1]
     use_cache: list[bool] = Field(default=[True], min_length=1)
+    runs: Annotated[int, Field(gt=0)] = 3  # whole generations measured (each gives gen_len - 1 step samples)
 
 
 @register("generation")
@@ -55,13 +55,8 @@ class Generation:
                 steps.append(sw.elapsed_ms)
             return prefill, first, steps, dec.cache_bytes()
 
-        for _ in range(max(ctx.timing.warmup, 1)):
-            generate_once()
-        runs, t0 = [], time.perf_counter()
-        while len(runs) < ctx.timing.min_runs or (
-            time.perf_counter() - t0 < ctx.timing.budget_s and len(runs) < ctx.timing.max_runs
-        ):
-            runs.append(generate_once())
+        generate_once()  # warm-up: allocator, kernels, compilation
+        runs = [generate_once() for _ in range(p["runs"])]
         prefill = [r[0] for r in runs]
         ttft = [r[1] for r in runs]
         total = [r[1] + sum(r[2]) for r in runs]
