@@ -14,8 +14,8 @@ from andromeda.model import (
     EmbeddingProvider,
     ModelConfig,
     from_name,
-    load_checkpoint,
     lm_loss,
+    load_checkpoint,
     save_checkpoint,
 )
 
@@ -105,13 +105,14 @@ def test_mqa_equals_mha_with_repeated_kv_weights():
 
 FEATURES = ["alibi_pos_bias", "rotary_xpos", "shift_tokens", "kv_heads", "qk_norm", "deepnorm", "parallel_block"]
 ON = dict(alibi_pos_bias=dict(alibi_pos_bias=True, alibi_num_heads=2), rotary_xpos=dict(rotary_xpos=True),
-          shift_tokens=dict(shift_tokens=2), kv_heads=dict(kv_heads=1), qk_norm=dict(qk_norm=True, qk_norm_dim_scale=True),
+          shift_tokens=dict(shift_tokens=2), kv_heads=dict(kv_heads=1),
+          qk_norm=dict(qk_norm=True, qk_norm_dim_scale=True),
           deepnorm=dict(deepnorm=True), parallel_block=dict(parallel_block=True))
 
 
 def _combos():
     for bits in itertools.product([0, 1], repeat=len(FEATURES)):
-        flags = [f for f, b in zip(FEATURES, bits) if b]
+        flags = [f for f, b in zip(FEATURES, bits, strict=True) if b]
         if "deepnorm" in flags and "parallel_block" in flags:
             continue
         yield flags
@@ -166,7 +167,7 @@ def test_checkpoint_round_trip_exact(tmp_path, tied):
     save_checkpoint(m, tmp_path / "ck")
     m2 = load_checkpoint(tmp_path / "ck")
     assert m2.cfg == m.cfg
-    for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+    for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     if tied:
         assert m2.head.weight.data_ptr() == m2.embed.token.weight.data_ptr()

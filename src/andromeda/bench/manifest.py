@@ -147,7 +147,8 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         last = i == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set '{item}': '{'.'.join(parts[:i])}' has {len(node)} items; '{part}' is no index")
+                where = ".".join(parts[:i])
+                raise ConfigError(f"--set '{item}': '{where}' has {len(node)} items; '{part}' is no index")
             part = int(part)
         elif not isinstance(node, dict):
             raise ConfigError(f"--set '{item}': '{'.'.join(parts[:i])}' is not a mapping")
@@ -171,7 +172,8 @@ def format_error(err: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{path}: required field is missing"
     if kind == "union_tag_invalid":
-        return f"{path}.scenario: unknown scenario {err['input'].get('scenario')!r}; available: {', '.join(scenarios.names())}"
+        name = err["input"].get("scenario")
+        return f"{path}.scenario: unknown scenario {name!r}; available: {', '.join(scenarios.names())}"
     if kind == "union_tag_not_found":
         return f"{path}: each scenario needs 'scenario: NAME'; available: {', '.join(scenarios.names())}"
     if msg.startswith("Value error, "):

@@ -87,7 +87,9 @@ def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device
     out = Path(out_dir)
     store = RecordStore(out / RESULTS)
     if store.path.exists() and not resume:
-        raise ConfigError(f"--out: {store.path} already exists; pass --resume to finish that run, or choose another --out")
+        raise ConfigError(
+            f"--out: {store.path} already exists; pass --resume to finish that run, or choose another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     manifest = manifest.model_copy(update={"device": device}) if device else manifest
     (out / "manifest.yml").write_text(yaml.safe_dump(manifest.model_dump(mode="json"), sort_keys=False))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from andromeda.bench.facts import ModelFacts, facts_from_config
-from andromeda.errors import AndromedaError, ConfigError, missing_extra
+from andromeda.errors import ConfigError, missing_extra
 from andromeda.model import Andromeda, ByteTokenizer, ModelConfig, from_name
 
 KINDS = ("andromeda", "hf", "xt")
@@ -49,7 +49,9 @@ class ModelBundle:
 def parse_source(source: str) -> tuple[str, str, dict[str, Any]]:
     """'andromeda:base?depth=12' -> ('andromeda', 'base', {'depth': 12})."""
     if not isinstance(source, str) or ":" not in source:
-        raise ConfigError(f"models: '{source}' is not a model source; use andromeda:<preset>, hf:<path|type> or xt:<preset>")
+        raise ConfigError(
+            f"models: '{source}' is not a model source; use andromeda:<preset>, hf:<path|type> or xt:<preset>"
+        )
     kind, rest = source.split(":", 1)
     if kind not in KINDS:
         raise ConfigError(f"models: source kind '{kind}' is unknown in '{source}'; allowed: {', '.join(KINDS)}")

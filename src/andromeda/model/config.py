@@ -242,7 +242,8 @@ def _check_values(c: ModelConfig) -> None:
     from andromeda.model.backends import names as backend_names
 
     allowed = ("auto", *backend_names())
-    need(c.attn_backend in allowed, "attn_backend", f"unknown backend '{c.attn_backend}'; allowed: {', '.join(allowed)}")
+    need(c.attn_backend in allowed, "attn_backend",
+         f"unknown backend '{c.attn_backend}'; allowed: {', '.join(allowed)}")
 
 
 # ---- presets --------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ class ScenarioConfig(BaseModel):
     def points(self) -> list[dict[str, Any]]:
         fixed = {k: v for k, v in self.model_dump().items() if k not in self.SWEEP and k != "scenario"}
         axes = [(k, getattr(self, k)) for k in self.SWEEP]
-        return [{**fixed, **dict(zip([a for a, _ in axes], combo))}
+        return [{**fixed, **dict(zip([a for a, _ in axes], combo, strict=True))}
                 for combo in itertools.product(*[vals for _, vals in axes])]
 
 

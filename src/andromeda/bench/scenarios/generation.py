@@ -1,9 +1,10 @@
 """generation: prefill, time to first token, time per output token, decode and end-to-end rates.
 
 One sample = one whole generation (prefill + gen_len greedy steps), repeated `runs` times after
-one warm-up generation; every step of every run is a sample of the time per output token. Each step is timed with the device clock (CUDA events, or
-perf_counter after synchronize), so the per-position decode latency curve is measured, not
-derived. With use_cache false every step recomputes the prefix: the cache's value.
+one warm-up generation; every step of every run is a sample of the time per output token. Each
+step is timed on its own (perf_counter between device synchronizations), so the per-position
+decode latency curve is measured, not derived. With use_cache false every step recomputes the
+prefix: what the cache saves.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ call with Nq == Nk uses `is_causal` and the fused kernels.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from andromeda.model.backends import register
