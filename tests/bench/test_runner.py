@@ -174,3 +174,21 @@ def test_source_kinds(tmp_path):
         assert status[(src, "generation", False)] == "ok"
     assert status[("xt:tiny", "generation", True)] == "skipped"
     assert status[("hf:matched:tiny", "generation", True)] == "ok"
+
+
+def test_hf_source_from_local_checkpoint(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from andromeda.bench.sources import build
+
+    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                   num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128)
+    ref = transformers.LlamaForCausalLM(cfg).eval()
+    ref.save_pretrained(tmp_path / "ckpt")
+    bundle = build(f"hf:{tmp_path / 'ckpt'}", torch.device("cpu"), torch.float32)
+    tokens = torch.randint(0, 256, (1, 12))
+    with torch.no_grad():
+        assert torch.allclose(bundle.logits(tokens), ref(tokens).logits, atol=1e-5)
+    assert bundle.facts.params == sum(p.numel() for p in ref.parameters())
+    assert (bundle.facts.layers, bundle.facts.kv_heads, bundle.facts.head_dim) == (1, 1, 16)
