@@ -45,8 +45,7 @@ class Decoder:
     def cache_bytes(self) -> int:
         """Bytes the KV cache holds now (Andromeda: the filled part of its static buffers)."""
         if self.cache is not None:
-            per_pos = self.cache.k[:, :, :, :1].nbytes + self.cache.v[:, :, :, :1].nbytes
-            return per_pos * self.cache.length
+            return self.cache.filled_bytes()
         if self.past is not None:
             return sum(t.nbytes for t in _tensors(self.past))
         return 0

@@ -1,5 +1,10 @@
 """Static KV cache: buffers allocated once for `max_len` positions, written in place.
 
+quant="int8" or "int4" stores keys and values as symmetric per-group integer codes (groups of
+`group_size` features, one float32 scale each; int4 packs two codes a byte) and dequantizes the
+filled prefix on read. `window` > 0 keeps the most recent `window` positions in full precision
+as well (a ring buffer), so the newest tokens are exact.
+
 It also holds the token-shift state (the last `shift_tokens` normalized rows of each shift
 site), which cached decoding needs to shift features from the previous position.
 """
@@ -10,6 +15,9 @@ import torch
 
 from andromeda.errors import ConfigError
 from andromeda.model.config import ModelConfig
+from andromeda.model.quant import dequantize, quantize
+
+QUANT_BITS = {"none": None, "int8": 8, "int4": 4}
 
 
 class KVCache:
@@ -21,32 +29,89 @@ class KVCache:
         *,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        quant: str = "none",
+        group_size: int = 64,
+        window: int = 0,
     ):
         if batch <= 0 or max_len <= 0:
             raise ConfigError(f"cache: batch and max_len must be positive, got {batch}, {max_len}")
-        shape = (cfg.depth, batch, cfg.n_kv_heads, max_len, cfg.dim_head)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H_kv, T, D)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len = max_len
-        self.length = 0
+        if quant not in QUANT_BITS:
+            raise ConfigError(f"cache.quant: '{quant}' is unknown; allowed: {', '.join(QUANT_BITS)}")
+        self.bits = QUANT_BITS[quant]
+        self.quant, self.dtype, self.max_len, self.length = quant, dtype, max_len, 0
+        d = cfg.dim_head
+        self.group = min(group_size, d)
+        if self.bits is not None and (group_size <= 0 or d % self.group or self.group % 2):
+            raise ConfigError(f"cache.group_size: must be even and divide dim_head ({d}), got {group_size}")
+        if window < 0:
+            raise ConfigError(f"cache.window: must be >= 0, got {window}")
+        self.window = window if self.bits is not None else 0
+        lead = (cfg.depth, batch, cfg.n_kv_heads, max_len)  # (L, B, H_kv, T, ...)
+        if self.bits is None:
+            self.k = torch.zeros(*lead, d, device=device, dtype=dtype)  # (L, B, H_kv, T, D)
+            self.v = torch.zeros(*lead, d, device=device, dtype=dtype)
+            self._buffers = [self.k, self.v]
+        else:
+            code_d, code_t = (d, torch.int8) if self.bits == 8 else (d // 2, torch.uint8)
+            self.kq = torch.zeros(*lead, code_d, device=device, dtype=code_t)
+            self.vq = torch.zeros(*lead, code_d, device=device, dtype=code_t)
+            self.ks = torch.zeros(*lead, d // self.group, device=device, dtype=torch.float32)
+            self.vs = torch.zeros(*lead, d // self.group, device=device, dtype=torch.float32)
+            self._buffers = [self.kq, self.vq, self.ks, self.vs]
+            if self.window:
+                wshape = (cfg.depth, batch, cfg.n_kv_heads, self.window, d)
+                self.kw = torch.zeros(wshape, device=device, dtype=dtype)
+                self.vw = torch.zeros(wshape, device=device, dtype=dtype)
+                self._buffers += [self.kw, self.vw]
         self._shift: dict[tuple[int, str], torch.Tensor] = {}
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes + sum(t.nbytes for t in self._shift.values())
+        """Bytes of every buffer the cache allocated (keys, values, scales, window, shift state)."""
+        return sum(t.nbytes for t in self._buffers) + sum(t.nbytes for t in self._shift.values())
 
     def bytes_per_token(self) -> float:
-        return (self.k.nbytes + self.v.nbytes) / (self.k.shape[1] * self.max_len)
+        """Key/value bytes per cached token (per sequence), over all layers."""
+        return sum(t.nbytes for t in self._buffers) / (self._buffers[0].shape[1] * self.max_len)
+
+    def filled_bytes(self) -> int:
+        """Bytes that hold the positions written so far (the window counts whole once used)."""
+        per_pos = sum(t[:, :, :, :1].nbytes for t in self._buffers[:4 if self.bits else 2])
+        extra = sum(t.nbytes for t in self._buffers[4:]) if self.window and self.length else 0
+        return per_pos * self.length + extra
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, H_kv, N, D) at the current length; return all keys/values so far."""
         n = k.shape[2]
-        end = self.length + n
+        start, end = self.length, self.length + n
         if end > self.max_len:
             raise ConfigError(f"cache: {end} positions exceed the cache's max_len {self.max_len}; make a larger cache")
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        if self.bits is None:
+            self.k[layer, :, :, start:end] = k
+            self.v[layer, :, :, start:end] = v
+            return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        for src, codes, scales in ((k, self.kq, self.ks), (v, self.vq, self.vs)):
+            q, s = quantize(src, self.bits, self.group)
+            codes[layer, :, :, start:end] = q
+            scales[layer, :, :, start:end] = s
+        keys = dequantize(self.kq[layer, :, :, :end], self.ks[layer, :, :, :end], self.bits, self.group, k.dtype)
+        vals = dequantize(self.vq[layer, :, :, :end], self.vs[layer, :, :, :end], self.bits, self.group, v.dtype)
+        if self.window:
+            keys, vals = self._window(layer, k, v, start, end, keys, vals)
+        return keys, vals
+
+    def _window(self, layer, k, v, start, end, keys, vals):
+        """Keep the last `window` positions exact: write them to the ring, then overlay them."""
+        w = self.window
+        for src, ring in ((k, self.kw), (v, self.vw)):
+            keep = src[:, :, -w:]  # the newest positions of this write
+            pos = torch.arange(end - keep.shape[2], end, device=src.device) % w
+            ring[layer, :, :, pos] = keep.to(ring.dtype)
+        recent = torch.arange(max(0, end - w), end, device=k.device)
+        keys, vals = keys.clone(), vals.clone()
+        keys[:, :, recent] = self.kw[layer, :, :, recent % w].to(keys.dtype)
+        vals[:, :, recent] = self.vw[layer, :, :, recent % w].to(vals.dtype)
+        return keys, vals
 
     def shift_state(self, layer: int, site: str) -> torch.Tensor | None:
         return self._shift.get((layer, site))

@@ -135,9 +135,12 @@ class Andromeda(nn.Module):
         return lm_loss(self(tokens), tokens if labels is None else labels, ignore_index)
 
     # ---- generation -----------------------------------------------------------------------
-    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None, *, quant: str = "none",
+                  group_size: int = 64, window: int = 0) -> KVCache:
+        """A static cache for `batch` sequences of up to `max_len` positions (see KVCache for quant)."""
         ref = self.head.weight
-        return KVCache(self.cfg, batch, max_len, device=ref.device, dtype=dtype or ref.dtype)
+        return KVCache(self.cfg, batch, max_len, device=ref.device, dtype=dtype or ref.dtype, quant=quant,
+                       group_size=group_size, window=window)
 
     @torch.no_grad()  # not inference_mode: its tensors could not be fed back into training
     def generate(
@@ -150,6 +153,7 @@ class Andromeda(nn.Module):
         top_p: float | None = None,
         eos_token: int | None = None,
         use_cache: bool = True,
+        cache_quant: str = "none",
         generator: torch.Generator | None = None,
         return_logits: bool = False,
     ):
@@ -157,14 +161,14 @@ class Andromeda(nn.Module):
 
         Returns tokens (B, N + new); with return_logits, also the (B, new, V) logits each token
         was drawn from. Without a cache every step recomputes the whole prefix (to show the
-        cache's value in benchmarks).
+        cache's value in benchmarks). cache_quant "int8"/"int4" stores the cache quantized.
         """
         if prompt.dim() != 2 or prompt.shape[1] == 0:
             raise ConfigError(f"generate: prompt must be (batch, seq) with seq >= 1, got {tuple(prompt.shape)}")
         if max_new_tokens < 0:
             raise ConfigError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
         b, n = prompt.shape
-        cache = self.new_cache(b, n + max_new_tokens) if use_cache else None
+        cache = self.new_cache(b, n + max_new_tokens, quant=cache_quant) if use_cache else None
         tokens, step_logits = prompt, []
         done = torch.zeros(b, dtype=torch.bool, device=prompt.device)
         next_input = prompt
