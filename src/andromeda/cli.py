@@ -37,6 +37,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    """`andromeda profile attention --full` is `andromeda run --preset attention-full`."""
+    preset = f"{args.target}-{'full' if args.full else 'quick'}"
+    return _cmd_run(argparse.Namespace(manifest=None, preset=preset, set=[], device=args.device, out=args.out,
+                                       resume=args.resume))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from andromeda.train.command import train_command
+
+    return train_command(args.manifest, preset=args.preset, out=args.out, resume=args.resume, device=args.device,
+                         overrides=args.set)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from andromeda.report import build_report
 
@@ -90,6 +104,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from andromeda.bench.compare import Thresholds
+    from andromeda.bench.regress import compare
+    from andromeda.report.compare_report import write_compare_report
+
+    thresholds = Thresholds(speedup=args.threshold, memory=args.memory_threshold, max_abs_diff=args.max_abs_diff)
+    result = compare(args.old, args.new, baseline=args.baseline, candidates=args.candidate,
+                     allow_mismatch=args.allow_mismatch, metric=args.metric or ["latency_ms"], thresholds=thresholds,
+                     correction=args.correction, alpha=args.alpha, seed=args.seed)
+    if args.out:
+        formats = args.formats.split(",") if args.formats else None
+        paths = write_compare_report(result, args.out, *([formats] if formats else []))
+        for kind, files in paths.items():
+            for f in files:
+                print(f"{kind:5s} {f}")
+    print("\n".join(result.summary_lines()))
+    return result.exit_code
+
+
+def _cmd_claims(args: argparse.Namespace) -> int:
+    from andromeda.bench.claims import check_claims
+    from andromeda.report.compare_report import write_claims_report
+
+    result = check_claims(args.claims, device=args.device, peak_tflops=args.peak_tflops,
+                          max_preset=args.max_preset, measure=not args.no_measure)
+    out = Path(args.out or f"runs/claims-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    paths = write_claims_report(result.to_dict(), out)
+    print("\n".join(result.summary_lines()))
+    print(f"report: {paths['md'][0]} (and {paths['json'][0].name})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="andromeda", description="The Andromeda model and benchmark suite.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -104,10 +150,63 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="finish an interrupted run in --out, skipping finished cases")
     r.set_defaults(func=_cmd_run)
 
+    pr = sub.add_parser("profile", help="run a built-in profile: attention (preset attention-quick or -full)")
+    pr.add_argument("target", choices=["attention"])
+    size = pr.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="CPU, seconds (the default)")
+    size.add_argument("--full", action="store_true", help="GPU, bf16, up to 128K tokens")
+    pr.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (overrides the preset)")
+    pr.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
+    pr.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
+    pr.set_defaults(func=_cmd_profile)
+
+    t = sub.add_parser("train", help="pre-train as a manifest's training scenarios say (default: train-quick)")
+    t.add_argument("manifest", nargs="?", help="YAML manifest with a training scenario (default: --preset train-quick)")
+    t.add_argument("--preset", help="a built-in manifest, e.g. train-quick")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a manifest field, e.g. --set scenarios.0.steps=200")
+    t.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (overrides the manifest)")
+    t.add_argument("--out", help="run directory (default: runs/<name>-<time>); checkpoints go to <out>/checkpoints")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its checkpoints")
+    t.set_defaults(func=_cmd_train)
+
     rep = sub.add_parser("report", help="rebuild every artifact of a run from its results.jsonl")
     rep.add_argument("run_dir")
     rep.add_argument("--formats", help="comma-separated subset of csv,json,png,md,html,tex")
     rep.set_defaults(func=_cmd_report)
+
+    c = sub.add_parser("compare", help="compare two runs case by case (exit 1 on a significant regression), "
+                       "or the sources of one run against --baseline")
+    c.add_argument("old", metavar="OLD_RUN", help="baseline run directory (or its results.jsonl)")
+    c.add_argument("new", metavar="NEW_RUN", nargs="?", help="candidate run directory (or its results.jsonl)")
+    c.add_argument("--metric", action="append", metavar="NAME",
+                   help="metric to compare (repeatable; default latency_ms); its name says which way is better")
+    c.add_argument("--threshold", type=float, default=1.2,
+                   help="factor a significant time/throughput change must reach to count (default 1.2 = 1.2x)")
+    c.add_argument("--memory-threshold", type=float, default=0.05,
+                   help="relative change a memory metric must exceed to count (default 0.05 = 5%%)")
+    c.add_argument("--max-abs-diff", type=float, default=1e-5, help="tolerance of *abs_diff metrics (default 1e-5)")
+    c.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    c.add_argument("--correction", choices=["holm", "bh", "none"], default="holm",
+                   help="multiple-comparison correction across all comparisons (default holm)")
+    c.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    c.add_argument("--baseline", metavar="SOURCE", help="compare the sources of OLD_RUN against this source")
+    c.add_argument("--candidate", action="append", metavar="SOURCE",
+                   help="with --baseline: a source to compare (repeatable; default every other source)")
+    c.add_argument("--allow-mismatch", action="store_true",
+                   help="with --baseline: compare models of different shapes (parameter and FLOP ratios shown)")
+    c.add_argument("--out", help="write compare.{md,html,tex,csv,json,png} into this directory")
+    c.add_argument("--formats", help="comma-separated subset of md,html,tex,csv,json,png")
+    c.set_defaults(func=_cmd_compare)
+
+    cl = sub.add_parser("claims", help="check the spec's claims: physical floors, and measurements on a CUDA GPU")
+    cl.add_argument("claims", nargs="?", metavar="CLAIMS.yml", help="claims file (default: the built-in one)")
+    cl.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    cl.add_argument("--peak-tflops", type=float, help="peak matmul rate to use instead of measuring / the table")
+    cl.add_argument("--max-preset", help="largest model preset to build and measure (e.g. 1b)")
+    cl.add_argument("--no-measure", action="store_true", help="floors only, even on a GPU")
+    cl.add_argument("--out", help="write claims.md and claims.json here (default runs/claims-<time>)")
+    cl.set_defaults(func=_cmd_claims)
 
     sub.add_parser("list", help="presets, scenarios, model sources and attention backends").set_defaults(func=_cmd_list)
     sub.add_parser("schema", help="print the manifest JSON Schema (for editor completion)").set_defaults(

@@ -30,7 +30,7 @@ def test_backend_parity_on_cuda(name, dtype, tol, n, hkv):
     assert _rel(out, ref) < tol
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex", "eager"])
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "eager", "triton"])
 def test_cached_generation_on_cuda(backend):
     torch.backends.cuda.matmul.allow_tf32 = False
     cfg = from_name("tiny", dim=128, dim_head=32, heads=4, attn_backend=backend)

@@ -117,6 +117,6 @@ def reasons(spec: AttentionSpec, device: torch.device) -> dict[str, str | None]:
 
 
 # Registration happens on import; the reference first.
-from andromeda.model.backends import eager, flex, sdpa  # noqa: E402,F401
+from andromeda.model.backends import eager, flex, sdpa, triton_flash  # noqa: E402,F401
 
 __all__ = ["AttentionSpec", "Backend", "register", "names", "get", "select", "preference", "reasons"]

@@ -1,0 +1,162 @@
+"""Andromeda's attention on the GPU: our Triton kernel vs cuDNN SDPA and FlexAttention, side by side.
+
+Shape: causal, 24 heads, head dim 128, bf16; Andromeda's own attention has 1 KV head and ALiBi on
+12 of 24 heads (triton, flex); cuDNN runs plain causal MHA of the same shape (no ALiBi to do).
+TFLOP/s count the causal half: forward 4*B*H*D*N(N+1)/2, backward 2.5x forward.
+Floors (same run): bf16 matmul rate and copy bandwidth.
+
+    python benchmarks/attention_kernels.py [--lengths 2048,8192,32768] [--tokens 32768] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+
+from andromeda.bench.env import collect_env
+from andromeda.bench.timing import TimingConfig, time_fn
+from andromeda.model.backends import get, triton_flash
+from andromeda.model.positional import head_slopes
+
+H, HKV, D, ALIBI_HEADS = 24, 1, 128, 12
+
+
+def flops(b: int, n: int) -> float:
+    return 4.0 * b * H * D * n * (n + 1) / 2
+
+
+def make(b: int, n: int):
+    g = torch.Generator(device="cuda").manual_seed(n)
+    q = torch.randn(b, H, n, D, device="cuda", generator=g, dtype=torch.bfloat16)
+    k = torch.randn(b, HKV, n, D, device="cuda", generator=g, dtype=torch.bfloat16)
+    v = torch.randn(b, HKV, n, D, device="cuda", generator=g, dtype=torch.bfloat16)
+    return q, k, v
+
+
+def impls():
+    slopes = head_slopes(H, ALIBI_HEADS).cuda()
+    scale = D**-0.5
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def cudnn(q, k, v):
+        kk, vv = k.expand(-1, H, -1, -1).contiguous(), v.expand(-1, H, -1, -1).contiguous()
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            return F.scaled_dot_product_attention(q, kk, vv, is_causal=True, scale=scale)
+
+    def flash_sdpa(q, k, v):
+        kk, vv = k.expand(-1, H, -1, -1).contiguous(), v.expand(-1, H, -1, -1).contiguous()
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            return F.scaled_dot_product_attention(q, kk, vv, is_causal=True, scale=scale)
+
+    return {
+        "triton (ALiBi, MQA)": lambda q, k, v: get("triton")(q, k, v, causal=True, scale=scale, alibi_slopes=slopes),
+        "flex (ALiBi, MQA)": lambda q, k, v: get("flex")(q, k, v, causal=True, scale=scale, alibi_slopes=slopes),
+        "cuDNN SDPA (plain causal MHA)": cudnn,
+        "flash SDPA (plain causal MHA)": flash_sdpa,
+    }
+
+
+def measure(fn, b, n, backward: bool):
+    q, k, v = make(b, n)
+    if backward:
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        grad = torch.randn(b, H, n, D, device="cuda", dtype=torch.bfloat16)
+
+        def run():
+            q.grad = k.grad = v.grad = None
+            fn(q, k, v).backward(grad)
+    else:
+
+        def run():
+            with torch.no_grad():
+                fn(q, k, v)
+
+    cfg = TimingConfig(warmup=3, min_runs=10, max_runs=100, budget_s=3.0, target_rel_ci=0.01)
+    t = time_fn(run, "cuda", cfg)
+    work = flops(b, n) * (3.5 if backward else 1.0)
+    return {"ms": t.median_ms, "cv": t.summary.cv, "tflops": work / (t.median_ms / 1e3) / 1e12}
+
+
+def accuracy(fn, n=2048):
+    q, k, v = make(1, n)
+    slopes = head_slopes(H, ALIBI_HEADS).cuda()
+    ref = get("eager")(q.float(), k.float(), v.float(), causal=True, scale=D**-0.5, alibi_slopes=slopes)
+    out = fn(q, k, v).float()
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def floors():
+    from triton.testing import do_bench
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = do_bench(lambda: a @ a, warmup=50, rep=300, return_mode="median")
+    src = torch.randn(2**28, device="cuda")
+    dst = torch.empty_like(src)
+    ms_c = do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    return {"matmul_bf16_tflops": 2 * 8192**3 / (ms / 1e3) / 1e12, "copy_gb_per_s": 2 * src.nbytes / (ms_c / 1e3) / 1e9}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lengths", default="2048,8192,32768")
+    ap.add_argument("--tokens", type=int, default=32768, help="batch = tokens // length")
+    ap.add_argument("--configs", action="store_true", help="also sweep Triton forward block configs at 8K")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    rows = []
+    table = impls()
+    for name in ("triton (ALiBi, MQA)", "flex (ALiBi, MQA)"):
+        rows.append({"impl": name, "rel_err_vs_fp32_eager_2k": accuracy(table[name])})
+    for n in (int(x) for x in args.lengths.split(",")):
+        b = max(1, args.tokens // n)
+        for name, fn in table.items():
+            for backward in (False, True):
+                try:
+                    r = measure(fn, b, n, backward)
+                except Exception as e:  # noqa: BLE001 - report and go on
+                    r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+                rows.append({"impl": name, "n": n, "batch": b, "pass": "fwd+bwd" if backward else "fwd", **r})
+                print(rows[-1], flush=True)
+                torch.cuda.empty_cache()
+    sweep, bwd_sweep = [], []
+    if args.configs:
+        fn = table["triton (ALiBi, MQA)"]
+        for bm, bn, w, st in [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (64, 128, 4, 3), (64, 64, 8, 3),
+                              (32, 64, 4, 3), (128, 128, 8, 3)]:
+            triton_flash.CONFIG_OVERRIDE["fwd"] = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+            try:
+                r = measure(fn, 4, 8192, False)
+            except Exception as e:  # noqa: BLE001
+                r = {"error": str(e).splitlines()[0][:120]}
+            sweep.append({"BLOCK_M": bm, "BLOCK_N": bn, "warps": w, "stages": st, **r})
+            print(sweep[-1], flush=True)
+        triton_flash.CONFIG_OVERRIDE.clear()
+        for bm, bn, w, st in [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3),
+                              (64, 32, 4, 3), (32, 128, 4, 2)]:
+            triton_flash.CONFIG_OVERRIDE["bwd"] = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+            try:
+                r = measure(fn, 4, 8192, True)
+            except Exception as e:  # noqa: BLE001
+                r = {"error": str(e).splitlines()[0][:120]}
+            bwd_sweep.append({"BLOCK_M": bm, "BLOCK_N": bn, "warps": w, "stages": st, **r})
+            print(bwd_sweep[-1], flush=True)
+        triton_flash.CONFIG_OVERRIDE.clear()
+    res = {"rows": rows, "fwd_config_sweep_8k": sweep, "fwd_bwd_config_sweep_8k": bwd_sweep, **floors(),
+           "env": collect_env()}
+    print(f"floors: matmul {res['matmul_bf16_tflops']:.0f} TFLOP/s, copy {res['copy_gb_per_s']:.0f} GB/s")
+    print(f"{'impl':32s} {'N':>6s} {'pass':>8s} {'ms':>9s} {'TFLOP/s':>8s} {'CV':>6s}")
+    for r in rows:
+        if "n" in r and "ms" in r:
+            print(f"{r['impl']:32s} {r['n']:6d} {r['pass']:>8s} {r['ms']:9.3f} {r['tflops']:8.1f} {r['cv']:6.3f}")
+        elif "n" in r:
+            print(f"{r['impl']:32s} {r['n']:6d} {r['pass']:>8s} {r['error']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

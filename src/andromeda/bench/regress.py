@@ -1,0 +1,527 @@
+"""Matching records and gating on them.
+
+- compare_records(): the sources of one run against a baseline source, case by case (same scenario
+  and params); refuses models of different shapes unless allow_mismatch.
+- compare_runs(): an OLD and a NEW run, case by case: by case id (same manifest), else by
+  (source, scenario, params). Regressions and improvements come with the statistics of compare.py
+  and a multiple-comparison correction across every comparison; `exit_code` is the gate:
+  1 on a significant regression beyond the threshold, or on a case that ran in OLD and failed
+  (oom/error) in NEW; 0 otherwise.
+
+No torch at import (model facts for the shape check are resolved lazily); never prints or writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from andromeda.bench.compare import (
+    Comparison,
+    Correction,
+    Thresholds,
+    compare_samples,
+    correct,
+    decide,
+    fmt_factor,
+    noise_floor,
+)
+from andromeda.bench.records import Record, RecordStore
+from andromeda.errors import AndromedaError, missing_extra
+
+if TYPE_CHECKING:
+    from andromeda.bench.facts import ModelFacts
+
+RESULTS = "results.jsonl"
+SHAPE_FIELDS = ("params", "dim", "layers", "heads")  # facts that must agree unless allow_mismatch
+PARAMS_RTOL = 0.01  # parameter counts may differ this much (norm gains, biases: implementation details)
+FAILED = ("oom", "error")
+
+
+# ---- records --------------------------------------------------------------------------------------
+def params_key(params: Mapping[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def describe_case(scenario: str, params: Mapping[str, Any], source: str | None = None) -> str:
+    """'latency andromeda:tiny mode=forward batch=1 seq_len=64'."""
+    parts = [scenario] + ([source] if source else [])
+    parts += [f"{k}={json.dumps(v, separators=(',', ':')) if isinstance(v, (list, dict)) else v}"
+              for k, v in params.items() if v is not None]
+    return " ".join(str(p) for p in parts)
+
+
+def metric_values(record: Record, metric: str) -> list[float] | None:
+    """Raw samples of `metric` in a record, else its single value, else None."""
+    s = record.samples.get(metric)
+    if s:
+        vals = [float(v) for v in s if v is not None and math.isfinite(float(v))]
+        if vals:
+            return vals
+    v = record.metrics.get(metric)
+    if v is None or not math.isfinite(float(v)):
+        return None
+    return [float(v)]
+
+
+def load_run(path: str | Path) -> list[Record]:
+    """Records of a run directory (its results.jsonl) or of a .jsonl file."""
+    p = Path(path)
+    file = p / RESULTS if p.is_dir() else p
+    if not file.is_file():
+        where = f"no {RESULTS} in {p}" if p.is_dir() else f"run not found: {p}"
+        raise AndromedaError(f"{where}: give a run directory (with {RESULTS}) or a .jsonl file")
+    try:
+        records = RecordStore(file).read()
+    except (TypeError, ValueError) as e:
+        raise AndromedaError(f"{file} holds a malformed record: {e}") from None
+    if not records:
+        raise AndromedaError(f"{file} holds no records")
+    return records
+
+
+def _is_fit(r: Record) -> bool:
+    return r.params.get("fit") is True  # sweep-level fit records: their samples are not repeats
+
+
+def _as_list(metric: str | Sequence[str]) -> list[str]:
+    metrics = [metric] if isinstance(metric, str) else list(dict.fromkeys(metric))
+    if not metrics:
+        raise AndromedaError("give at least one metric to compare")
+    return metrics
+
+
+# ---- model shapes ---------------------------------------------------------------------------------
+def source_facts(source: str) -> ModelFacts:
+    """Facts of a model source without its weights: analytic for andromeda:; for xt: and hf: the
+    module tree built on the meta device (no memory, no weights read), so an x-transformers model
+    or a 'matched' Llama shows its real parameter count. AndromedaError when the shape cannot be found.
+    """
+    from andromeda.bench.facts import facts_from_config
+    from andromeda.bench.sources import andromeda_config, llama_config_for, parse_source
+
+    kind, name, overrides = parse_source(source)
+    if kind == "andromeda":
+        return facts_from_config(andromeda_config(source))
+    try:
+        import torch
+
+        from andromeda.bench.sources import _build_xt, _hf_facts
+        from andromeda.model import from_name
+
+        if kind == "xt":
+            with torch.device("meta"):
+                return _build_xt(source, name, overrides).facts
+        try:
+            from transformers import AutoConfig, AutoModelForCausalLM
+        except ImportError as e:
+            raise missing_extra("transformers", "hf") from e
+        if Path(name).exists():
+            config = AutoConfig.from_pretrained(name, local_files_only=True)
+        elif name.startswith("matched:"):
+            config = AutoConfig.for_model("llama", **{**llama_config_for(from_name(name.split(":", 1)[1])),
+                                                      **overrides})
+        else:
+            config = AutoConfig.for_model(name, **overrides)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        return _hf_facts(config, model)
+    except AndromedaError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure means the shape is unknown
+        raise AndromedaError(f"cannot tell the shape of '{source}': {type(e).__name__}: {e}") from None
+
+
+def shape_differences(base: ModelFacts, cand: ModelFacts, params_rtol: float = PARAMS_RTOL) -> list[str]:
+    """['params 1,234 vs 1,000', ...]: the shape fields that differ (candidate first); dim, layers and
+    heads exactly, params by more than params_rtol relative to the baseline."""
+    out = []
+    for f in SHAPE_FIELDS:
+        b, c = getattr(base, f), getattr(cand, f)
+        differs = abs(c - b) > params_rtol * abs(b) if f == "params" else b != c
+        if differs:
+            out.append(f"{f} {c:,} vs {b:,}")
+    return out
+
+
+def _record_flops(rec: Record, facts: ModelFacts | None) -> float | None:
+    v = rec.metrics.get("flops")
+    if v is not None and math.isfinite(float(v)) and v > 0:
+        return float(v)
+    batch, seq = rec.params.get("batch"), rec.params.get("seq_len")
+    if facts is None or not isinstance(batch, int) or not isinstance(seq, int):
+        return None
+    from andromeda.bench.flops import forward_flops
+
+    return forward_flops(facts, batch, seq).total
+
+
+# ---- sources of one run ---------------------------------------------------------------------------
+def compare_records(
+    records: Iterable[Record],
+    baseline_source: str,
+    candidates: Sequence[str] | None = None,
+    *,
+    metric: str | Sequence[str] = "latency_ms",
+    thresholds: Thresholds | None = None,
+    allow_mismatch: bool = False,
+    facts: Mapping[str, ModelFacts | None] | None = None,
+    correction: Correction = "holm",
+    alpha: float = 0.05,
+    ci: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> list[Comparison]:
+    """Each candidate source against the baseline source, case by case (same scenario and params).
+
+    Uses Record.samples[metric] (raw samples), else the single value Record.metrics[metric]; only
+    `ok` records, fit records left out. Model shapes (params, dim, layers, heads; from `facts`, else
+    source_facts()) must agree unless allow_mismatch; then each comparison carries the parameter and
+    FLOP ratios next to its own. candidates: default every other source. The correction runs
+    across every comparison returned.
+    """
+    metrics = _as_list(metric)
+    by_source: dict[str, dict[tuple[str, str], Record]] = {}
+    for r in records:
+        if r.status == "ok" and not _is_fit(r):
+            by_source.setdefault(r.source, {}).setdefault((r.scenario, params_key(r.params)), r)
+    if baseline_source not in by_source:
+        raise AndromedaError(f"baseline source '{baseline_source}' has no ok records; sources: "
+                             f"{', '.join(by_source) or '(none)'}")
+    cands = list(candidates) if candidates is not None else [s for s in by_source if s != baseline_source]
+    missing = [s for s in cands if s not in by_source]
+    if missing:
+        raise AndromedaError(f"candidate source '{missing[0]}' has no ok records; sources: {', '.join(by_source)}")
+    if not cands:
+        raise AndromedaError(f"no candidate source besides the baseline '{baseline_source}' in these records")
+    known: dict[str, ModelFacts | None] = dict(facts or {})
+
+    def get_facts(src: str) -> ModelFacts | None:
+        if src not in known:
+            try:
+                known[src] = source_facts(src)
+            except AndromedaError:
+                if not allow_mismatch:
+                    raise
+                known[src] = None
+        return known[src]
+
+    base_facts = get_facts(baseline_source)
+    out: list[Comparison] = []
+    for cand in cands:
+        cand_facts = get_facts(cand)
+        unknown = base_facts is None or cand_facts is None
+        diffs = [] if unknown else shape_differences(base_facts, cand_facts)
+        if diffs and not allow_mismatch:
+            raise AndromedaError(
+                f"'{cand}' and '{baseline_source}' have different shapes ({'; '.join(diffs)}): a ratio "
+                "would mix model size with implementation speed; pass allow_mismatch (--allow-mismatch) "
+                "to compare them anyway, with parameter and FLOP ratios shown"
+            )
+        params_ratio = cand_facts.params / base_facts.params if diffs else None
+        for key, b_rec in by_source[baseline_source].items():
+            c_rec = by_source[cand].get(key)
+            if c_rec is None:
+                continue
+            for m in metrics:
+                bv, cv = metric_values(b_rec, m), metric_values(c_rec, m)
+                if bv is None or cv is None:
+                    continue
+                comp = compare_samples(
+                    bv, cv, m, thresholds=thresholds, alpha=alpha, ci=ci, n_boot=n_boot, seed=seed,
+                    dtype=c_rec.info.get("dtype"), label=describe_case(b_rec.scenario, b_rec.params),
+                    baseline_label=baseline_source, candidate_label=cand,
+                )
+                if diffs or unknown:
+                    fb, fc = _record_flops(b_rec, base_facts), _record_flops(c_rec, cand_facts)
+                    comp = decide(replace(comp, params_ratio=params_ratio,
+                                          flops_ratio=fc / fb if (fb and fc) else None,
+                                          notes=tuple(diffs) or ("model shape unknown",)))
+                out.append(comp)
+    if not out:
+        raise AndromedaError(f"no case has {', '.join(metrics)} for both '{baseline_source}' and a candidate "
+                             f"({', '.join(cands)}): they ran different scenarios or parameters")
+    return correct(out, correction)
+
+
+# ---- two runs -------------------------------------------------------------------------------------
+@dataclass
+class StatusChange:
+    label: str
+    old: str
+    new: str
+    message: str | None
+    regression: bool  # ran (ok) in OLD, oom/error in NEW
+
+
+@dataclass
+class RunComparison:
+    old: str
+    new: str
+    metrics: list[str]
+    comparisons: list[Comparison]
+    status_changes: list[StatusChange] = field(default_factory=list)
+    unmatched_old: list[str] = field(default_factory=list)  # cases only in OLD
+    unmatched_new: list[str] = field(default_factory=list)
+    matched_by_id: int = 0
+    matched_by_params: int = 0
+    without_metric: int = 0  # matched ok pairs that lack every compared metric
+    correction: str = "holm"
+    alpha: float = 0.05
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    noise_floor_old: float | None = None  # median A/A ratio-CI width (halves) over OLD's cases
+    noise_floor_new: float | None = None
+    baseline_source: str | None = None  # set when the sources of one run were compared (compare_sources)
+
+    @property
+    def regressions(self) -> list[Comparison]:
+        return [c for c in self.comparisons if c.outcome == "worse"]
+
+    @property
+    def improvements(self) -> list[Comparison]:
+        return [c for c in self.comparisons if c.outcome == "better"]
+
+    @property
+    def failures(self) -> list[StatusChange]:
+        return [s for s in self.status_changes if s.regression]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if (self.regressions or self.failures) else 0
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.comparisons:
+            out[c.verdict] = out.get(c.verdict, 0) + 1
+        return out
+
+    @property
+    def title(self) -> str:
+        if self.baseline_source is not None:
+            return f"{', '.join(self.metrics)}: {self.new} vs {self.baseline_source}"
+        return f"{', '.join(self.metrics)}: NEW vs OLD"
+
+    def summary_lines(self) -> list[str]:
+        th = self.thresholds
+        corr = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "no"}[self.correction]
+        sources = self.baseline_source is not None
+        if sources:
+            lines = [f"{self.old}: {self.new} vs baseline {self.baseline_source}",
+                     f"{self.matched_by_params} (candidate, case) pairs matched by scenario and params"]
+        else:
+            how = f"{self.matched_by_id} by case id, {self.matched_by_params} by source+scenario+params"
+            lines = [f"OLD {self.old}  ->  NEW {self.new}",
+                     f"{self.matched_by_id + self.matched_by_params} cases matched ({how})"]
+        lines[-1] += (f"; {len(self.comparisons)} comparisons of {', '.join(self.metrics)}; {corr} correction, "
+                      f"alpha {self.alpha:g}; thresholds {fmt_factor(th.speedup)}x speed, {100 * th.memory:g}% memory")
+        names = ("baseline", "") if sources else ("OLD", "NEW")
+        floors = [(n, f) for n, f in zip(names, (self.noise_floor_old, self.noise_floor_new), strict=True)
+                  if f is not None]
+        if floors:
+            lines.append("A/A noise floor (median ratio-CI width, first vs second half of each case's samples): "
+                         + ", ".join(f"{n} ±{50 * f:.1f}%" for n, f in floors))
+        for title, items in (("regressions", self.regressions), ("improvements", self.improvements)):
+            lines.append(f"{title}: {len(items)}")
+            lines += [f"  {c.candidate_label + ': ' if sources else ''}{c.label} [{c.metric}]: {c.reason}"
+                      for c in items]
+        if self.status_changes:
+            lines.append(f"status changes: {len(self.status_changes)}")
+            lines += [f"  {s.label}: {s.old} -> {s.new}" + (f" ({s.message})" if s.message else "")
+                      for s in self.status_changes]
+        shown = {c.verdict for c in (*self.regressions, *self.improvements)}
+        rest = {k: v for k, v in self.counts().items() if k not in shown}
+        if rest:
+            lines.append("other: " + ", ".join(f"{v} {k}" for k, v in rest.items()))
+        if self.unmatched_old or self.unmatched_new:
+            lines.append(f"unmatched: {len(self.unmatched_old)} only in OLD, {len(self.unmatched_new)} only in NEW")
+        if self.without_metric:
+            lines.append(f"{self.without_metric} matched case(s) lack {', '.join(self.metrics)}")
+        n_reg, n_fail = len(self.regressions), len(self.failures)
+        worse = "significant regression(s) beyond threshold" if not sources else "comparison(s) significantly worse"
+        verdict = "PASS" if self.exit_code == 0 else (
+            f"FAIL ({n_reg} {worse}" + (f", {n_fail} case(s) newly failing" if n_fail else "") + ")")
+        lines.append(f"result: {verdict}")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "old": self.old, "new": self.new, "baseline_source": self.baseline_source, "metrics": self.metrics,
+            "correction": self.correction, "alpha": self.alpha,
+            "thresholds": {**asdict(self.thresholds),
+                           "max_abs_diff_by_dtype": dict(self.thresholds.max_abs_diff_by_dtype)},
+            "matched_by_id": self.matched_by_id, "matched_by_params": self.matched_by_params,
+            "without_metric": self.without_metric,
+            "noise_floor_old": self.noise_floor_old, "noise_floor_new": self.noise_floor_new,
+            "counts": self.counts(), "exit_code": self.exit_code,
+            "regressions": len(self.regressions), "improvements": len(self.improvements),
+            "comparisons": [c.to_dict() for c in self.comparisons],
+            "status_changes": [asdict(s) for s in self.status_changes],
+            "unmatched_old": self.unmatched_old, "unmatched_new": self.unmatched_new,
+            "summary": self.summary_lines(),
+        }
+
+
+def match_records(old: Sequence[Record], new: Sequence[Record]) -> tuple[list[tuple[Record, Record, str]],
+                                                                      list[Record], list[Record]]:
+    """Pairs (old, new, how) with how = "case_id" or "params"; and the unmatched of each side.
+
+    A record pairs by (case_id, params) first (the same manifest), else by (source, scenario,
+    params) (ids differ when device, dtype or seed differ). Each old record pairs at most once.
+    """
+    by_id: dict[tuple[str, str], int] = {}
+    by_desc: dict[tuple[str, str, str], int] = {}
+    for i, r in enumerate(old):
+        pk = params_key(r.params)
+        by_id.setdefault((r.case_id, pk), i)
+        by_desc.setdefault((r.source, r.scenario, pk), i)
+    used: set[int] = set()
+    pairs: list[tuple[Record, Record, str]] = []
+    unmatched_new: list[Record] = []
+    for r in new:
+        pk = params_key(r.params)
+        i = by_id.get((r.case_id, pk))
+        how = "case_id"
+        if i is None or i in used:
+            i, how = by_desc.get((r.source, r.scenario, pk)), "params"
+        if i is None or i in used:
+            unmatched_new.append(r)
+            continue
+        used.add(i)
+        pairs.append((old[i], r, how))
+    return pairs, [r for i, r in enumerate(old) if i not in used], unmatched_new
+
+
+def _run_noise_floor(records: Sequence[Record], metrics: Sequence[str], n_boot: int, seed: int) -> float | None:
+    widths = []
+    for r in records:
+        if r.status != "ok" or _is_fit(r):
+            continue
+        for m in metrics:
+            s = r.samples.get(m)
+            if s and len(s) >= 8 and all(v is not None for v in s):
+                nf = noise_floor(s, n_boot=n_boot, seed=seed)
+                if math.isfinite(nf.width):
+                    widths.append(nf.width)
+    return float(np.median(widths)) if widths else None
+
+
+def compare_runs(
+    old: str | Path | Sequence[Record],
+    new: str | Path | Sequence[Record],
+    *,
+    metric: str | Sequence[str] = "latency_ms",
+    thresholds: Thresholds | None = None,
+    correction: Correction = "holm",
+    alpha: float = 0.05,
+    ci: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> RunComparison:
+    """OLD (baseline) vs NEW (candidate), case by case, for every metric; corrected across all."""
+    metrics = _as_list(metric)
+    th = thresholds or Thresholds()
+    old_name, new_name = (str(x) if isinstance(x, (str, Path)) else "(records)" for x in (old, new))
+    old_recs = load_run(old) if isinstance(old, (str, Path)) else list(old)
+    new_recs = load_run(new) if isinstance(new, (str, Path)) else list(new)
+    pairs, lost_old, lost_new = match_records([r for r in old_recs if not _is_fit(r)],
+                                              [r for r in new_recs if not _is_fit(r)])
+    if not pairs:
+        raise AndromedaError(f"no case of {new_name} matches one of {old_name} (by case id or by source, "
+                             "scenario and params): these runs measured different things")
+    present = {m for r in (*old_recs, *new_recs) for m in (*r.metrics, *r.samples)}
+    absent = [m for m in metrics if m not in present]
+    if absent:
+        raise AndromedaError(f"metric '{absent[0]}' is in neither run; metrics there: "
+                             f"{', '.join(sorted(present)[:20])}{' ...' if len(present) > 20 else ''}")
+    comps: list[Comparison] = []
+    changes: list[StatusChange] = []
+    without = 0
+    for o, n, _how in pairs:
+        label = describe_case(n.scenario, n.params, n.source)
+        if o.status != n.status:
+            changes.append(StatusChange(label, o.status, n.status, n.message,
+                                        regression=o.status == "ok" and n.status in FAILED))
+        if o.status != "ok" or n.status != "ok":
+            continue
+        found = False
+        for m in metrics:
+            ov, nv = metric_values(o, m), metric_values(n, m)
+            if ov is None or nv is None:
+                continue
+            found = True
+            comps.append(compare_samples(ov, nv, m, thresholds=th, alpha=alpha, ci=ci, n_boot=n_boot, seed=seed,
+                                         dtype=n.info.get("dtype"), label=label,
+                                         baseline_label="OLD", candidate_label="NEW"))
+        without += not found
+    return RunComparison(
+        old=old_name, new=new_name, metrics=metrics, comparisons=correct(comps, correction),
+        status_changes=changes,
+        unmatched_old=[describe_case(r.scenario, r.params, r.source) for r in lost_old],
+        unmatched_new=[describe_case(r.scenario, r.params, r.source) for r in lost_new],
+        matched_by_id=sum(h == "case_id" for *_, h in pairs),
+        matched_by_params=sum(h == "params" for *_, h in pairs),
+        without_metric=without, correction=correction, alpha=alpha, thresholds=th,
+        noise_floor_old=_run_noise_floor(old_recs, metrics, n_boot, seed),
+        noise_floor_new=_run_noise_floor(new_recs, metrics, n_boot, seed),
+    )
+
+
+def compare_sources(
+    run: str | Path | Sequence[Record],
+    baseline_source: str,
+    candidates: Sequence[str] | None = None,
+    *,
+    metric: str | Sequence[str] = "latency_ms",
+    thresholds: Thresholds | None = None,
+    allow_mismatch: bool = False,
+    correction: Correction = "holm",
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> RunComparison:
+    """compare_records() over one run, packaged like compare_runs() (same report, same gate)."""
+    metrics = _as_list(metric)
+    th = thresholds or Thresholds()
+    recs = load_run(run) if isinstance(run, (str, Path)) else list(run)
+    comps = compare_records(recs, baseline_source, candidates, metric=metrics, thresholds=th,
+                            allow_mismatch=allow_mismatch, correction=correction, alpha=alpha, seed=seed)
+    cands = list(dict.fromkeys(c.candidate_label for c in comps))
+    return RunComparison(
+        old=str(run) if isinstance(run, (str, Path)) else "(records)", new=", ".join(cands),
+        metrics=metrics, comparisons=comps, matched_by_params=len({(c.label, c.candidate_label) for c in comps}),
+        correction=correction, alpha=alpha, thresholds=th,
+        noise_floor_old=_run_noise_floor([r for r in recs if r.source == baseline_source], metrics, 2000, seed),
+        baseline_source=baseline_source,
+    )
+
+
+def compare(
+    old: str | Path,
+    new: str | Path | None = None,
+    *,
+    baseline: str | None = None,
+    candidates: Sequence[str] | None = None,
+    allow_mismatch: bool = False,
+    **kw: Any,
+) -> RunComparison:
+    """`andromeda compare`: two runs (OLD NEW), or the sources of one run against `baseline`."""
+    if baseline is not None:
+        if new is not None:
+            raise AndromedaError("--baseline compares the sources of one run: give one run, not two")
+        return compare_sources(old, baseline, candidates or None, allow_mismatch=allow_mismatch, **kw)
+    if new is None:
+        raise AndromedaError("give two runs (OLD NEW), or one run and --baseline SOURCE")
+    if candidates or allow_mismatch:
+        raise AndromedaError("--candidate and --allow-mismatch go with --baseline (the sources of one run)")
+    return compare_runs(old, new, **kw)
+
+
+__all__ = [
+    "compare", "RunComparison", "StatusChange", "compare_records", "compare_runs", "compare_sources", "match_records",
+    "load_run", "source_facts", "shape_differences", "metric_values", "describe_case", "params_key",
+]

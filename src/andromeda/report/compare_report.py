@@ -1,0 +1,454 @@
+"""Comparison and claims reports: Markdown, HTML, LaTeX, CSV and JSON tables, and a ratio-with-CI chart.
+
+Reads Comparison / RunComparison objects (andromeda.bench.compare, andromeda.bench.regress) and the
+claims JSON (ClaimsResult.to_dict()); pandas, matplotlib and jinja2 only, never torch.
+
+write_compare_report(result, out_dir): compare.{md,html,tex,csv,json,png}
+write_claims_report(data, out_dir):    claims.{md,json}
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from jinja2 import Environment, StrictUndefined, select_autoescape
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from andromeda.bench.compare import Comparison, fmt_factor
+from andromeda.bench.regress import RunComparison
+from andromeda.errors import AndromedaError
+from andromeda.report.format import MISSING, fmt_number, latex_escape, latex_number, unit_of
+from andromeda.report.html import data_uri
+
+COMPARE_FORMATS: tuple[str, ...] = ("md", "html", "tex", "csv", "json", "png")
+MAX_CHART_ROWS = 60
+_ORDER = {"worse": 0, "better": 1, "same": 2, "inconclusive": 3}
+_COLORS = {"worse": "#c0392b", "better": "#1e8449", "same": "#7f8c8d", "inconclusive": "#b7950b"}
+
+
+# ---- rows -----------------------------------------------------------------------------------------
+def ordered(comparisons: Iterable[Comparison]) -> list[Comparison]:
+    """Regressions first, then improvements, then the rest; within each, the largest change first."""
+    def key(c: Comparison) -> tuple[int, float]:
+        g = c.gain if (math.isfinite(c.gain) and c.gain > 0) else 1.0
+        return _ORDER.get(c.outcome, 9), -abs(math.log(g))
+
+    return sorted(comparisons, key=key)
+
+
+def _p(p: float) -> str:
+    if p is None or not math.isfinite(p):
+        return MISSING
+    return "<1e-6" if p < 1e-6 else f"{p:.2g}"
+
+
+def _ratio_cell(c: Comparison) -> str:
+    if not math.isfinite(c.ratio):
+        return MISSING
+    if math.isfinite(c.ratio_ci_low):
+        return f"{c.ratio:.3f} [{c.ratio_ci_low:.3f}, {c.ratio_ci_high:.3f}]"
+    return f"{c.ratio:.3f}"
+
+
+def _value(v: float, metric: str) -> str:
+    unit = unit_of(metric)
+    return f"{fmt_number(v)} {unit}".strip() if math.isfinite(v) else MISSING
+
+
+def display_columns(comparisons: Sequence[Comparison]) -> list[tuple[str, str]]:
+    """(key, header) of the columns a display table shows; constant or empty columns are left out."""
+    cols = [("label", "case")]
+    if len({c.candidate_label for c in comparisons}) > 1:
+        cols.append(("candidate_label", "candidate"))
+    if len({c.metric for c in comparisons}) > 1:
+        cols.append(("metric", "metric"))
+    cols += [("baseline", "baseline"), ("candidate", "candidate value"), ("ratio", "ratio [CI]"),
+             ("p_welch", "p Welch"), ("p_mwu", "p MWU")]
+    if any(c.correction != "none" for c in comparisons):
+        cols.append(("p_adjusted", "p adj."))
+    cols.append(("cohens_d", "d"))
+    if any(c.params_ratio for c in comparisons):
+        cols.append(("params_ratio", "params ratio"))
+    if any(c.flops_ratio for c in comparisons):
+        cols.append(("flops_ratio", "FLOPs ratio"))
+    cols.append(("verdict", "verdict"))
+    return cols
+
+
+def cell(c: Comparison, key: str) -> str:
+    if key == "ratio":
+        return _ratio_cell(c)
+    if key in ("baseline", "candidate"):
+        return _value(getattr(c, key), c.metric)
+    if key in ("p_welch", "p_mwu", "p_adjusted"):
+        return _p(getattr(c, key))
+    if key == "cohens_d":
+        return f"{c.cohens_d + 0.0:.2f}".replace("-0.00", "0.00") if math.isfinite(c.cohens_d) else MISSING
+    if key in ("params_ratio", "flops_ratio"):
+        v = getattr(c, key)
+        return f"{fmt_factor(v)}x" if v else MISSING
+    return str(getattr(c, key))
+
+
+def comparison_frame(comparisons: Sequence[Comparison]) -> pd.DataFrame:
+    """Every field of every comparison, exact values (the CSV)."""
+    rows = [c.to_dict() for c in comparisons]
+    for r in rows:
+        r["notes"] = "; ".join(r["notes"])
+    return pd.DataFrame(rows)
+
+
+def _caption(comparisons: Sequence[Comparison]) -> str:
+    c0 = comparisons[0]
+    parts = [f"Candidate vs baseline ({c0.baseline_label}): ratio = candidate / baseline of medians with its "
+             f"{100 * c0.ci:g}% bootstrap CI; p-values two-sided (Welch's t, Mann-Whitney U); d = Cohen's d."]
+    if c0.correction != "none":
+        parts.append(f"p adj.: Mann-Whitney p after {'Holm' if c0.correction == 'holm' else 'Benjamini-Hochberg'} "
+                     f"correction over {len(comparisons)} comparisons; significant = p adj. < {c0.alpha:g} "
+                     "and a CI that excludes 1.")
+    if len({c.metric for c in comparisons}) == 1:
+        parts.append(f"Metric: {c0.metric} ({'lower' if c0.direction == 'lower' else 'higher'} is better).")
+    return " ".join(parts)
+
+
+# ---- Markdown / LaTeX / HTML tables ---------------------------------------------------------------
+def _md_esc(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def comparisons_markdown_table(comparisons: Sequence[Comparison], with_reason: bool = True) -> str:
+    rows = ordered(comparisons)
+    cols = display_columns(rows)
+    heads = [h for _, h in cols] + (["reason"] if with_reason else [])
+    text_keys = {"label", "candidate_label", "metric", "verdict"}
+    align = [":---" if k in text_keys else "---:" for k, _ in cols] + ([":---"] if with_reason else [])
+    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join(align) + "|"]
+    for c in rows:
+        cells = [cell(c, k) for k, _ in cols]
+        cells[-1] = f"**{cells[-1]}**" if c.outcome in ("worse", "better") else cells[-1]
+        if with_reason:
+            cells.append(c.reason)
+        lines.append("| " + " | ".join(_md_esc(x) for x in cells) + " |")
+    return "\n".join(lines)
+
+
+def comparisons_latex(comparisons: Sequence[Comparison], label: str = "compare") -> str:
+    """One booktabs table (\\usepackage{booktabs}), caption above, label tab:<label>."""
+    rows = ordered(comparisons)
+    cols = display_columns(rows)
+    text_keys = {"label", "candidate_label", "metric", "verdict"}
+    spec = "".join("l" if k in text_keys else "r" for k, _ in cols)
+    lines = [
+        "\\begin{table}[htbp]", "\\centering", "\\small",
+        f"\\caption{{{latex_escape(_caption(rows))}}}", f"\\label{{tab:{label}}}",
+        f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+        " & ".join(latex_escape(h) for _, h in cols) + " \\\\", "\\midrule",
+    ]
+    for c in rows:
+        cells = [latex_escape(cell(c, k)) if k in text_keys else _latex_num(cell(c, k)) for k, _ in cols]
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_num(text: str) -> str:
+    return "$<10^{-6}$" if text == "<1e-6" else latex_number(text)
+
+
+_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;color:#222;
+padding:0 1rem}
+table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}th,td{border-bottom:1px solid #ddd;padding:.3rem .5rem}
+th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.worse td{background:#fdecea}tr.better td{background:#eaf7ee}.reason{color:#555}
+pre{background:#f7f7f7;padding:.8rem;white-space:pre-wrap}.result-pass{color:#1e8449}.result-fail{color:#c0392b}
+img{max-width:100%}
+</style></head><body>
+<h1>{{ title }}</h1>
+<p class="{{ 'result-pass' if passed else 'result-fail' }}"><strong>{{ result_line }}</strong></p>
+<pre>{{ summary }}</pre>
+{% if chart %}<img alt="ratio with CI per comparison" src="{{ chart }}">{% endif %}
+<p>{{ caption }}</p>
+<table><thead><tr>{% for h in heads %}<th>{{ h }}</th>{% endfor %}<th>reason</th></tr></thead><tbody>
+{% for r in rows %}<tr class="{{ r.outcome }}">
+{% for v, num in r.cells %}<td{% if num %} class="num"{% endif %}>{{ v }}</td>{% endfor %}
+<td class="reason">{{ r.reason }}</td></tr>
+{% endfor %}</tbody></table>
+{% if changes %}<h2>Status changes</h2><ul>{% for s in changes %}<li>{{ s }}</li>{% endfor %}</ul>{% endif %}
+</body></html>
+"""
+
+
+def comparisons_html(result: RunComparison, chart: bytes | None = None, title: str = "Comparison") -> str:
+    rows = ordered(result.comparisons)
+    cols = display_columns(rows) if rows else []
+    text_keys = {"label", "candidate_label", "metric", "verdict"}
+    env = Environment(autoescape=select_autoescape(default=True, default_for_string=True), undefined=StrictUndefined)
+    summary = result.summary_lines()
+    return env.from_string(_HTML).render(
+        title=title, result_line=summary[-1], passed=result.exit_code == 0, summary="\n".join(summary[:-1]),
+        chart=data_uri(chart) if chart else None, caption=_caption(rows) if rows else "",
+        heads=[h for _, h in cols],
+        rows=[{"outcome": c.outcome, "reason": c.reason,
+               "cells": [(cell(c, k), k not in text_keys) for k, _ in cols]} for c in rows],
+        changes=[f"{s.label}: {s.old} -> {s.new}" + (f" ({s.message})" if s.message else "")
+                 for s in result.status_changes],
+    )
+
+
+# ---- chart ----------------------------------------------------------------------------------------
+_NICE_TICKS = (0.1, 0.2, 0.25, 0.33, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0,
+               50.0, 100.0)
+
+
+def _short_labels(labels: list[str]) -> tuple[list[str], str]:
+    """Words every label shares move to a common caption: (short labels, shared words)."""
+    split = [lb.split(" ") for lb in labels]
+    shared = [w for w in split[0] if all(w in s for s in split[1:])] if len(labels) > 1 else []
+    short = [" ".join(w for w in s if w not in shared) or " ".join(s) for s in split]
+    return [x if len(x) <= 70 else x[:67] + "..." for x in short], " ".join(shared)
+
+
+def ratio_chart(comparisons: Sequence[Comparison], title: str = "Candidate vs baseline") -> bytes | None:
+    """Forest plot: each comparison's gain (times better, > 1 = better) with its CI, log scale;
+    coloured by outcome, with the threshold band (dashed) when every comparison shares one."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    rows = [c for c in ordered(comparisons) if math.isfinite(c.gain) and c.gain > 0]
+    if not rows:
+        return None
+    shown = rows[:MAX_CHART_ROWS]
+    n = len(shown)
+    fig = Figure(figsize=(9.0, 1.9 + 0.28 * n), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ys = list(range(n))[::-1]
+    for y, c in zip(ys, shown, strict=True):
+        color = _COLORS.get(c.outcome, "#333333")
+        if math.isfinite(c.gain_ci_low) and math.isfinite(c.gain_ci_high):
+            ax.plot([c.gain_ci_low, c.gain_ci_high], [y, y], color=color, linewidth=2, solid_capstyle="butt")
+        ax.plot([c.gain], [y], "o", color=color, markersize=5)
+    ax.axvline(1.0, color="#333333", linewidth=1)
+    kinds = {c.kind for c in shown}
+    th = shown[0].thresholds
+    band: tuple[float, float] | None = None
+    if kinds <= {"time", "throughput", "other"} and len({c.threshold for c in shown}) == 1:
+        band = (1.0 / th.speedup, th.speedup)
+    elif kinds == {"memory"} and th.memory < 1:
+        band = (1.0 / (1.0 + th.memory), 1.0 / (1.0 - th.memory))
+    for x in band or ():
+        ax.axvline(x, color="#999999", linewidth=1, linestyle="--")
+    many_cands = len({r.candidate_label for r in shown}) > 1
+    many_metrics = len({r.metric for r in shown}) > 1
+    labels = [c.label + (f" [{c.candidate_label}]" if many_cands else "") + (f" · {c.metric}" if many_metrics else "")
+              for c in shown]
+    labels, shared = _short_labels(labels)
+    ax.set_yticks(ys, labels, fontsize=7)
+    ax.set_xscale("log")
+    lows = [c.gain_ci_low if math.isfinite(c.gain_ci_low) else c.gain for c in shown]
+    highs = [c.gain_ci_high if math.isfinite(c.gain_ci_high) else c.gain for c in shown]
+    lo = min(lows + [band[0] if band else 1.0]) / 1.08
+    hi = max(highs + [band[1] if band else 1.0]) * 1.08
+    ax.set_xlim(lo, hi)
+    fixed = {1.0, *(band or ())}
+    ticks = sorted(fixed | {t for t in _NICE_TICKS if lo <= t <= hi
+                            and all(abs(math.log(t / f)) > math.log(1.08) for f in fixed)})
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}x"))
+    ax.set_ylim(-0.7, n - 0.3)
+    what = "speedup" if kinds <= {"time", "throughput"} else "times better"
+    ax.set_xlabel(f"{what}, candidate vs baseline (> 1 = better)\nmedian ratio and {100 * shown[0].ci:g}% CI")
+    more = f" ({n} of {len(rows)} shown)" if len(rows) > n else ""
+    import textwrap
+
+    fig.suptitle(textwrap.fill(title + more, 100), fontsize=10)
+    if shared:
+        ax.set_title(shared, fontsize=9)
+    ax.grid(True, axis="x", alpha=0.3)
+    present = [o for o in ("worse", "better", "same", "inconclusive") if any(c.outcome == o for c in shown)]
+    names = {"worse": "worse (significant, beyond threshold)", "better": "better (significant, beyond threshold)",
+             "same": "no significant difference / within threshold", "inconclusive": "inconclusive"}
+    handles = [Line2D([], [], color=_COLORS[o], marker="o", linewidth=2, label=names[o]) for o in present]
+    if band:
+        handles.append(Line2D([], [], color="#999999", linestyle="--", label="threshold"))
+    fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncol=2, frameon=False)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+# ---- whole reports --------------------------------------------------------------------------------
+def comparisons_markdown(result: RunComparison, chart_name: str | None = None, title: str = "Comparison") -> str:
+    summary = result.summary_lines()
+    out = [f"# {title}", "", f"**{summary[-1]}**", "", "```", *summary[:-1], "```", ""]
+    if chart_name:
+        out += [f"![ratio with CI per comparison]({chart_name})", ""]
+    if result.comparisons:
+        out += [_caption(ordered(result.comparisons)), "", comparisons_markdown_table(result.comparisons), ""]
+    if result.status_changes:
+        out += ["## Status changes", ""]
+        out += [f"- {s.label}: {s.old} -> {s.new}" + (f" ({s.message})" if s.message else "")
+                for s in result.status_changes]
+        out.append("")
+    for side, items in (("only in the baseline run", result.unmatched_old), ("only in the candidate run",
+                                                                              result.unmatched_new)):
+        if items:
+            out += [f"## Cases {side}", ""] + [f"- {x}" for x in items] + [""]
+    return "\n".join(out)
+
+
+def write_compare_report(result: RunComparison, out_dir: str | Path, formats: Iterable[str] = COMPARE_FORMATS,
+                         title: str = "Comparison") -> dict[str, list[Path]]:
+    """compare.md, compare.html (self-contained), compare.tex, compare.csv, compare.json, compare.png."""
+    wanted = list(dict.fromkeys(formats))
+    bad = [f for f in wanted if f not in COMPARE_FORMATS]
+    if bad:
+        raise AndromedaError(f"unknown format(s) {', '.join(bad)}; choose from {', '.join(COMPARE_FORMATS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    chart = ratio_chart(result.comparisons, result.title) if {"png", "html", "md"} & set(wanted) else None
+    written: dict[str, list[Path]] = {}
+    for fmt in wanted:
+        path = out / f"compare.{fmt}"
+        if fmt == "png":
+            if chart is None:
+                continue
+            path.write_bytes(chart)
+        elif fmt == "md":
+            link = "compare.png" if chart is not None and "png" in wanted else None
+            path.write_text(comparisons_markdown(result, link, title), encoding="utf-8")
+        elif fmt == "html":
+            path.write_text(comparisons_html(result, chart, title), encoding="utf-8")
+        elif fmt == "tex":
+            text = comparisons_latex(result.comparisons) if result.comparisons else "% no comparisons\n"
+            path.write_text(text, encoding="utf-8")
+        elif fmt == "csv":
+            comparison_frame(result.comparisons).to_csv(path, index=False)
+        elif fmt == "json":
+            path.write_text(json.dumps(result.to_dict(), indent=1, allow_nan=False, default=str) + "\n",
+                            encoding="utf-8")
+        written[fmt] = [path]
+    return written
+
+
+# ---- claims ---------------------------------------------------------------------------------------
+def _bytes(b: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if b >= scale:
+            return f"{b / scale:.3g} {unit}"
+    return f"{b:.0f} B"
+
+
+def _ms(ms: Any) -> str:
+    if ms is None or not math.isfinite(ms):
+        return MISSING
+    return f"{ms:.3g} ms" if ms < 999.5 else f"{ms / 1e3:.3g} s"
+
+
+def claims_markdown(data: dict[str, Any]) -> str:
+    """claims.md from ClaimsResult.to_dict()."""
+    b = data["basis"]
+    where = {"datasheet": f"{b['device']} datasheet", "measured": f"measured on {b['device']}"}
+    rate = f"{b['peak_tflops']:.4g} TFLOP/s ({where.get(b['peak_source'], b['peak_source'])})"
+    out = ["# Andromeda spec claims, checked", "",
+           f"Generated {data['generated']} from {data['claims_file']}.", "",
+           f"Basis: peak matmul rate {rate}; memory {b['memory_bytes'] / 1e9:.3g} GB.", ""]
+    if b.get("note"):
+        out += [f"> {b['note']}.", ""]
+    out += ["| claim | preset | verdict | why |", "|:---|:---|:---|:---|"]
+    out += [f"| {_md_esc(c['text'])} | {c['preset']} | **{c['verdict']}** | {_md_esc(c['reason'])} |"
+            for c in data["claims"]]
+    out.append("")
+    for c in data["claims"]:
+        d = c["details"]
+        out += [f"## {c['text']}", "", f"Source: {c['where']}. Checked on preset `{c['preset']}`: **{c['verdict']}**.",
+                "", c["reason"] + ".", ""]
+        if c["kind"] == "latency":
+            out += [f"Forward FLOPs (causal, logits at the last position): {d['flops']:.4g}; floor "
+                    f"{_ms(d['floor_ms'])} at 100% of peak, i.e. the claim needs {100 * d['required_mfu']:.0f}% "
+                    f"of peak. At most {d['max_tokens_at_peak']:,} tokens fit in {_ms(d['max_ms'])} at peak, "
+                    f"{d['max_tokens_plausible']:,} at {100 * d['plausible_mfu']:g}% of peak.", "",
+                    "| preset | params | floor | needed share of peak | floor meets | meets at "
+                    f"{100 * d['plausible_mfu']:g}% of peak | measured |", "|:---|---:|---:|---:|:---|:---|---:|"]
+            for s in d["presets"]:
+                out.append(f"| {s['preset']} | {s['params']:,} | {_ms(s['floor_ms'])} | "
+                           f"{100 * s['required_mfu']:.0f}% | {'yes' if s['meets_floor'] else 'no'} | "
+                           f"{'yes' if s['meets_plausible'] else 'no'} | {_ms(s.get('measured_ms'))} |")
+            best = [f"largest preset whose floor meets the claim: {d['largest_preset_floor'] or 'none'}",
+                    f"at {100 * d['plausible_mfu']:g}% of peak: {d['largest_preset_plausible'] or 'none'}"]
+            if "largest_preset_measured" in d:
+                best.append(f"measured: {d['largest_preset_measured']}")
+            out += ["", "Largest configuration that meets it: " + "; ".join(best) + ".", ""]
+        elif c["kind"] == "memory":
+            pub = f"{d['reference_published_params']:,.0f}" if d["reference_published_params"] else MISSING
+            out += [f"Reference: {d['reference']} ({d['citation']}); shape {d['reference_shape']}, "
+                    f"{d['reference_params']:,} parameters from that shape (published: {pub}).", "",
+                    "| basis | Andromeda | reference | factor | claim met |", "|:---|---:|---:|---:|:---|"]
+            for x in d["bases"]:
+                fmt = (lambda v: f"{v:,.0f} B") if x["unit"] == "B/token" else _bytes
+                out.append(f"| {x['basis']} | {fmt(x['andromeda'])} | {fmt(x['reference'])} | "
+                           f"{x['factor']:.3g}x | {'yes' if x['met'] else 'no'} |")
+            cross = d["crossover_tokens"]
+            if cross is None:
+                reach = f"Weights + KV cache never reach {d['factor']:g}x, at any context length."
+            elif cross == 0:
+                reach = f"Weights + KV cache are {d['factor']:g}x smaller or more at every context length."
+            else:
+                reach = f"Weights + KV cache reach {d['factor']:g}x from {cross:,} tokens of context (batch 1)."
+            out += ["", reach,
+                    f"The KV-cache advantage comes from multi-query attention ({d['andromeda_kv_heads']} KV head): "
+                    f"with one KV head per query head it would be {d['andromeda_kv_per_token_if_mha']:,.0f} B/token.",
+                    ""]
+        elif c["kind"] == "context":
+            out += ["| tokens | memory floor | time floor | fits |", "|---:|---:|---:|:---|"]
+            out += [f"| {p['tokens']:,} | {_bytes(p['memory_floor_bytes'])} | {_ms(p['floor_ms'])} | "
+                    f"{'yes' if p['fits'] else 'no'} |" for p in d["points"]]
+            gb = d["device_memory_bytes"] / 1e9
+            out += ["", f"Memory floor: the weights, the hidden states and one layer's K/V, the least any "
+                        f"forward must hold (a real one needs more). By that floor up to "
+                        f"{d['max_tokens_memory_floor']:,} tokens fit in {gb:.3g} GB; "
+                        f"the preset was trained for {d['trained_max_seq_len']:,}.", ""]
+        for m in d.get("measurements", []):
+            out.append(f"- measured {m['preset']} at {m['tokens']:,} tokens x {m['batch']}: {m['status']}"
+                       + (f", median {_ms(m['median_ms'])} (CI {_ms(m['ci_low_ms'])} to {_ms(m['ci_high_ms'])})"
+                          if m["status"] == "ok" else f" ({m['message']})"))
+        if d.get("measurements"):
+            out.append("")
+    return "\n".join(out)
+
+
+def write_claims_report(data: dict[str, Any], out_dir: str | Path) -> dict[str, list[Path]]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md, js = out / "claims.md", out / "claims.json"
+    md.write_text(claims_markdown(data), encoding="utf-8")
+    js.write_text(json.dumps(_finite(data), indent=1, allow_nan=False, default=str) + "\n", encoding="utf-8")
+    return {"md": [md], "json": [js]}
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+__all__ = [
+    "COMPARE_FORMATS", "write_compare_report", "write_claims_report", "comparisons_markdown",
+    "comparisons_markdown_table", "comparisons_latex", "comparisons_html", "comparison_frame", "ratio_chart",
+    "claims_markdown", "ordered",
+]

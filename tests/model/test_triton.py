@@ -1,0 +1,82 @@
+"""Our Triton flash-attention kernel against eager: under the Triton interpreter on CPU (CI), on CUDA when present.
+
+Triton decides at import whether @triton.jit interprets, so the interpreter cases run in a child
+pytest started with TRITON_INTERPRET=1 (tests/model/interp_triton_cases.py).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from andromeda.model import backends
+from andromeda.model.positional import head_slopes
+
+pytest.importorskip("triton")
+
+CASES = [
+    # heads, kv_heads, nq, nk, causal, alibi_heads, head_dim, scale
+    (4, 1, 40, 40, True, 2, 16, None),  # MQA, ALiBi on half the heads, length not a multiple of the block
+    (4, 2, 33, 50, True, 0, 32, None),  # GQA, queries after a cache (bottom-right causal)
+    (2, 2, 20, 20, False, 1, 16, None),  # non-causal, symmetric ALiBi
+    (4, 1, 1, 29, True, 4, 16, 10.0),  # one decode step, QK-norm logit scale
+    (2, 1, 37, 37, True, 2, 64, 10.0),  # head dim 64, QK-norm scale
+]
+
+
+def check(case, device, dtype, tol):
+    return _check(case, device, dtype, tol)
+
+
+def _check(case, device, dtype, tol):
+    h, hkv, nq, nk, causal, na, d, scale = case
+    scale = scale or d**-0.5
+    g = torch.Generator(device=device).manual_seed(nq * 31 + nk)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, device=device).to(dtype).requires_grad_()
+
+    q, k, v = rnd(2, h, nq, d), rnd(2, hkv, nk, d), rnd(2, hkv, nk, d)
+    if scale == 10.0:  # QK-norm-like inputs
+        q, k = [(t / t.norm(dim=-1, keepdim=True)).detach().requires_grad_() for t in (q, k)]
+    slopes = head_slopes(h, na).to(device) if na else None
+    ref = backends.get("eager")(q.float(), k.float(), v.float(), causal=causal, scale=scale, alibi_slopes=slopes)
+    out = backends.get("triton")(q, k, v, causal=causal, scale=scale, alibi_slopes=slopes)
+    assert out.dtype == dtype and out.shape == ref.shape
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out.float(), (q, k, v), grad)
+    want = torch.autograd.grad(ref, (q, k, v), grad)
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    assert rel(out, ref) < tol, "output"
+    for name, a, b in zip("qkv", got, want, strict=True):
+        assert rel(a, b) < tol, f"d{name}"
+
+
+def test_triton_matches_eager_in_interpreter():
+    child = Path(__file__).with_name("interp_triton_cases.py")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(child)],
+                       env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert f"{len(CASES)} passed" in r.stdout
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1.5e-2), (torch.float16, 5e-3)])
+@pytest.mark.parametrize("case", CASES + [(24, 1, 1000, 1000, True, 12, 128, 10.0),
+                                          (8, 2, 777, 777, True, 4, 64, None)])
+def test_triton_matches_eager_on_cuda(case, dtype, tol):
+    _check(case, "cuda", dtype, tol)
+
+
+def test_triton_backend_refuses_cpu_without_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    spec = backends.AttentionSpec(heads=4, kv_heads=1, dim_head=64)
+    assert "CUDA" in backends.get("triton").supports(spec, torch.device("cpu"))
+    assert "head dim" in backends.get("triton").supports(
+        backends.AttentionSpec(heads=4, kv_heads=1, dim_head=80), torch.device("cuda"))
