@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -88,10 +89,29 @@ class Andromeda(nn.Module):
         return total
 
     # ---- forward --------------------------------------------------------------------------
+    def xpos_max_position(self) -> float:
+        """The last position xPos can reach with every score finite in float32.
+
+        Queries are scaled by zeta^((i - c)/base) and keys by zeta^(-(j - c)/base), zeta down to
+        0.4/1.4. A kernel computes (then masks) pairs with j > i too, whose scale product is
+        3.5^((j - i)/base) whatever c is: from key 0 to position p it reaches 3.5^(p/base). Keeping it
+        under 1e30 (headroom for |q||k| and the sum over dim) bounds p by base * ln(1e30)/ln(3.5),
+        about 55 * base interpolated positions; past it attention would turn to inf/NaN.
+        """
+        cfg = self.cfg
+        return cfg.xpos_scale_base * math.log(1e30) / math.log(1.4 / 0.4) * cfg.pos_interpolation_factor
+
     def rope(self, positions: torch.Tensor):
         cfg = self.cfg
         if not cfg.use_rotary:
             return None
+        if cfg.rotary_xpos and positions.numel() and int(positions[-1]) > self.xpos_max_position():
+            need = int(positions[-1]) / self.xpos_max_position() * cfg.pos_interpolation_factor
+            raise ConfigError(
+                f"input: position {int(positions[-1])} is past xPos's float32 range for this config "
+                f"(last finite position {int(self.xpos_max_position())}); set pos_interpolation_factor "
+                f">= {math.ceil(need * 10) / 10} or shorten the input"
+            )
         return rotary_tables(
             positions,
             cfg.rot_dim,
