@@ -320,3 +320,11 @@ def test_xpos_past_float32_range_is_refused_not_nan():
     with torch.device("meta"):
         spec_default = Andromeda(from_name("andromeda"))
     assert spec_default.xpos_max_position() == pytest.approx(512 * math.log(1e30) / math.log(3.5))  # ~28,220
+
+
+def test_absolute_positions_past_max_seq_len_are_refused():
+    m = Andromeda(from_name("tiny", use_abs_pos_emb=True, max_seq_len=32)).eval()
+    with torch.no_grad():
+        m(torch.randint(0, 256, (1, 32)))
+        with pytest.raises(ConfigError, match="max_seq_len 32"):
+            m(torch.randint(0, 256, (1, 33)))

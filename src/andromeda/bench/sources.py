@@ -6,6 +6,9 @@
   hf:matched:<preset>                     a Llama of the same shape as an Andromeda preset, random weights
   xt:<preset>[?field=value&...]           the x-transformers model with the same flags as an Andromeda preset
 
+Any source takes ?compile=true|default|max-autotune|... : the same model with its forward under
+torch.compile, so eager and compiled run side by side in one manifest.
+
 Nothing downloads: HF checkpoints and tokenizers load with local_files_only.
 """
 
@@ -58,10 +61,28 @@ def parse_source(source: str) -> tuple[str, str, dict[str, Any]]:
     name, _, query = rest.partition("?")
     if not name:
         raise ConfigError(f"models: '{source}' names no model after '{kind}:'")
-    overrides = {k: _parse_value(v) for k, v in parse_qsl(query, keep_blank_values=True, strict_parsing=False)}
-    if query and not overrides:
+    pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False)
+    if query and not pairs:
         raise ConfigError(f"models: cannot parse overrides '{query}' in '{source}'; use key=value&key=value")
+    overrides = {k: _parse_value(v) for k, v in pairs if k != COMPILE_KEY}
     return kind, name, overrides
+
+
+COMPILE_KEY = "compile"  # a source option, not a model field: ?compile=default | max-autotune | reduce-overhead
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(source: str) -> str | None:
+    """The torch.compile mode a source asks for with ?compile=MODE (true = default), or None."""
+    query = source.partition("?")[2]
+    for k, v in parse_qsl(query, keep_blank_values=True):
+        if k == COMPILE_KEY:
+            mode = "default" if v in ("", "true", "1") else v
+            if mode not in COMPILE_MODES:
+                raise ConfigError(f"models: '{source}': compile={v} is not a torch.compile mode; "
+                                  f"allowed: true, {', '.join(COMPILE_MODES)}")
+            return mode
+    return None
 
 
 def _parse_value(v: str) -> Any:
@@ -74,6 +95,7 @@ def _parse_value(v: str) -> Any:
 def validate_source(source: str) -> None:
     """Cheap checks done at manifest time, before anything is built."""
     kind, name, overrides = parse_source(source)
+    compile_mode(source)
     if kind in ("andromeda", "xt"):
         from_name(name, **overrides)
     elif kind == "hf" and name.startswith("matched:"):
@@ -94,6 +116,10 @@ def build(source: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
     builder = {"andromeda": _build_andromeda, "hf": _build_hf, "xt": _build_xt}[kind]
     bundle = builder(source, name, overrides)
     bundle.model.to(device=device, dtype=dtype).eval()
+    mode = compile_mode(source)
+    if mode is not None:  # the same model, its forward compiled: a baseline for eager vs compiled
+        bundle.logits = torch.compile(bundle.logits, mode=mode)
+        bundle.info["compile"] = mode
     bundle.info["kind"] = kind
     bundle.info.setdefault("dtype", str(dtype).removeprefix("torch."))
     bundle.info.setdefault("device", str(device))

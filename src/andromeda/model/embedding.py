@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from andromeda.errors import ConfigError
 from andromeda.model.config import ModelConfig
 
 
@@ -23,17 +22,11 @@ class EmbeddingProvider(nn.Module):
 class TokenEmbedding(EmbeddingProvider):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.max_seq_len = cfg.max_seq_len
         self.token = nn.Embedding(cfg.num_tokens, cfg.dim)
         self.pos = nn.Embedding(cfg.max_seq_len, cfg.dim) if cfg.use_abs_pos_emb else None
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = self.token(tokens)  # (B, N, dim)
-        if self.pos is not None:
-            if int(positions[-1]) >= self.max_seq_len:
-                raise ConfigError(
-                    f"input: position {int(positions[-1])} is past max_seq_len {self.max_seq_len}, "
-                    "which absolute position embeddings cannot represent; shorten the input"
-                )
+        if self.pos is not None:  # Andromeda.check_positions has refused positions past max_seq_len
             x = x + self.pos(positions)[None]
         return x

@@ -101,17 +101,26 @@ class Andromeda(nn.Module):
         cfg = self.cfg
         return cfg.xpos_scale_base * math.log(1e30) / math.log(1.4 / 0.4) * cfg.pos_interpolation_factor
 
+    def check_positions(self, last: int) -> None:
+        """Refuse a last position the config cannot represent (from Python ints: no device sync)."""
+        cfg = self.cfg
+        if cfg.use_abs_pos_emb and last >= cfg.max_seq_len:
+            raise ConfigError(
+                f"input: position {last} is past max_seq_len {cfg.max_seq_len}, which absolute position "
+                "embeddings cannot represent; shorten the input"
+            )
+        if cfg.rotary_xpos and last > self.xpos_max_position():
+            need = last / self.xpos_max_position() * cfg.pos_interpolation_factor
+            raise ConfigError(
+                f"input: position {last} is past xPos's float32 range for this config "
+                f"(last finite position {int(self.xpos_max_position())}); set pos_interpolation_factor "
+                f">= {math.ceil(need * 10) / 10} or shorten the input"
+            )
+
     def rope(self, positions: torch.Tensor):
         cfg = self.cfg
         if not cfg.use_rotary:
             return None
-        if cfg.rotary_xpos and positions.numel() and int(positions[-1]) > self.xpos_max_position():
-            need = int(positions[-1]) / self.xpos_max_position() * cfg.pos_interpolation_factor
-            raise ConfigError(
-                f"input: position {int(positions[-1])} is past xPos's float32 range for this config "
-                f"(last finite position {int(self.xpos_max_position())}); set pos_interpolation_factor "
-                f">= {math.ceil(need * 10) / 10} or shorten the input"
-            )
         return rotary_tables(
             positions,
             cfg.rot_dim,
@@ -137,6 +146,7 @@ class Andromeda(nn.Module):
             raise ConfigError(f"input: tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
         n = tokens.shape[1]
         start = cache.length if cache is not None else 0
+        self.check_positions(start + n - 1)
         positions = torch.arange(start, start + n, device=tokens.device)
         x = self.emb_drop(self.embed(tokens, positions))  # (B, N, dim)
         rope = self.rope(positions)
