@@ -12,6 +12,7 @@ from andromeda.errors import AndromedaError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from andromeda.bench.compare_run import compare_run
     from andromeda.bench.manifest import load_manifest
     from andromeda.bench.runner import run
     from andromeda.cli_progress import RichProgress, print_summary
@@ -31,8 +32,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
               f"finish with: andromeda run ... --out {out} --resume", file=sys.stderr)
         return 130
     print_summary(result)
+    compared = compare_run(out, manifest)
+    if compared is not None:
+        print("\n".join(compared[0].summary_lines()))
     paths = build_report(out, manifest.report.formats)
     html = paths.get("html")
+    if compared is not None:
+        print(f"comparison: {out / 'compare' / 'compare.html'}")
     print(f"report: {html[0] if html else out}")
     return 0
 
@@ -55,6 +61,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from andromeda.report import build_report
 
     formats = args.formats.split(",") if args.formats else None
+    manifest_file = Path(args.run_dir) / "manifest.yml"
+    if manifest_file.is_file():  # a run with a compare: section gets its comparison rebuilt too
+        from andromeda.bench.compare_run import compare_run
+        from andromeda.bench.manifest import load_manifest
+
+        compare_run(args.run_dir, load_manifest(manifest_file))
     paths = build_report(Path(args.run_dir), formats) if formats else build_report(Path(args.run_dir))
     for kind, files in paths.items():
         for f in files:

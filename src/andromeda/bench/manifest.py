@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from andromeda.bench import scenarios
 from andromeda.bench.timing import TimingConfig
@@ -48,6 +48,37 @@ class ReportSpec(Strict):
     formats: Annotated[list[Literal[FORMATS]], Field(min_length=1)] = list(FORMATS)  # type: ignore[valid-type]
 
 
+class CompareThresholds(Strict):
+    speedup: Annotated[float, Field(ge=1.0)] = 1.2  # a significant time/throughput change must reach this factor
+    memory: Annotated[float, Field(ge=0.0)] = 0.05  # relative change a memory metric must exceed
+    max_abs_diff: Annotated[float, Field(ge=0.0)] = 1e-5
+    max_abs_diff_by_dtype: dict[Literal[DTYPES], Annotated[float, Field(ge=0.0)]] = {}  # type: ignore[valid-type]
+
+
+class CompareSpec(Strict):
+    """Candidates against a baseline, all from this manifest's models, with verdicts."""
+
+    baseline: str
+    candidates: list[str] | None = None  # None: every other model
+    metrics: Annotated[list[str], Field(min_length=1)] = ["latency_ms"]
+    allow_mismatch: bool = False  # compare models of different shapes (parameter and FLOP ratios shown)
+    correction: Literal["holm", "bh", "none"] = "holm"
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    thresholds: CompareThresholds = CompareThresholds()
+
+    @field_validator("metrics")
+    @classmethod
+    def _directed(cls, v: list[str]) -> list[str]:
+        from andromeda.bench.compare import metric_kind
+
+        for i, m in enumerate(v):
+            try:
+                metric_kind(m)
+            except AndromedaError as e:
+                raise ValueError(f"[{i}] {e}") from None
+        return v
+
+
 ScenarioEntry = Annotated[
     Union[tuple(scenarios.configs())],  # type: ignore[misc]  # noqa: UP007
     Field(discriminator="scenario"),
@@ -66,6 +97,19 @@ class Manifest(Strict):
     peak_tflops: Annotated[float, Field(gt=0)] | None = None  # override the device table for MFU
     timing: TimingSpec = TimingSpec()
     report: ReportSpec = ReportSpec()
+    compare: CompareSpec | None = None
+
+    @model_validator(mode="after")
+    def _compare_sources(self) -> Manifest:
+        c = self.compare
+        if c is None:
+            return self
+        if c.baseline not in self.models:
+            raise ValueError(f"compare.baseline: '{c.baseline}' is not one of models: {', '.join(self.models)}")
+        for i, cand in enumerate(c.candidates or []):
+            if cand not in self.models or cand == c.baseline:
+                raise ValueError(f"compare.candidates[{i}]: '{cand}' must be one of models and not the baseline")
+        return self
 
     @field_validator("models")
     @classmethod
@@ -178,6 +222,8 @@ def format_error(err: dict[str, Any]) -> str:
         return f"{path}: each scenario needs 'scenario: NAME'; available: {', '.join(scenarios.names())}"
     if msg.startswith("Value error, "):
         msg = msg.removeprefix("Value error, ")
+        if not loc:  # a whole-manifest check: its message names the field itself
+            return msg
         if msg.startswith("["):  # models[i] ...
             idx, _, rest = msg.partition("] ")
             return f"{path}{idx}]: {rest}"

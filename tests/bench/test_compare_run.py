@@ -1,0 +1,46 @@
+"""A manifest's compare: section: validation, and the built-in compare preset end to end."""
+
+import json
+
+import pytest
+
+from andromeda.bench.manifest import validate
+from andromeda.cli import main
+from andromeda.errors import ConfigError
+
+BASE = {"models": ["andromeda:tiny", "andromeda:tiny?depth=1"], "scenarios": [{"scenario": "latency"}]}
+
+
+@pytest.mark.parametrize("compare,fragment", [
+    ({"baseline": "andromeda:small"}, "compare.baseline"),
+    ({"baseline": "andromeda:tiny", "candidates": ["andromeda:tiny"]}, "compare.candidates[0]"),
+    ({"baseline": "andromeda:tiny", "metrics": ["vibes"]}, "compare.metrics[0]"),
+    ({"baseline": "andromeda:tiny", "thresholds": {"speedup": 0.9}}, "compare.thresholds.speedup"),
+    ({"baseline": "andromeda:tiny", "correction": "bonferroni"}, "compare.correction"),
+    ({"baseline": "andromeda:tiny", "verdict": "yes"}, "compare.verdict: unknown field"),
+])
+def test_compare_section_errors_name_the_field(compare, fragment):
+    with pytest.raises(ConfigError) as e:
+        validate({**BASE, "compare": compare})
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_compare_preset_runs_with_verdicts(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    pytest.importorskip("x_transformers")
+    out = tmp_path / "run"
+    code = main(["run", "--preset", "compare", "--device", "cpu", "--out", str(out),
+                 "--set", "scenarios.0.mode=[forward]", "--set", "scenarios.0.batch=[1]",
+                 "--set", "scenarios.0.seq_len=[64]", "--set", "timing.min_runs=10"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "comparison:" in printed and "result:" in printed
+    data = json.loads((out / "compare" / "compare.json").read_text())
+    comps = data["comparisons"]
+    candidates = {c["candidate_label"] for c in comps}
+    assert candidates == {"hf:matched:tiny", "xt:tiny", "andromeda:tiny?compile=default"}
+    for c in comps:  # every comparison has a verdict with its reason, a ratio and its CI
+        assert c["verdict"] and c["reason"] and c["ratio_ci_low"] <= c["ratio"] <= c["ratio_ci_high"]
+    for name in ("compare.md", "compare.html", "compare.tex", "compare.png"):
+        assert (out / "compare" / name).stat().st_size > 0
