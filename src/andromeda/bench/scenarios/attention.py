@@ -1,0 +1,284 @@
+"""attention: attention implementations x sparsity patterns x shapes, measured alone (no model).
+
+A case is one implementation at one shape point (pattern, causal, dtype, pass, seq_len). It measures
+  latency_ms      ctx.time: CUDA events on GPU, perf_counter after synchronize elsewhere
+  peak_mib        peak memory of one call (CUDA allocator peak, host peak RSS on CPU); added_peak_mib
+                  is that peak minus what was in use before the call (inputs excluded)
+  flops, tflops   4 * B * H * pairs * D forward, x3.5 for forward+backward (backward = 2.5x forward);
+                  pairs = (query, key) pairs the pattern keeps, so a sparse pattern is credited only
+                  with the work it needs
+  sparsity        1 - pairs / pairs of the dense pattern (causal: N(N+1)/2, else N^2)
+  block_sparsity  1 - blocks computed / blocks of the dense pattern (block_size x block_size tiles)
+  accuracy        max_abs_err, max_rel_err (= max_abs_err / max|ref|) of the output, and of dQ/dK/dV
+                  for fwd_bwd, against a float64 reference of the same pattern on the same inputs
+The model source of the manifest is not used: the runner needs one, any will do.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import torch
+from pydantic import ConfigDict, Field, model_validator
+
+from andromeda.bench.attention_impls import IMPLS, Problem, alibi_slopes, check_kernels, cuda_kernels, prepare
+from andromeda.bench.flops import achieved_tflops, device_peak_tflops, mfu
+from andromeda.bench.memory import track_memory
+from andromeda.bench.scenarios import ScenarioConfig, register
+from andromeda.bench.scenarios.common import PosInt, PosIntList
+from andromeda.bench.sparsity import PATTERNS, Pattern, PatternSpec, get_pattern
+from andromeda.errors import UnsupportedError
+
+Impl = Literal[IMPLS]  # type: ignore[valid-type]
+PatternName = Literal[PATTERNS]  # type: ignore[valid-type]
+DType = Literal["float32", "bfloat16", "float16"]
+Pass = Literal["forward", "fwd_bwd"]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+BACKWARD_FACTOR = 2.5  # attention backward FLOPs / forward FLOPs (ARCHITECTURE.md)
+# max_rel_err above this flags the record (gradients: twice this): a wrong kernel, not rounding
+TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 1e-2}
+_REF_ELEMS = 1 << 24  # float64 reference: at most B x rows x N score elements per head (128 MiB)
+
+
+class AttentionConfig(ScenarioConfig):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    SWEEP = ("dtype", "causal", "pattern", "seq_len", "pass_", "impl")  # impls of one shape run back to back
+    scenario: Literal["attention"] = "attention"
+    impl: list[Impl] = Field(default=["eager", "sdpa_math", "flex"], min_length=1)
+    pattern: list[PatternName] = Field(default=["dense"], min_length=1)
+    seq_len: PosIntList = [256]
+    batch: PosInt = 1
+    heads: PosInt = 4
+    kv_heads: PosInt = 4  # = heads: MHA; a divisor: GQA; 1: MQA
+    head_dim: PosInt = 32
+    dtype: list[DType] = Field(default=["float32"], min_length=1)
+    causal: list[bool] = Field(default=[True], min_length=1)
+    alibi: bool = False  # ALiBi slopes on every head
+    pass_: list[Pass] = Field(default=["forward"], alias="pass", min_length=1)
+    window: PosInt = 256  # sliding_window / dilated: keys per side; bigbird: local band (window // block_size blocks)
+    dilation: PosInt = 2
+    global_tokens: NonNegInt = 0  # bigbird
+    random_blocks: NonNegInt = 0  # bigbird: random key blocks per query block
+    block_size: PosInt = 128  # FlexAttention block; bigbird's block; the unit of block_sparsity
+    layout: list[list[Literal[0, 1]]] | None = None  # block_sparse: L x L, stretched over N x N
+    dense_mask_max_len: PosInt = 4096  # eager/SDPA take a sparse pattern or ALiBi as a dense mask up to this N
+    ref_rows: PosInt = 256  # float64 reference on at most this many query rows (all rows when N is smaller)
+    profile_kernels: bool = True  # CUDA: record the kernel names torch.profiler sees
+
+    @model_validator(mode="after")
+    def _check(self) -> AttentionConfig:
+        if self.heads % self.kv_heads:
+            raise ValueError(f"kv_heads ({self.kv_heads}) must divide heads ({self.heads})")
+        if "block_sparse" in self.pattern and not self.layout:
+            raise ValueError("layout: pattern block_sparse needs a layout (an L x L list of 0/1 rows)")
+        if self.layout:
+            size = len(self.layout)
+            if any(len(row) != size for row in self.layout):
+                raise ValueError(f"layout: must be square; got {size} rows of lengths {[len(r) for r in self.layout]}")
+            # every query must see a key: a row needs a 1 at or before the diagonal (causal) or anywhere
+            causal = True in self.causal
+            for i, row in enumerate(self.layout):
+                if not any(row[: i + 1] if causal else row):
+                    hint = " (causal: it needs a 1 at or before the diagonal)" if causal else ""
+                    raise ValueError(f"layout: row {i} leaves its queries no key to attend to{hint}")
+        return self
+
+    def points(self):
+        return [{("pass" if k == "pass_" else k): v for k, v in p.items()} for p in super().points()]
+
+
+def make_inputs(prob: Problem, device: torch.device, seed: int):
+    """q (B, H, N, D), k and v (B, H_kv, N, D), and an output gradient like q: standard normal, seeded."""
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def rnd(heads: int) -> torch.Tensor:
+        return torch.randn(prob.batch, heads, prob.n, prob.head_dim, generator=g, device=device).to(prob.dtype)
+
+    return rnd(prob.heads), rnd(prob.kv_heads), rnd(prob.kv_heads), rnd(prob.heads)
+
+
+def reference_rows(n: int, batch: int, max_rows: int, device: torch.device) -> torch.Tensor:
+    """Query rows the float64 reference covers: all, or evenly spaced ones (first and last included)."""
+    s = min(n, max_rows, max(2, _REF_ELEMS // (batch * n)))
+    if s >= n:
+        return torch.arange(n, device=device)
+    return torch.linspace(0, n - 1, s, device=device).round().long().unique()
+
+
+def reference(q, k, v, dout, prob: Problem, pattern: Pattern, rows: torch.Tensor):
+    """Float64 attention of the pattern on query `rows`, written from the definition; with prob.backward,
+    the gradients of sum(out * dout) over those rows: dQ on those rows, dK and dV (all keys).
+
+    Heads go in chunks that keep B x heads x rows x N score elements near _REF_ELEMS."""
+    dev = q.device
+    keep = pattern.keep_rows(rows)  # (S, N)
+    b, s, n, d = prob.batch, len(rows), prob.n, prob.head_dim
+    bias = None
+    if prob.alibi:
+        dist = (rows[:, None] - torch.arange(n, device=dev)[None, :]).abs().double()  # (S, N)
+        bias = -alibi_slopes(prob.heads, str(dev)).double()[:, None, None] * dist  # (H, S, N)
+    out = torch.empty(b, prob.heads, s, d, dtype=torch.float64, device=dev)
+    grads = None
+    if prob.backward:
+        grads = (torch.empty_like(out), torch.zeros(k.shape, dtype=torch.float64, device=dev),
+                 torch.zeros(v.shape, dtype=torch.float64, device=dev))
+    chunk = max(1, min(prob.heads, _REF_ELEMS // (b * s * n)))
+    with torch.enable_grad():
+        for h0 in range(0, prob.heads, chunk):
+            heads = torch.arange(h0, min(h0 + chunk, prob.heads), device=dev)
+            kv = heads // prob.groups  # the K/V head of each query head
+            qh = q[:, heads][:, :, rows].double().requires_grad_(prob.backward)  # (B, h, S, D)
+            kh = k[:, kv].double().requires_grad_(prob.backward)  # (B, h, N, D)
+            vh = v[:, kv].double().requires_grad_(prob.backward)
+            scores = (qh @ kh.transpose(-1, -2)) * prob.scale  # (B, h, S, N)
+            if bias is not None:
+                scores = scores + bias[heads]
+            o = scores.masked_fill(~keep, float("-inf")).softmax(-1) @ vh  # (B, h, S, D)
+            out[:, heads] = o.detach()
+            if grads is not None:
+                o.backward(dout[:, heads][:, :, rows].double())
+                grads[0][:, heads] = qh.grad
+                grads[1].index_add_(1, kv, kh.grad)
+                grads[2].index_add_(1, kv, vh.grad)
+    return out, grads
+
+
+def _errors(x: torch.Tensor, ref: torch.Tensor, prefix: str = "") -> dict[str, float]:
+    err = float((x.double() - ref).abs().max())
+    size = float(ref.abs().max())
+    return {f"{prefix}max_abs_err": err, f"{prefix}max_rel_err": err / size if size > 0 else err}
+
+
+def accuracy(call, q, k, v, dout, prob: Problem, pattern: Pattern, rows: torch.Tensor) -> dict[str, float]:
+    """The implementation's first call (its probe) against the float64 reference on `rows`.
+
+    For fwd_bwd the output gradient is dout on `rows` and zero elsewhere, so dK and dV of the
+    implementation hold exactly the contributions the reference computes.
+    """
+    if prob.backward:
+        qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+        out = call.probe(qg, kg, vg)
+        d_rows = torch.zeros_like(dout)
+        d_rows[:, :, rows] = dout[:, :, rows]
+        out.backward(d_rows)
+        got = (qg.grad[:, :, rows], kg.grad, vg.grad)
+        del d_rows
+    else:
+        with torch.no_grad():
+            out = call.probe(q, k, v)
+    out_rows = out.detach()[:, :, rows]
+    del out
+    ref, ref_grads = reference(q, k, v, dout, prob, pattern, rows)
+    metrics = _errors(out_rows, ref)
+    if ref_grads is not None:
+        for name, x, r in zip(("dq_", "dk_", "dv_"), got, ref_grads, strict=True):
+            metrics.update(_errors(x, r, name))
+    return metrics
+
+
+def _peak_tflops(ctx, dtype: str) -> float | None:
+    if ctx.device.type != "cuda":
+        return None
+    if dtype == str(ctx.dtype).removeprefix("torch."):
+        return ctx.peak_tflops  # the run's figure (a manifest override wins)
+    names = ctx.env.get("gpu_names") or []
+    return device_peak_tflops(names[0], dtype) if names else None
+
+
+@register("attention")
+class Attention:
+    Config = AttentionConfig
+
+    def run(self, bundle, p, ctx):
+        dev = ctx.device
+        layout = tuple(tuple(r) for r in p["layout"]) if p.get("layout") else None
+        spec = PatternSpec(name=p["pattern"], causal=p["causal"], window=p["window"], dilation=p["dilation"],
+                           global_tokens=p["global_tokens"], random_blocks=p["random_blocks"],
+                           block_size=p["block_size"], layout=layout, seed=ctx.seed)
+        prob = Problem(batch=p["batch"], heads=p["heads"], kv_heads=p["kv_heads"], head_dim=p["head_dim"],
+                       n=p["seq_len"], dtype=getattr(torch, p["dtype"]), pattern=spec, alibi=p["alibi"],
+                       backward=p["pass"] == "fwd_bwd", dense_mask_max_len=p["dense_mask_max_len"])
+        try:
+            if (reason := spec.check(prob.n)) is not None:
+                raise UnsupportedError(reason)
+            pattern = get_pattern(spec, prob.n, dev)
+            call = prepare(p["impl"], prob, pattern, dev)
+            return [self._measure(call, prob, pattern, p, ctx)]
+        except UnsupportedError as e:
+            return ctx.skip(str(e))
+
+    def _measure(self, call, prob: Problem, pattern: Pattern, p, ctx):
+        dev, impl = ctx.device, p["impl"]
+        q, k, v, dout = make_inputs(prob, dev, ctx.seed)
+        rows = reference_rows(prob.n, prob.batch, p["ref_rows"], dev)
+        acc = accuracy(call, q, k, v, dout, prob, pattern, rows)  # also the warm-up / compile call
+
+        if prob.backward:
+            qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+
+            def clear():
+                qg.grad = kg.grad = vg.grad = None
+
+            def fn():
+                clear()
+                call(qg, kg, vg).backward(dout)
+        else:
+            def clear():
+                pass
+
+            def fn():
+                with torch.no_grad():
+                    call(q, k, v)
+
+        timing = ctx.time(fn)
+        clear()
+        with track_memory(dev) as mem:
+            fn()
+        clear()
+        info = {"impl": impl, "how": call.info["how"], "dtype": p["dtype"], "stopped": timing.stopped,
+                "noisy": timing.summary.noisy}
+        info.update({k_: v_ for k_, v_ in call.info.items() if k_ != "how"})
+        info["reference"] = ("float64, every query row" if len(rows) == prob.n else
+                             f"float64 on {len(rows)} of {prob.n} query rows (evenly spaced, first and last included)"
+                             + ("; dK/dV from those rows' output gradients only" if prob.backward else ""))
+        info["blocks"] = {"block_size": prob.pattern.block_size, "full": pattern.blocks_full,
+                          "partial": pattern.blocks_partial,
+                          "empty": pattern.blocks_total - pattern.blocks_computed}
+        warnings = []
+        if dev.type == "cuda" and p["profile_kernels"]:
+            try:
+                info["kernels"] = cuda_kernels(fn, dev)
+                problem = check_kernels(impl, info["kernels"])
+                info["kernel_check"] = problem or "ok"
+                if problem:
+                    warnings.append(f"kernel check: {problem}")
+            except Exception as e:  # noqa: BLE001 - a profiler failure must not cost the measurement
+                info["kernels_error"] = f"{type(e).__name__}: {e}"
+            clear()
+        else:
+            info["kernels"] = [impl]
+        tol = TOLERANCE[p["dtype"]]
+        for name, value in acc.items():
+            limit = tol * (2 if name.startswith("d") else 1)
+            if name.endswith("max_rel_err") and not value <= limit:
+                warnings.append(f"accuracy: {name} = {value:.3g} exceeds the {p['dtype']} tolerance {limit:g}")
+        if warnings:
+            info["warnings"] = warnings
+
+        fwd = 4 * prob.batch * prob.heads * pattern.pairs * prob.head_dim
+        flops = fwd * (1 + BACKWARD_FACTOR) if prob.backward else fwd
+        seconds = timing.median_ms / 1e3
+        metrics = {**timing.summary.to_metrics("latency_ms"), "flops": float(flops),
+                   "tflops": achieved_tflops(flops, seconds)}
+        u = mfu(flops, seconds, _peak_tflops(ctx, p["dtype"]))
+        if u is not None:
+            metrics["mfu"] = u
+        metrics.update({"pairs": float(pattern.pairs), "sparsity": pattern.sparsity,
+                        "block_sparsity": pattern.block_sparsity})
+        if dev.type == "cuda":
+            metrics.update(peak_mib=mem.peak_allocated_mib, added_peak_mib=mem.delta_peak_allocated_mib)
+        elif mem.rss_peak_mib is not None:
+            metrics.update(peak_mib=mem.rss_peak_mib, added_peak_mib=mem.rss_delta_mib)
+        metrics.update(acc)
+        return ctx.record(metrics, samples={"latency_ms": timing.samples_ms}, info=info)
