@@ -32,7 +32,7 @@ from andromeda.bench.compare import (
     fmt_factor,
     noise_floor,
 )
-from andromeda.bench.records import Record, RecordStore
+from andromeda.bench.records import Record
 from andromeda.errors import AndromedaError, missing_extra
 
 if TYPE_CHECKING:
@@ -72,18 +72,9 @@ def metric_values(record: Record, metric: str) -> list[float] | None:
 
 def load_run(path: str | Path) -> list[Record]:
     """Records of a run directory (its results.jsonl) or of a .jsonl file."""
-    p = Path(path)
-    file = p / RESULTS if p.is_dir() else p
-    if not file.is_file():
-        where = f"no {RESULTS} in {p}" if p.is_dir() else f"run not found: {p}"
-        raise AndromedaError(f"{where}: give a run directory (with {RESULTS}) or a .jsonl file")
-    try:
-        records = RecordStore(file).read()
-    except (TypeError, ValueError) as e:
-        raise AndromedaError(f"{file} holds a malformed record: {e}") from None
-    if not records:
-        raise AndromedaError(f"{file} holds no records")
-    return records
+    from andromeda.report.load import load_records
+
+    return load_records(Path(path), allow_file=True)
 
 
 def _is_fit(r: Record) -> bool:

@@ -23,11 +23,16 @@ FIXED_COLUMNS = ("case_id", "scenario", "source", "status", "message")
 GROUPS = ("params", "metrics", "info")
 
 
-def load_records(run_dir: Path) -> list[Record]:
+def load_records(run_dir: Path, *, allow_file: bool = False) -> list[Record]:
+    """Records of a run directory's results.jsonl (or, with allow_file, of a .jsonl file itself)."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise AndromedaError(f"run directory not found: {run_dir}")
-    path = run_dir / RESULTS
+    if allow_file and run_dir.is_file():
+        path = run_dir
+    elif not run_dir.is_dir():
+        what = "run not found" if allow_file else "run directory not found"
+        raise AndromedaError(f"{what}: {run_dir}")
+    else:
+        path = run_dir / RESULTS
     if not path.is_file():
         raise AndromedaError(f"no {RESULTS} in {run_dir}: run a benchmark into this directory first")
     try:
