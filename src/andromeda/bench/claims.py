@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from andromeda.bench.facts import ModelFacts, facts_from_config, kv_cache_bytes_per_token
@@ -99,10 +98,9 @@ def load_claims(path: str | Path | None = None) -> ClaimsFile:
         if not p.is_file():
             raise ConfigError(f"claims file '{p}' does not exist (or is not a file)")
         label, text = str(p), p.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{label}: invalid YAML: {str(e).splitlines()[0]}") from None
+    from andromeda.bench.manifest import read_yaml
+
+    data = read_yaml(text, label)
     try:
         cf = ClaimsFile.model_validate(data)
     except ValidationError as e:

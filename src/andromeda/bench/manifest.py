@@ -155,18 +155,23 @@ def load_manifest(path: str | Path | None = None, *, preset: str | None = None,
         if not p.is_file():
             raise ConfigError(f"manifest '{p}' does not exist (or is not a file)")
         label, text = str(p), p.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{label}: invalid YAML{where}: {problem}") from None
+    data = read_yaml(text, label)
     if not isinstance(data, dict):
         raise ConfigError(f"{label}: a manifest is a mapping (models:, scenarios:, ...), got {type(data).__name__}")
     for item in overrides or []:
         apply_override(data, item)
     return validate(data, label)
+
+
+def read_yaml(text: str, label: str) -> Any:
+    """safe_load (data only, never code), with a one-line error that says where the YAML broke."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{label}: invalid YAML{where}: {problem}") from None
 
 
 def validate(data: dict[str, Any], label: str = "manifest") -> Manifest:

@@ -57,14 +57,14 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN/Inf: store them as null."""
+def json_safe(obj: Any) -> Any:
+    """JSON has no NaN/Inf: store them as null (recursively through dicts and lists)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -77,7 +77,7 @@ class RecordStore:
     def append(self, records: Iterable[Record]) -> None:
         lines = []
         for r in records:
-            d = _finite(json.loads(json.dumps(asdict(r), default=_jsonable)))
+            d = json_safe(json.loads(json.dumps(asdict(r), default=_jsonable)))
             lines.append(json.dumps(d, allow_nan=False))
         if not lines:
             return

@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from andromeda.bench.compare import Comparison, fmt_factor
+from andromeda.bench.records import json_safe
 from andromeda.bench.regress import RunComparison
 from andromeda.errors import AndromedaError
 from andromeda.report.format import MISSING, fmt_number, latex_escape, latex_number, unit_of
@@ -433,18 +434,8 @@ def write_claims_report(data: dict[str, Any], out_dir: str | Path) -> dict[str, 
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / "claims.md", out / "claims.json"
     md.write_text(claims_markdown(data), encoding="utf-8")
-    js.write_text(json.dumps(_finite(data), indent=1, allow_nan=False, default=str) + "\n", encoding="utf-8")
+    js.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False, default=str) + "\n", encoding="utf-8")
     return {"md": [md], "json": [js]}
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 __all__ = [
