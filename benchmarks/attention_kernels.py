@@ -88,6 +88,21 @@ def accuracy(fn, n=2048):
     return ((out - ref).norm() / ref.norm()).item()
 
 
+def config_sweep(fn, which: str, configs) -> list[dict]:
+    """Time the Triton kernel at 4 x 8K with each (BLOCK_M, BLOCK_N, warps, stages) for "fwd" or "bwd"."""
+    out = []
+    for bm, bn, w, st in configs:
+        triton_flash.CONFIG_OVERRIDE[which] = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+        try:
+            r = measure(fn, 4, 8192, backward=which == "bwd")
+        except Exception as e:  # noqa: BLE001 - a config that fails to compile is a result
+            r = {"error": str(e).splitlines()[0][:120]}
+        out.append({"BLOCK_M": bm, "BLOCK_N": bn, "warps": w, "stages": st, **r})
+        print(out[-1], flush=True)
+    triton_flash.CONFIG_OVERRIDE.clear()
+    return out
+
+
 def floors():
     from triton.testing import do_bench
 
@@ -124,26 +139,10 @@ def main() -> None:
     sweep, bwd_sweep = [], []
     if args.configs:
         fn = table["triton (ALiBi, MQA)"]
-        for bm, bn, w, st in [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (64, 128, 4, 3), (64, 64, 8, 3),
-                              (32, 64, 4, 3), (128, 128, 8, 3)]:
-            triton_flash.CONFIG_OVERRIDE["fwd"] = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
-            try:
-                r = measure(fn, 4, 8192, False)
-            except Exception as e:  # noqa: BLE001
-                r = {"error": str(e).splitlines()[0][:120]}
-            sweep.append({"BLOCK_M": bm, "BLOCK_N": bn, "warps": w, "stages": st, **r})
-            print(sweep[-1], flush=True)
-        triton_flash.CONFIG_OVERRIDE.clear()
-        for bm, bn, w, st in [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3),
-                              (64, 32, 4, 3), (32, 128, 4, 2)]:
-            triton_flash.CONFIG_OVERRIDE["bwd"] = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
-            try:
-                r = measure(fn, 4, 8192, True)
-            except Exception as e:  # noqa: BLE001
-                r = {"error": str(e).splitlines()[0][:120]}
-            bwd_sweep.append({"BLOCK_M": bm, "BLOCK_N": bn, "warps": w, "stages": st, **r})
-            print(bwd_sweep[-1], flush=True)
-        triton_flash.CONFIG_OVERRIDE.clear()
+        sweep = config_sweep(fn, "fwd", [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (64, 128, 4, 3),
+                                         (64, 64, 8, 3), (32, 64, 4, 3), (128, 128, 8, 3)])
+        bwd_sweep = config_sweep(fn, "bwd", [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 128, 8, 2),
+                                             (32, 64, 4, 3), (64, 32, 4, 3), (32, 128, 4, 2)])
     res = {"rows": rows, "fwd_config_sweep_8k": sweep, "fwd_bwd_config_sweep_8k": bwd_sweep, **floors(),
            "env": collect_env()}
     print(f"floors: matmul {res['matmul_bf16_tflops']:.0f} TFLOP/s, copy {res['copy_gb_per_s']:.0f} GB/s")
