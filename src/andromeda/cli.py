@@ -148,6 +148,15 @@ def _cmd_claims(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_options(p: argparse.ArgumentParser, *, set_example: str, out_help: str, resume_help: str) -> None:
+    """--set, --device, --out and --resume: the options every manifest-running command takes."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a manifest field, e.g. {set_example}")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (overrides the manifest)")
+    p.add_argument("--out", help=out_help)
+    p.add_argument("--resume", action="store_true", help=resume_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="andromeda", description="The Andromeda model and benchmark suite.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -155,11 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="measure models as a manifest (or a built-in preset) says; write the report")
     r.add_argument("manifest", nargs="?", help="YAML manifest (default: the built-in 'quick' preset)")
     r.add_argument("--preset", help="a built-in manifest: quick, full, paper (see andromeda list)")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a manifest field, e.g. --set timing.budget_s=0.5 --set models=[andromeda:small]")
-    r.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (overrides the manifest)")
-    r.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
-    r.add_argument("--resume", action="store_true", help="finish an interrupted run in --out, skipping finished cases")
+    _run_options(r, set_example="--set timing.budget_s=0.5 --set models=[andromeda:small]",
+                 out_help="run directory (default: runs/<name>-<time>)",
+                 resume_help="finish an interrupted run in --out, skipping finished cases")
     r.set_defaults(func=_cmd_run)
 
     pr = sub.add_parser("profile", help="run a built-in profile: attention (preset attention-quick or -full)")
@@ -175,11 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="pre-train as a manifest's training scenarios say (default: train-quick)")
     t.add_argument("manifest", nargs="?", help="YAML manifest with a training scenario (default: --preset train-quick)")
     t.add_argument("--preset", help="a built-in manifest, e.g. train-quick")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a manifest field, e.g. --set scenarios.0.steps=200")
-    t.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (overrides the manifest)")
-    t.add_argument("--out", help="run directory (default: runs/<name>-<time>); checkpoints go to <out>/checkpoints")
-    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its checkpoints")
+    _run_options(t, set_example="--set scenarios.0.steps=200",
+                 out_help="run directory (default: runs/<name>-<time>); checkpoints go to <out>/checkpoints",
+                 resume_help="continue an interrupted run in --out from its checkpoints")
     t.set_defaults(func=_cmd_train)
 
     rep = sub.add_parser("report", help="rebuild every artifact of a run from its results.jsonl")

@@ -48,6 +48,16 @@ class ReportSpec(Strict):
     formats: Annotated[list[Literal[FORMATS]], Field(min_length=1)] = list(FORMATS)  # type: ignore[valid-type]
 
 
+def _check_each(items: list[str], check, strip: str = "") -> list[str]:
+    """Run `check` on each item; its AndromedaError becomes a ValueError that format_error shows as [i]."""
+    for i, item in enumerate(items):
+        try:
+            check(item)
+        except AndromedaError as e:
+            raise ValueError(f"[{i}] {str(e).removeprefix(strip)}") from None
+    return items
+
+
 class CompareThresholds(Strict):
     speedup: Annotated[float, Field(ge=1.0)] = 1.2  # a significant time/throughput change must reach this factor
     memory: Annotated[float, Field(ge=0.0)] = 0.05  # relative change a memory metric must exceed
@@ -71,12 +81,7 @@ class CompareSpec(Strict):
     def _directed(cls, v: list[str]) -> list[str]:
         from andromeda.bench.compare import metric_kind
 
-        for i, m in enumerate(v):
-            try:
-                metric_kind(m)
-            except AndromedaError as e:
-                raise ValueError(f"[{i}] {e}") from None
-        return v
+        return _check_each(v, metric_kind)
 
 
 ScenarioEntry = Annotated[
@@ -116,12 +121,7 @@ class Manifest(Strict):
     def _sources(cls, v: list[str]) -> list[str]:
         from andromeda.bench.sources import validate_source
 
-        for i, s in enumerate(v):
-            try:
-                validate_source(s)
-            except AndromedaError as e:
-                raise ValueError(f"[{i}] {str(e).removeprefix('models: ')}") from None
-        return v
+        return _check_each(v, validate_source, strip="models: ")
 
     @field_validator("device")
     @classmethod
