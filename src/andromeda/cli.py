@@ -33,12 +33,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 130
     print_summary(result)
     compared = compare_run(out, manifest)
-    if compared is not None:
-        print("\n".join(compared[0].summary_lines()))
+    for c in compared:
+        if c.result is not None:
+            print("\n".join(c.result.summary_lines()))
+        else:
+            print(f"comparison against {c.baseline} not made: {c.error}", file=sys.stderr)
     paths = build_report(out, manifest.report.formats)
     html = paths.get("html")
-    if compared is not None:
-        print(f"comparison: {out / 'compare' / 'compare.html'}")
+    for c in compared:
+        if c.result is not None:
+            print(f"comparison: {next(iter(c.paths.get('html', [])), out / 'compare')}")
     print(f"report: {html[0] if html else out}")
     return 0
 

@@ -44,3 +44,32 @@ def test_compare_preset_runs_with_verdicts(tmp_path, capsys):
         assert c["verdict"] and c["reason"] and c["ratio_ci_low"] <= c["ratio"] <= c["ratio_ci_high"]
     for name in ("compare.md", "compare.html", "compare.tex", "compare.png"):
         assert (out / "compare" / name).stat().st_size > 0
+
+
+def test_several_baselines_each_get_their_comparison(tmp_path):
+    from andromeda.bench.compare_run import compare_run
+    from andromeda.bench.runner import run
+
+    models = ["andromeda:tiny", "andromeda:tiny?depth=1", "andromeda:tiny?dim=32", "andromeda:tiny?dim=32&depth=1"]
+    with pytest.raises(ConfigError, match=r"compare\[1\]\.baseline"):
+        validate({**BASE, "compare": [{"baseline": "andromeda:tiny"}, {"baseline": "andromeda:nope"}]})
+    m = validate({"models": models, "device": "cpu", "report": {"formats": ["csv"]},
+                  "timing": {"warmup": 1, "min_runs": 8, "max_runs": 8, "budget_s": 0.1},
+                  "scenarios": [{"scenario": "latency", "seq_len": [32]}],
+                  "compare": [{"baseline": models[0], "candidates": [models[1]], "allow_mismatch": True},
+                              {"baseline": models[2], "candidates": [models[3]], "allow_mismatch": True}]})
+    run(m, tmp_path / "run")
+    done = compare_run(tmp_path / "run", m)
+    assert len(done) == 2
+    dirs = [tmp_path / "run" / "compare" / "1-andromeda-tiny", tmp_path / "run" / "compare" / "2-andromeda-tiny-dim-32"]
+    for i, c in enumerate(done):
+        data = json.loads((dirs[i] / "compare.json").read_text())
+        assert {x["candidate_label"] for x in data["comparisons"]} == {models[2 * i + 1]}
+        assert c.error is None and [x.candidate_label for x in c.result.comparisons] == [models[2 * i + 1]]
+    # a baseline without ok records: that comparison reports why, the other is still made
+    recs = [line for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+            if models[0] + '"' not in line]
+    (tmp_path / "run" / "results.jsonl").write_text("\n".join(recs) + "\n")
+    first, second = compare_run(tmp_path / "run", m)
+    assert first.result is None and "no ok records" in first.error
+    assert second.result is not None and second.error is None

@@ -55,3 +55,22 @@ def test_kv_cache_bytes_per_token_matches_real_cache():
         stored = cache.k.numel() * cache.k.element_size() + cache.v.numel() * cache.v.element_size()
         assert kv_cache_bytes_per_token(f, 2) == stored / (batch * max_len)
     assert kv_cache_bytes_per_token(f, 0.5) == 2 * cfg.depth * 1 * cfg.dim_head * 0.5
+
+
+def test_peak_for_uses_the_math_dtype_peak():
+    """Mixed precision on float32 weights: MFU is against the bf16 peak, not the fp32 one."""
+    import torch
+
+    from andromeda.bench.context import RunContext
+    from andromeda.bench.flops import device_peak_tflops
+    from andromeda.bench.timing import TimingConfig
+
+    gpu = "NVIDIA H100 80GB HBM3"
+    ctx = RunContext(device=torch.device("cuda"), dtype=torch.float32, timing=TimingConfig(),
+                     env={"gpu_names": [gpu]}, peak_tflops=123.0)
+    assert ctx.peak_for("float32") == 123.0  # the run's own figure (a manifest override) for its dtype
+    assert ctx.peak_for("bfloat16") == device_peak_tflops(gpu, "bfloat16")
+    assert ctx.peak_for_precision("bf16") == ctx.peak_for("bfloat16") and ctx.peak_for_precision("fp32") == 123.0
+    assert device_peak_tflops(gpu, "bfloat16") > 10 * device_peak_tflops(gpu, "float32")
+    cpu = RunContext(device=torch.device("cpu"), dtype=torch.float32, timing=TimingConfig(), env={})
+    assert cpu.peak_for("bfloat16") is None

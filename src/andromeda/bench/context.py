@@ -35,6 +35,24 @@ class RunContext:
     progress: Callable[[str], None] = lambda msg: None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def peak_for(self, dtype: str) -> float | None:
+        """Peak TFLOP/s for math in `dtype` ("bfloat16", ...): the run's figure for the run's dtype (a
+        manifest override wins), else the device table's for this GPU; None off CUDA or when unknown."""
+        if self.device.type != "cuda":
+            return None
+        if dtype == str(self.dtype).removeprefix("torch."):
+            return self.peak_tflops
+        from andromeda.bench.flops import device_peak_tflops
+
+        names = self.env.get("gpu_names") or []
+        return device_peak_tflops(names[0], dtype) if names else None
+
+    def peak_for_precision(self, precision: str) -> float | None:
+        """Peak TFLOP/s for a training precision: mixed bf16/fp16 matmuls run in that dtype, so MFU is
+        against its peak; fp32 against the run dtype's."""
+        math = {"bf16": "bfloat16", "fp16": "float16"}.get(precision, str(self.dtype).removeprefix("torch."))
+        return self.peak_for(math)
+
     def time(self, fn: Callable[[], object], setup: Callable[[], object] | None = None) -> Timing:
         return time_fn(fn, self.device, self.timing, setup=setup)
 

@@ -7,20 +7,40 @@ recomputes the whole prefix, which is what the cache saves.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from andromeda.errors import UnsupportedError
 
+CACHE_KINDS = ("full", "int8", "int4")  # the KV cache a Decoder keeps: model dtype, or quantized per group
+
 
 class Decoder:
-    def __init__(self, bundle, batch: int, max_len: int, use_cache: bool):
+    """cache: "full" (the model's dtype) or a quantized Andromeda cache, "int8" / "int4", with a scale per
+    `group_size` features and the last `window` positions kept in full precision."""
+
+    def __init__(self, bundle, batch: int, max_len: int, use_cache: bool, *, cache: str = "full",
+                 group_size: int = 64, window: int = 0):
         self.bundle, self.use_cache = bundle, use_cache
         self.kind = bundle.info.get("kind")
         if use_cache and self.kind not in ("andromeda", "hf"):
             raise UnsupportedError(f"{bundle.source}: cached decoding is not wired for '{self.kind}' models")
-        self.cache = bundle.model.new_cache(batch, max_len) if use_cache and self.kind == "andromeda" else None
+        if cache not in CACHE_KINDS:
+            raise ValueError(f"cache: must be one of {', '.join(CACHE_KINDS)}, got {cache!r}")
+        if cache != "full" and not (use_cache and self.kind == "andromeda"):
+            raise UnsupportedError(f"{bundle.source}: a {cache} KV cache is wired for Andromeda models with "
+                                   "use_cache only")
+        self.cache = None
+        if use_cache and self.kind == "andromeda":
+            quant = {} if cache == "full" else {"quant": cache, "group_size": group_size, "window": window}
+            self.cache = bundle.model.new_cache(batch, max_len, **quant)
         self.past = None
         self.tokens: torch.Tensor | None = None
+        # HF models that take logits_to_keep compute the LM head at the last position only, as Andromeda's
+        # logits="last" does: a prefill pays for one row of logits, not prompt_len rows
+        self.hf_last = ({"logits_to_keep": 1} if self.kind == "hf"
+                        and "logits_to_keep" in inspect.signature(bundle.model.forward).parameters else {})
 
     @torch.inference_mode()
     def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
@@ -38,7 +58,7 @@ class Decoder:
             return self.bundle.logits(self.tokens)[:, -1]
         if self.kind == "andromeda":
             return model(new, cache=self.cache, logits="last")[:, -1]
-        out = model(input_ids=new, past_key_values=self.past, use_cache=True)
+        out = model(input_ids=new, past_key_values=self.past, use_cache=True, **self.hf_last)
         self.past = out.past_key_values
         return out.logits[:, -1]
 

@@ -81,4 +81,11 @@ def kv_cache_bytes_per_token(facts: ModelFacts, bytes_per_elem: float) -> float:
     return 2 * facts.layers * facts.kv_heads * facts.head_dim * bytes_per_elem
 
 
-__all__ = ["ModelFacts", "facts_from_config", "block_params", "kv_cache_bytes_per_token"]
+def quantized_kv_bytes_per_token(facts: ModelFacts, bits: int, group_size: int, scale_bytes: int = 4) -> float:
+    """Bytes per token of a KV cache of `bits`-bit codes with one scale (float32) per `group_size` features."""
+    group = min(group_size, facts.head_dim)
+    return kv_cache_bytes_per_token(facts, bits / 8 + scale_bytes / group)
+
+
+__all__ = ["ModelFacts", "facts_from_config", "block_params", "kv_cache_bytes_per_token",
+           "quantized_kv_bytes_per_token"]

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from andromeda.bench import scenarios
+from andromeda.bench.launch import LauncherSpec, check_manifest
 from andromeda.bench.timing import TimingConfig
 from andromeda.errors import AndromedaError, ConfigError
 
@@ -102,18 +103,30 @@ class Manifest(Strict):
     peak_tflops: Annotated[float, Field(gt=0)] | None = None  # override the device table for MFU
     timing: TimingSpec = TimingSpec()
     report: ReportSpec = ReportSpec()
-    compare: CompareSpec | None = None
+    compare: CompareSpec | list[CompareSpec] | None = None  # a list: several baselines, each with its candidates
+    launcher: LauncherSpec | None = None  # run every case across processes through torchrun (bench/launch.py)
+
+    @model_validator(mode="after")
+    def _launcher(self) -> Manifest:
+        check_manifest(self)
+        return self
+
+    @property
+    def comparisons(self) -> list[CompareSpec]:
+        """The compare: section as a list (empty without one)."""
+        c = self.compare
+        return [] if c is None else [c] if isinstance(c, CompareSpec) else list(c)
 
     @model_validator(mode="after")
     def _compare_sources(self) -> Manifest:
-        c = self.compare
-        if c is None:
-            return self
-        if c.baseline not in self.models:
-            raise ValueError(f"compare.baseline: '{c.baseline}' is not one of models: {', '.join(self.models)}")
-        for i, cand in enumerate(c.candidates or []):
-            if cand not in self.models or cand == c.baseline:
-                raise ValueError(f"compare.candidates[{i}]: '{cand}' must be one of models and not the baseline")
+        many = isinstance(self.compare, list)
+        for j, c in enumerate(self.comparisons):
+            where = f"compare[{j}]" if many else "compare"
+            if c.baseline not in self.models:
+                raise ValueError(f"{where}.baseline: '{c.baseline}' is not one of models: {', '.join(self.models)}")
+            for i, cand in enumerate(c.candidates or []):
+                if cand not in self.models or cand == c.baseline:
+                    raise ValueError(f"{where}.candidates[{i}]: '{cand}' must be one of models and not the baseline")
         return self
 
     @field_validator("models")
@@ -178,7 +191,19 @@ def validate(data: dict[str, Any], label: str = "manifest") -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{label}: {format_error(e.errors()[0])}") from None
+        raise ConfigError(f"{label}: {format_error(first_error(e.errors()))}") from None
+
+
+_UNION_TAGS = ("CompareSpec", "list[CompareSpec]")  # compare: one spec or a list; pydantic names the branch tried
+_WRONG_BRANCH = ("model_type", "list_type", "dict_type", "model_attributes_type")
+
+
+def first_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The error to show: for a union, the one from the branch that fits the input's shape."""
+    def wrong_branch(err: dict[str, Any]) -> bool:
+        return err["type"] in _WRONG_BRANCH and any(part in _UNION_TAGS for part in err["loc"])
+
+    return next((err for err in errors if not wrong_branch(err)), errors[0])
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -244,6 +269,8 @@ def _loc_str(loc: list[Any]) -> str:
         if skip_tag:  # the discriminator tag pydantic inserts after a scenarios index
             skip_tag = False
             continue
+        if part in _UNION_TAGS:
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
             skip_tag = i >= 1 and loc[i - 1] == "scenarios" and i + 1 < len(loc) and loc[i + 1] in scenarios.names()
@@ -255,7 +282,7 @@ def _loc_str(loc: list[Any]) -> str:
 def _allowed_fields(loc: list[Any]) -> list[str]:
     cls: Any = Manifest
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or part in _UNION_TAGS:
             continue
         if cls is Manifest and part == "scenarios":
             cls = "scenario-list"
@@ -265,7 +292,8 @@ def _allowed_fields(loc: list[Any]) -> list[str]:
             continue
         if isinstance(cls, type) and issubclass(cls, BaseModel) and part in cls.model_fields:
             ann = cls.model_fields[part].annotation
-            cls = next((a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+            args = [b for a in typing.get_args(ann) for b in (a, *typing.get_args(a))]  # X | list[X] | None
+            cls = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), ann)
             continue
         return []
     if isinstance(cls, type) and issubclass(cls, BaseModel):

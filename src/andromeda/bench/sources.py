@@ -1,9 +1,11 @@
 """Model sources: a string names a model; build() returns the model, a tokenizer and its facts.
 
   andromeda:<preset>[?field=value&...]   an Andromeda preset with config overrides
+  andromeda:<checkpoint dir>[?...]        an Andromeda checkpoint (config.json + weights), e.g. from training
   hf:<local dir>                          a Hugging Face causal LM from a local checkpoint
   hf:<model_type>[?key=value&...]         a HF causal LM with random weights from a config (e.g. hf:llama?...)
-  hf:matched:<preset>                     a Llama of the same shape as an Andromeda preset, random weights
+  hf:matched:<preset>[?...]               a Llama of the same shape as an Andromeda preset, random weights
+                                          (Andromeda fields, e.g. max_seq_len, shape it; other keys go to its config)
   xt:<preset>[?field=value&...]           the x-transformers model with the same flags as an Andromeda preset
 
 Any source takes ?compile=true|default|max-autotune|... : the same model with its forward under
@@ -97,18 +99,36 @@ def validate_source(source: str) -> None:
     kind, name, overrides = parse_source(source)
     compile_mode(source)
     if kind in ("andromeda", "xt"):
-        from_name(name, **overrides)
+        resolve_config(name, overrides)
     elif kind == "hf" and name.startswith("matched:"):
-        from_name(name.split(":", 1)[1])
+        from_name(name.split(":", 1)[1], **split_matched(overrides)[0])
+
+
+def resolve_config(name: str, overrides: dict) -> ModelConfig:
+    """A preset name, or an Andromeda checkpoint directory (its config.json), with field overrides."""
+    from andromeda.model.checkpoint import CONFIG
+
+    path = Path(name)
+    if (path / CONFIG).is_file():
+        saved = json.loads((path / CONFIG).read_text())
+        return ModelConfig.from_dict({**saved, **overrides})
+    return from_name(name, **overrides)
+
+
+def split_matched(overrides: dict) -> tuple[dict, dict]:
+    """hf:matched:<preset>?...: Andromeda config fields (they shape the Llama) and the rest (Llama config keys)."""
+    fields = set(ModelConfig.__dataclass_fields__)
+    return ({k: v for k, v in overrides.items() if k in fields},
+            {k: v for k, v in overrides.items() if k not in fields})
 
 
 def andromeda_config(source: str) -> ModelConfig:
     kind, name, overrides = parse_source(source)
     if kind == "hf" and name.startswith("matched:"):
-        return from_name(name.split(":", 1)[1], **overrides)
+        return from_name(name.split(":", 1)[1], **split_matched(overrides)[0])
     if kind not in ("andromeda", "xt"):
         raise ConfigError(f"models: '{source}' is not an Andromeda-shaped source")
-    return from_name(name, **overrides)
+    return resolve_config(name, overrides)
 
 
 def build(source: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
@@ -128,8 +148,12 @@ def build(source: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
 
 # ---- andromeda ----------------------------------------------------------------------------
 def _build_andromeda(source: str, name: str, overrides: dict) -> ModelBundle:
-    cfg = from_name(name, **overrides)
+    cfg = resolve_config(name, overrides)
     model = Andromeda(cfg)
+    if Path(name).is_dir():  # a checkpoint: its weights (the overrides must leave every weight's shape as saved)
+        from andromeda.model.checkpoint import load_weights
+
+        load_weights(model, name)
 
     def generate(prompt, n_new, use_cache=True):
         return model.generate(prompt, n_new, use_cache=use_cache)
@@ -165,12 +189,13 @@ def _build_hf(source: str, name: str, overrides: dict) -> ModelBundle:
             tokenizer = HFTokenizer(path)
     else:
         if name.startswith("matched:"):
-            kw = {**llama_config_for(from_name(name.split(":", 1)[1])), **overrides}
+            shape, hf_keys = split_matched(overrides)
+            kw = {**llama_config_for(from_name(name.split(":", 1)[1], **shape)), **hf_keys}
             model_type = "llama"
         else:
             model_type, kw = name, overrides
         try:
-            config = AutoConfig.for_model(model_type, **kw)
+            config = _hf_config(AutoConfig, model_type, kw)
         except ValueError as e:
             raise ConfigError(
                 f"models: '{source}': '{name}' is neither a local directory nor a transformers model type "
@@ -190,6 +215,22 @@ def _build_hf(source: str, name: str, overrides: dict) -> ModelBundle:
 
     return ModelBundle(source, model, tokenizer, facts, logits=logits, generate=generate,
                        info={"transformers": transformers.__version__, "model_type": c.model_type})
+
+
+def _hf_config(auto_config, model_type: str, kw: dict[str, Any]):
+    """AutoConfig.for_model, also for head_dim x heads != hidden_size (Andromeda's 2.5B: 24 x 128 over 2560).
+
+    transformers' config check requires hidden_size to be a multiple of the head count although Llama's
+    modules take head_dim from the config; such a shape is built with a head count that passes the check,
+    then given its real head counts before the model is created."""
+    heads, hidden, head_dim = kw.get("num_attention_heads"), kw.get("hidden_size"), kw.get("head_dim")
+    if not (heads and hidden and head_dim) or hidden % heads == 0:
+        return auto_config.for_model(model_type, **kw)
+    placeholder = {"num_attention_heads": 1, "num_key_value_heads": 1}
+    config = auto_config.for_model(model_type, **{**kw, **placeholder})
+    config.num_attention_heads = heads
+    config.num_key_value_heads = kw.get("num_key_value_heads", heads)
+    return config
 
 
 def _hf_facts(c, model: nn.Module) -> ModelFacts:
@@ -224,7 +265,7 @@ def _build_xt(source: str, name: str, overrides: dict) -> ModelBundle:
         from x_transformers import Decoder, TransformerWrapper
     except ImportError as e:
         raise missing_extra("x-transformers", "xt") from e
-    cfg = from_name(name, **overrides)
+    cfg = resolve_config(name, overrides)
     if cfg.parallel_block or cfg.pos_interpolation_factor != 1.0 or cfg.ff_glu or cfg.deepnorm:
         raise ConfigError(f"models: '{source}': parallel_block, pos_interpolation_factor, ff_glu and deepnorm "
                           "have no equivalent in this x-transformers version")

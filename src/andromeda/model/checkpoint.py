@@ -31,7 +31,13 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     if not (d / CONFIG).is_file():
         raise AndromedaError(f"checkpoint: {d / CONFIG} not found; a checkpoint directory holds {CONFIG} and weights")
     cfg = ModelConfig.from_dict(json.loads((d / CONFIG).read_text()))
-    model = Andromeda(cfg)
+    model = load_weights(Andromeda(cfg), d, device)
+    return model.to(device)
+
+
+def load_weights(model: Andromeda, directory: str | Path, device: str | torch.device = "cpu") -> Andromeda:
+    """Load a checkpoint directory's model.safetensors (or model.pt, weights only) into `model`."""
+    d = Path(directory)
     if (d / WEIGHTS).is_file():
         from safetensors.torch import load_model
 
@@ -41,4 +47,4 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         model.load_state_dict(state)
     else:
         raise AndromedaError(f"checkpoint: no {WEIGHTS} or model.pt in {d}")
-    return model.to(device)
+    return model

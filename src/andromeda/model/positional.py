@@ -52,6 +52,18 @@ def xpos_zeta(rot_dim: int) -> torch.Tensor:
     return (i + 0.4 * rot_dim) / (1.4 * rot_dim)
 
 
+def xpos_max_position(scale_base: float, interpolation_factor: float = 1.0) -> float:
+    """The last position xPos can reach with every score finite in float32.
+
+    Queries are scaled by zeta^((i - c)/base) and keys by zeta^(-(j - c)/base), zeta down to
+    0.4/1.4. A kernel computes (then masks) pairs with j > i too, whose scale product is
+    3.5^((j - i)/base) whatever c is: from key 0 to position p it reaches 3.5^(p/base). Keeping it
+    under 1e30 (headroom for |q||k| and the sum over dim) bounds p by base * ln(1e30)/ln(3.5),
+    about 55 * base interpolated positions; past it attention would turn to inf/NaN.
+    """
+    return scale_base * math.log(1e30) / math.log(1.4 / 0.4) * interpolation_factor
+
+
 def rotary_tables(
     positions: torch.Tensor,
     rot_dim: int,

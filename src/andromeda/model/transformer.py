@@ -15,7 +15,7 @@ from andromeda.model.config import ModelConfig
 from andromeda.model.embedding import TokenEmbedding
 from andromeda.model.layers import Block
 from andromeda.model.norms import deepnorm_beta, make_norm
-from andromeda.model.positional import head_slopes, rotary_tables
+from andromeda.model.positional import head_slopes, rotary_tables, xpos_max_position
 from andromeda.model.sampling import sample_next
 
 IGNORE_INDEX = -100
@@ -90,16 +90,8 @@ class Andromeda(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------
     def xpos_max_position(self) -> float:
-        """The last position xPos can reach with every score finite in float32.
-
-        Queries are scaled by zeta^((i - c)/base) and keys by zeta^(-(j - c)/base), zeta down to
-        0.4/1.4. A kernel computes (then masks) pairs with j > i too, whose scale product is
-        3.5^((j - i)/base) whatever c is: from key 0 to position p it reaches 3.5^(p/base). Keeping it
-        under 1e30 (headroom for |q||k| and the sum over dim) bounds p by base * ln(1e30)/ln(3.5),
-        about 55 * base interpolated positions; past it attention would turn to inf/NaN.
-        """
-        cfg = self.cfg
-        return cfg.xpos_scale_base * math.log(1e30) / math.log(1.4 / 0.4) * cfg.pos_interpolation_factor
+        """The last position xPos can reach with every score finite in float32 (positional.xpos_max_position)."""
+        return xpos_max_position(self.cfg.xpos_scale_base, self.cfg.pos_interpolation_factor)
 
     def check_positions(self, last: int) -> None:
         """Refuse a last position the config cannot represent (from Python ints: no device sync)."""

@@ -22,7 +22,7 @@ import torch
 from pydantic import ConfigDict, Field, model_validator
 
 from andromeda.bench.attention_impls import IMPLS, Problem, alibi_slopes, check_kernels, cuda_kernels, prepare
-from andromeda.bench.flops import achieved_tflops, device_peak_tflops, mfu
+from andromeda.bench.flops import achieved_tflops, mfu
 from andromeda.bench.memory import track_memory
 from andromeda.bench.scenarios import ScenarioConfig, register
 from andromeda.bench.scenarios.common import PosInt, PosIntList
@@ -177,15 +177,6 @@ def accuracy(call, q, k, v, dout, prob: Problem, pattern: Pattern, rows: torch.T
     return metrics
 
 
-def _peak_tflops(ctx, dtype: str) -> float | None:
-    if ctx.device.type != "cuda":
-        return None
-    if dtype == str(ctx.dtype).removeprefix("torch."):
-        return ctx.peak_tflops  # the run's figure (a manifest override wins)
-    names = ctx.env.get("gpu_names") or []
-    return device_peak_tflops(names[0], dtype) if names else None
-
-
 @register("attention")
 class Attention:
     Config = AttentionConfig
@@ -271,7 +262,7 @@ class Attention:
         seconds = timing.median_ms / 1e3
         metrics = {**timing.summary.to_metrics("latency_ms"), "flops": float(flops),
                    "tflops": achieved_tflops(flops, seconds)}
-        u = mfu(flops, seconds, _peak_tflops(ctx, p["dtype"]))
+        u = mfu(flops, seconds, ctx.peak_for(p["dtype"]))
         if u is not None:
             metrics["mfu"] = u
         metrics.update({"pairs": float(pattern.pairs), "sparsity": pattern.sparsity,

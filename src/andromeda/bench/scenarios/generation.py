@@ -16,19 +16,22 @@ from pydantic import Field
 
 from andromeda.bench.decoding import Decoder
 from andromeda.bench.scenarios import ScenarioConfig, register
-from andromeda.bench.scenarios.common import PosIntList, random_tokens
+from andromeda.bench.scenarios.common import CacheKind, NonNegInt, PosInt, PosIntList, random_tokens
 from andromeda.bench.stats import summarize
 from andromeda.bench.timing import Stopwatch
 
 
 class GenerationConfig(ScenarioConfig):
-    SWEEP = ("prompt_len", "gen_len", "batch", "use_cache")
+    SWEEP = ("prompt_len", "gen_len", "batch", "use_cache", "cache")
     scenario: Literal["generation"] = "generation"
     prompt_len: PosIntList = [32]
     gen_len: PosIntList = [32]
     batch: PosIntList = [1]
     use_cache: list[bool] = Field(default=[True], min_length=1)
     runs: Annotated[int, Field(gt=0)] = 3  # whole generations measured (each gives gen_len - 1 step samples)
+    cache: list[CacheKind] = Field(default=["full"], min_length=1)  # KV cache: model dtype, int8 or int4
+    cache_group_size: PosInt = 64  # int8/int4: features per scale
+    cache_window: NonNegInt = 0  # int8/int4: recent positions kept in full precision
 
 
 @register("generation")
@@ -42,7 +45,8 @@ class Generation:
         prompt = random_tokens(bundle, B, P, ctx.device, ctx.seed)
 
         def generate_once():
-            dec = Decoder(bundle, B, P + G, p["use_cache"])
+            dec = Decoder(bundle, B, P + G, p["use_cache"], cache=p["cache"], group_size=p["cache_group_size"],
+                          window=p["cache_window"])
             with Stopwatch(ctx.device) as sw:
                 logits = dec.prefill(prompt)
             prefill = sw.elapsed_ms
@@ -56,7 +60,7 @@ class Generation:
                 steps.append(sw.elapsed_ms)
             return prefill, first, steps, dec.cache_bytes()
 
-        generate_once()  # warm-up: allocator, kernels, compilation
+        generate_once()  # warm-up: allocator, kernels, compilation (UnsupportedError: a skipped record)
         runs = [generate_once() for _ in range(p["runs"])]
         prefill = [r[0] for r in runs]
         ttft = [r[1] for r in runs]
@@ -74,6 +78,8 @@ class Generation:
         if tpot is not None:
             metrics.update(tpot.to_metrics("tpot_ms"))
             metrics["decode_tokens_per_s"] = B / (tpot.median / 1e3)
-        return [ctx.record(metrics, samples={"decode_step_ms": per_position, "prefill_ms": prefill,
-                                             "ttft_ms": ttft, "e2e_ms": total},
+        samples = {"decode_step_ms": per_position, "prefill_ms": prefill, "ttft_ms": ttft, "e2e_ms": total}
+        if G > 1:
+            samples["tpot_ms"] = step_matrix.flatten().tolist()  # every step of every run: what comparisons test
+        return [ctx.record(metrics, samples=samples,
                            info={"runs": len(runs)})]

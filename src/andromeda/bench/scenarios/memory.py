@@ -15,10 +15,18 @@ import torch
 from pydantic import Field
 
 from andromeda.bench.decoding import Decoder
-from andromeda.bench.facts import kv_cache_bytes_per_token
+from andromeda.bench.facts import kv_cache_bytes_per_token, quantized_kv_bytes_per_token
 from andromeda.bench.memory import module_bytes, track_memory
 from andromeda.bench.scenarios import ScenarioConfig, register
-from andromeda.bench.scenarios.common import PosIntList, check_length, random_tokens, zero_grads
+from andromeda.bench.scenarios.common import (
+    CacheKind,
+    NonNegInt,
+    PosInt,
+    PosIntList,
+    check_length,
+    random_tokens,
+    zero_grads,
+)
 from andromeda.errors import UnsupportedError
 
 MiB = 2**20
@@ -26,12 +34,15 @@ Mode = Literal["inference", "train"]
 
 
 class MemoryConfig(ScenarioConfig):
-    SWEEP = ("mode", "batch", "seq_len")
+    SWEEP = ("mode", "batch", "seq_len", "cache")
     scenario: Literal["memory"] = "memory"
     mode: list[Mode] = Field(default=["inference"], min_length=1)
     batch: PosIntList = [1]
     seq_len: PosIntList = [128, 256]
     kv_cache: bool = True  # also measure a filled KV cache (inference mode)
+    cache: list[CacheKind] = Field(default=["full"], min_length=1)  # that cache: model dtype, int8 or int4
+    cache_group_size: PosInt = 64  # int8/int4: features per scale
+    cache_window: NonNegInt = 0  # int8/int4: recent positions kept in full precision
 
 
 @register("memory")
@@ -61,10 +72,15 @@ class Memory:
             metrics["activations_mib"] = mem.rss_delta_mib
         info = {"rss_method": mem.rss_method}
         if p["kv_cache"] and p["mode"] == "inference":
-            elem = torch.tensor([], dtype=ctx.dtype).element_size()
-            metrics["kv_bytes_per_token_analytic"] = kv_cache_bytes_per_token(bundle.facts, elem)
+            if p["cache"] == "full":
+                elem = torch.tensor([], dtype=ctx.dtype).element_size()
+                analytic = kv_cache_bytes_per_token(bundle.facts, elem)
+            else:  # codes + float32 scales; a full-precision window adds window x full bytes per sequence
+                analytic = quantized_kv_bytes_per_token(bundle.facts, int(p["cache"][3:]), p["cache_group_size"])
+            metrics["kv_bytes_per_token_analytic"] = analytic
             try:
-                dec = Decoder(bundle, batch, seq, use_cache=True)
+                dec = Decoder(bundle, batch, seq, use_cache=True, cache=p["cache"],
+                              group_size=p["cache_group_size"], window=p["cache_window"])
                 dec.prefill(tokens)
                 measured = dec.cache_bytes()
                 metrics["kv_cache_mib"] = measured / MiB
