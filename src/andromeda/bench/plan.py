@@ -13,6 +13,8 @@ def case_id(source: str, scenario: str, params: dict, manifest: Manifest) -> str
     """Stable id: a hash of everything that decides what the case measures."""
     key = {"source": source, "scenario": scenario, "params": params, "dtype": manifest.dtype,
            "device": manifest.device, "seed": manifest.seed}
+    if manifest.launcher is not None:  # the same point run across processes is another measurement
+        key["launcher"] = manifest.launcher.model_dump(mode="json", exclude={"timeout_s", "rdzv_endpoint"})
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -115,6 +115,15 @@ def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device
             if on_record:
                 on_record(r)
 
+    if manifest.launcher is not None:  # every case through torchrun, across processes (bench/launch.py)
+        from andromeda.bench.launch import run_launched
+
+        try:
+            run_launched(manifest, cases, done, ctx, out, store, progress, emit)
+        finally:
+            progress.stop()
+        return result
+
     try:
         index = 0
         for source in manifest.models:
