@@ -51,6 +51,37 @@ def _groups(df: pd.DataFrame, keys: Sequence[str]):
         yield " · ".join(parts), df[mask.to_numpy()]
 
 
+FAMILY = ["params.alibi", "params.kv_heads"]  # variants of one attention problem a run may add (ALiBi, GQA)
+
+
+def _family_key(df: pd.DataFrame) -> pd.Series:
+    keys = [k for k in FAMILY if k in df.columns]
+    if not keys:
+        return pd.Series("", index=df.index)
+    return df[keys].apply(lambda r: tuple(fmt_value(v) for v in r), axis=1)
+
+
+def main_family(df: pd.DataFrame) -> pd.DataFrame:
+    """The records of the run's main problem: the most common (alibi, kv_heads) among ok records. ALiBi and
+    GQA variants go to their own chart, so that no chart carries every line of a large run."""
+    ok = _ok(df)
+    if ok.empty:
+        return df.iloc[0:0]
+    key = _family_key(df)
+    return df[key == _family_key(ok).value_counts().index[0]]
+
+
+def _per_pass(df: pd.DataFrame, pass_: str | None) -> pd.DataFrame:
+    """The main family's records of one pass; pass_ None = forward, or every pass when the run has one."""
+    fam = main_family(df)
+    if "params.pass" not in fam.columns:
+        return fam if pass_ is None else fam.iloc[0:0]
+    passes = set(fam["params.pass"].dropna())
+    if pass_ is None:
+        return fam if len(passes) <= 1 else fam[fam["params.pass"] == "forward"]
+    return fam[fam["params.pass"] == pass_] if len(passes) > 1 else fam.iloc[0:0]
+
+
 def _per_seq_len(ax: Axes, df: pd.DataFrame, metric: str) -> list[pd.DataFrame]:
     """One line per series of `metric` vs seq_len; returns the plotted points."""
     ok = _ok(df)
@@ -79,8 +110,7 @@ def _style(row: pd.Series) -> dict:
     return style
 
 
-@register(SCENARIO, "latency_vs_seq_len", "Attention latency vs sequence length", key=True)
-def latency_vs_seq_len(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
+def _latency(ax: Axes, df: pd.DataFrame) -> bool:
     if not _has(df, "params.seq_len", "metrics.latency_ms"):
         return False
     drawn = _per_seq_len(ax, df, "metrics.latency_ms")
@@ -101,8 +131,7 @@ def latency_vs_seq_len(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bo
     return True
 
 
-@register(SCENARIO, "memory_vs_seq_len", "Attention peak memory vs sequence length")
-def memory_vs_seq_len(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
+def _memory(ax: Axes, df: pd.DataFrame) -> bool:
     if not _has(df, "params.seq_len", "metrics.peak_mib") or not _per_seq_len(ax, df, "metrics.peak_mib"):
         return False
     _mark_oom(ax, df, "params.seq_len")
@@ -114,8 +143,7 @@ def memory_vs_seq_len(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> boo
     return True
 
 
-@register(SCENARIO, "tflops_vs_seq_len", "Attention TFLOP/s vs sequence length")
-def tflops_vs_seq_len(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
+def _tflops(ax: Axes, df: pd.DataFrame) -> bool:
     if not _has(df, "params.seq_len", "metrics.tflops") or not _per_seq_len(ax, df, "metrics.tflops"):
         return False
     ax.set_xscale("log", base=2)
@@ -123,6 +151,43 @@ def tflops_vs_seq_len(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> boo
     ax.set_xlabel(AXIS_LABELS["seq_len"])
     ax.set_ylabel("achieved TFLOP/s (pairs the pattern keeps)")
     return True
+
+
+# One chart per pass (forward; forward+backward when the run has both), of the run's main problem.
+@register(SCENARIO, "latency_vs_seq_len", "Attention latency vs sequence length (forward)", key=True)
+def latency_vs_seq_len(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
+    return _latency(ax, _per_pass(df, None))
+
+
+@register(SCENARIO, "latency_vs_seq_len_fwd_bwd", "Attention latency vs sequence length (forward+backward)")
+def latency_vs_seq_len_fwd_bwd(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
+    return _latency(ax, _per_pass(df, "fwd_bwd"))
+
+
+@register(SCENARIO, "memory_vs_seq_len", "Attention peak memory vs sequence length (forward)")
+def memory_vs_seq_len(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
+    return _memory(ax, _per_pass(df, None))
+
+
+@register(SCENARIO, "memory_vs_seq_len_fwd_bwd", "Attention peak memory vs sequence length (forward+backward)")
+def memory_vs_seq_len_fwd_bwd(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
+    return _memory(ax, _per_pass(df, "fwd_bwd"))
+
+
+@register(SCENARIO, "tflops_vs_seq_len", "Attention TFLOP/s vs sequence length (forward)")
+def tflops_vs_seq_len(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
+    return _tflops(ax, _per_pass(df, None))
+
+
+@register(SCENARIO, "tflops_vs_seq_len_fwd_bwd", "Attention TFLOP/s vs sequence length (forward+backward)")
+def tflops_vs_seq_len_fwd_bwd(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
+    return _tflops(ax, _per_pass(df, "fwd_bwd"))
+
+
+@register(SCENARIO, "tflops_variants_vs_seq_len", "Attention TFLOP/s vs sequence length: ALiBi and GQA variants")
+def tflops_variants_vs_seq_len(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
+    main = main_family(df)
+    return _tflops(ax, df.drop(index=main.index))
 
 
 def speedups(df: pd.DataFrame) -> pd.DataFrame:

@@ -90,7 +90,7 @@ class _PlainLog(Formatter):
         return fmt_number(float(x), 3) if self.inner(x, pos) else ""
 
 
-def _style(ax: Axes, title: str) -> None:
+def _style(ax: Axes, title: str, resize: bool = False) -> None:
     for axis in (ax.xaxis, ax.yaxis):
         if axis.get_scale() == "log" and not isinstance(axis.get_major_formatter(), _PlainLog):
             axis.set_major_formatter(_PlainLog(axis.get_major_formatter()))
@@ -99,8 +99,10 @@ def _style(ax: Axes, title: str) -> None:
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
     handles = ax.get_legend_handles_labels()[0]
-    if len(handles) > 6:  # many lines: keep the legend off the data
+    if len(handles) > 6:  # many lines: keep the legend off the data, and widen a lone chart to make room
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        if resize:
+            ax.figure.set_size_inches(FIGSIZE[0] + 3.6, max(FIGSIZE[1], 0.15 * len(handles) + 1.0))
     elif handles:
         ax.legend(fontsize=7, framealpha=0.85)
 
@@ -139,7 +141,7 @@ def render_charts(records: Sequence[Record]) -> tuple[list[Chart], list[str]]:
                 continue
             if not drawn:
                 continue
-            _style(ax, spec.title)
+            _style(ax, spec.title, resize=True)
             charts.append(Chart(scenario, f"{safe_name(scenario)}_{spec.name}", spec.title, _png(fig)))
             if spec.key:
                 keyed.append((spec, df, recs))
