@@ -185,6 +185,7 @@ def test_scenarios_through_the_runner(tmp_path):
     tex = teacher_student_latex(recs)
     assert "Perplexity $\\downarrow$" in tex and "KV-Cache (bytes/tok)" in tex and "0.25$\\times$" in tex
     paths = build_report(tmp_path / "run", ["csv", "png", "tex"])
+    assert (tmp_path / "run" / "teacher_student.tex").read_text() == tex
     names = {p.stem for p in paths["png"]}
     assert {"perplexity_vs_cache", "teacher_student_ppl"} <= names
 

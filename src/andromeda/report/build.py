@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from andromeda.errors import AndromedaError
+from andromeda.report.chart_specs_quality import teacher_student_latex
 from andromeda.report.context import collect
 from andromeda.report.html import render_html
 from andromeda.report.markdown import render_markdown
@@ -21,7 +22,8 @@ def build_report(run_dir: Path, formats: Iterable[str] = FORMATS) -> dict[str, l
 
     csv: csv/<scenario>.csv; json: report.json; png: charts/<name>.png (summary.png first);
     md: report.md (links the PNGs when png is built too); html: report.html (self-contained);
-    tex: tables.tex. Raises AndromedaError if the run dir or its results.jsonl is missing or empty.
+    tex: tables.tex (and teacher_student.tex when the run has teacher_student records).
+    Raises AndromedaError if the run dir or its results.jsonl is missing or empty.
     """
     run_dir = Path(run_dir)
     wanted = list(dict.fromkeys(formats))
@@ -54,6 +56,9 @@ def build_report(run_dir: Path, formats: Iterable[str] = FORMATS) -> dict[str, l
         elif fmt == "tex":
             tables = [t for section in data.sections for t in section.tables]
             written[fmt] = [_write(run_dir / "tables.tex", latex_document(tables))]
+            ts = teacher_student_latex(data.records)  # the source document's teacher/student table
+            if ts:
+                written[fmt].append(_write(run_dir / "teacher_student.tex", ts))
     return written
 
 
