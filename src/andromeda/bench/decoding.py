@@ -18,10 +18,14 @@ CACHE_KINDS = ("full", "int8", "int4")  # the KV cache a Decoder keeps: model dt
 
 class Decoder:
     """cache: "full" (the model's dtype) or a quantized Andromeda cache, "int8" / "int4", with a scale per
-    `group_size` features and the last `window` positions kept in full precision."""
+    `group_size` features and the last `window` positions kept in full precision.
+
+    cuda_graph: Andromeda steps replay one captured CUDA graph of the static decode step
+    (andromeda.model.decode.GraphedDecoder; eager on a CPU model). It is captured here, before the
+    prefill, so neither the prefill nor the steps pay for the capture."""
 
     def __init__(self, bundle, batch: int, max_len: int, use_cache: bool, *, cache: str = "full",
-                 group_size: int = 64, window: int = 0):
+                 group_size: int = 64, window: int = 0, cuda_graph: bool = False):
         self.bundle, self.use_cache = bundle, use_cache
         self.kind = bundle.info.get("kind")
         if use_cache and self.kind not in ("andromeda", "hf"):
@@ -31,10 +35,18 @@ class Decoder:
         if cache != "full" and not (use_cache and self.kind == "andromeda"):
             raise UnsupportedError(f"{bundle.source}: a {cache} KV cache is wired for Andromeda models with "
                                    "use_cache only")
+        if cuda_graph and not (use_cache and self.kind == "andromeda" and cache == "full"):
+            raise UnsupportedError(f"{bundle.source}: CUDA-graph decoding is wired for Andromeda models with "
+                                   "use_cache and a full-precision cache only")
         self.cache = None
         if use_cache and self.kind == "andromeda":
             quant = {} if cache == "full" else {"quant": cache, "group_size": group_size, "window": window}
             self.cache = bundle.model.new_cache(batch, max_len, **quant)
+        self.graph = None
+        if cuda_graph:
+            from andromeda.model.decode import GraphedDecoder
+
+            self.graph = GraphedDecoder(bundle.model, self.cache)
         self.past = None
         self.tokens: torch.Tensor | None = None
         # HF models that take logits_to_keep compute the LM head at the last position only, as Andromeda's
@@ -49,6 +61,8 @@ class Decoder:
 
     @torch.inference_mode()
     def step(self, token: torch.Tensor) -> torch.Tensor:
+        if self.graph is not None:  # the returned logits are the graph's buffer, valid until the next step
+            return self.graph.step(token, clone=False)
         self.tokens = torch.cat([self.tokens, token], dim=1)
         return self._forward(token)
 

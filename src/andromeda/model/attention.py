@@ -60,9 +60,13 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self.project_qk(x, rope)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, H_kv, N_past + N, D)
-        out = self.backend(x.device, q.dtype)(
-            q, k, v, causal=self.cfg.causal, scale=self.cfg.attn_scale, alibi_slopes=alibi_slopes
-        )  # (B, H, N, D)
+        attend = getattr(cache, "attend", None)
+        if attend is not None:  # a static-shape decode step (model/decode.py): its own masked attention
+            out = attend(layer, q, k, v, self.cfg.attn_scale)  # (B, H, 1, D)
+        else:
+            if cache is not None:
+                k, v = cache.update(layer, k, v)  # (B, H_kv, N_past + N, D)
+            out = self.backend(x.device, q.dtype)(
+                q, k, v, causal=self.cfg.causal, scale=self.cfg.attn_scale, alibi_slopes=alibi_slopes
+            )  # (B, H, N, D)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))

@@ -113,15 +113,46 @@ class KVCache:
         vals[:, :, recent] = self.vw[layer, :, :, recent % w].to(vals.dtype)
         return keys, vals
 
+    def write_at(
+        self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, H_kv, 1, D) at the device position `pos` (1,); return the WHOLE buffers (B, H_kv, T, D).
+
+        Static shapes and no host sync (the position stays on the device), so a CUDA graph can capture it;
+        the caller masks the positions past `pos`. Full-precision caches only.
+        """
+        if self.bits is not None:
+            raise ConfigError(f"cache: a static decode step needs a full-precision cache, not quant='{self.quant}'")
+        keys, vals = self.k[layer], self.v[layer]  # (B, H_kv, T, D) views of the buffers
+        keys.index_copy_(2, pos, k.to(keys.dtype))
+        vals.index_copy_(2, pos, v.to(vals.dtype))
+        return keys, vals
+
     def shift_state(self, layer: int, site: str) -> torch.Tensor | None:
         return self._shift.get((layer, site))
 
     def set_shift_state(self, layer: int, site: str, state: torch.Tensor) -> None:
-        self._shift[(layer, site)] = state
+        """Store (B, s, dim) rows. After the first store the buffer is written in place, never replaced,
+        so a captured decode graph keeps reading and writing the same memory."""
+        buf = self._shift.get((layer, site))
+        if buf is not None and buf.shape == state.shape and buf.dtype == state.dtype:
+            buf.copy_(state)
+        else:
+            self._shift[(layer, site)] = state.clone(memory_format=torch.contiguous_format)
+
+    def shift_buffer(self, layer: int, site: str, like: torch.Tensor) -> torch.Tensor:
+        """The shift-state buffer of a site, allocated as zeros shaped and typed like `like` if none yet
+        (zeros are what the shift reads before any position)."""
+        buf = self._shift.get((layer, site))
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = self._shift[(layer, site)] = torch.zeros_like(like, memory_format=torch.contiguous_format)
+        return buf
 
     def advance(self, n: int) -> None:
         self.length += n
 
     def reset(self) -> None:
+        """Empty the cache. Shift-state buffers are zeroed in place (a captured decode graph holds them)."""
         self.length = 0
-        self._shift.clear()
+        for buf in self._shift.values():
+            buf.zero_()

@@ -12,6 +12,7 @@ from torch import nn
 from andromeda.errors import ConfigError
 from andromeda.model.cache import KVCache
 from andromeda.model.config import ModelConfig
+from andromeda.model.decode import GraphedDecoder, decode_step
 from andromeda.model.embedding import TokenEmbedding
 from andromeda.model.layers import Block
 from andromeda.model.norms import deepnorm_beta, make_norm
@@ -156,6 +157,11 @@ class Andromeda(nn.Module):
         """Mean next-token cross-entropy; labels default to the tokens themselves."""
         return lm_loss(self(tokens), tokens if labels is None else labels, ignore_index)
 
+    def decode_step(self, token: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """A static-shape, sync-free single-token step (model/decode.py): logits (B, V) at device position
+        `pos` (1,), which must hold cache.length; both advance by one. Full-precision caches only."""
+        return decode_step(self, token, pos, cache)
+
     # ---- generation -----------------------------------------------------------------------
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None, *, quant: str = "none",
                   group_size: int = 64, window: int = 0) -> KVCache:
@@ -178,24 +184,35 @@ class Andromeda(nn.Module):
         cache_quant: str = "none",
         generator: torch.Generator | None = None,
         return_logits: bool = False,
+        cuda_graph: bool = False,
     ):
         """Extend prompt (B, N) by up to max_new_tokens. temperature 0 is greedy.
 
         Returns tokens (B, N + new); with return_logits, also the (B, new, V) logits each token
         was drawn from. Without a cache every step recomputes the whole prefix (to show the
         cache's value in benchmarks). cache_quant "int8"/"int4" stores the cache quantized.
+        cuda_graph runs the steps after the prefill as one captured CUDA graph (model/decode.py;
+        eagerly on CPU); it needs use_cache and a full-precision cache.
         """
         if prompt.dim() != 2 or prompt.shape[1] == 0:
             raise ConfigError(f"generate: prompt must be (batch, seq) with seq >= 1, got {tuple(prompt.shape)}")
         if max_new_tokens < 0:
             raise ConfigError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
+        if cuda_graph and not (use_cache and cache_quant == "none"):
+            raise ConfigError("generate: cuda_graph needs use_cache=True and cache_quant='none', got "
+                              f"use_cache={use_cache}, cache_quant='{cache_quant}'")
         b, n = prompt.shape
         cache = self.new_cache(b, n + max_new_tokens, quant=cache_quant) if use_cache else None
         tokens, step_logits = prompt, []
         done = torch.zeros(b, dtype=torch.bool, device=prompt.device)
-        next_input = prompt
-        for _ in range(max_new_tokens):
-            logits = self(next_input if use_cache else tokens, cache=cache, logits="last")[:, -1]  # (B, V)
+        next_input, graphed = prompt, None
+        for i in range(max_new_tokens):
+            if cuda_graph and i > 0:  # the prompt went through the normal forward; the steps are graphed
+                if graphed is None:
+                    graphed = GraphedDecoder(self, cache)
+                logits = graphed.step(next_input, clone=return_logits)  # (B, V)
+            else:
+                logits = self(next_input if use_cache else tokens, cache=cache, logits="last")[:, -1]  # (B, V)
             nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             if eos_token is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_token), nxt)

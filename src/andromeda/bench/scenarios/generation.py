@@ -4,7 +4,8 @@ One sample = one whole generation (prefill + gen_len greedy steps), repeated `ru
 one warm-up generation; every step of every run is a sample of the time per output token. Each
 step is timed on its own (perf_counter between device synchronizations), so the per-position
 decode latency curve is measured, not derived. With use_cache false every step recomputes the
-prefix: what the cache saves.
+prefix: what the cache saves. With cuda_graph (Andromeda, CUDA, full cache) each step replays one
+captured CUDA graph of the static decode step; the capture happens before the prefill and is not timed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from andromeda.bench.timing import Stopwatch
 
 
 class GenerationConfig(ScenarioConfig):
-    SWEEP = ("prompt_len", "gen_len", "batch", "use_cache", "cache")
+    SWEEP = ("prompt_len", "gen_len", "batch", "use_cache", "cache", "cuda_graph")
     scenario: Literal["generation"] = "generation"
     prompt_len: PosIntList = [32]
     gen_len: PosIntList = [32]
@@ -32,6 +33,8 @@ class GenerationConfig(ScenarioConfig):
     cache: list[CacheKind] = Field(default=["full"], min_length=1)  # KV cache: model dtype, int8 or int4
     cache_group_size: PosInt = 64  # int8/int4: features per scale
     cache_window: NonNegInt = 0  # int8/int4: recent positions kept in full precision
+    # Andromeda decode steps as one replayed CUDA graph (captured before the prefill, untimed); CUDA, full cache
+    cuda_graph: list[bool] = Field(default=[False], min_length=1)
 
 
 @register("generation")
@@ -42,11 +45,13 @@ class Generation:
         P, G, B = p["prompt_len"], p["gen_len"], p["batch"]
         if P + G > bundle.facts.max_seq_len:
             return ctx.skip(f"prompt_len + gen_len = {P + G} exceeds max_seq_len {bundle.facts.max_seq_len}")
+        if p["cuda_graph"] and ctx.device.type != "cuda":
+            return ctx.skip(f"cuda_graph needs a CUDA device; this run is on {ctx.device.type}")
         prompt = random_tokens(bundle, B, P, ctx.device, ctx.seed)
 
         def generate_once():
             dec = Decoder(bundle, B, P + G, p["use_cache"], cache=p["cache"], group_size=p["cache_group_size"],
-                          window=p["cache_window"])
+                          window=p["cache_window"], cuda_graph=p["cuda_graph"])
             with Stopwatch(ctx.device) as sw:
                 logits = dec.prefill(prompt)
             prefill = sw.elapsed_ms
