@@ -243,7 +243,7 @@ def run_launched(manifest, cases: list, done: set[str], ctx, out: Path, store, p
     """The runner's loop for a manifest with a launcher: one torchrun per pending case."""
     import torch
 
-    from andromeda.bench.runner import _dominated, _finalize
+    from andromeda.bench.runner import _dominated, _finalize, pending_cases
 
     spec: LauncherSpec = manifest.launcher
     try:
@@ -258,16 +258,10 @@ def run_launched(manifest, cases: list, done: set[str], ctx, out: Path, store, p
         todo = [c for c in cases if c.source == source]
         groups = {c.group for c in todo if c.case_id not in done}
         oom_cases: list = []
-        for case in todo:
-            index += 1
-            if case.case_id in done:
-                progress.advance()
-                continue
-            progress.case(case, index)
-            ctx.case = case
-            records = _one(case, ctx, spec, per_node, gpus, backend, manifest, out, oom_cases, _dominated)
-            emit(records)
+        for case in pending_cases(todo, done, ctx, progress, index):
+            emit(_one(case, ctx, spec, per_node, gpus, backend, manifest, out, oom_cases, _dominated))
             progress.advance()
+        index += len(todo)
         _finalize(None, todo, groups, ctx, store, emit)
 
 

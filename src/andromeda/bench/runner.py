@@ -64,6 +64,19 @@ class Progress:
     def stop(self) -> None: ...
 
 
+def pending_cases(todo: list[Case], done: set[str], ctx: RunContext, progress: Progress, index: int):
+    """The cases of `todo` still to run, each announced to progress (numbered from index + 1) and set
+    as ctx.case; finished ones (--resume) only advance the progress bar. The caller advances it after
+    running a case."""
+    for i, case in enumerate(todo, index + 1):
+        if case.case_id in done:
+            progress.advance()
+            continue
+        progress.case(case, i)
+        ctx.case = case
+        yield case
+
+
 def _dominated(case: Case, oom_cases: list[Case]) -> Case | None:
     """An OOM'd case of the same sweep that this one is at least as large as, in every size."""
     for o in oom_cases:
@@ -145,15 +158,10 @@ def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device
                     index += len(todo)
                     continue
             oom_cases: list[Case] = []
-            for case in todo:
-                index += 1
-                if case.case_id in done:
-                    progress.advance()
-                    continue
-                progress.case(case, index)
-                ctx.case = case
+            for case in pending_cases(todo, done, ctx, progress, index):
                 emit(_run_case(bundle, case, ctx, oom_cases))
                 progress.advance()
+            index += len(todo)
             _finalize(bundle, todo, groups_to_finalize, ctx, store, emit)
             del bundle
             free_memory(dev)
