@@ -105,6 +105,8 @@ def _manifest(launcher=None, scenario=None, device="cpu"):
     ({"nproc": 2}, {"scenario": "data_parallel", "strategy": ["zero3"]}, "cpu", "scenarios[0].strategy[0]:"),
     ({"nproc": 2}, {"scenario": "load_balance", "straggler_threshold": -0.1}, "cpu",
      "scenarios[0].straggler_threshold: Input should be greater than or equal to 0"),
+    ({"nproc": 2}, {"scenario": "training", "checkpoint_dir": "ck"}, "cpu",
+     "scenarios[0].checkpoint_dir: under a launcher every rank would write the same checkpoint"),
 ])
 def test_bad_launcher_and_scenario_fields_name_the_field(launcher, scenario, device, error):
     with pytest.raises(ConfigError) as e:

@@ -85,6 +85,10 @@ def check_manifest(manifest) -> None:
             raise ValueError(f"scenarios[{i}]: {entry.scenario} runs across processes; add "
                              "`launcher: {type: torchrun, nproc: N}` to the manifest")
     if launcher is not None:
+        for i, entry in enumerate(manifest.scenarios):
+            if getattr(entry, "checkpoint_dir", None):  # every rank runs the case: all would write one file
+                raise ValueError(f"scenarios[{i}].checkpoint_dir: under a launcher every rank would write the "
+                                 "same checkpoint; drop checkpoint_dir or run this scenario without a launcher")
         device_problem(manifest.device)
         if launcher.nproc == "auto" and manifest.device == "cpu":
             raise ValueError("launcher.nproc: 'auto' counts GPUs and this manifest runs on cpu; give a number")
