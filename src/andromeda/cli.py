@@ -95,7 +95,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
         t.add_row("run preset", name, "andromeda run --preset " + name)
     for name in scenarios.names():
         cls = scenarios.get(name).Config
-        t.add_row("scenario", name, "sweeps: " + ", ".join(cls.SWEEP))
+        fields = cls.model_fields
+        t.add_row("scenario", name, "sweeps: " + ", ".join(fields[k].alias or k if k in fields else k
+                                                            for k in cls.SWEEP))
     for name in PRESETS:
         t.add_row("model preset", f"andromeda:{name}", "")
     for pattern, note in sources.describe().items():

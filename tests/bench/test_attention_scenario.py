@@ -384,3 +384,18 @@ def test_cli_profile_runs_the_preset(monkeypatch, tmp_path):
     assert seen["preset"] == "attention-full" and seen["device"] == "cpu" and seen["out"] == str(tmp_path)
     assert cli.main(["profile", "attention"]) == 0 and seen["preset"] == "attention-quick"
     assert load_manifest(preset="attention-full").scenarios[0].pass_ == ["forward", "fwd_bwd"]
+
+
+def test_saved_manifest_writes_pass_as_users_do_and_reloads(tmp_path):
+    import yaml
+
+    from andromeda.bench.manifest import load_manifest, validate
+    from andromeda.bench.plan import plan
+
+    m = validate({"models": ["andromeda:tiny"], "device": "cpu",
+                  "scenarios": [{"scenario": "attention", "pass": ["forward", "fwd_bwd"], "seq_len": [64]}]})
+    dumped = m.model_dump(mode="json", by_alias=True)  # what the runner writes to manifest.yml
+    assert dumped["scenarios"][0]["pass"] == ["forward", "fwd_bwd"] and "pass_" not in dumped["scenarios"][0]
+    (tmp_path / "manifest.yml").write_text(yaml.safe_dump(dumped, sort_keys=False))
+    again = load_manifest(tmp_path / "manifest.yml")
+    assert [c.case_id for c in plan(again)] == [c.case_id for c in plan(m)]

@@ -105,7 +105,9 @@ def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device
         )
     out.mkdir(parents=True, exist_ok=True)
     manifest = manifest.model_copy(update={"device": device}) if device else manifest
-    (out / "manifest.yml").write_text(yaml.safe_dump(manifest.model_dump(mode="json"), sort_keys=False))
+    # by_alias: fields are written as users write them (the attention scenario's `pass`, not `pass_`)
+    (out / "manifest.yml").write_text(yaml.safe_dump(manifest.model_dump(mode="json", by_alias=True),
+                                                     sort_keys=False))
 
     dev = resolve_device(manifest.device)
     dtype = getattr(torch, manifest.dtype)
