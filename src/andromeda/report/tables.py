@@ -150,13 +150,40 @@ def _table(scenario: str, title: str, label: str, recs: Sequence[Record]) -> Tab
     return Table(scenario, title, label, columns, rows, notes)
 
 
+# Scenarios whose records come in kinds with different metrics: one table per kind, not one wide table
+# that is mostly empty cells (diagnostics: one kind per probe; training: per-step records and the summary).
+SPLIT_BY: dict[str, tuple[str, dict[str, str]]] = {
+    "diagnostics": ("probe", {}),
+    "training": ("final", {"yes": "summary", "": "per logged step"}),
+}
+
+
+def _split(scenario: str, points: Sequence[Record]) -> list[tuple[str, str, list[Record]]]:
+    """(title, label, records) per kind of record; one group for scenarios not in SPLIT_BY."""
+    if scenario not in SPLIT_BY:
+        return [(scenario, safe_name(scenario), list(points))]
+    key, names = SPLIT_BY[scenario]
+    groups: dict[str, list[Record]] = {}
+    for r in points:
+        value = r.params.get(key)
+        groups.setdefault("" if value in (None, False) else fmt_value(value), []).append(r)
+    if len(groups) == 1:
+        return [(scenario, safe_name(scenario), list(points))]
+    out = []
+    for value, recs in groups.items():
+        name = names.get(value, value or f"no {key}")
+        out.append((f"{scenario}: {name}", f"{safe_name(scenario)}-{safe_name(name)}", recs))
+    return out
+
+
 def scenario_tables(scenario: str, recs: Sequence[Record]) -> list[Table]:
-    """The measurements table, and a fits table when the scenario emitted fit records."""
+    """The measurements table (one per kind of record, see SPLIT_BY), and a fits table when the scenario
+    emitted fit records."""
     fits = [r for r in recs if r.params.get("fit") is True]
     points = [r for r in recs if r.params.get("fit") is not True]
     tables = []
     if points:
-        tables.append(_table(scenario, scenario, safe_name(scenario), points))
+        tables.extend(_table(scenario, title, label, group) for title, label, group in _split(scenario, points))
     if fits:
         tables.append(_table(scenario, f"{scenario} (fits)", f"{safe_name(scenario)}-fits", fits))
     return tables
