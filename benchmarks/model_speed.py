@@ -12,7 +12,7 @@ before the clock): eager, CUDA graph, and CUDA graph of the torch.compile'd step
 (time of generate(prompt, 1 + n) - time of generate(prompt, 1)) / n, the prefill and first token
 cancelling out. Medians of 5.
 
-    python benchmarks/model_speed.py [--presets andromeda,base] [--json out.json]
+    python benchmarks/model_speed.py [--presets andromeda,base] [--compile-prefill] [--json out.json]
 """
 
 from __future__ import annotations
@@ -36,11 +36,14 @@ NEW = 64
 LONG = 33792  # 32K prompt + room; pos_interpolation_factor 2 keeps 32K inside xPos's float32 range
 
 
-def prefill_ms(bundle, n: int) -> float:
+def prefill_ms(bundle, n: int, compiled=None) -> float:
+    """Median ms of a batch-1 prefill of n tokens; `compiled`: a torch.compile'd Andromeda to run instead."""
     x = torch.randint(0, 256, (1, n), device="cuda")
     if bundle.info["kind"] == "andromeda":
+        model = compiled or bundle.model
+
         def fn():
-            return bundle.model(x, logits="last")
+            return model(x, logits="last")
     else:
         def fn():
             return bundle.model(input_ids=x, use_cache=False, logits_to_keep=1).logits
@@ -114,6 +117,7 @@ def decoders(bundle):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", default="andromeda,base")
+    ap.add_argument("--compile-prefill", action="store_true", help="also time the prefill under torch.compile")
     ap.add_argument("--json")
     args = ap.parse_args()
     fl = floors.measure("cuda")
@@ -127,12 +131,21 @@ def main() -> None:
             bundle = build(source, torch.device("cuda"), torch.bfloat16)
             facts = bundle.facts
             row = {"source": source, "preset": preset, "params": facts.params}
+            compiled = None
+            if args.compile_prefill and bundle.info["kind"] == "andromeda":
+                compiled = torch.compile(bundle.model)  # the whole forward, default mode
             for n in (8192, 32768):
-                ms = prefill_ms(bundle, n)
                 f = forward_flops(facts, 1, n)
                 useful = f.total - f.lm_head * (n - 1) / n  # LM head at the last position only
-                row[f"prefill_{n}_ms"] = ms
-                row[f"prefill_{n}_mfu"] = useful / (ms / 1e3) / 1e12 / peak
+                variants = {"": None} if compiled is None else {"": None, "_compiled": compiled}
+                for tag, model in variants.items():
+                    try:
+                        ms = prefill_ms(bundle, n, model)
+                    except Exception as e:  # noqa: BLE001 - a failed compile must not cost the eager numbers
+                        row[f"prefill_{n}{tag}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                        continue
+                    row[f"prefill_{n}{tag}_ms"] = ms
+                    row[f"prefill_{n}{tag}_mfu"] = useful / (ms / 1e3) / 1e12 / peak
             weight_bytes = sum(p.numel() * p.element_size() for p in bundle.model.parameters())
             kv = kv_cache_bytes_per_token(facts, 2) * PROMPT_CTX
             floor_ms = (weight_bytes + kv) / (bw * 1e9) * 1e3
