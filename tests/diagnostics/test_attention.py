@@ -17,14 +17,7 @@ from andromeda.diagnostics.attention import (
 from andromeda.model import Andromeda, from_name
 from andromeda.model.backends.eager import attention_probs
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and a busy machine's oversubscribed threads stall them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_entropy_of_known_distributions():

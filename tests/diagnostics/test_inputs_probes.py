@@ -9,14 +9,7 @@ import torch
 from andromeda.diagnostics import inputs, probes
 from andromeda.model import Andromeda, ByteTokenizer, from_name
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and a busy machine's oversubscribed threads stall them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 TOK = ByteTokenizer()
 

@@ -25,17 +25,11 @@ CHARTS = ["attention_heatmaps", "entropy", "weight_histograms", "activation_rms"
           "loss_by_class", "robustness", "sensitivity", "ambiguity"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and a busy machine's oversubscribed threads stall them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
-def preset_run(tmp_path_factory, _one_thread):
+def preset_run(tmp_path_factory, one_thread):
     pytest.importorskip("transformers")
     out = tmp_path_factory.mktemp("diag") / "run"
     m = load_manifest(preset="diagnostics", overrides=["device=cpu", f"models=[andromeda:tiny, '{HF}']"])
