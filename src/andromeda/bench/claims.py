@@ -203,14 +203,12 @@ class Basis:
 
 
 def measure_matmul_tflops(device: torch.device, n: int = 8192, dtype: torch.dtype = torch.bfloat16) -> float:
-    """Best achieved rate of an n x n x n matmul (2 n^3 FLOPs) over a few timed runs, in TFLOP/s."""
-    from andromeda.bench.timing import TimingConfig, time_fn
+    """Best achieved rate of an n x n x n matmul over a few timed runs, in TFLOP/s: the peak a floor uses."""
+    from andromeda.bench.floors import matmul_tflops
+    from andromeda.bench.timing import TimingConfig
 
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
     cfg = TimingConfig(warmup=3, min_runs=10, max_runs=30, budget_s=1.0, target_rel_ci=None)
-    t = time_fn(lambda: a @ b, device, cfg)
-    return 2.0 * n**3 / (min(t.samples_ms) / 1e3) / 1e12
+    return matmul_tflops(device, n, dtype, timing=cfg, best=True)
 
 
 def device_basis(device: str = "auto", peak_tflops: float | None = None) -> Basis:
