@@ -154,11 +154,14 @@ def _cmd_claims(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_options(p: argparse.ArgumentParser, *, set_example: str, out_help: str, resume_help: str) -> None:
-    """--set, --device, --out and --resume: the options every manifest-running command takes."""
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override a manifest field, e.g. {set_example}")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (overrides the manifest)")
+def _run_options(p: argparse.ArgumentParser, *, set_example: str | None, out_help: str, resume_help: str,
+                 device_help: str = "auto | cpu | cuda | cuda:N | mps (overrides the manifest)") -> None:
+    """--set (unless set_example is None), --device, --out and --resume: the options every
+    manifest-running command takes."""
+    if set_example is not None:
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"override a manifest field, e.g. {set_example}")
+    p.add_argument("--device", help=device_help)
     p.add_argument("--out", help=out_help)
     p.add_argument("--resume", action="store_true", help=resume_help)
 
@@ -180,9 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     size = pr.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="CPU, seconds (the default)")
     size.add_argument("--full", action="store_true", help="GPU, bf16, up to 128K tokens")
-    pr.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (overrides the preset)")
-    pr.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
-    pr.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
+    _run_options(pr, set_example=None, out_help="run directory (default: runs/<name>-<time>)",
+                 resume_help="finish an interrupted run in --out",
+                 device_help="auto | cpu | cuda | cuda:N | mps (overrides the preset)")
     pr.set_defaults(func=_cmd_profile)
 
     t = sub.add_parser("train", help="pre-train as a manifest's training scenarios say (default: train-quick)")
