@@ -24,6 +24,18 @@ from andromeda.model.positional import head_slopes
 H, HKV, D, ALIBI_HEADS = 24, 1, 128, 12
 
 
+def cfg(bm: int, bn: int, warps: int, stages: int, tma: bool = True, ws: bool = False) -> dict:
+    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, TMA=tma, WS=ws)
+
+
+# launch settings tried by --configs (the backward's dQ kernel takes the dK/dV blocks transposed)
+FWD_CONFIGS = [cfg(128, 128, 8, 3), cfg(128, 128, 8, 3, ws=True), cfg(128, 64, 8, 3), cfg(128, 64, 8, 3, ws=True),
+               cfg(128, 128, 8, 3, tma=False), cfg(64, 64, 4, 3), cfg(128, 128, 4, 3, ws=True),
+               cfg(128, 128, 8, 2, ws=True)]
+BWD_CONFIGS = [cfg(64, 64, 4, 2), cfg(64, 64, 4, 3), cfg(32, 128, 4, 3), cfg(32, 128, 4, 2), cfg(32, 128, 8, 3),
+               cfg(64, 128, 8, 2), cfg(32, 64, 4, 3), cfg(64, 128, 4, 2)]
+
+
 def flops(b: int, n: int) -> float:
     return 4.0 * b * H * D * n * (n + 1) / 2
 
@@ -88,17 +100,20 @@ def accuracy(fn, n=2048):
     return ((out - ref).norm() / ref.norm()).item()
 
 
-def config_sweep(fn, which: str, configs) -> list[dict]:
-    """Time the Triton kernel at 4 x 8K with each (BLOCK_M, BLOCK_N, warps, stages) for "fwd" or "bwd"."""
+def config_sweep(fn, which: str, configs, lengths=(8192,)) -> list[dict]:
+    """Time the Triton kernel with each launch setting for "fwd" or "bwd" (32K tokens per length: batch 4 at 8K,
+    1 at 32K)."""
     out = []
-    for bm, bn, w, st in configs:
-        triton_flash.CONFIG_OVERRIDE[which] = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
-        try:
-            r = measure(fn, 4, 8192, backward=which == "bwd")
-        except Exception as e:  # noqa: BLE001 - a config that fails to compile is a result
-            r = {"error": str(e).splitlines()[0][:120]}
-        out.append({"BLOCK_M": bm, "BLOCK_N": bn, "warps": w, "stages": st, **r})
-        print(out[-1], flush=True)
+    for c in configs:
+        triton_flash.CONFIG_OVERRIDE[which] = {k: v for k, v in c.items() if which == "fwd" or k != "WS"}
+        for n in lengths:
+            try:
+                r = measure(fn, max(1, 32768 // n), n, backward=which == "bwd")
+            except Exception as e:  # noqa: BLE001 - a config that fails to compile is a result
+                r = {"error": str(e).splitlines()[0][:120]}
+            out.append({**c, "n": n, **r})
+            print(which, out[-1], flush=True)
+            torch.cuda.empty_cache()
     triton_flash.CONFIG_OVERRIDE.clear()
     return out
 
@@ -118,7 +133,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="2048,8192,32768")
     ap.add_argument("--tokens", type=int, default=32768, help="batch = tokens // length")
-    ap.add_argument("--configs", action="store_true", help="also sweep Triton forward block configs at 8K")
+    ap.add_argument("--configs", action="store_true", help="also sweep Triton block configs (fwd 8K/32K, bwd 8K)")
     ap.add_argument("--json")
     args = ap.parse_args()
     rows = []
@@ -139,11 +154,9 @@ def main() -> None:
     sweep, bwd_sweep = [], []
     if args.configs:
         fn = table["triton (ALiBi, MQA)"]
-        sweep = config_sweep(fn, "fwd", [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (64, 128, 4, 3),
-                                         (64, 64, 8, 3), (32, 64, 4, 3), (128, 128, 8, 3)])
-        bwd_sweep = config_sweep(fn, "bwd", [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 128, 8, 2),
-                                             (32, 64, 4, 3), (64, 32, 4, 3), (32, 128, 4, 2)])
-    res = {"rows": rows, "fwd_config_sweep_8k": sweep, "fwd_bwd_config_sweep_8k": bwd_sweep, **floors(),
+        sweep = config_sweep(fn, "fwd", FWD_CONFIGS, lengths=(8192, 32768))
+        bwd_sweep = config_sweep(fn, "bwd", BWD_CONFIGS)
+    res = {"rows": rows, "fwd_config_sweep": sweep, "fwd_bwd_config_sweep_8k": bwd_sweep, **floors(),
            "env": collect_env()}
     print(f"floors: matmul {res['matmul_bf16_tflops']:.0f} TFLOP/s, copy {res['copy_gb_per_s']:.0f} GB/s")
     print(f"{'impl':32s} {'N':>6s} {'pass':>8s} {'ms':>9s} {'TFLOP/s':>8s} {'CV':>6s}")

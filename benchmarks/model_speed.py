@@ -40,7 +40,7 @@ def prefill_ms(bundle, n: int, compiled=None) -> float:
     """Median ms of a batch-1 prefill of n tokens; `compiled`: a torch.compile'd Andromeda to run instead."""
     x = torch.randint(0, 256, (1, n), device="cuda")
     if bundle.info["kind"] == "andromeda":
-        model = compiled or bundle.model
+        model = bundle.model if compiled is None else compiled  # (a compiled module has no truth value)
 
         def fn():
             return model(x, logits="last")
@@ -107,10 +107,12 @@ def andromeda_tpot_ms(model, mode: str, reps: int = 5) -> float:
     return _median_ms(once, reps)
 
 
-def decoders(bundle):
+DECODE_MODES = ("eager", "cuda_graph", "compiled_graph")
+
+
+def decoders(bundle, modes=DECODE_MODES):
     if bundle.info["kind"] == "andromeda":
-        return {mode: (lambda mode=mode: andromeda_tpot_ms(bundle.model, mode))
-                for mode in ("eager", "cuda_graph", "compiled_graph")}
+        return {mode: (lambda mode=mode: andromeda_tpot_ms(bundle.model, mode)) for mode in modes}
     return {"generate": lambda: hf_tpot_ms(bundle.model)}
 
 
@@ -118,12 +120,40 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", default="andromeda,base")
     ap.add_argument("--compile-prefill", action="store_true", help="also time the prefill under torch.compile")
-    ap.add_argument("--json")
+    ap.add_argument("--decode-modes", default=",".join(DECODE_MODES),
+                    help=f"Andromeda decode variants to time, from {', '.join(DECODE_MODES)}")
+    ap.add_argument("--json", help="results, rewritten after each model (a timeout keeps what was measured)")
     args = ap.parse_args()
+    modes = [m for m in args.decode_modes.split(",") if m]
+    if bad := sorted(set(modes) - set(DECODE_MODES)):
+        ap.error(f"--decode-modes: unknown {', '.join(bad)}; choose from {', '.join(DECODE_MODES)}")
     fl = floors.measure("cuda")
+    env = collect_env()
     peak, bw = fl["matmul_bf16_tflops"], fl["copy_gb_per_s"]
     print(f"floors: bf16 matmul {peak:.0f} TFLOP/s, copy {bw:.0f} GB/s")
     rows = []
+
+    def save():
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"floors": fl, "rows": rows, "env": env}, fh, indent=2)
+
+    def prefill_rows(row, bundle, model=None, tag=""):
+        for n in (8192, 32768):
+            f = forward_flops(bundle.facts, 1, n)
+            useful = f.total - f.lm_head * (n - 1) / n  # LM head at the last position only
+            try:
+                ms = prefill_ms(bundle, n, model)
+            except Exception as e:  # noqa: BLE001 - a failed compile must not cost the other numbers
+                row[f"prefill_{n}{tag}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                continue
+            row[f"prefill_{n}{tag}_ms"] = ms
+            row[f"prefill_{n}{tag}_mfu"] = useful / (ms / 1e3) / 1e12 / peak
+
+    def report(row):
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+        save()
+
     for preset in args.presets.split(","):
         for source in (f"andromeda:{preset}?max_seq_len={LONG}&pos_interpolation_factor=2",
                        f"hf:matched:{preset}?max_seq_len={LONG}"):
@@ -131,26 +161,13 @@ def main() -> None:
             bundle = build(source, torch.device("cuda"), torch.bfloat16)
             facts = bundle.facts
             row = {"source": source, "preset": preset, "params": facts.params}
-            compiled = None
-            if args.compile_prefill and bundle.info["kind"] == "andromeda":
-                compiled = torch.compile(bundle.model)  # the whole forward, default mode
-            for n in (8192, 32768):
-                f = forward_flops(facts, 1, n)
-                useful = f.total - f.lm_head * (n - 1) / n  # LM head at the last position only
-                variants = {"": None} if compiled is None else {"": None, "_compiled": compiled}
-                for tag, model in variants.items():
-                    try:
-                        ms = prefill_ms(bundle, n, model)
-                    except Exception as e:  # noqa: BLE001 - a failed compile must not cost the eager numbers
-                        row[f"prefill_{n}{tag}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-                        continue
-                    row[f"prefill_{n}{tag}_ms"] = ms
-                    row[f"prefill_{n}{tag}_mfu"] = useful / (ms / 1e3) / 1e12 / peak
+            rows.append(row)
+            prefill_rows(row, bundle)
             weight_bytes = sum(p.numel() * p.element_size() for p in bundle.model.parameters())
             kv = kv_cache_bytes_per_token(facts, 2) * PROMPT_CTX
             floor_ms = (weight_bytes + kv) / (bw * 1e9) * 1e3
             row["decode_floor_ms"] = floor_ms
-            for name, measure in decoders(bundle).items():
+            for name, measure in decoders(bundle, modes).items():
                 try:
                     t = measure()
                 except Exception as e:  # noqa: BLE001 - one failed variant must not cost the others
@@ -158,15 +175,18 @@ def main() -> None:
                     continue
                 row[f"tpot_{name}_ms"] = t
                 row[f"tpot_{name}_of_floor"] = floor_ms / t
-            rows.append(row)
-            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+            report(row)
             del bundle
             torch.cuda.empty_cache()
-    res = {"floors": fl, "rows": rows, "env": collect_env()}
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=2)
-
+        if args.compile_prefill:  # last, so a slow compile cannot cost the side-by-side numbers above
+            torch.manual_seed(0)
+            bundle = build(f"andromeda:{preset}?max_seq_len={LONG}&pos_interpolation_factor=2",
+                           torch.device("cuda"), torch.bfloat16)
+            row = next(r for r in rows if r["preset"] == preset and r["source"].startswith("andromeda:"))
+            prefill_rows(row, bundle, torch.compile(bundle.model), "_compiled")  # whole forward, default mode
+            report(row)
+            del bundle
+            torch.cuda.empty_cache()
 
 if __name__ == "__main__":
     main()

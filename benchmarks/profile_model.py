@@ -4,7 +4,7 @@ torch.profiler over (a) a batch-1 prefill of `--prefill` tokens and (b) `--steps
 after a 4K-token prompt; prints the GPU time per kernel class (attention, matmul, elementwise/norm,
 other), the kernel count per step, and the wall time the GPU was busy vs the step's wall time.
 
-    python benchmarks/profile_model.py [--preset andromeda] [--prefill 32768] [--json out.json]
+    python benchmarks/profile_model.py [--preset andromeda] [--prefill 32768] [--compile] [--json out.json]
 """
 
 from __future__ import annotations
@@ -54,20 +54,23 @@ def main() -> None:
     ap.add_argument("--preset", default="andromeda")
     ap.add_argument("--prefill", type=int, default=32768)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--compile", action="store_true",
+                    help="profile the torch.compile'd model (prefill whole; decode step before capture)")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.manual_seed(0)
     cfg = from_name(args.preset, max_seq_len=max(args.prefill, 4096 + args.steps + 8), pos_interpolation_factor=2)
     model = Andromeda(cfg).to(device="cuda", dtype=torch.bfloat16).eval()
-    res: dict = {"preset": args.preset, "env": collect_env()}
+    forward = torch.compile(model) if args.compile else model
+    res: dict = {"preset": args.preset, "compiled": args.compile, "env": collect_env()}
     with torch.inference_mode():
         x = torch.randint(0, 256, (1, args.prefill), device="cuda")
         for _ in range(2):
-            model(x, logits="last")
+            forward(x, logits="last")
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             t0 = time.perf_counter()
-            model(x, logits="last")
+            forward(x, logits="last")
             torch.cuda.synchronize()
             wall = (time.perf_counter() - t0) * 1e3
         res["prefill"] = {"tokens": args.prefill, "wall_ms": wall, **kernel_table(prof, 1)}
@@ -75,7 +78,7 @@ def main() -> None:
         cache = model.new_cache(1, 4096 + args.steps + 8)
         t = model(torch.randint(0, 256, (1, 4096), device="cuda"), cache=cache, logits="last")[:, -1]
         t = t.argmax(-1, keepdim=True)
-        dec = GraphedDecoder(model, cache, greedy=True)
+        dec = GraphedDecoder(model, cache, greedy=True, compile=args.compile)
         for _ in range(3):
             t = dec.step(t, clone=False)[1]
         torch.cuda.synchronize()

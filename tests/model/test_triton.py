@@ -24,7 +24,12 @@ CASES = [
     (2, 2, 20, 20, False, 1, 16, None),  # non-causal, symmetric ALiBi
     (4, 1, 1, 29, True, 4, 16, 10.0),  # one decode step, QK-norm logit scale
     (2, 1, 37, 37, True, 2, 64, 10.0),  # head dim 64, QK-norm scale
+    (2, 1, 20, 34, True, 1, 16, None),  # offset 14: a tile's first query sits just before a key-block edge
 ]
+
+# interpreter launch settings: both tile load paths (TMA descriptors, pointers) and unequal blocks
+INTERP_CONFIGS = [dict(BLOCK_M=16, BLOCK_N=16, TMA=True), dict(BLOCK_M=16, BLOCK_N=32, TMA=False),
+                  dict(BLOCK_M=32, BLOCK_N=16, TMA=True)]
 
 
 def check(case, device, dtype, tol):
@@ -63,7 +68,7 @@ def test_triton_matches_eager_in_interpreter():
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(child)],
                        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert f"{len(CASES)} passed" in r.stdout
+    assert f"{len(CASES) * len(INTERP_CONFIGS)} passed" in r.stdout
 
 
 @pytest.mark.cuda

@@ -1,0 +1,289 @@
+"""Triton kernels of the flash-attention backend (the autograd wrapper is in triton_flash.py).
+
+Imported only when the backend first runs, so the package imports without Triton. Tiles are
+addressed as (batch x heads, positions, head dim); `_rows` loads one through a TMA descriptor or
+through pointers. Scores are in base 2 (scale and ALiBi slopes pre-multiplied by log2(e)).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _mm(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        r = tl.dot(a, b, input_precision="ieee")
+    else:
+        r = tl.dot(a, b)
+    return r
+
+
+@triton.jit
+def _mma(a, b, acc, IEEE: tl.constexpr):
+    if IEEE:
+        r = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        r = tl.dot(a, b, acc)
+    return r
+
+
+@triton.jit
+def _rows(desc, ptr, bh, row0, n, s_bh, s_n, BLOCK: tl.constexpr, D: tl.constexpr, TMA: tl.constexpr):
+    """Rows row0 .. row0 + BLOCK of head bh as a (BLOCK, D) tile, zeros past row n."""
+    if TMA:
+        t = desc.load([bh, row0, 0]).reshape(BLOCK, D)
+    else:
+        offs = row0 + tl.arange(0, BLOCK)
+        t = tl.load(ptr + bh * s_bh + offs[:, None] * s_n + tl.arange(0, D)[None, :],
+                    mask=offs[:, None] < n, other=0.0)
+    return t
+
+
+@triton.jit
+def _bias(s, q_pos, k_pos, slope, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr):
+    """ALiBi (-slope * distance) and, on masked blocks, the causal mask, on base-2 scores."""
+    dist = q_pos[:, None] - k_pos[None, :]
+    if ALIBI:
+        if CAUSAL:
+            s = s - slope * dist.to(tl.float32)
+        else:
+            s = s - slope * tl.abs(dist).to(tl.float32)
+    if MASK:
+        s = tl.where(dist >= 0, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _fwd_block(acc, l_i, m_i, q, kd, vd, K, V, kbh, start_n, q_pos, q0, slope, qk_scale, NK, s_kbh, s_kn,
+               ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, IEEE: tl.constexpr,
+               TMA: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+    k_pos = start_n + tl.arange(0, BLOCK_N)
+    k = _rows(kd, K, kbh, start_n, NK, s_kbh, s_kn, BLOCK_N, D, TMA)
+    qk = _mm(q, tl.trans(k), IEEE)  # (BLOCK_M, BLOCK_N)
+    if ALIBI or MASK:
+        s = qk * qk_scale  # base 2
+        if ALIBI and CAUSAL:  # per-key form: differs from -slope * (i - j) by a per-row constant
+            s = s + (slope * (k_pos - q0).to(tl.float32))[None, :]
+        elif ALIBI:
+            s = _bias(s, q_pos, k_pos, slope, True, False, False)
+        if MASK:
+            valid = k_pos[None, :] < NK
+            if CAUSAL:
+                valid = valid & (k_pos[None, :] <= q_pos[:, None])
+            s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every row sees a key in its first block
+        s = s - m_new[:, None]
+    else:  # no bias, no mask: scale and shift in one multiply-add (qk_scale > 0, so max commutes with it)
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        s = qk * qk_scale - m_new[:, None]
+    p = tl.exp2(s)
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = _rows(vd, V, kbh, start_n, NK, s_kbh, s_kn, BLOCK_N, D, TMA)
+    acc = _mma(p.to(v.dtype), v, acc * alpha[:, None], IEEE)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, hi, q_pos, q0, slope, qk_scale, NK, s_kbh, s_kn,
+              ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, IEEE: tl.constexpr,
+              TMA: tl.constexpr, WS: tl.constexpr, INTERP: tl.constexpr, NK_C: tl.constexpr,
+              BLOCK_N: tl.constexpr, D: tl.constexpr):
+    """Key blocks lo .. hi (lo a multiple of BLOCK_N). The interpreter needs Python-int loop bounds."""
+    if INTERP:
+        for start_n in range(0, NK_C, BLOCK_N):
+            if (start_n >= lo) & (start_n < hi):
+                acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, kd, vd, K, V, kbh, start_n, q_pos, q0, slope,
+                                           qk_scale, NK, s_kbh, s_kn, ALIBI, CAUSAL, MASK, IEEE, TMA,
+                                           BLOCK_N, D)
+    else:
+        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
+            acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, kd, vd, K, V, kbh, start_n, q_pos, q0, slope,
+                                       qk_scale, NK, s_kbh, s_kn, ALIBI, CAUSAL, MASK, IEEE, TMA, BLOCK_N, D)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, full, hi, q_pos, q0, slope, qk_scale, NK, s_kbh, s_kn,
+               ALIBI: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
+               WS: tl.constexpr, INTERP: tl.constexpr, NK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+               D: tl.constexpr):
+    """The unmasked key blocks 0 .. full, then the masked ones full .. hi."""
+    acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, 0, full, q_pos, q0, slope, qk_scale, NK,
+                              s_kbh, s_kn, ALIBI, CAUSAL, False, IEEE, TMA, WS, INTERP, NK_C, BLOCK_N, D)
+    acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, full, hi, q_pos, q0, slope, qk_scale, NK,
+                              s_kbh, s_kn, ALIBI, CAUSAL, True, IEEE, TMA, False, INTERP, NK_C, BLOCK_N, D)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def flash_fwd(qd, kd, vd, Q, K, V, S, Out, L, s_qbh, s_qn, s_kbh, s_kn, s_obh, s_on,
+        H, G, NQ, NK, OFF, qk_scale,
+        ALIBI: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr,
+        INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # longest causal rows first: a shorter tail
+    b, h = bh // H, bh % H
+    kbh = b * (H // G) + h // G
+    q0 = pid_m * BLOCK_M + OFF  # position of the tile's first query
+    q_pos = q0 + tl.arange(0, BLOCK_M)
+    q = _rows(qd, Q, bh, pid_m * BLOCK_M, NQ, s_qbh, s_qn, BLOCK_M, D, TMA)
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(S + h) * 1.4426950408889634
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    if CAUSAL:
+        full = (q0 + 1) // BLOCK_N * BLOCK_N  # keys every row of the tile sees
+        hi = tl.minimum(NK, q0 + BLOCK_M)
+    else:
+        full = NK // BLOCK_N * BLOCK_N
+        hi = NK
+    acc, l_i, m_i = _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, full, hi, q_pos, q0, slope, qk_scale, NK,
+                               s_kbh, s_kn, ALIBI, CAUSAL, IEEE, TMA, WS, INTERP, NK_C, BLOCK_N, D)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    out = acc / l_i[:, None]
+    tl.store(Out + bh * s_obh + offs_m[:, None] * s_on + tl.arange(0, D)[None, :],
+             out.to(Out.dtype.element_ty), mask=offs_m[:, None] < NQ)
+    lse = m_i + tl.log2(l_i)
+    if ALIBI and CAUSAL:  # back to the -slope * (i - j) form the backward recomputes
+        lse = lse - slope * (q_pos - q0).to(tl.float32)
+    tl.store(L + bh * NQ + offs_m, lse, mask=offs_m < NQ)
+
+
+@triton.jit
+def _dkdv_block(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, start_m, offs_n, slope, qk_scale, NQ, OFF,
+                s_qbh, s_qn, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr,
+                IEEE: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, D: tl.constexpr):
+    # rows past NQ load as zeros (q, dO, lse, delta), so they add nothing to dK or dV
+    m_idx = start_m + tl.arange(0, BLOCK_M)
+    q = _rows(qd, Q, bh, start_m, NQ, s_qbh, s_qn, BLOCK_M, D, TMA)
+    do = _rows(dod, DO, bh, start_m, NQ, s_qbh, s_qn, BLOCK_M, D, TMA)
+    lse = tl.load(L + bh * NQ + m_idx, mask=m_idx < NQ, other=0.0)
+    delta = tl.load(DL + bh * NQ + m_idx, mask=m_idx < NQ, other=0.0)
+    s = _bias(_mm(q, tl.trans(k), IEEE) * qk_scale, m_idx + OFF, offs_n, slope, ALIBI, CAUSAL, MASK)
+    p = tl.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N)
+    dv = _mma(tl.trans(p.to(do.dtype)), do, dv, IEEE)
+    ds = p * (_mm(do, tl.trans(v), IEEE) - delta[:, None])
+    dk = _mma(tl.trans(ds.to(q.dtype)), q, dk, IEEE)
+    return dk, dv
+
+
+@triton.jit
+def _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, lo, hi, offs_n, slope, qk_scale, NQ, OFF,
+               s_qbh, s_qn, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, IEEE: tl.constexpr,
+               TMA: tl.constexpr, INTERP: tl.constexpr, NQ_C: tl.constexpr, BLOCK_M: tl.constexpr,
+               D: tl.constexpr):
+    if INTERP:
+        for start_m in range(0, NQ_C, BLOCK_M):
+            if (start_m >= lo) & (start_m < hi):
+                dk, dv = _dkdv_block(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, start_m, offs_n, slope, qk_scale,
+                                     NQ, OFF, s_qbh, s_qn, ALIBI, CAUSAL, MASK, IEEE, TMA, BLOCK_M, D)
+    else:
+        for start_m in tl.range(lo, hi, BLOCK_M):
+            dk, dv = _dkdv_block(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, start_m, offs_n, slope, qk_scale,
+                                 NQ, OFF, s_qbh, s_qn, ALIBI, CAUSAL, MASK, IEEE, TMA, BLOCK_M, D)
+    return dk, dv
+
+
+@triton.jit
+def flash_bwd_dkdv(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DK, DV, s_qbh, s_qn, s_kbh, s_kn, s_dbh, s_dn,
+             H, G, NQ, NK, OFF, qk_scale, scale,
+             ALIBI: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
+              INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Q, DO: (B*H, NQ, D); K, V: (B*H_kv, NK, D); DK, DV: (B*H, NK, D) per query head, summed per group later
+    bh = tl.program_id(0)
+    pid_n = tl.program_id(1)  # the first key blocks have the most queries: they start first
+    b, h = bh // H, bh % H
+    kbh = b * (H // G) + h // G
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    k = _rows(kd, K, kbh, n0, NK, s_kbh, s_kn, BLOCK_N, D, TMA)
+    v = _rows(vd, V, kbh, n0, NK, s_kbh, s_kn, BLOCK_N, D, TMA)
+    dk = tl.zeros([BLOCK_N, D], tl.float32)
+    dv = tl.zeros([BLOCK_N, D], tl.float32)
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(S + h) * 1.4426950408889634
+    if CAUSAL:  # query blocks that see part of this key block, then those that see all of it
+        lo = tl.maximum(0, n0 - OFF) // BLOCK_M * BLOCK_M
+        full = tl.minimum(tl.cdiv(tl.maximum(0, n0 + BLOCK_N - 1 - OFF), BLOCK_M) * BLOCK_M, NQ)
+    else:
+        lo = 0
+        full = 0
+    dk, dv = _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, lo, full, offs_n, slope, qk_scale, NQ, OFF,
+                        s_qbh, s_qn, ALIBI, CAUSAL, True, IEEE, TMA, INTERP, NQ_C, BLOCK_M, D)
+    dk, dv = _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, full, NQ, offs_n, slope, qk_scale, NQ, OFF,
+                        s_qbh, s_qn, ALIBI, CAUSAL, False, IEEE, TMA, INTERP, NQ_C, BLOCK_M, D)
+    out = bh * s_dbh + offs_n[:, None] * s_dn + tl.arange(0, D)[None, :]
+    kv_mask = offs_n[:, None] < NK
+    tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_block(dq, q, do, lse, delta, kd, vd, K, V, kbh, start_n, q_pos, slope, qk_scale, NK, s_kbh, s_kn,
+              ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, IEEE: tl.constexpr,
+              TMA: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+    # keys past NK load as zeros: their ds multiplies a zero key row, adding nothing to dQ
+    k = _rows(kd, K, kbh, start_n, NK, s_kbh, s_kn, BLOCK_N, D, TMA)
+    v = _rows(vd, V, kbh, start_n, NK, s_kbh, s_kn, BLOCK_N, D, TMA)
+    k_pos = start_n + tl.arange(0, BLOCK_N)
+    s = _bias(_mm(q, tl.trans(k), IEEE) * qk_scale, q_pos, k_pos, slope, ALIBI, CAUSAL, MASK)
+    p = tl.exp2(s - lse[:, None])
+    ds = p * (_mm(do, tl.trans(v), IEEE) - delta[:, None])
+    return _mma(ds.to(k.dtype), k, dq, IEEE)
+
+
+@triton.jit
+def _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, lo, hi, q_pos, slope, qk_scale, NK, s_kbh, s_kn,
+             ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, IEEE: tl.constexpr,
+             TMA: tl.constexpr, INTERP: tl.constexpr, NK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+             D: tl.constexpr):
+    if INTERP:
+        for start_n in range(0, NK_C, BLOCK_N):
+            if (start_n >= lo) & (start_n < hi):
+                dq = _dq_block(dq, q, do, lse, delta, kd, vd, K, V, kbh, start_n, q_pos, slope, qk_scale, NK,
+                               s_kbh, s_kn, ALIBI, CAUSAL, MASK, IEEE, TMA, BLOCK_N, D)
+    else:
+        for start_n in tl.range(lo, hi, BLOCK_N):
+            dq = _dq_block(dq, q, do, lse, delta, kd, vd, K, V, kbh, start_n, q_pos, slope, qk_scale, NK,
+                           s_kbh, s_kn, ALIBI, CAUSAL, MASK, IEEE, TMA, BLOCK_N, D)
+    return dq
+
+
+@triton.jit
+def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DQ, s_qbh, s_qn, s_kbh, s_kn, H, G, NQ, NK, OFF,
+            qk_scale, scale,
+            ALIBI: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
+            INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    b, h = bh // H, bh % H
+    kbh = b * (H // G) + h // G
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    q0 = pid_m * BLOCK_M + OFF
+    q = _rows(qd, Q, bh, pid_m * BLOCK_M, NQ, s_qbh, s_qn, BLOCK_M, D, TMA)
+    do = _rows(dod, DO, bh, pid_m * BLOCK_M, NQ, s_qbh, s_qn, BLOCK_M, D, TMA)
+    lse = tl.load(L + bh * NQ + offs_m, mask=offs_m < NQ, other=0.0)
+    delta = tl.load(DL + bh * NQ + offs_m, mask=offs_m < NQ, other=0.0)
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(S + h) * 1.4426950408889634
+    dq = tl.zeros([BLOCK_M, D], tl.float32)
+    if CAUSAL:
+        full = (q0 + 1) // BLOCK_N * BLOCK_N
+        hi = tl.minimum(NK, q0 + BLOCK_M)
+    else:
+        full = NK
+        hi = NK
+    dq = _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, 0, full, q0 + tl.arange(0, BLOCK_M), slope,
+                  qk_scale, NK, s_kbh, s_kn, ALIBI, CAUSAL, False, IEEE, TMA, INTERP, NK_C, BLOCK_N, D)
+    dq = _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, full, hi, q0 + tl.arange(0, BLOCK_M), slope,
+                  qk_scale, NK, s_kbh, s_kn, ALIBI, CAUSAL, True, IEEE, TMA, INTERP, NK_C, BLOCK_N, D)
+    tl.store(DQ + bh * s_qbh + offs_m[:, None] * s_qn + tl.arange(0, D)[None, :],
+             (dq * scale).to(DQ.dtype.element_ty), mask=offs_m[:, None] < NQ)
