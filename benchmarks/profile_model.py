@@ -56,8 +56,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--compile", action="store_true",
                     help="profile the torch.compile'd model (prefill whole; decode step before capture)")
+    ap.add_argument("--parts", default="prefill,decode_step", help="what to profile: prefill, decode_step")
     ap.add_argument("--json")
     args = ap.parse_args()
+    parts = [p for p in args.parts.split(",") if p]
+    if bad := sorted(set(parts) - {"prefill", "decode_step"}):
+        ap.error(f"--parts: unknown {', '.join(bad)}; choose from prefill, decode_step")
     torch.manual_seed(0)
     cfg = from_name(args.preset, max_seq_len=max(args.prefill, 4096 + args.steps + 8), pos_interpolation_factor=2)
     model = Andromeda(cfg).to(device="cuda", dtype=torch.bfloat16).eval()
@@ -65,31 +69,33 @@ def main() -> None:
     res: dict = {"preset": args.preset, "compiled": args.compile, "env": collect_env()}
     with torch.inference_mode():
         x = torch.randint(0, 256, (1, args.prefill), device="cuda")
-        for _ in range(2):
+        for _ in range(2 if "prefill" in parts else 0):
             forward(x, logits="last")
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            t0 = time.perf_counter()
-            forward(x, logits="last")
-            torch.cuda.synchronize()
-            wall = (time.perf_counter() - t0) * 1e3
-        res["prefill"] = {"tokens": args.prefill, "wall_ms": wall, **kernel_table(prof, 1)}
+        if "prefill" in parts:
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                t0 = time.perf_counter()
+                forward(x, logits="last")
+                torch.cuda.synchronize()
+                wall = (time.perf_counter() - t0) * 1e3
+            res["prefill"] = {"tokens": args.prefill, "wall_ms": wall, **kernel_table(prof, 1)}
 
-        cache = model.new_cache(1, 4096 + args.steps + 8)
-        t = model(torch.randint(0, 256, (1, 4096), device="cuda"), cache=cache, logits="last")[:, -1]
-        t = t.argmax(-1, keepdim=True)
-        dec = GraphedDecoder(model, cache, greedy=True, compile=args.compile)
-        for _ in range(3):
-            t = dec.step(t, clone=False)[1]
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
+        if "decode_step" in parts:
+            cache = model.new_cache(1, 4096 + args.steps + 8)
+            t = model(torch.randint(0, 256, (1, 4096), device="cuda"), cache=cache, logits="last")[:, -1]
+            t = t.argmax(-1, keepdim=True)
+            dec = GraphedDecoder(model, cache, greedy=True, compile=args.compile)
+            for _ in range(3):
                 t = dec.step(t, clone=False)[1]
             torch.cuda.synchronize()
-            wall = (time.perf_counter() - t0) * 1e3 / args.steps
-        res["decode_step"] = {"context": 4096, "wall_ms": wall, **kernel_table(prof, args.steps)}
-    for part in ("prefill", "decode_step"):
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    t = dec.step(t, clone=False)[1]
+                torch.cuda.synchronize()
+                wall = (time.perf_counter() - t0) * 1e3 / args.steps
+            res["decode_step"] = {"context": 4096, "wall_ms": wall, **kernel_table(prof, args.steps)}
+    for part in parts:
         r = res[part]
         busy = sum(v["ms"] for k, v in r.items() if not k.startswith("_") and isinstance(v, dict))
         r["gpu_busy_ms"] = busy
