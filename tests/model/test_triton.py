@@ -68,7 +68,7 @@ def test_triton_matches_eager_in_interpreter():
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(child)],
                        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert f"{len(CASES) * len(INTERP_CONFIGS)} passed" in r.stdout
+    assert f"{len(CASES) * len(INTERP_CONFIGS) + 1} passed" in r.stdout  # + the fallback test
 
 
 @pytest.mark.cuda
@@ -85,3 +85,21 @@ def test_triton_backend_refuses_cpu_without_interpreter(monkeypatch):
     assert "CUDA" in backends.get("triton").supports(spec, torch.device("cpu"))
     assert "head dim" in backends.get("triton").supports(
         backends.AttentionSpec(heads=4, kv_heads=1, dim_head=80), torch.device("cuda"))
+
+
+@pytest.mark.parametrize("capability,dtype,first,tma", [
+    ((9, 0), torch.bfloat16, (128, 128), True),  # Hopper: the tuned 128x128 forward, TMA loads
+    ((9, 0), torch.float32, (64, 64), True),  # 4-byte tiles: 128x128 would not fit
+    ((8, 0), torch.bfloat16, (64, 64), False),  # A100: 164 KB of shared memory, no TMA
+])
+def test_launch_candidates_follow_the_gpu(monkeypatch, capability, dtype, first, tma):
+    from andromeda.model.backends import triton_flash
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    fwd = triton_flash._candidates(torch.device("cuda"), "fwd", dtype)
+    assert (fwd[0]["BLOCK_M"], fwd[0]["BLOCK_N"]) == first and all(c["TMA"] == tma for c in fwd)
+    assert fwd[-1]["BLOCK_M"] == 32 and not fwd[-1]["WS"]  # the smallest fallback comes last
+    monkeypatch.setattr(triton_flash, "CONFIG_OVERRIDE", {"bwd": dict(BLOCK_M=32, BLOCK_N=64, WS=True)})
+    bwd, dq = (triton_flash._candidates(torch.device("cuda"), k, dtype) for k in ("bwd", "dq"))
+    assert [(c["BLOCK_M"], c["BLOCK_N"]) for c in bwd + dq] == [(32, 64), (64, 32)]  # dQ: transposed
+    assert all("WS" not in c and c["TMA"] == tma for c in bwd + dq)

@@ -47,33 +47,63 @@ def _kernels():
 # Benchmarks and tests may set these to try other launch settings (benchmarks/attention_kernels.py): keys
 # "fwd", "bwd" (the dK/dV kernel) and "dq" (default: the "bwd" blocks swapped), values dicts of BLOCK_M,
 # BLOCK_N, num_warps, num_stages and optionally TMA (used only where the device has it) and, forward
-# only, WS (Triton's warp specialization of the unmasked loop).
+# only, WS (Triton's warp specialization of the unmasked loop). An override is tried alone, no fallback.
 CONFIG_OVERRIDE: dict[str, dict] = {}
 
+# tried after the tuned settings when a launch runs out of shared memory (GPUs with less than Hopper's)
+_FALLBACKS = (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
+              dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1))
+_CHOSEN: dict[tuple, int] = {}  # (kernel, device, dtype, head dim) -> index of the candidate that launched
 
-def _blocks(device: torch.device, kernel: str, dtype: torch.dtype = torch.bfloat16) -> dict:
-    """Launch settings of kernel "fwd", "bwd" or "dq": small blocks in the interpreter; Hopper-sized on CUDA."""
-    has_tma = device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 9
+
+def _candidates(device: torch.device, kernel: str, dtype: torch.dtype = torch.bfloat16) -> list[dict]:
+    """Launch settings of kernel "fwd", "bwd" or "dq" in the order to try them.
+
+    Interpreter: small blocks. CUDA: the settings tuned on an H100 (docs/performance.md), then smaller
+    ones for GPUs with less shared memory (an A100 has 164 KB per block, consumer parts ~100 KB).
+    """
+    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
     override = CONFIG_OVERRIDE.get(kernel)
     if override:
-        cfg = dict(override)
+        cands = [dict(override)]
     elif kernel == "dq":  # dQ walks keys for a query block: the dK/dV kernel's blocks, transposed
-        cfg = _blocks(device, "bwd", dtype)
-        cfg["BLOCK_M"], cfg["BLOCK_N"] = cfg["BLOCK_N"], cfg["BLOCK_M"]
+        cands = [{**c, "BLOCK_M": c["BLOCK_N"], "BLOCK_N": c["BLOCK_M"]} for c in _candidates(device, "bwd", dtype)]
     elif device.type != "cuda":
-        cfg = dict(BLOCK_M=16, BLOCK_N=16)
-    elif dtype == torch.float32:  # 4-byte tiles: the 16-bit blocks would not fit in shared memory
-        cfg = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
-    elif kernel == "bwd":  # H100, head dim 128, 8K: 64x64/4 warps 340 TFLOP/s fwd+bwd; 8 warps only 171
-        cfg = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
-    else:  # H100 sweep (docs/performance.md)
-        cfg = dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3)
-    cfg["TMA"] = has_tma and cfg.get("TMA", True)
-    if kernel == "fwd":
-        cfg.setdefault("WS", False)
+        cands = [dict(BLOCK_M=16, BLOCK_N=16)]
     else:
-        cfg.pop("WS", None)
-    return cfg
+        tuned = []
+        if kernel == "fwd" and hopper and dtype != torch.float32:  # 128x128 tiles need Hopper's 227 KB
+            tuned = [dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3)]
+        # backward, and float32 (4-byte tiles) everywhere: 64x64 / 4 warps / 2 stages (H100, head dim 128,
+        # 8K: 340 TFLOP/s fwd+bwd; 8 warps gave 171)
+        cands = tuned + [dict(c) for c in _FALLBACKS]
+    for c in cands:
+        c["TMA"] = (device.type != "cuda" or hopper) and c.get("TMA", True)
+        if kernel == "fwd":
+            c.setdefault("WS", False)
+        else:
+            c.pop("WS", None)
+    return cands
+
+
+def _launch(kernel: str, device: torch.device, dtype: torch.dtype, d: int, run) -> dict:
+    """run(cfg) with the first launch setting that fits the GPU; remembers it for the next call."""
+    from triton.runtime.errors import OutOfResources
+
+    cands = _candidates(device, kernel, dtype)
+    key = (kernel, device.index, dtype, d)
+    first = 0 if CONFIG_OVERRIDE.get(kernel) else min(_CHOSEN.get(key, 0), len(cands) - 1)
+    for i in range(first, len(cands)):
+        try:
+            run(cands[i])
+        except OutOfResources:
+            if i == len(cands) - 1:
+                raise
+            continue
+        if not CONFIG_OVERRIDE.get(kernel):
+            _CHOSEN[key] = i
+        return cands[i]
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
 def _use_tma(cfg: dict, q: torch.Tensor, k: torch.Tensor, *more: torch.Tensor) -> bool:
@@ -114,14 +144,18 @@ class _FlashAttention(torch.autograd.Function):
         hkv, nk = k.shape[1], k.shape[2]
         out = torch.empty_like(q)
         lse = torch.empty(b, h, nq, device=q.device, dtype=torch.float32)  # base-2 log-sum-exp
-        cfg = _blocks(q.device, "fwd", q.dtype)
-        cfg["TMA"] = tma = _use_tma(cfg, q, k, v)
-        bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-        fwd[(b * h, triton_cdiv(nq, bm))](
-            _desc(q, bm, tma), _desc(k, bn, tma), _desc(v, bn, tma), q, k, v, slopes, out, lse,
-            q.stride(1), q.stride(2), k.stride(1), k.stride(2), out.stride(1), out.stride(2),
-            h, h // hkv, nq, nk, nk - nq, scale * LOG2E,
-            ALIBI=alibi, CAUSAL=causal, IEEE=q.dtype == torch.float32, **_bounds(nq, nk), D=d, **cfg)
+
+        def run(cfg):
+            tma = _use_tma(cfg, q, k, v)
+            bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+            fwd[(b * h, triton_cdiv(nq, bm))](
+                _desc(q, bm, tma), _desc(k, bn, tma), _desc(v, bn, tma), q, k, v, slopes, out, lse,
+                q.stride(1), q.stride(2), k.stride(1), k.stride(2), out.stride(1), out.stride(2),
+                h, h // hkv, nq, nk, nk - nq, scale * LOG2E,
+                ALIBI=alibi, CAUSAL=causal, IEEE=q.dtype == torch.float32, **_bounds(nq, nk), D=d,
+                **{**cfg, "TMA": tma})
+
+        _launch("fwd", q.device, q.dtype, d, run)
         ctx.save_for_backward(q, k, v, slopes, out, lse)
         ctx.alibi, ctx.causal, ctx.scale = alibi, causal, scale
         return out
@@ -140,23 +174,32 @@ class _FlashAttention(torch.autograd.Function):
         part = k.dtype if g == 1 else torch.float32
         dk = torch.empty(b, h, nk, d, device=k.device, dtype=part)
         dv = torch.empty(b, h, nk, d, device=v.device, dtype=part)
-        cfg, cfg_dq = _blocks(q.device, "bwd", q.dtype), _blocks(q.device, "dq", q.dtype)
-        tma = _use_tma(cfg, q, k, v, dout) and _use_tma(cfg_dq, q, k, v, dout)
         flags = dict(ALIBI=ctx.alibi, CAUSAL=ctx.causal, IEEE=q.dtype == torch.float32, **_bounds(nq, nk), D=d)
-        bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-        dkdv[(b * h, triton_cdiv(nk, bn))](
-            _desc(q, bm, tma), _desc(k, bn, tma), _desc(v, bn, tma), _desc(dout, bm, tma),
-            q, k, v, slopes, dout, lse, delta, dk, dv, q.stride(1), q.stride(2), k.stride(1), k.stride(2),
-            dk.stride(1), dk.stride(2), h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale,
-            **flags, **{**cfg, "TMA": tma})
+        common = (q.stride(1), q.stride(2), k.stride(1), k.stride(2))
+
+        def operands(cfg):
+            tma = _use_tma(cfg, q, k, v, dout)
+            bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+            descs = (_desc(q, bm, tma), _desc(k, bn, tma), _desc(v, bn, tma), _desc(dout, bm, tma))
+            return descs, {**flags, **cfg, "TMA": tma}
+
+        def run_dkdv(cfg):
+            descs, kw = operands(cfg)
+            dkdv[(b * h, triton_cdiv(nk, cfg["BLOCK_N"]))](
+                *descs, q, k, v, slopes, dout, lse, delta, dk, dv, *common, dk.stride(1), dk.stride(2),
+                h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, **kw)
+
+        def run_dq(cfg):
+            descs, kw = operands(cfg)
+            dqk[(b * h, triton_cdiv(nq, cfg["BLOCK_M"]))](
+                *descs, q, k, v, slopes, dout, lse, delta, dq, *common,
+                h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, **kw)
+
+        _launch("bwd", q.device, q.dtype, d, run_dkdv)
         if g > 1:  # (B, H, Nk, D) -> (B, H_kv, Nk, D): sum the heads that share each KV head
             dk = dk.view(b, hkv, g, nk, d).sum(2).to(k.dtype)
             dv = dv.view(b, hkv, g, nk, d).sum(2).to(v.dtype)
-        bm, bn = cfg_dq["BLOCK_M"], cfg_dq["BLOCK_N"]
-        dqk[(b * h, triton_cdiv(nq, bm))](
-            _desc(q, bm, tma), _desc(k, bn, tma), _desc(v, bn, tma), _desc(dout, bm, tma),
-            q, k, v, slopes, dout, lse, delta, dq, q.stride(1), q.stride(2), k.stride(1), k.stride(2),
-            h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, **flags, **{**cfg_dq, "TMA": tma})
+        _launch("dq", q.device, q.dtype, d, run_dq)
         return dq, dk, dv, None, None, None, None
 
 
