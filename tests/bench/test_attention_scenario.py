@@ -360,6 +360,8 @@ def test_kernel_check_reads_profiler_names():
     assert "fused attention kernel" in check_kernels("sdpa_math", ["sm90_xmma_gemm", "pytorch_flash::flash_fwd"])
     assert check_kernels("eager", ["sm90_xmma_gemm_bf16", "cunn_SoftMaxForward"]) is None
     assert check_kernels("eager", []) == "the profiler saw no CUDA kernel"
+    assert check_kernels("triton", ["flash_fwd", "flash_bwd_dkdv", "flash_bwd_dq"]) is None  # ours
+    assert "no kernel named like flash_fwd" in check_kernels("triton", ["triton_poi_fused_1"])
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -41,7 +41,7 @@ EXPECTED_KERNELS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "flex": (("triton_tem", "flex"), ()),
     "flash_attn": (("flash",), ()),
     "xformers": (("fmha", "flash", "cutlass", "attention"), ()),
-    "triton": (("_fwd", "triton"), ("pytorch_flash", "fmha", "cudnn")),  # our kernels: _fwd, _bwd_dkdv, _bwd_dq
+    "triton": (("flash_fwd",), ("pytorch_flash", "fmha", "cudnn")),  # ours: flash_fwd, flash_bwd_dkdv, flash_bwd_dq
 }
 
 
