@@ -12,7 +12,9 @@ bounds checks) and the few that straddle the causal diagonal or the end of the k
 Under causal masking the forward adds ALiBi as a per-key term, slope * (j - q0) with q0 the
 tile's first query position: it differs from -slope * (i - j) by a per-row constant, which the
 softmax ignores and the stored log-sum-exp takes back out, so the bias costs one broadcast add.
-On Hopper (sm90+) tiles arrive through TMA descriptors; other GPUs load through pointers.
+On Hopper (sm90+) tiles arrive through TMA descriptors; other GPUs load through pointers. Launch
+settings are tried in order (`_candidates`: H100-tuned first) and a launch that runs out of shared
+memory falls back to smaller tiles, so GPUs with less shared memory than Hopper run too.
 
 Queries are the last Nq of Nk positions (offset Nk - Nq), so cached decoding works too.
 ALiBi adds -slope_h * (i - j) (|i - j| when not causal); a zero slope is no bias.
