@@ -52,6 +52,19 @@ def prefill_ms(bundle, n: int, compiled=None) -> float:
                                                 target_rel_ci=0.02)).median_ms
 
 
+def prefill_mfu(facts, n: int, ms: float, peak_tflops: float) -> float:
+    """MFU of a batch-1 prefill of n tokens taking ms: causal FLOPs, LM head at the last position only."""
+    f = forward_flops(facts, 1, n)
+    return (f.total - f.lm_head * (n - 1) / n) / (ms / 1e3) / 1e12 / peak_tflops
+
+
+def decode_floor_ms(bundle, copy_gb_per_s: float) -> float:
+    """Bandwidth floor of one decode step after PROMPT_CTX tokens: weight + bf16 KV-cache bytes over copy speed."""
+    weights = sum(p.numel() * p.element_size() for p in bundle.model.parameters())
+    kv = kv_cache_bytes_per_token(bundle.facts, 2) * PROMPT_CTX
+    return (weights + kv) / (copy_gb_per_s * 1e9) * 1e3
+
+
 def _median_ms(run, reps: int) -> float:
     return statistics.median(run() for _ in range(reps))
 
@@ -140,15 +153,13 @@ def main() -> None:
 
     def prefill_rows(row, bundle, model=None, tag=""):
         for n in (8192, 32768):
-            f = forward_flops(bundle.facts, 1, n)
-            useful = f.total - f.lm_head * (n - 1) / n  # LM head at the last position only
             try:
                 ms = prefill_ms(bundle, n, model)
             except Exception as e:  # noqa: BLE001 - a failed compile must not cost the other numbers
                 row[f"prefill_{n}{tag}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
                 continue
             row[f"prefill_{n}{tag}_ms"] = ms
-            row[f"prefill_{n}{tag}_mfu"] = useful / (ms / 1e3) / 1e12 / peak
+            row[f"prefill_{n}{tag}_mfu"] = prefill_mfu(bundle.facts, n, ms, peak)
 
     def report(row):
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
@@ -163,9 +174,7 @@ def main() -> None:
             row = {"source": source, "preset": preset, "params": facts.params}
             rows.append(row)
             prefill_rows(row, bundle)
-            weight_bytes = sum(p.numel() * p.element_size() for p in bundle.model.parameters())
-            kv = kv_cache_bytes_per_token(facts, 2) * PROMPT_CTX
-            floor_ms = (weight_bytes + kv) / (bw * 1e9) * 1e3
+            floor_ms = decode_floor_ms(bundle, bw)
             row["decode_floor_ms"] = floor_ms
             for name, measure in decoders(bundle, modes).items():
                 try:

@@ -32,8 +32,6 @@ import model_speed as ms  # noqa: E402
 
 from andromeda.bench import floors  # noqa: E402
 from andromeda.bench.env import collect_env  # noqa: E402
-from andromeda.bench.facts import kv_cache_bytes_per_token  # noqa: E402
-from andromeda.bench.flops import forward_flops  # noqa: E402
 from andromeda.bench.sources import build  # noqa: E402
 
 LENGTHS = (8192, 32768)
@@ -55,19 +53,19 @@ def attention(res: dict, save) -> None:
         save()
 
 
+def prefill(out: dict, tag: str, bundle, peak: float, compiled=None) -> None:
+    for n in LENGTHS:
+        t = ms.prefill_ms(bundle, n, compiled)
+        out[f"{tag}_prefill_{n}_ms"], out[f"{tag}_prefill_{n}_mfu"] = t, ms.prefill_mfu(bundle.facts, n, t, peak)
+
+
 def model(res: dict, save, peak: float, bw: float) -> None:
     out = res["model"]
     for tag, source in (("andromeda", ANDROMEDA), ("hf", HF)):
         torch.manual_seed(0)
         bundle = build(source, torch.device("cuda"), torch.bfloat16)
-        for n in LENGTHS:
-            f = forward_flops(bundle.facts, 1, n)
-            useful = f.total - f.lm_head * (n - 1) / n  # LM head at the last position only
-            t = ms.prefill_ms(bundle, n)
-            out[f"{tag}_prefill_{n}_ms"], out[f"{tag}_prefill_{n}_mfu"] = t, useful / (t / 1e3) / 1e12 / peak
-        weights = sum(p.numel() * p.element_size() for p in bundle.model.parameters())
-        out[f"{tag}_decode_floor_ms"] = (weights + kv_cache_bytes_per_token(bundle.facts, 2) * ms.PROMPT_CTX) / (
-            bw * 1e9) * 1e3
+        prefill(out, tag, bundle, peak)
+        out[f"{tag}_decode_floor_ms"] = ms.decode_floor_ms(bundle, bw)
         out[f"{tag}_tpot_ms"] = (ms.andromeda_tpot_ms(bundle.model, "cuda_graph") if tag == "andromeda"
                                  else ms.hf_tpot_ms(bundle.model))
         print(f"model {tag}: " + ", ".join(f"{k[len(tag) + 1:]} {v:.4g}" for k, v in out.items()
@@ -77,13 +75,9 @@ def model(res: dict, save, peak: float, bw: float) -> None:
         torch.cuda.empty_cache()
     torch.manual_seed(0)  # the compiled prefill last: a slow compile cannot cost the numbers above
     bundle = build(ANDROMEDA, torch.device("cuda"), torch.bfloat16)
-    compiled = torch.compile(bundle.model)
-    for n in LENGTHS:
-        f = forward_flops(bundle.facts, 1, n)
-        t = ms.prefill_ms(bundle, n, compiled)
-        out[f"andromeda_compiled_prefill_{n}_ms"] = t
-        out[f"andromeda_compiled_prefill_{n}_mfu"] = (f.total - f.lm_head * (n - 1) / n) / (t / 1e3) / 1e12 / peak
-        print(f"model andromeda compiled prefill {n}: {t:.1f} ms", flush=True)
+    prefill(out, "andromeda_compiled", bundle, peak, torch.compile(bundle.model))
+    print(f"model andromeda compiled prefill: {out['andromeda_compiled_prefill_8192_ms']:.1f} / "
+          f"{out['andromeda_compiled_prefill_32768_ms']:.1f} ms", flush=True)
     save()
 
 
