@@ -4,11 +4,12 @@
   position only), its MFU (causal FLOPs, LM head on one position) against the matmul rate measured in
   this run, and the matched Llama from transformers (SDPA) on the same tokens;
 - decode: batch 1 after a 4K-token prompt, time per output token of Andromeda's generate (eager, and
-  with the CUDA-graph step) and of transformers' generate on the matched Llama, against the
+  with the CUDA-graph step: torch kernels, compiled, fused Triton kernels) and of transformers' generate on the matched Llama, against the
   bandwidth floor (weights + KV-cache bytes per token over the copy bandwidth measured in this run).
 
 Andromeda: n greedy steps after the prefill, timed as a whole (prefill, graph capture and compilation
-before the clock): eager, CUDA graph, and CUDA graph of the torch.compile'd step. transformers:
+before the clock): eager, CUDA graph, CUDA graph of the torch.compile'd step, CUDA graph of the fused
+Triton step. transformers:
 (time of generate(prompt, 1 + n) - time of generate(prompt, 1)) / n, the prefill and first token
 cancelling out. Medians of 5.
 
@@ -94,12 +95,14 @@ def hf_tpot_ms(model, reps: int = 5) -> float:
 def andromeda_tpot_ms(model, mode: str, reps: int = 5) -> float:
     """NEW greedy steps after a PROMPT_CTX-token prefill, timed as a whole; the prefill, the graph capture
     and the compilation happen before the clock starts. One cache and one decoder serve every repetition
-    (reset and prefilled again). mode: eager | cuda_graph | compiled_graph."""
+    (reset and prefilled again). mode: eager | cuda_graph (the torch step) | compiled_graph (the torch step
+    through torch.compile) | fused_graph (the fused Triton step, model/fused_decode.py)."""
     from andromeda.model import GraphedDecoder
 
     prompt = torch.randint(0, 256, (1, PROMPT_CTX), device="cuda")
     cache = model.new_cache(1, PROMPT_CTX + NEW + 1)
-    dec = None if mode == "eager" else GraphedDecoder(model, cache, greedy=True, compile=mode == "compiled_graph")
+    dec = None if mode == "eager" else GraphedDecoder(model, cache, greedy=True, compile=mode == "compiled_graph",
+                                                      kernels="triton" if mode == "fused_graph" else "torch")
 
     def once() -> float:
         with torch.inference_mode():
@@ -120,7 +123,7 @@ def andromeda_tpot_ms(model, mode: str, reps: int = 5) -> float:
     return _median_ms(once, reps)
 
 
-DECODE_MODES = ("eager", "cuda_graph", "compiled_graph")
+DECODE_MODES = ("eager", "cuda_graph", "compiled_graph", "fused_graph")
 
 
 def decoders(bundle, modes=DECODE_MODES):

@@ -185,6 +185,27 @@ def decode_step(model, token: torch.Tensor, pos: torch.Tensor, cache: KVCache, *
     return logits
 
 
+KERNELS = ("auto", "torch", "triton")
+
+
+def _choose_kernels(model, cache: KVCache, kernels: str, compile: bool) -> tuple[str, str]:
+    """(the step's kernels, why) for GraphedDecoder's `kernels` argument."""
+    if kernels == "torch":
+        return "torch", "asked for"
+    if kernels == "triton":
+        if compile:
+            raise ConfigError("decode.kernels: 'triton' runs its own fused kernels; it takes compile=False")
+        return "triton", "asked for"
+    if compile:
+        return "torch", "compile=True compiles the torch step"
+    if cache.k.device.type != "cuda":
+        return "torch", "the fused kernels are for CUDA caches"
+    from andromeda.model.fused_decode import unsupported
+
+    why = unsupported(model, cache)
+    return ("torch", why) if why else ("triton", "fused kernels run this model")
+
+
 class GraphedDecoder:
     """Batch decoding through one captured CUDA graph of StaticStep (eagerly on a CPU cache).
 
@@ -193,13 +214,24 @@ class GraphedDecoder:
     device position follows cache.length. Warm-up and capture leave the cache's contents as they were.
     compile=True runs the step through torch.compile (fullgraph, static shapes) before the capture, to
     fuse its many small kernels; the first warm-up step pays the compilation.
+    kernels: "torch" (StaticStep's modules and matmuls), "triton" (model/fused_decode.py: nine fused
+    kernels a layer; batch 1, pre-norm blocks; an error names what it cannot run) or "auto": triton on a
+    CUDA cache where it can run and compile is off, torch otherwise (`kernels_reason` says why).
     """
 
     def __init__(self, model, cache: KVCache, *, greedy: bool = False, attention: str = "matmul",
-                 warmup: int = 3, graph: bool | None = None, compile: bool = False):
+                 warmup: int = 3, graph: bool | None = None, compile: bool = False, kernels: str = "auto"):
+        if kernels not in KERNELS:
+            raise ConfigError(f"decode.kernels: '{kernels}' is unknown; allowed: {', '.join(KERNELS)}")
         self.model, self.cache, self.greedy = model, cache, greedy
         self.static = StaticStep(model, cache, attention=attention)
-        fn = self.static.forward_static
+        self.kernels, self.kernels_reason = _choose_kernels(model, cache, kernels, compile)
+        if self.kernels == "triton":
+            from andromeda.model.fused_decode import FusedStep
+
+            fn = FusedStep(self.static).forward_static
+        else:
+            fn = self.static.forward_static
         self._step = torch.compile(fn, fullgraph=True, dynamic=False) if compile else fn
         on_cuda = cache.k.device.type == "cuda"
         self.graphed = on_cuda if graph is None else graph

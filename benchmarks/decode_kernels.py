@@ -1,0 +1,175 @@
+"""Batch-1 decode kernels on one CUDA GPU, side by side in one run.
+
+- GEMV: each weight shape of a preset's decode step (q|k|v, out, w_in, w_out, LM head), our Triton
+  GEMV (model/decode_kernels.py) against cuBLAS through F.linear (the torch step's call; q, k, v as three
+  calls), in GB/s of weight read and as a share of the copy bandwidth measured in this run. Each timed
+  run streams enough copies of the weight (>= 384 MB) that the 50 MB L2 cannot serve them, captured in
+  one CUDA graph as the decode step is; --sweep tries a grid of launch settings per shape.
+- step: time per token of a batch-1 decode after a 4K prompt, the torch step and the fused Triton step
+  (both CUDA graphs), against the bandwidth floor, and how far apart their logits are.
+
+    python benchmarks/decode_kernels.py [--preset andromeda] [--sweep] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
+
+import model_speed as ms  # noqa: E402
+
+from andromeda.bench import floors  # noqa: E402
+from andromeda.bench.env import collect_env  # noqa: E402
+from andromeda.bench.sources import build  # noqa: E402
+from andromeda.bench.timing import TimingConfig, time_fn  # noqa: E402
+from andromeda.model import fused_decode  # noqa: E402
+
+STREAM_BYTES = 384 * 2**20
+TIMING = TimingConfig(warmup=3, min_runs=20, max_runs=200, budget_s=1.0, target_rel_ci=0.01, cuda_graph=True)
+SWEEP = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=w, num_stages=s)
+         for bn, bk, w, s in itertools.product((4, 8, 16, 32), (256, 512, 1024), (4, 8), (1, 3))
+         if bn * bk <= 2048 * w]  # the float32 partial sums: at most 64 per thread
+
+
+def shapes(cfg) -> dict[str, tuple[list[int], int]]:
+    """name -> (row counts of the weights stacked in one launch, K)."""
+    h, hkv, d = cfg.heads, cfg.n_kv_heads, cfg.dim_head
+    return {"qkv": ([h * d, hkv * d, hkv * d], cfg.dim), "out": ([cfg.dim], h * d),
+            "w_in": ([cfg.ff_hidden], cfg.dim), "w_out": ([cfg.dim], cfg.ff_hidden),
+            "lm_head": ([cfg.num_tokens], cfg.dim)}
+
+
+class _Lin:  # what FusedStep._gemv reads from an nn.Linear
+    def __init__(self, w):
+        self.weight, self.bias = w, None
+
+
+def gemv_rows(step, cfg, sweep: bool) -> list[dict]:
+    rows = []
+    for name, (ns, k) in shapes(cfg).items():
+        nbytes = sum(ns) * k * 2
+        copies = max(2, -(-STREAM_BYTES // nbytes))
+        ws = [[torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for n in ns] for _ in range(copies)]
+        x = torch.randn(k, device="cuda", dtype=torch.bfloat16)
+        out = torch.empty(sum(ns), device="cuda", dtype=torch.bfloat16)
+        x3 = x.view(1, 1, k)
+
+        def cublas():
+            for wl in ws:
+                for w in wl:
+                    F.linear(x3, w)
+
+        def ours():
+            for wl in ws:
+                step._gemv(x, out, [_Lin(w) for w in wl])
+
+        def gbps(fn):
+            t = time_fn(fn, "cuda", TIMING)
+            per = [s / copies for s in t.samples_ms]
+            med = t.median_ms / copies
+            return nbytes / (med / 1e3) / 1e9, (max(per) - min(per)) / med
+
+        ref = torch.cat([F.linear(x, w) for w in ws[0]])
+        row = {"shape": name, "rows": sum(ns), "k": k, "mb": nbytes / 1e6}
+        row["cublas_gbps"], row["cublas_spread"] = gbps(cublas)
+        configs = SWEEP if sweep else [None]
+        best = None
+        for c in configs:
+            fused_decode.GEMV_OVERRIDE.clear()
+            if c:
+                fused_decode.GEMV_OVERRIDE.update(c)
+            try:
+                step._gemv(x, out, [_Lin(w) for w in ws[0]])
+                err = ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+                g, spread = gbps(ours)
+            except Exception as e:  # noqa: BLE001 - a setting that cannot launch is skipped
+                print(f"  {name} {c}: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
+                continue
+            cfg_used = step._gemv_config(sum(ns), k)
+            if sweep:
+                print(f"  {name} {cfg_used} {g:7.0f} GB/s", flush=True)
+            if best is None or g > best[0]:
+                best = (g, spread, cfg_used, err)
+        fused_decode.GEMV_OVERRIDE.clear()
+        row["triton_gbps"], row["triton_spread"], row["triton_config"], row["triton_max_rel_err"] = best
+        if sweep:  # the default setting too, for the table
+            row["default_config"] = step._gemv_config(sum(ns), k)
+            row["default_gbps"] = gbps(ours)[0]
+        rows.append(row)
+        print(f"gemv {name:8s} {sum(ns):6d}x{k:<6d} {nbytes / 1e6:6.1f} MB  cuBLAS {row['cublas_gbps']:6.0f} GB/s  "
+              f"triton {row['triton_gbps']:6.0f} GB/s  {row['triton_config']}", flush=True)
+        del ws
+        torch.cuda.empty_cache()
+    return rows
+
+
+def step_rows(bundle, bw: float) -> dict:
+    from andromeda.model import GraphedDecoder
+
+    model = bundle.model
+    floor = ms.decode_floor_ms(bundle, bw)
+    res = {"floor_ms": floor}
+    for mode in ("cuda_graph", "fused_graph"):
+        t = ms.andromeda_tpot_ms(model, mode)
+        res[f"{mode}_ms"], res[f"{mode}_of_floor"] = t, floor / t
+        print(f"step {mode:12s} {t:7.3f} ms/token  {floor / t:6.1%} of the {floor:.3f} ms floor", flush=True)
+    # the two steps' logits from the same prefilled state, against a float32 run of the same weights
+    prompt = torch.randint(0, 256, (1, ms.PROMPT_CTX), device="cuda")
+    tok = torch.randint(0, 256, (1, 1), device="cuda")
+    logits = {}
+    with torch.inference_mode():
+        for kernels in ("torch", "triton"):
+            cache = model.new_cache(1, ms.PROMPT_CTX + 2)
+            model(prompt, cache=cache, logits="last")
+            logits[kernels] = GraphedDecoder(model, cache, kernels=kernels).step(tok).float()
+            del cache
+        a, b = logits["torch"], logits["triton"]
+        res["logits_max_rel_diff"] = ((a - b).abs().max() / a.abs().max()).item()
+        res["argmax_equal"] = bool(torch.equal(a.argmax(-1), b.argmax(-1)))
+    print(f"step logits: torch vs triton max rel diff {res['logits_max_rel_diff']:.2e}, "
+          f"argmax equal {res['argmax_equal']}", flush=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="andromeda")
+    ap.add_argument("--sweep", action="store_true", help="try a grid of GEMV launch settings per shape")
+    ap.add_argument("--no-step", action="store_true", help="GEMVs only")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("decode_kernels.py: needs a CUDA GPU")
+    fl = floors.measure("cuda")
+    bw = fl["copy_gb_per_s"]
+    print(f"floors: copy {bw:.0f} GB/s, bf16 matmul {fl['matmul_bf16_tflops']:.0f} TFLOP/s", flush=True)
+    res = {"floors": fl, "env": collect_env()}
+
+    def save():
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2))
+
+    torch.manual_seed(0)
+    bundle = build(f"andromeda:{args.preset}", torch.device("cuda"), torch.bfloat16)
+    cache = bundle.model.new_cache(1, ms.PROMPT_CTX + ms.NEW + 1)
+    from andromeda.model.decode import StaticStep
+
+    step = fused_decode.FusedStep(StaticStep(bundle.model, cache))
+    res["gemv"] = gemv_rows(step, bundle.model.cfg, args.sweep)
+    save()
+    del step, cache
+    if not args.no_step:
+        res["step"] = step_rows(bundle, bw)
+        save()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The batch-1 decode step in fused Triton kernels (model/decode_kernels.py), for StaticStep's shapes.
+
+A decode step at batch 1 streams every weight once; the torch step (model/decode.py) does that in
+cuBLAS GEMVs but spends as long again on ~1,500 small kernels (norms, token shift, QK-norm, rotary,
+cache writes, masks, softmax) and the gaps between them. FusedStep computes the same logits in nine
+kernels a layer (decode_kernels.py lists them) plus the embedding, the final norm and the LM head,
+reading the model's own parameters and StaticStep's state: the position `pos` on the device, the
+rotary/xPos tables, the token-shift buffers and the KV cache. It captures into a CUDA graph like the
+torch step (GraphedDecoder(kernels="triton")).
+
+It covers the configurations a batch-1 decode of an Andromeda preset needs: pre-norm blocks (not
+DeepNorm or parallel), LayerNorm or RMSNorm, token shift, MHA/GQA/MQA, QK-norm with or without dim
+scale, rotary with or without xPos, ALiBi, plain or GLU feed-forwards, float32/bf16/fp16 weights with a
+cache of the same dtype. `unsupported()` names what else it refuses; GraphedDecoder(kernels="auto") then
+uses the torch step. On CPU it runs under TRITON_INTERPRET=1 (how CI tests it).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import nn
+
+from andromeda.errors import UnsupportedError
+
+ACT = {"gelu": 1, "silu": 2, "relu": 3}
+
+# Benchmarks may set this to try other GEMV launch settings (benchmarks/decode_kernels.py): a dict of
+# BLOCK_N, BLOCK_K, num_warps, num_stages applied to every GEMV, or keyed by (n_rows, k) for one shape.
+GEMV_OVERRIDE: dict = {}
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    """The jitted kernels, imported on first use (Triton is optional)."""
+    from andromeda.model import decode_kernels
+
+    return decode_kernels
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def unsupported(model, cache) -> str | None:
+    """Why the fused step cannot run this model and cache, or None when it can."""
+    cfg = model.cfg
+    device = cache.k.device if cache.bits is None else cache.kq.device
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed"
+    if device.type != "cuda" and not _interpreting():
+        return "the fused kernels run on CUDA GPUs (or on CPU under TRITON_INTERPRET=1)"
+    if model.training:
+        return "the model is in training mode (dropout); call model.eval()"
+    if cache.bits is not None:
+        return f"the cache is quantized (quant='{cache.quant}')"
+    if cache.k.shape[1] != 1:
+        return f"batch {cache.k.shape[1]}: the fused step is for batch 1"
+    dtype = model.head.weight.dtype
+    if cache.dtype != dtype:
+        return f"the cache dtype {cache.dtype} differs from the model's {dtype}"
+    if cfg.deepnorm or cfg.parallel_block:
+        return "DeepNorm and parallel blocks are not fused (pre-norm blocks only)"
+    d = cfg.dim_head
+    if d < 16 or d & (d - 1):
+        return f"dim_head {d} is not a power of two >= 16"
+    if model.head.bias is not None:
+        return "the LM head has a bias"
+    if cfg.ff_activation not in ACT:
+        return f"ff activation '{cfg.ff_activation}' is not fused"
+    if cfg.use_rotary and cfg.rot_dim % 2:
+        return f"rotary dim {cfg.rot_dim} is odd"
+    norms = [model.final_norm] + [n for b in model.blocks for n in (b.attn_norm, b.ff_norm)]
+    if not all(isinstance(n, (nn.LayerNorm, nn.RMSNorm)) and n.weight is not None for n in norms):
+        return "a norm is neither an affine LayerNorm nor an RMSNorm with weight"
+    return None
+
+
+class FusedStep:
+    """StaticStep.forward_static in fused Triton kernels: token (1, 1) -> logits (1, V) at `pos`.
+
+    Writes the KV cache and the token-shift state at `pos` and advances `pos`, exactly as the torch
+    step does. The logits are a view of a buffer the next step overwrites.
+    """
+
+    def __init__(self, static):
+        model, cache = static.model, static.cache
+        if (why := unsupported(model, cache)) is not None:
+            raise UnsupportedError(f"decode.kernels: the fused Triton step cannot run here: {why}")
+        self.static, self.model, self.cache = static, model, cache
+        cfg = model.cfg
+        self.k = _kernels()
+        device, dtype = cache.k.device, model.head.weight.dtype
+        self.h, self.hkv, self.d = cfg.heads, cfg.n_kv_heads, cfg.dim_head
+        self.g = self.h // self.hkv
+        self.rot = cfg.rot_dim if cfg.use_rotary else 0
+        self.interp = device.type != "cuda"
+
+        def buf(n):
+            return torch.empty(n, device=device, dtype=dtype)
+
+        self.x, self.xn = buf(cfg.dim), buf(cfg.dim)  # the residual stream; a norm's (shifted) output
+        self.qkv, self.q, self.o = buf((self.h + 2 * self.hkv) * self.d), buf(self.h * self.d), buf(self.h * self.d)
+        self.ff = buf(cfg.ff_hidden)
+        self.ff2 = buf(cfg.ff_hidden) if cfg.ff_glu else None
+        self.logits = buf(cfg.num_tokens)
+        # attention splits: up to 64 per KV head, BLOCK_T keys a loop step
+        t = cache.max_len
+        self.block_t = 16 if self.interp else 64
+        blocks = -(-t // self.block_t)
+        self.split_t = -(-blocks // 64) * self.block_t
+        self.n_split = -(-t // self.split_t)
+        self.bg = max(16, _pow2(self.g))
+        ws = self.hkv * self.n_split * self.bg
+        self.mw = torch.empty(ws, device=device, dtype=torch.float32)
+        self.lw = torch.empty(ws, device=device, dtype=torch.float32)
+        self.ow = torch.empty(ws * self.d, device=device, dtype=torch.float32)
+        self.prec = "ieee" if dtype == torch.float32 else "tf32"  # (tf32 is ignored for half inputs)
+        self.qk_scale = cfg.attn_scale * 1.4426950408889634
+        self.empty = torch.empty(0, device=device, dtype=dtype)  # the pointer argument of an absent tensor
+        self.slopes = model.alibi_slopes
+
+    # ---- launches ---------------------------------------------------------------------------------
+    def _norm(self, norm: nn.Module, x: torch.Tensor, out: torch.Tensor, state: torch.Tensor | None) -> None:
+        rms = isinstance(norm, nn.RMSNorm)
+        dim = x.numel()
+        shifts = 0 if state is None else state.shape[1]
+        bias = None if rms else norm.bias
+        self.k.norm_shift_kernel[(1,)](
+            x, norm.weight, self.empty if bias is None else bias, out, self.empty if state is None else state,
+            dim, dim // (shifts + 1), float(norm.eps), RMS=rms, HAS_B=bias is not None, SHIFTS=shifts,
+            BLOCK=_pow2(dim), num_warps=1 if self.interp else 8)
+
+    def _gemv_config(self, n: int, k: int) -> dict:
+        over = GEMV_OVERRIDE.get((n, k)) or (GEMV_OVERRIDE if "BLOCK_N" in GEMV_OVERRIDE else None)
+        if over:
+            return dict(over)
+        if self.interp:
+            return dict(BLOCK_N=16, BLOCK_K=32, num_warps=1, num_stages=1)
+        return dict(BLOCK_N=8 if n <= 4096 else 16, BLOCK_K=512, num_warps=4, num_stages=1)
+
+    def _gemv(self, x: torch.Tensor, out: torch.Tensor, lins: list[nn.Linear], *, act: int = 0,
+              res: torch.Tensor | None = None, mul: torch.Tensor | None = None) -> None:
+        ws = [lin.weight for lin in lins]
+        bs = [lin.bias for lin in lins]
+        k = ws[0].shape[1]
+        cfg = self._gemv_config(sum(w.shape[0] for w in ws), k)
+        bn = cfg["BLOCK_N"]
+        grid = (sum(-(-w.shape[0] // bn) for w in ws),)
+        pad = 3 - len(ws)
+        wp = ws + [ws[0]] * pad
+        bp = [self.empty if b is None else b for b in bs] + [self.empty] * pad
+        ns = [w.shape[0] for w in ws] + [0] * pad
+        strides = [w.stride(0) for w in wp]
+        self.k.gemv_kernel[grid](
+            x, out, *wp, *bp, self.empty if res is None else res, self.empty if mul is None else mul,
+            *ns, *strides, K=k, SEGMENTS=len(ws), HAS_BIAS=bs[0] is not None, ACT=act, HAS_RES=res is not None,
+            HAS_MUL=mul is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"],
+            num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1))
+
+    def _attention(self, layer: int, attn) -> None:
+        st, kn = self.static, self.k
+        kc, vc = self.cache.k[layer, 0], self.cache.v[layer, 0]  # (H_kv, T, D)
+        kv_stride = kc.stride(0)
+        cos, sin, xs = st.tables if st.tables is not None else (self.empty, self.empty, None)
+        gq = attn.q_norm.gain if attn.q_norm is not None and attn.q_norm.gain is not None else None
+        gk = attn.k_norm.gain if gq is not None else None
+        eps = attn.q_norm.eps if attn.q_norm is not None else 0.0
+        warps = 1 if self.interp else 4
+        kn.qk_rope_cache_kernel[(self.h + self.hkv,)](
+            self.qkv, self.q, kc, vc, st.pos, self.empty if gq is None else gq, self.empty if gk is None else gk,
+            cos, sin, self.empty if xs is None else xs, self.h, self.hkv, kv_stride, float(eps), D=self.d,
+            ROT=self.rot, QK_NORM=attn.q_norm is not None, GAIN=gq is not None, XPOS=xs is not None,
+            num_warps=warps)
+        slopes = self.slopes
+        kn.attn_split_kernel[(self.n_split, self.hkv)](
+            self.q, kc, vc, st.pos, self.empty if slopes is None else slopes, self.mw, self.lw, self.ow,
+            self.qk_scale, self.g, kv_stride, self.n_split, SPLIT_T=self.split_t, BLOCK_T=self.block_t,
+            BG=self.bg, D=self.d, ALIBI=slopes is not None, PREC=self.prec, num_warps=warps)
+        kn.attn_combine_kernel[(self.h,)](
+            self.mw, self.lw, self.ow, self.o, st.pos, self.g, self.n_split, SPLIT_T=self.split_t, BG=self.bg,
+            BLOCK_S=_pow2(self.n_split), D=self.d, num_warps=warps)
+
+    # ---- the step ---------------------------------------------------------------------------------
+    def forward_static(self, token: torch.Tensor) -> torch.Tensor:
+        st, m = self.static, self.model
+        shift = st.shift
+        self.x.copy_(m.emb_drop(m.embed(token, st.pos)).reshape(-1))
+        for i, blk in enumerate(m.blocks):
+            at, ff = blk.attn, blk.ff
+            self._norm(blk.attn_norm, self.x, self.xn, shift.get((i, "attn")))
+            self._gemv(self.xn, self.qkv, [at.to_q, at.to_k, at.to_v])
+            self._attention(i, at)
+            self._gemv(self.o, self.x, [at.to_out], res=self.x)
+            self._norm(blk.ff_norm, self.x, self.xn, shift.get((i, "ff")))
+            act = ACT[m.cfg.ff_activation]
+            self._gemv(self.xn, self.ff, [ff.w_in], act=act)
+            h = self.ff
+            if ff.w_gate is not None:
+                self._gemv(self.xn, self.ff2, [ff.w_gate], mul=self.ff)
+                h = self.ff2
+            self._gemv(h, self.x, [ff.w_out], res=self.x)
+        self._norm(m.final_norm, self.x, self.xn, None)
+        self._gemv(self.xn, self.logits, [m.head])
+        st.pos.add_(1)
+        return self.logits.view(1, -1)

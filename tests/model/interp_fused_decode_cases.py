@@ -1,0 +1,42 @@
+"""Run by tests/model/test_fused_decode.py in a child pytest with TRITON_INTERPRET=1 (not collected directly)."""
+
+import os
+
+import pytest
+import torch
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs TRITON_INTERPRET=1 from the start of the process", allow_module_level=True)
+
+from test_fused_decode import INTERP_CONFIGS, drive, tiny_model  # noqa: E402  (same directory: on sys.path)
+
+from andromeda.model import fused_decode  # noqa: E402
+
+
+@pytest.mark.parametrize("name", list(INTERP_CONFIGS))
+def test_fused_step_matches_the_torch_step_and_the_forward(name):
+    drive(tiny_model(**INTERP_CONFIGS[name]), "cpu", tol=2e-5)
+
+
+def test_gemv_epilogues_match_torch():
+    """The GEMV kernel alone: three stacked weights with biases, each activation, a GLU gate, a residual."""
+    torch.manual_seed(0)
+    step = type("S", (), {"interp": True})()  # what _gemv and _gemv_config read of a FusedStep
+    step.k, step.empty = fused_decode._kernels(), torch.empty(0)
+    gemv = fused_decode.FusedStep._gemv.__get__(step)
+    step._gemv_config = fused_decode.FusedStep._gemv_config.__get__(step)
+    lins = [torch.nn.Linear(40, n) for n in (37, 16, 5)]  # K = 40: a partial last K block; odd row counts
+    x = torch.randn(40)
+    out = torch.empty(58)
+    gemv(x, out, lins)
+    want = torch.cat([lin(x) for lin in lins]).detach()
+    assert torch.allclose(out, want, atol=1e-5)
+    lin = lins[0]
+    res, mul = torch.randn(37), torch.randn(37)
+    for act, fn in ((1, torch.nn.functional.gelu), (2, torch.nn.functional.silu), (3, torch.relu)):
+        out = torch.empty(37)
+        gemv(x, out, [lin], act=act)
+        assert torch.allclose(out, fn(lin(x)).detach(), atol=1e-5), act
+    out = res.clone()
+    gemv(x, out, [lin], mul=mul, res=out)  # the residual read and written in place
+    assert torch.allclose(out, (lin(x) * mul + res).detach(), atol=1e-5)
