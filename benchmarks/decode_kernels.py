@@ -52,61 +52,63 @@ class _Lin:  # what FusedStep._gemv reads from an nn.Linear
         self.weight, self.bias = w, None
 
 
+def gemv_row(step, name: str, ns: list[int], k: int, sweep: bool) -> dict:
+    """One shape: cuBLAS and our GEMV (the best of the sweep, or the default setting) in GB/s."""
+    nbytes = sum(ns) * k * 2
+    copies = max(2, -(-STREAM_BYTES // nbytes))
+    ws = [[torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for n in ns] for _ in range(copies)]
+    x = torch.randn(k, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(sum(ns), device="cuda", dtype=torch.bfloat16)
+    x3 = x.view(1, 1, k)
+
+    def cublas():
+        for wl in ws:
+            for w in wl:
+                F.linear(x3, w)
+
+    def ours():
+        for wl in ws:
+            step._gemv(x, out, [_Lin(w) for w in wl])
+
+    def gbps(fn):
+        t = time_fn(fn, "cuda", TIMING)
+        per = [s / copies for s in t.samples_ms]
+        med = t.median_ms / copies
+        return nbytes / (med / 1e3) / 1e9, (max(per) - min(per)) / med
+
+    ref = torch.cat([F.linear(x, w) for w in ws[0]]).float()
+    row = {"shape": name, "rows": sum(ns), "k": k, "mb": nbytes / 1e6}
+    row["cublas_gbps"], row["cublas_spread"] = gbps(cublas)
+    best = None
+    for c in SWEEP if sweep else [None]:
+        fused_decode.GEMV_OVERRIDE.clear()
+        fused_decode.GEMV_OVERRIDE.update(c or {})
+        try:
+            step._gemv(x, out, [_Lin(w) for w in ws[0]])
+            err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+            g, spread = gbps(ours)
+        except Exception as e:  # noqa: BLE001 - a setting that cannot launch is skipped
+            print(f"  {name} {c}: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
+            continue
+        used = step._gemv_config(sum(ns), k)
+        if sweep:
+            print(f"  {name} {used} {g:7.0f} GB/s", flush=True)
+        if best is None or g > best[0]:
+            best = (g, spread, used, err)
+    fused_decode.GEMV_OVERRIDE.clear()
+    row["triton_gbps"], row["triton_spread"], row["triton_config"], row["triton_max_rel_err"] = best
+    if sweep:  # the default setting too
+        row["default_config"] = step._gemv_config(sum(ns), k)
+        row["default_gbps"] = gbps(ours)[0]
+    print(f"gemv {name:8s} {sum(ns):6d}x{k:<6d} {nbytes / 1e6:6.1f} MB  cuBLAS {row['cublas_gbps']:6.0f} GB/s  "
+          f"triton {row['triton_gbps']:6.0f} GB/s  {row['triton_config']}", flush=True)
+    return row
+
+
 def gemv_rows(step, cfg, sweep: bool) -> list[dict]:
     rows = []
     for name, (ns, k) in shapes(cfg).items():
-        nbytes = sum(ns) * k * 2
-        copies = max(2, -(-STREAM_BYTES // nbytes))
-        ws = [[torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for n in ns] for _ in range(copies)]
-        x = torch.randn(k, device="cuda", dtype=torch.bfloat16)
-        out = torch.empty(sum(ns), device="cuda", dtype=torch.bfloat16)
-        x3 = x.view(1, 1, k)
-
-        def cublas():
-            for wl in ws:
-                for w in wl:
-                    F.linear(x3, w)
-
-        def ours():
-            for wl in ws:
-                step._gemv(x, out, [_Lin(w) for w in wl])
-
-        def gbps(fn):
-            t = time_fn(fn, "cuda", TIMING)
-            per = [s / copies for s in t.samples_ms]
-            med = t.median_ms / copies
-            return nbytes / (med / 1e3) / 1e9, (max(per) - min(per)) / med
-
-        ref = torch.cat([F.linear(x, w) for w in ws[0]])
-        row = {"shape": name, "rows": sum(ns), "k": k, "mb": nbytes / 1e6}
-        row["cublas_gbps"], row["cublas_spread"] = gbps(cublas)
-        configs = SWEEP if sweep else [None]
-        best = None
-        for c in configs:
-            fused_decode.GEMV_OVERRIDE.clear()
-            if c:
-                fused_decode.GEMV_OVERRIDE.update(c)
-            try:
-                step._gemv(x, out, [_Lin(w) for w in ws[0]])
-                err = ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-                g, spread = gbps(ours)
-            except Exception as e:  # noqa: BLE001 - a setting that cannot launch is skipped
-                print(f"  {name} {c}: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
-                continue
-            cfg_used = step._gemv_config(sum(ns), k)
-            if sweep:
-                print(f"  {name} {cfg_used} {g:7.0f} GB/s", flush=True)
-            if best is None or g > best[0]:
-                best = (g, spread, cfg_used, err)
-        fused_decode.GEMV_OVERRIDE.clear()
-        row["triton_gbps"], row["triton_spread"], row["triton_config"], row["triton_max_rel_err"] = best
-        if sweep:  # the default setting too, for the table
-            row["default_config"] = step._gemv_config(sum(ns), k)
-            row["default_gbps"] = gbps(ours)[0]
-        rows.append(row)
-        print(f"gemv {name:8s} {sum(ns):6d}x{k:<6d} {nbytes / 1e6:6.1f} MB  cuBLAS {row['cublas_gbps']:6.0f} GB/s  "
-              f"triton {row['triton_gbps']:6.0f} GB/s  {row['triton_config']}", flush=True)
-        del ws
+        rows.append(gemv_row(step, name, ns, k, sweep))
         torch.cuda.empty_cache()
     return rows
 

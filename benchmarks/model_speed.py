@@ -4,8 +4,9 @@
   position only), its MFU (causal FLOPs, LM head on one position) against the matmul rate measured in
   this run, and the matched Llama from transformers (SDPA) on the same tokens;
 - decode: batch 1 after a 4K-token prompt, time per output token of Andromeda's generate (eager, and
-  with the CUDA-graph step: torch kernels, compiled, fused Triton kernels) and of transformers' generate on the matched Llama, against the
-  bandwidth floor (weights + KV-cache bytes per token over the copy bandwidth measured in this run).
+  with the CUDA-graph step: torch kernels, compiled, fused Triton kernels) and of transformers'
+  generate on the matched Llama, against the bandwidth floor (weights + KV-cache bytes per token over
+  the copy bandwidth measured in this run).
 
 Andromeda: n greedy steps after the prefill, timed as a whole (prefill, graph capture and compilation
 before the clock): eager, CUDA graph, CUDA graph of the torch.compile'd step, CUDA graph of the fused
