@@ -34,17 +34,17 @@ from andromeda.model import fused_decode  # noqa: E402
 
 STREAM_BYTES = 384 * 2**20
 TIMING = TimingConfig(warmup=3, min_runs=20, max_runs=200, budget_s=1.0, target_rel_ci=0.01, cuda_graph=True)
-SWEEP = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=w, num_stages=s)
-         for bn, bk, w, s in itertools.product((4, 8, 16, 32), (256, 512, 1024), (4, 8), (1, 3))
+SWEEP = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=w, num_stages=1)
+         for bn, bk, w in itertools.product((4, 8, 16, 32), (256, 512, 1024), (4, 8))
          if bn * bk <= 2048 * w]  # the float32 partial sums: at most 64 per thread
 
 
-def shapes(cfg) -> dict[str, tuple[list[int], int]]:
-    """name -> (row counts of the weights stacked in one launch, K)."""
+def shapes(cfg) -> dict[str, tuple[list[int], int, bool]]:
+    """name -> (row counts of the weights stacked in one launch, K, whether the step normalizes its input)."""
     h, hkv, d = cfg.heads, cfg.n_kv_heads, cfg.dim_head
-    return {"qkv": ([h * d, hkv * d, hkv * d], cfg.dim), "out": ([cfg.dim], h * d),
-            "w_in": ([cfg.ff_hidden], cfg.dim), "w_out": ([cfg.dim], cfg.ff_hidden),
-            "lm_head": ([cfg.num_tokens], cfg.dim)}
+    return {"qkv": ([h * d, hkv * d, hkv * d], cfg.dim, True), "out": ([cfg.dim], h * d, False),
+            "w_in": ([cfg.ff_hidden], cfg.dim, True), "w_out": ([cfg.dim], cfg.ff_hidden, False),
+            "lm_head": ([cfg.num_tokens], cfg.dim, True)}
 
 
 class _Lin:  # what FusedStep._gemv reads from an nn.Linear
@@ -52,14 +52,20 @@ class _Lin:  # what FusedStep._gemv reads from an nn.Linear
         self.weight, self.bias = w, None
 
 
-def gemv_row(step, name: str, ns: list[int], k: int, sweep: bool) -> dict:
-    """One shape: cuBLAS and our GEMV (the best of the sweep, or the default setting) in GB/s."""
+def gemv_row(name: str, ns: list[int], k: int, normed: bool, sweep: bool, pdl: bool) -> dict:
+    """One shape: cuBLAS and our GEMV (the best of the sweep, or the default setting) in GB/s; with pdl, our
+    launches overlap (programmatic dependent launch), as in the decode step. normed: ours also normalizes
+    and token-shifts its input (LayerNorm, shift 1), as the step's GEMV of this shape does."""
     nbytes = sum(ns) * k * 2
     copies = max(2, -(-STREAM_BYTES // nbytes))
     ws = [[torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for n in ns] for _ in range(copies)]
     x = torch.randn(k, device="cuda", dtype=torch.bfloat16)
     out = torch.empty(sum(ns), device="cuda", dtype=torch.bfloat16)
     x3 = x.view(1, 1, k)
+    norm = None
+    if normed:
+        ln = torch.nn.LayerNorm(k, device="cuda", dtype=torch.bfloat16)
+        norm = fused_decode.Norm(ln, torch.zeros(1, 1, k, device="cuda", dtype=torch.bfloat16), torch.empty_like(x))
 
     def cublas():
         for wl in ws:
@@ -68,7 +74,7 @@ def gemv_row(step, name: str, ns: list[int], k: int, sweep: bool) -> dict:
 
     def ours():
         for wl in ws:
-            step._gemv(x, out, [_Lin(w) for w in wl])
+            fused_decode.gemv(x, out, [_Lin(w) for w in wl], norm=norm, pdl=pdl)
 
     def gbps(fn):
         t = time_fn(fn, "cuda", TIMING)
@@ -76,21 +82,24 @@ def gemv_row(step, name: str, ns: list[int], k: int, sweep: bool) -> dict:
         med = t.median_ms / copies
         return nbytes / (med / 1e3) / 1e9, (max(per) - min(per)) / med
 
-    ref = torch.cat([F.linear(x, w) for w in ws[0]]).float()
-    row = {"shape": name, "rows": sum(ns), "k": k, "mb": nbytes / 1e6}
+    xin = x  # the shifted chunk (the second half) reads the zero state
+    if norm is not None:
+        xin = torch.cat([ln(x)[: k // 2], torch.zeros(k - k // 2, device="cuda", dtype=x.dtype)])
+    ref = torch.cat([F.linear(xin, w) for w in ws[0]]).float()
+    row = {"shape": name, "rows": sum(ns), "k": k, "mb": nbytes / 1e6, "norm_prologue": normed}
     row["cublas_gbps"], row["cublas_spread"] = gbps(cublas)
     best = None
     for c in SWEEP if sweep else [None]:
         fused_decode.GEMV_OVERRIDE.clear()
         fused_decode.GEMV_OVERRIDE.update(c or {})
         try:
-            step._gemv(x, out, [_Lin(w) for w in ws[0]])
+            fused_decode.gemv(x, out, [_Lin(w) for w in ws[0]], norm=norm)
             err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
             g, spread = gbps(ours)
         except Exception as e:  # noqa: BLE001 - a setting that cannot launch is skipped
             print(f"  {name} {c}: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
             continue
-        used = step._gemv_config(sum(ns), k)
+        used = fused_decode.gemv_config(sum(ns), k, False)
         if sweep:
             print(f"  {name} {used} {g:7.0f} GB/s", flush=True)
         if best is None or g > best[0]:
@@ -98,17 +107,21 @@ def gemv_row(step, name: str, ns: list[int], k: int, sweep: bool) -> dict:
     fused_decode.GEMV_OVERRIDE.clear()
     row["triton_gbps"], row["triton_spread"], row["triton_config"], row["triton_max_rel_err"] = best
     if sweep:  # the default setting too
-        row["default_config"] = step._gemv_config(sum(ns), k)
+        row["default_config"] = fused_decode.gemv_config(sum(ns), k, False)
         row["default_gbps"] = gbps(ours)[0]
-    print(f"gemv {name:8s} {sum(ns):6d}x{k:<6d} {nbytes / 1e6:6.1f} MB  cuBLAS {row['cublas_gbps']:6.0f} GB/s  "
+    if pdl:  # the default setting with plain launches, for the PDL gain
+        pdl = False
+        row["default_no_pdl_gbps"] = gbps(ours)[0]
+    tag = name + ("+norm" if normed else "")
+    print(f"gemv {tag:13s} {sum(ns):6d}x{k:<6d} {nbytes / 1e6:6.1f} MB  cuBLAS {row['cublas_gbps']:6.0f} GB/s  "
           f"triton {row['triton_gbps']:6.0f} GB/s  {row['triton_config']}", flush=True)
     return row
 
 
-def gemv_rows(step, cfg, sweep: bool) -> list[dict]:
+def gemv_rows(cfg, sweep: bool, pdl: bool) -> list[dict]:
     rows = []
-    for name, (ns, k) in shapes(cfg).items():
-        rows.append(gemv_row(step, name, ns, k, sweep))
+    for name, (ns, k, normed) in shapes(cfg).items():
+        rows.append(gemv_row(name, ns, k, normed, sweep, pdl))
         torch.cuda.empty_cache()
     return rows
 
@@ -119,10 +132,13 @@ def step_rows(bundle, bw: float) -> dict:
     model = bundle.model
     floor = ms.decode_floor_ms(bundle, bw)
     res = {"floor_ms": floor}
-    for mode in ("cuda_graph", "fused_graph"):
+    for name, mode, pdl in (("torch_graph", "cuda_graph", None), ("fused_graph_no_pdl", "fused_graph", False),
+                            ("fused_graph", "fused_graph", None)):
+        fused_decode.PDL = pdl
         t = ms.andromeda_tpot_ms(model, mode)
-        res[f"{mode}_ms"], res[f"{mode}_of_floor"] = t, floor / t
-        print(f"step {mode:12s} {t:7.3f} ms/token  {floor / t:6.1%} of the {floor:.3f} ms floor", flush=True)
+        res[f"{name}_ms"], res[f"{name}_of_floor"] = t, floor / t
+        print(f"step {name:18s} {t:7.3f} ms/token  {floor / t:6.1%} of the {floor:.3f} ms floor", flush=True)
+    fused_decode.PDL = None
     # the two steps' logits from the same prefilled state, against a float32 run of the same weights
     prompt = torch.randint(0, 256, (1, ms.PROMPT_CTX), device="cuda")
     tok = torch.randint(0, 256, (1, 1), device="cuda")
@@ -161,13 +177,9 @@ def main() -> None:
 
     torch.manual_seed(0)
     bundle = build(f"andromeda:{args.preset}", torch.device("cuda"), torch.bfloat16)
-    cache = bundle.model.new_cache(1, ms.PROMPT_CTX + ms.NEW + 1)
-    from andromeda.model.decode import StaticStep
-
-    step = fused_decode.FusedStep(StaticStep(bundle.model, cache))
-    res["gemv"] = gemv_rows(step, bundle.model.cfg, args.sweep)
+    pdl = torch.cuda.get_device_capability()[0] >= 9
+    res["gemv"] = gemv_rows(bundle.model.cfg, args.sweep, pdl)
     save()
-    del step, cache
     if not args.no_step:
         res["step"] = step_rows(bundle, bw)
         save()

@@ -214,7 +214,7 @@ class GraphedDecoder:
     device position follows cache.length. Warm-up and capture leave the cache's contents as they were.
     compile=True runs the step through torch.compile (fullgraph, static shapes) before the capture, to
     fuse its many small kernels; the first warm-up step pays the compilation.
-    kernels: "torch" (StaticStep's modules and matmuls), "triton" (model/fused_decode.py: nine fused
+    kernels: "torch" (StaticStep's modules and matmuls), "triton" (model/fused_decode.py: six fused
     kernels a layer; batch 1, pre-norm blocks; an error names what it cannot run) or "auto": triton on a
     CUDA cache where it can run and compile is off, torch otherwise (`kernels_reason` says why).
     """

@@ -2,10 +2,19 @@
 
 One token, so every matmul is a matrix-vector product that streams its weight once: the step is
 bound by memory bandwidth, and what costs time past the weight bytes is the number of kernels and the
-gaps between them. These kernels keep each layer to nine launches:
+gaps between them. These kernels keep a pre-norm layer to six launches:
 
-    norm_shift -> gemv(q|k|v) -> qk_rope_cache -> attn_split -> attn_combine -> gemv(out, +x)
-    norm_shift -> gemv(w_in, act) [-> gemv(w_gate, x act)] -> gemv(w_out, +x)
+    gemv(q|k|v; norm + token shift of x on the fly) -> attn_split (QK-norm, rotary/xPos, cache write)
+    -> attn_combine -> gemv(out, + x; shift state) -> gemv(w_in, act; norm + shift) [-> gemv(w_gate)]
+    -> gemv(w_out, + x; shift state)
+
+A GEMV that reads a normalized input computes the row's statistics itself (every program reads the
+whole row, 5 KB, from L2) and normalizes and shifts each K chunk as it streams the weight, so the norm
+costs no launch. Token-shift state cannot be overwritten while that GEMV's programs still read it, so
+its program 0 leaves the new normalized row in a scratch row and the next GEMV moves it into the state.
+
+On Hopper the kernels launch with programmatic dependent launch: each starts while the previous one
+runs, loads what does not depend on it (its first weight tile), and waits (`_after_previous`).
 
 Arithmetic is float32; every value the torch step materializes in the model's dtype (a norm's
 output, a projection, an activation, a residual sum) is rounded to that dtype at the same place, so
@@ -16,8 +25,19 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-LOG2E: tl.constexpr = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _after_previous(PDL: tl.constexpr):
+    """With programmatic dependent launch (PDL), wait here until the previous kernel has finished and its
+    writes are visible, then let the next kernel launch. Every program calls it before it reads or writes
+    anything another kernel touches (weights excepted), so the chain of waits keeps the kernels in order."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 @triton.jit
@@ -27,49 +47,43 @@ def _rnd(x, like):
 
 
 @triton.jit
-def norm_shift_kernel(X, W, B, OUT, STATE, dim, chunk, eps,
-                      RMS: tl.constexpr, HAS_B: tl.constexpr, SHIFTS: tl.constexpr, BLOCK: tl.constexpr):
-    """OUT = token_shift(norm(X)) for one row of `dim` features (one program).
-
-    LayerNorm (RMS=False) or RMSNorm over X; then, with SHIFTS = s > 0, feature chunk k (1 <= k <= s,
-    `chunk` features each) comes from the normalized row k positions back, held in STATE (s, dim) oldest
-    first, and STATE moves up one row with this position's normalized row last.
-    """
-    offs = tl.arange(0, BLOCK)
-    m = offs < dim
-    x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
-    w = tl.load(W + offs, mask=m, other=0.0).to(tl.float32)
-    if RMS:
-        y = x * tl.rsqrt(tl.sum(x * x, axis=0) / dim + eps) * w
-    else:
-        xc = tl.where(m, x - tl.sum(x, axis=0) / dim, 0.0)
-        y = xc * tl.rsqrt(tl.sum(xc * xc, axis=0) / dim + eps) * w
-    if HAS_B:
-        y += tl.load(B + offs, mask=m, other=0.0).to(tl.float32)
-    y = y.to(OUT.dtype.element_ty)
-    out = y
-    for k in tl.static_range(1, SHIFTS + 1):
-        prev = tl.load(STATE + (SHIFTS - k) * dim + offs, mask=m, other=0.0)
-        out = tl.where((offs >= k * chunk) & (offs < (k + 1) * chunk), prev, out)
-    tl.store(OUT + offs, out, mask=m)
+def _input(X, NW, NB, STATE, YNEW, kk, km, mean, rstd, dim, chunk, write_new,
+           NORM: tl.constexpr, HAS_NB: tl.constexpr, SHIFTS: tl.constexpr):
+    """Features kk of the GEMV's input: X itself (NORM 0), or norm(X) (1 LayerNorm, 2 RMSNorm, with the
+    row's mean and rstd) rounded to X's dtype, with feature chunk k (1..SHIFTS) taken from row SHIFTS - k
+    of STATE (SHIFTS, dim): the normalized row k positions back. write_new: also store norm(X) to YNEW."""
+    y = tl.load(X + kk, mask=km, other=0.0).to(tl.float32)
+    if NORM > 0:
+        y = (y - mean) * rstd * tl.load(NW + kk, mask=km, other=0.0).to(tl.float32)
+        if HAS_NB:
+            y += tl.load(NB + kk, mask=km, other=0.0).to(tl.float32)
+        y = _rnd(y, X)
     if SHIFTS > 0:
-        tl.debug_barrier()  # every read of STATE above happens before it is overwritten
-        for j in tl.static_range(0, SHIFTS - 1):
-            tl.store(STATE + j * dim + offs, tl.load(STATE + (j + 1) * dim + offs, mask=m), mask=m)
-        tl.store(STATE + (SHIFTS - 1) * dim + offs, y, mask=m)
+        if write_new:
+            tl.store(YNEW + kk, y.to(YNEW.dtype.element_ty), mask=km)
+        for k in tl.static_range(1, SHIFTS + 1):
+            sel = (kk >= k * chunk) & (kk < (k + 1) * chunk)
+            prev = tl.load(STATE + (SHIFTS - k) * dim + kk, mask=km & sel, other=0.0)
+            y = tl.where(sel, prev.to(tl.float32), y)
+    return y
 
 
 @triton.jit
-def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL,
-                N0, N1, N2, SW0, SW1, SW2, K: tl.constexpr,
+def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, UPD, UPD_NEW,
+                N0, N1, N2, SW0, SW1, SW2, chunk, eps, upd_dim, K: tl.constexpr,
                 SEGMENTS: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
-                HAS_MUL: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """OUT[r] = epilogue(sum_k W[r, k] X[k]) over the rows of up to three weights stacked (q | k | v).
+                HAS_MUL: tl.constexpr, NORM: tl.constexpr, HAS_NB: tl.constexpr, SHIFTS: tl.constexpr,
+                UPD_SHIFTS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                KB: tl.constexpr, UB: tl.constexpr, PDL: tl.constexpr):
+    """OUT[r] = epilogue(sum_k W[r, k] in[k]) over the rows of up to three weights stacked (q | k | v).
 
     Program p takes BLOCK_N rows of one weight (the weights' blocks follow one another); OUT holds the
-    weights' outputs one after another. Epilogue, each step rounded to OUT's dtype as torch would:
-    + bias, ACT (0 none, 1 gelu (erf), 2 silu, 3 relu), x MUL[r] (a GLU gate), + RES[r] (the residual;
-    RES may be OUT itself: a program reads only the rows it writes).
+    weights' outputs one after another. `in` is X, or norm(X) + token shift (`_input`; NORM, NW, NB, eps,
+    STATE (SHIFTS, K), chunk), program 0 storing norm(X) to YNEW. Epilogue, each step rounded to OUT's
+    dtype as torch would: + bias, ACT (0 none, 1 gelu (erf), 2 silu, 3 relu), x MUL[r] (a GLU gate),
+    + RES[r] (the residual; RES may be OUT itself: a program reads only the rows it writes).
+    UPD_SHIFTS > 0: program 0 also moves an earlier GEMV's normalized row UPD_NEW into the shift state
+    UPD (UPD_SHIFTS, upd_dim): its rows move up one, UPD_NEW last.
     """
     pid = tl.program_id(0)
     w, b, n, sw, base, blk = W0, B0, N0, SW0, pid * 0, pid
@@ -85,16 +99,41 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL,
     rows_in = tl.minimum(rows, n - 1)  # past-the-end rows re-read the last row; their results are not stored
     cols = tl.arange(0, BLOCK_K)
     wp = w + rows_in[:, None].to(tl.int64) * sw + cols[None, :]
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    # the first weight tile does not depend on the previous kernel: under PDL it loads while that one runs
+    if EVEN_K:
+        w0 = tl.load(wp, eviction_policy="evict_first")
+    else:
+        w0 = tl.load(wp, mask=cols[None, :] < K, other=0.0, eviction_policy="evict_first")
+    _after_previous(PDL)
+    if UPD_SHIFTS > 0:
+        if pid == 0:  # the previous norm's readers have all finished: move its row into the state
+            offs = tl.arange(0, UB)
+            um = offs < upd_dim
+            for j in tl.static_range(0, UPD_SHIFTS - 1):
+                tl.store(UPD + j * upd_dim + offs, tl.load(UPD + (j + 1) * upd_dim + offs, mask=um), mask=um)
+            tl.store(UPD + (UPD_SHIFTS - 1) * upd_dim + offs, tl.load(UPD_NEW + offs, mask=um), mask=um)
+    mean = 0.0
+    rstd = 0.0
+    if NORM > 0:  # the row's statistics, from the whole row
+        offs = tl.arange(0, KB)
+        xf = tl.load(X + offs, mask=offs < K, other=0.0).to(tl.float32)
+        if NORM == 1:
+            mean = tl.sum(xf, axis=0) / K
+            xc = tl.where(offs < K, xf - mean, 0.0)
+            rstd = tl.rsqrt(tl.sum(xc * xc, axis=0) / K + eps)
+        else:
+            rstd = tl.rsqrt(tl.sum(xf * xf, axis=0) / K + eps)
+    first = pid == 0
+    xk = _input(X, NW, NB, STATE, YNEW, cols, cols < K, mean, rstd, K, chunk, first, NORM, HAS_NB, SHIFTS)
+    acc = w0.to(tl.float32) * xk[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        kk = k0 + cols
         if EVEN_K:
-            xk = tl.load(X + k0 + cols)
             wk = tl.load(wp + k0, eviction_policy="evict_first")
         else:
-            km = k0 + cols < K
-            xk = tl.load(X + k0 + cols, mask=km, other=0.0)
-            wk = tl.load(wp + k0, mask=km[None, :], other=0.0, eviction_policy="evict_first")
-        acc += wk.to(tl.float32) * xk.to(tl.float32)[None, :]
+            wk = tl.load(wp + k0, mask=(kk < K)[None, :], other=0.0, eviction_policy="evict_first")
+        xk = _input(X, NW, NB, STATE, YNEW, kk, kk < K, mean, rstd, K, chunk, first, NORM, HAS_NB, SHIFTS)
+        acc += wk.to(tl.float32) * xk[None, :]
     y = tl.sum(acc, axis=1)
     if HAS_BIAS:
         y += tl.load(b + rows_in).to(tl.float32)
@@ -113,74 +152,73 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL,
 
 
 @triton.jit
-def qk_rope_cache_kernel(QKV, QOUT, KC, VC, POS, GQ, GK, COS, SIN, XS, H, HKV, kv_stride, eps,
-                         D: tl.constexpr, ROT: tl.constexpr, QK_NORM: tl.constexpr, GAIN: tl.constexpr,
-                         XPOS: tl.constexpr):
-    """QK-norm (x / max(|x|, eps), x gain) and rotary/xPos of this position's query and key heads.
+def _qk_rows(QKV, G_PTR, COS, SIN, XS, heads, rows, rmask, pos, eps, INV: tl.constexpr,
+             D: tl.constexpr, ROT: tl.constexpr, QK_NORM: tl.constexpr, GAIN: tl.constexpr, XPOS: tl.constexpr):
+    """Heads `heads` (R,) of QKV after QK-norm (x / max(|x|, eps), x gain row `rows`) and rotary/xPos at pos.
 
-    Program h < H: query head h -> QOUT[h]. Program H + j: key head j -> the cache KC[j, pos], and value
-    head j -> VC[j, pos] (KC, VC: one layer's (H_kv, T, D) buffers, `kv_stride` = T * D). QKV holds the
-    H query heads, then the H_kv key heads, then the H_kv value heads. Rotary turns the first ROT features
-    with the tables' row `pos` (ROT = 0: none); xPos multiplies queries by the scale, keys by its inverse.
+    Rotary turns the first ROT features with the tables' row `pos` (ROT = 0: none); xPos multiplies by
+    the scale (keys, INV: by its inverse). Returns (R, D) float32, rounded as torch rounds.
     """
-    h = tl.program_id(0)
-    pos = tl.load(POS)
-    is_q = h < H
-    is_k = h >= H
     d = tl.arange(0, D)
-    x = tl.load(QKV + h * D + d).to(tl.float32)
     half: tl.constexpr = ROT // 2
     dp = tl.where(d < half, d + half, d - half)  # the rotation partner of feature d (d < ROT)
-    xp = tl.load(QKV + h * D + dp, mask=d < ROT, other=0.0).to(tl.float32)
+    m2 = rmask[:, None]
+    x = tl.load(QKV + heads[:, None] * D + d[None, :], mask=m2, other=0.0).to(tl.float32)
+    xp = tl.load(QKV + heads[:, None] * D + dp[None, :], mask=m2 & (d < ROT)[None, :], other=0.0).to(tl.float32)
     if QK_NORM:
-        inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(x * x, axis=0)), eps)
-        x, xp = _rnd(x * inv, QOUT), _rnd(xp * inv, QOUT)
+        inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), eps)
+        x, xp = _rnd(x * inv[:, None], QKV), _rnd(xp * inv[:, None], QKV)
         if GAIN:
-            kv_row = (h - H) * D
-            g = tl.where(is_q, tl.load(GQ + h * D + d, mask=is_q, other=0.0),
-                         tl.load(GK + kv_row + d, mask=is_k, other=0.0)).to(tl.float32)
-            gp = tl.where(is_q, tl.load(GQ + h * D + dp, mask=is_q & (d < ROT), other=0.0),
-                          tl.load(GK + kv_row + dp, mask=is_k & (d < ROT), other=0.0)).to(tl.float32)
-            x, xp = _rnd(x * g, QOUT), _rnd(xp * gp, QOUT)
-    y = x
+            g = tl.load(G_PTR + rows[:, None] * D + d[None, :], mask=m2, other=0.0).to(tl.float32)
+            gp = tl.load(G_PTR + rows[:, None] * D + dp[None, :], mask=m2 & (d < ROT)[None, :], other=0.0)
+            x, xp = _rnd(x * g, QKV), _rnd(xp * gp.to(tl.float32), QKV)
     if ROT > 0:
         r = d < ROT
         c = tl.load(COS + pos * ROT + d, mask=r, other=1.0)
         s = tl.load(SIN + pos * ROT + d, mask=r, other=0.0)
-        rot = x * c + tl.where(d < half, -xp, xp) * s
+        rot = x * c[None, :] + tl.where(d < half, -xp, xp) * s[None, :]
         if XPOS:
             sc = tl.load(XS + pos * ROT + d, mask=r, other=1.0)
-            rot = rot * tl.where(is_q, sc, 1.0 / sc)
-        y = tl.where(r, rot, x)
-    if is_q:
-        tl.store(QOUT + h * D + d, y.to(QOUT.dtype.element_ty))
-    else:
-        j = h - H
-        tl.store(KC + j * kv_stride + pos * D + d, y.to(KC.dtype.element_ty))
-        v = tl.load(QKV + (H + HKV + j) * D + d)
-        tl.store(VC + j * kv_stride + pos * D + d, v.to(VC.dtype.element_ty))
+            if INV:
+                sc = 1.0 / sc
+            rot = rot * sc[None, :]
+        x = tl.where(r[None, :], rot, x)
+    return _rnd(x, QKV)
 
 
 @triton.jit
-def attn_split_kernel(Q, KC, VC, POS, SLOPES, MW, LW, OW, qk_scale, G, kv_stride, n_split,
-                      SPLIT_T: tl.constexpr, BLOCK_T: tl.constexpr, BG: tl.constexpr, D: tl.constexpr,
-                      ALIBI: tl.constexpr, PREC: tl.constexpr):
+def attn_split_kernel(QKV, KC, VC, POS, SLOPES, GQ, GK, COS, SIN, XS, MW, LW, OW, qk_scale, eps, H, HKV, G,
+                      kv_stride, n_split, SPLIT_T: tl.constexpr, BLOCK_T: tl.constexpr, BG: tl.constexpr,
+                      D: tl.constexpr, ROT: tl.constexpr, QK_NORM: tl.constexpr, GAIN: tl.constexpr,
+                      XPOS: tl.constexpr, ALIBI: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr):
     """One split of the keys 0..pos for the G query heads of one KV head: a partial online softmax.
 
-    Program (s, j) covers keys [s * SPLIT_T, (s + 1) * SPLIT_T) of KV head j (KC, VC: (H_kv, T, D)) and
-    stores, for each query row, the running max m and sum l (base 2) and the unnormalized output to the
-    workspace MW, LW (H_kv, n_split, BG) and OW (H_kv, n_split, BG, D); splits past pos store nothing
-    (attn_combine skips them). Scores: q . k * qk_scale (the logit scale times log2 e) plus ALiBi
-    slope_h * log2 e * (key - pos).
+    QKV holds this position's H query heads, H_kv key heads and H_kv value heads, before QK-norm and
+    rotary, which each program applies to the queries it needs (`_qk_rows`); the program whose split holds
+    pos also writes this position's key and value to the cache KC, VC (one layer's (H_kv, T, D)).
+    Program (s, j) covers keys [s * SPLIT_T, (s + 1) * SPLIT_T) of KV head j and stores, for each query
+    row, the running max m and sum l (base 2) and the unnormalized output to the workspace MW, LW
+    (H_kv, n_split, BG) and OW (H_kv, n_split, BG, D); splits past pos store nothing (attn_combine skips
+    them). Scores: q . k * qk_scale (the logit scale times log2 e) plus ALiBi slope_h log2 e (key - pos).
     """
     s = tl.program_id(0)
     j = tl.program_id(1)
+    _after_previous(PDL)
     pos = tl.load(POS)
     start = s * SPLIT_T
     if start <= pos:
-        g = tl.arange(0, BG)
         d = tl.arange(0, D)
-        q = tl.load(Q + (j * G + g)[:, None] * D + d[None, :], mask=(g < G)[:, None], other=0.0)
+        if pos < start + SPLIT_T:  # this split holds pos: this position's key and value into the cache
+            one = tl.arange(0, 1)
+            k = _qk_rows(QKV, GK, COS, SIN, XS, H + j + one, j + one, one < 1, pos, eps, True,
+                         D, ROT, QK_NORM, GAIN, XPOS)
+            tl.store(KC + j * kv_stride + pos * D + d[None, :], k.to(KC.dtype.element_ty))
+            v = tl.load(QKV + (H + HKV + j) * D + d)
+            tl.store(VC + j * kv_stride + pos * D + d, v.to(VC.dtype.element_ty))
+            tl.debug_barrier()  # the block's threads read these cache rows below
+        g = tl.arange(0, BG)
+        q = _qk_rows(QKV, GQ, COS, SIN, XS, j * G + g, j * G + g, g < G, pos, eps, False,
+                     D, ROT, QK_NORM, GAIN, XPOS).to(KC.dtype.element_ty)  # (BG, D)
         if ALIBI:
             slope = tl.load(SLOPES + j * G + g, mask=g < G, other=0.0) * LOG2E
         m_i = tl.full((BG,), float("-inf"), tl.float32)
@@ -213,9 +251,10 @@ def attn_split_kernel(Q, KC, VC, POS, SLOPES, MW, LW, OW, qk_scale, G, kv_stride
 
 @triton.jit
 def attn_combine_kernel(MW, LW, OW, OUT, POS, G, n_split, SPLIT_T: tl.constexpr, BG: tl.constexpr,
-                        BLOCK_S: tl.constexpr, D: tl.constexpr):
+                        BLOCK_S: tl.constexpr, D: tl.constexpr, PDL: tl.constexpr):
     """Query head h's output from the partial softmaxes of the splits that reached pos -> OUT[h]."""
     h = tl.program_id(0)
+    _after_previous(PDL)
     pos = tl.load(POS)
     sp = tl.arange(0, BLOCK_S)
     ok = (sp < n_split) & (sp * SPLIT_T <= pos)

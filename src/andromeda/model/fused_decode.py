@@ -2,8 +2,8 @@
 
 A decode step at batch 1 streams every weight once; the torch step (model/decode.py) does that in
 cuBLAS GEMVs but spends as long again on ~1,500 small kernels (norms, token shift, QK-norm, rotary,
-cache writes, masks, softmax) and the gaps between them. FusedStep computes the same logits in nine
-kernels a layer (decode_kernels.py lists them) plus the embedding, the final norm and the LM head,
+cache writes, masks, softmax) and the gaps between them. FusedStep computes the same logits in six
+kernels a layer (decode_kernels.py lists them) plus the embedding and the LM head (final norm inside),
 reading the model's own parameters and StaticStep's state: the position `pos` on the device, the
 rotary/xPos tables, the token-shift buffers and the KV cache. It captures into a CUDA graph like the
 torch step (GraphedDecoder(kernels="triton")).
@@ -30,6 +30,10 @@ ACT = {"gelu": 1, "silu": 2, "relu": 3}
 # Benchmarks may set this to try other GEMV launch settings (benchmarks/decode_kernels.py): a dict of
 # BLOCK_N, BLOCK_K, num_warps, num_stages applied to every GEMV, or keyed by (n_rows, k) for one shape.
 GEMV_OVERRIDE: dict = {}
+# Programmatic dependent launch (Hopper and later): each kernel launches while the one before it runs and
+# waits for it on the device, so launch latency and the first weight tile's load overlap the previous
+# kernel. None: on where the GPU has it (sm90+); benchmarks may set True/False to compare.
+PDL: bool | None = None
 
 
 def _interpreting() -> bool:
@@ -84,6 +88,67 @@ def unsupported(model, cache) -> str | None:
     return None
 
 
+def gemv_config(n: int, k: int, interp: bool) -> dict:
+    """Launch settings of an n x k GEMV, or GEMV_OVERRIDE's.
+
+    H100, bf16, each of the `andromeda` preset's shapes (benchmarks/decode_kernels.py --sweep, 2026-11-24):
+    four or eight rows a program, K in chunks of up to 1024.
+    """
+    over = GEMV_OVERRIDE.get((n, k)) or (GEMV_OVERRIDE if "BLOCK_N" in GEMV_OVERRIDE else None)
+    if over:
+        return dict(over)
+    if interp:
+        return dict(BLOCK_N=16, BLOCK_K=32, num_warps=1, num_stages=1)
+    if k >= 8192:
+        return dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8, num_stages=1)
+    return dict(BLOCK_N=4, BLOCK_K=1024 if k % 1024 == 0 else 512, num_warps=4, num_stages=1)
+
+
+class Norm:
+    """A GEMV's input normalization: `module` (nn.LayerNorm | nn.RMSNorm) of x, then token shift from
+    `state` (1, s, dim) (None: no shift), the normalized row stored to `new` for a later state update."""
+
+    def __init__(self, module: nn.Module, state: torch.Tensor | None = None, new: torch.Tensor | None = None):
+        self.module, self.state, self.new = module, state, new
+
+
+def gemv(x: torch.Tensor, out: torch.Tensor, lins: list, *, act: int = 0, res: torch.Tensor | None = None,
+         mul: torch.Tensor | None = None, norm: Norm | None = None,
+         update: tuple[torch.Tensor, torch.Tensor] | None = None, interp: bool = False, pdl: bool = False) -> None:
+    """out = epilogue(W in) for the weights of up to three nn.Linear-like objects stacked (decode_kernels.gemv_kernel).
+
+    x (K,), out (sum of the weights' rows,); act: 0 none, 1 gelu, 2 silu, 3 relu; res, mul: (rows,).
+    in = x, or norm(x) shifted (`norm`). update = (state (1, s, dim), row (dim,)): move row into the shift
+    state first (the state's rows up one, row last)."""
+    ws = [lin.weight for lin in lins]
+    bs = [lin.bias for lin in lins]
+    k = ws[0].shape[1]
+    cfg = gemv_config(sum(w.shape[0] for w in ws), k, interp)
+    bn = cfg["BLOCK_N"]
+    empty = x.new_empty(0)
+    pad = 3 - len(ws)
+    wp = ws + [ws[0]] * pad
+    bp = [empty if b is None else b for b in bs] + [empty] * pad
+    ns = [w.shape[0] for w in ws] + [0] * pad
+    kind, nw, nb, eps, state, new, shifts = 0, empty, empty, 0.0, empty, empty, 0
+    if norm is not None:
+        mod = norm.module
+        kind, nw, eps = (2 if isinstance(mod, nn.RMSNorm) else 1), mod.weight, float(mod.eps)
+        nb = mod.bias if kind == 1 and mod.bias is not None else empty
+        if norm.state is not None:
+            state, new, shifts = norm.state, norm.new, norm.state.shape[1]
+    upd, upd_new, upd_shifts = (update[0], update[1], update[0].shape[1]) if update is not None else (empty, empty, 0)
+    upd_dim = upd.shape[-1] if update is not None else 1
+    launch = dict(launch_pdl=True) if pdl else {}
+    _kernels().gemv_kernel[(sum(-(-w.shape[0] // bn) for w in ws),)](
+        x, out, *wp, *bp, empty if res is None else res, empty if mul is None else mul, nw, nb, state, new,
+        upd, upd_new, *ns, *[w.stride(0) for w in wp], k // (shifts + 1), eps, upd_dim, K=k, SEGMENTS=len(ws),
+        HAS_BIAS=bs[0] is not None, ACT=act, HAS_RES=res is not None, HAS_MUL=mul is not None, NORM=kind,
+        HAS_NB=nb.numel() > 0, SHIFTS=shifts, UPD_SHIFTS=upd_shifts, EVEN_K=k % cfg["BLOCK_K"] == 0,
+        BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], KB=_pow2(k), UB=_pow2(upd_dim), PDL=pdl,
+        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1), **launch)
+
+
 class FusedStep:
     """StaticStep.forward_static in fused Triton kernels: token (1, 1) -> logits (1, V) at `pos`.
 
@@ -107,8 +172,8 @@ class FusedStep:
         def buf(n):
             return torch.empty(n, device=device, dtype=dtype)
 
-        self.x, self.xn = buf(cfg.dim), buf(cfg.dim)  # the residual stream; a norm's (shifted) output
-        self.qkv, self.q, self.o = buf((self.h + 2 * self.hkv) * self.d), buf(self.h * self.d), buf(self.h * self.d)
+        self.x, self.ynew = buf(cfg.dim), buf(cfg.dim)  # the residual stream; a norm's row for the shift state
+        self.qkv, self.o = buf((self.h + 2 * self.hkv) * self.d), buf(self.h * self.d)
         self.ff = buf(cfg.ff_hidden)
         self.ff2 = buf(cfg.ff_hidden) if cfg.ff_glu else None
         self.logits = buf(cfg.num_tokens)
@@ -127,88 +192,54 @@ class FusedStep:
         self.qk_scale = cfg.attn_scale * 1.4426950408889634
         self.empty = torch.empty(0, device=device, dtype=dtype)  # the pointer argument of an absent tensor
         self.slopes = model.alibi_slopes
+        has_pdl = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+        self.pdl = has_pdl if PDL is None else bool(PDL) and has_pdl
+        self.launch = dict(PDL=self.pdl, launch_pdl=self.pdl) if self.pdl else dict(PDL=False)
 
     # ---- launches ---------------------------------------------------------------------------------
-    def _norm(self, norm: nn.Module, x: torch.Tensor, out: torch.Tensor, state: torch.Tensor | None) -> None:
-        rms = isinstance(norm, nn.RMSNorm)
-        dim = x.numel()
-        shifts = 0 if state is None else state.shape[1]
-        bias = None if rms else norm.bias
-        self.k.norm_shift_kernel[(1,)](
-            x, norm.weight, self.empty if bias is None else bias, out, self.empty if state is None else state,
-            dim, dim // (shifts + 1), float(norm.eps), RMS=rms, HAS_B=bias is not None, SHIFTS=shifts,
-            BLOCK=_pow2(dim), num_warps=1 if self.interp else 8)
-
-    def _gemv_config(self, n: int, k: int) -> dict:
-        over = GEMV_OVERRIDE.get((n, k)) or (GEMV_OVERRIDE if "BLOCK_N" in GEMV_OVERRIDE else None)
-        if over:
-            return dict(over)
-        if self.interp:
-            return dict(BLOCK_N=16, BLOCK_K=32, num_warps=1, num_stages=1)
-        return dict(BLOCK_N=8 if n <= 4096 else 16, BLOCK_K=512, num_warps=4, num_stages=1)
-
-    def _gemv(self, x: torch.Tensor, out: torch.Tensor, lins: list[nn.Linear], *, act: int = 0,
-              res: torch.Tensor | None = None, mul: torch.Tensor | None = None) -> None:
-        ws = [lin.weight for lin in lins]
-        bs = [lin.bias for lin in lins]
-        k = ws[0].shape[1]
-        cfg = self._gemv_config(sum(w.shape[0] for w in ws), k)
-        bn = cfg["BLOCK_N"]
-        grid = (sum(-(-w.shape[0] // bn) for w in ws),)
-        pad = 3 - len(ws)
-        wp = ws + [ws[0]] * pad
-        bp = [self.empty if b is None else b for b in bs] + [self.empty] * pad
-        ns = [w.shape[0] for w in ws] + [0] * pad
-        strides = [w.stride(0) for w in wp]
-        self.k.gemv_kernel[grid](
-            x, out, *wp, *bp, self.empty if res is None else res, self.empty if mul is None else mul,
-            *ns, *strides, K=k, SEGMENTS=len(ws), HAS_BIAS=bs[0] is not None, ACT=act, HAS_RES=res is not None,
-            HAS_MUL=mul is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"],
-            num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1))
+    def _gemv(self, x, out, lins, **kw) -> None:
+        gemv(x, out, lins, interp=self.interp, pdl=self.pdl, **kw)
 
     def _attention(self, layer: int, attn) -> None:
         st, kn = self.static, self.k
         kc, vc = self.cache.k[layer, 0], self.cache.v[layer, 0]  # (H_kv, T, D)
-        kv_stride = kc.stride(0)
         cos, sin, xs = st.tables if st.tables is not None else (self.empty, self.empty, None)
-        gq = attn.q_norm.gain if attn.q_norm is not None and attn.q_norm.gain is not None else None
+        qn = attn.q_norm
+        gq = qn.gain if qn is not None and qn.gain is not None else None
         gk = attn.k_norm.gain if gq is not None else None
-        eps = attn.q_norm.eps if attn.q_norm is not None else 0.0
-        warps = 1 if self.interp else 4
-        kn.qk_rope_cache_kernel[(self.h + self.hkv,)](
-            self.qkv, self.q, kc, vc, st.pos, self.empty if gq is None else gq, self.empty if gk is None else gk,
-            cos, sin, self.empty if xs is None else xs, self.h, self.hkv, kv_stride, float(eps), D=self.d,
-            ROT=self.rot, QK_NORM=attn.q_norm is not None, GAIN=gq is not None, XPOS=xs is not None,
-            num_warps=warps)
         slopes = self.slopes
+        warps = 1 if self.interp else 4
         kn.attn_split_kernel[(self.n_split, self.hkv)](
-            self.q, kc, vc, st.pos, self.empty if slopes is None else slopes, self.mw, self.lw, self.ow,
-            self.qk_scale, self.g, kv_stride, self.n_split, SPLIT_T=self.split_t, BLOCK_T=self.block_t,
-            BG=self.bg, D=self.d, ALIBI=slopes is not None, PREC=self.prec, num_warps=warps)
+            self.qkv, kc, vc, st.pos, self.empty if slopes is None else slopes, self.empty if gq is None else gq,
+            self.empty if gk is None else gk, cos, sin, self.empty if xs is None else xs, self.mw, self.lw, self.ow,
+            self.qk_scale, float(qn.eps if qn is not None else 0.0), self.h, self.hkv, self.g, kc.stride(0),
+            self.n_split, SPLIT_T=self.split_t, BLOCK_T=self.block_t, BG=self.bg, D=self.d, ROT=self.rot,
+            QK_NORM=qn is not None, GAIN=gq is not None, XPOS=xs is not None, ALIBI=slopes is not None,
+            PREC=self.prec, num_warps=warps, **self.launch)
         kn.attn_combine_kernel[(self.h,)](
             self.mw, self.lw, self.ow, self.o, st.pos, self.g, self.n_split, SPLIT_T=self.split_t, BG=self.bg,
-            BLOCK_S=_pow2(self.n_split), D=self.d, num_warps=warps)
+            BLOCK_S=_pow2(self.n_split), D=self.d, num_warps=warps, **self.launch)
 
     # ---- the step ---------------------------------------------------------------------------------
     def forward_static(self, token: torch.Tensor) -> torch.Tensor:
         st, m = self.static, self.model
         shift = st.shift
         self.x.copy_(m.emb_drop(m.embed(token, st.pos)).reshape(-1))
+        act = ACT[m.cfg.ff_activation]
         for i, blk in enumerate(m.blocks):
             at, ff = blk.attn, blk.ff
-            self._norm(blk.attn_norm, self.x, self.xn, shift.get((i, "attn")))
-            self._gemv(self.xn, self.qkv, [at.to_q, at.to_k, at.to_v])
+            state = shift.get((i, "attn"))
+            self._gemv(self.x, self.qkv, [at.to_q, at.to_k, at.to_v], norm=Norm(blk.attn_norm, state, self.ynew))
             self._attention(i, at)
-            self._gemv(self.o, self.x, [at.to_out], res=self.x)
-            self._norm(blk.ff_norm, self.x, self.xn, shift.get((i, "ff")))
-            act = ACT[m.cfg.ff_activation]
-            self._gemv(self.xn, self.ff, [ff.w_in], act=act)
+            self._gemv(self.o, self.x, [at.to_out], res=self.x, update=None if state is None else (state, self.ynew))
+            state = shift.get((i, "ff"))
+            norm = Norm(blk.ff_norm, state, self.ynew)
+            self._gemv(self.x, self.ff, [ff.w_in], act=act, norm=norm)
             h = self.ff
             if ff.w_gate is not None:
-                self._gemv(self.xn, self.ff2, [ff.w_gate], mul=self.ff)
+                self._gemv(self.x, self.ff2, [ff.w_gate], mul=self.ff, norm=norm)
                 h = self.ff2
-            self._gemv(h, self.x, [ff.w_out], res=self.x)
-        self._norm(m.final_norm, self.x, self.xn, None)
-        self._gemv(self.xn, self.logits, [m.head])
+            self._gemv(h, self.x, [ff.w_out], res=self.x, update=None if state is None else (state, self.ynew))
+        self._gemv(self.x, self.logits, [m.head], norm=Norm(m.final_norm))
         st.pos.add_(1)
         return self.logits.view(1, -1)
