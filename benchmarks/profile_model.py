@@ -4,7 +4,8 @@ torch.profiler over (a) a batch-1 prefill of `--prefill` tokens and (b) `--steps
 after a 4K-token prompt; prints the GPU time per kernel class (attention, matmul, elementwise/norm,
 other), the kernel count per step, and the wall time the GPU was busy vs the step's wall time.
 
-    python benchmarks/profile_model.py [--preset andromeda] [--prefill 32768] [--compile] [--json out.json]
+    python benchmarks/profile_model.py [--preset andromeda] [--prefill 32768] [--compile]
+        [--kernels auto|torch|triton] [--no-pdl] [--json out.json]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 from andromeda.bench.env import collect_env
 from andromeda.model import Andromeda, GraphedDecoder, from_name
 
-CLASSES = (("attention", ("_fwd", "flash", "fmha", "attention", "sdpa")),
+CLASSES = (("attention", ("_fwd", "flash", "fmha", "attention", "sdpa", "attn_")),
            ("matmul", ("gemm", "gemv", "sm90_xmma", "cutlass", "nvjet", "splitk")),
            ("softmax/reduce", ("softmax", "reduce")),
            ("copy/index", ("copy", "index", "cat", "fill")))
@@ -57,6 +58,11 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="profile the torch.compile'd model (prefill whole; decode step before capture)")
     ap.add_argument("--parts", default="prefill,decode_step", help="what to profile: prefill, decode_step")
+    ap.add_argument("--kernels", default="auto", choices=("auto", "torch", "triton"),
+                    help="the decode step's kernels (GraphedDecoder)")
+    ap.add_argument("--no-pdl", action="store_true",
+                    help="fused step without programmatic dependent launch: a kernel's time is then its own, "
+                         "not also the wait for the one before")
     ap.add_argument("--json")
     args = ap.parse_args()
     parts = [p for p in args.parts.split(",") if p]
@@ -84,7 +90,11 @@ def main() -> None:
             cache = model.new_cache(1, 4096 + args.steps + 8)
             t = model(torch.randint(0, 256, (1, 4096), device="cuda"), cache=cache, logits="last")[:, -1]
             t = t.argmax(-1, keepdim=True)
-            dec = GraphedDecoder(model, cache, greedy=True, compile=args.compile)
+            if args.no_pdl:
+                from andromeda.model import fused_decode
+
+                fused_decode.PDL = False
+            dec = GraphedDecoder(model, cache, greedy=True, compile=args.compile, kernels=args.kernels)
             for _ in range(3):
                 t = dec.step(t, clone=False)[1]
             torch.cuda.synchronize()
@@ -94,7 +104,8 @@ def main() -> None:
                     t = dec.step(t, clone=False)[1]
                 torch.cuda.synchronize()
                 wall = (time.perf_counter() - t0) * 1e3 / args.steps
-            res["decode_step"] = {"context": 4096, "wall_ms": wall, **kernel_table(prof, args.steps)}
+            res["decode_step"] = {"context": 4096, "kernels_used": dec.kernels, "wall_ms": wall,
+                                  **kernel_table(prof, args.steps)}
     for part in parts:
         r = res[part]
         busy = sum(v["ms"] for k, v in r.items() if not k.startswith("_") and isinstance(v, dict))

@@ -18,6 +18,12 @@ def test_fused_step_matches_the_torch_step_and_the_forward(name):
     drive(tiny_model(**INTERP_CONFIGS[name]), "cpu", tol=2e-5)
 
 
+def test_long_cache_splits_hold_several_key_blocks():
+    """2100 positions: 66 splits of two 16-key blocks, merged 32 splits at a time; the steps' positions
+    (13..19) fall in both blocks of the first split."""
+    drive(tiny_model(), "cpu", tol=2e-5, max_len=2100)
+
+
 def test_gemv_epilogues_match_torch():
     """The GEMV kernel alone: three stacked weights with biases, each activation, a GLU gate, a residual."""
     torch.manual_seed(0)

@@ -152,16 +152,41 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, U
 
 
 @triton.jit
-def _qk_rows(QKV, G_PTR, COS, SIN, XS, heads, rows, rmask, pos, eps, INV: tl.constexpr,
-             D: tl.constexpr, ROT: tl.constexpr, QK_NORM: tl.constexpr, GAIN: tl.constexpr, XPOS: tl.constexpr):
-    """Heads `heads` (R,) of QKV after QK-norm (x / max(|x|, eps), x gain row `rows`) and rotary/xPos at pos.
-
-    Rotary turns the first ROT features with the tables' row `pos` (ROT = 0: none); xPos multiplies by
-    the scale (keys, INV: by its inverse). Returns (R, D) float32, rounded as torch rounds.
-    """
+def _qk_rows(QKV, G_PTR, COS, SIN, XS, heads, rows, rmask, pos,
+             D: tl.constexpr, ROT: tl.constexpr, GAIN: tl.constexpr, XPOS: tl.constexpr):
+    """What QK-norm and rotary need of heads `heads` (R,) besides the heads themselves, none of it written by
+    the step's kernels (so it loads before `_after_previous`): gain rows `rows` (g) and their rotation
+    partners (gp), the rotary tables' row pos (c, s; ROT = 0: none) and the xPos scale (sc)."""
     d = tl.arange(0, D)
     half: tl.constexpr = ROT // 2
     dp = tl.where(d < half, d + half, d - half)  # the rotation partner of feature d (d < ROT)
+    m2 = rmask[:, None]
+    g = tl.zeros((D,), tl.float32)  # (unused unless set below)
+    gp = g
+    c = g
+    s = g
+    sc = g
+    if GAIN:
+        g = tl.load(G_PTR + rows[:, None] * D + d[None, :], mask=m2, other=0.0).to(tl.float32)
+        gp = tl.load(G_PTR + rows[:, None] * D + dp[None, :], mask=m2 & (d < ROT)[None, :], other=0.0)
+        gp = gp.to(tl.float32)
+    if ROT > 0:
+        c = tl.load(COS + pos * ROT + d, mask=d < ROT, other=1.0)
+        s = tl.load(SIN + pos * ROT + d, mask=d < ROT, other=0.0)
+        if XPOS:
+            sc = tl.load(XS + pos * ROT + d, mask=d < ROT, other=1.0)
+    return g, gp, c, s, sc
+
+
+@triton.jit
+def _qk_apply(QKV, heads, rmask, g, gp, c, s, sc, eps, INV: tl.constexpr,
+              D: tl.constexpr, ROT: tl.constexpr, QK_NORM: tl.constexpr, GAIN: tl.constexpr, XPOS: tl.constexpr):
+    """Heads `heads` (R,) of QKV after QK-norm (x / max(|x|, eps), x gain) and rotary/xPos (`_qk_rows`'s
+    tables); xPos multiplies by the scale, or with INV (keys) by its inverse. (R, D) float32, rounded as
+    torch rounds."""
+    d = tl.arange(0, D)
+    half: tl.constexpr = ROT // 2
+    dp = tl.where(d < half, d + half, d - half)
     m2 = rmask[:, None]
     x = tl.load(QKV + heads[:, None] * D + d[None, :], mask=m2, other=0.0).to(tl.float32)
     xp = tl.load(QKV + heads[:, None] * D + dp[None, :], mask=m2 & (d < ROT)[None, :], other=0.0).to(tl.float32)
@@ -169,99 +194,116 @@ def _qk_rows(QKV, G_PTR, COS, SIN, XS, heads, rows, rmask, pos, eps, INV: tl.con
         inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), eps)
         x, xp = _rnd(x * inv[:, None], QKV), _rnd(xp * inv[:, None], QKV)
         if GAIN:
-            g = tl.load(G_PTR + rows[:, None] * D + d[None, :], mask=m2, other=0.0).to(tl.float32)
-            gp = tl.load(G_PTR + rows[:, None] * D + dp[None, :], mask=m2 & (d < ROT)[None, :], other=0.0)
-            x, xp = _rnd(x * g, QKV), _rnd(xp * gp.to(tl.float32), QKV)
+            x, xp = _rnd(x * g, QKV), _rnd(xp * gp, QKV)
     if ROT > 0:
-        r = d < ROT
-        c = tl.load(COS + pos * ROT + d, mask=r, other=1.0)
-        s = tl.load(SIN + pos * ROT + d, mask=r, other=0.0)
         rot = x * c[None, :] + tl.where(d < half, -xp, xp) * s[None, :]
         if XPOS:
-            sc = tl.load(XS + pos * ROT + d, mask=r, other=1.0)
             if INV:
-                sc = 1.0 / sc
-            rot = rot * sc[None, :]
-        x = tl.where(r[None, :], rot, x)
+                rot = rot * (1.0 / sc)[None, :]
+            else:
+                rot = rot * sc[None, :]
+        x = tl.where((d < ROT)[None, :], rot, x)
     return _rnd(x, QKV)
 
 
 @triton.jit
 def attn_split_kernel(QKV, KC, VC, POS, SLOPES, GQ, GK, COS, SIN, XS, MW, LW, OW, qk_scale, eps, H, HKV, G,
-                      kv_stride, n_split, SPLIT_T: tl.constexpr, BLOCK_T: tl.constexpr, BG: tl.constexpr,
-                      D: tl.constexpr, ROT: tl.constexpr, QK_NORM: tl.constexpr, GAIN: tl.constexpr,
-                      XPOS: tl.constexpr, ALIBI: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr):
+                      kv_stride, N_SPLIT: tl.constexpr, SPLIT_T: tl.constexpr, BLOCK_T: tl.constexpr,
+                      BG: tl.constexpr, D: tl.constexpr, ROT: tl.constexpr, QK_NORM: tl.constexpr,
+                      GAIN: tl.constexpr, XPOS: tl.constexpr, ALIBI: tl.constexpr, PREC: tl.constexpr,
+                      PDL: tl.constexpr):
     """One split of the keys 0..pos for the G query heads of one KV head: a partial online softmax.
 
     QKV holds this position's H query heads, H_kv key heads and H_kv value heads, before QK-norm and
-    rotary, which each program applies to the queries it needs (`_qk_rows`); the program whose split holds
-    pos also writes this position's key and value to the cache KC, VC (one layer's (H_kv, T, D)).
+    rotary, which each program applies to the heads it needs (`_qk_apply`). This position's key and value
+    enter the scores from registers (the program whose split holds pos also writes them to the cache KC, VC,
+    one layer's (H_kv, T, D), for later steps), so the keys before pos, written by earlier steps, are loaded
+    before `_after_previous`: the first block of each split streams in while the previous kernel runs.
     Program (s, j) covers keys [s * SPLIT_T, (s + 1) * SPLIT_T) of KV head j and stores, for each query
     row, the running max m and sum l (base 2) and the unnormalized output to the workspace MW, LW
-    (H_kv, n_split, BG) and OW (H_kv, n_split, BG, D); splits past pos store nothing (attn_combine skips
+    (H_kv, N_SPLIT, BG) and OW (H_kv, N_SPLIT, BG, D); splits past pos store nothing (attn_combine skips
     them). Scores: q . k * qk_scale (the logit scale times log2 e) plus ALiBi slope_h log2 e (key - pos).
     """
     s = tl.program_id(0)
     j = tl.program_id(1)
-    _after_previous(PDL)
-    pos = tl.load(POS)
+    pos = tl.load(POS)  # advanced at the end of the previous step, which has finished
     start = s * SPLIT_T
+    d = tl.arange(0, D)
+    g = tl.arange(0, BG)
+    one = tl.arange(0, 1)
+    kb = KC + j * kv_stride
+    vb = VC + j * kv_stride
+    t = start + tl.arange(0, BLOCK_T)
+    old = t < pos
+    k0 = tl.load(kb + t[None, :] * D + d[:, None], mask=old[None, :], other=0.0)  # (D, BLOCK_T)
+    v0 = tl.load(vb + t[:, None] * D + d[None, :], mask=old[:, None], other=0.0)  # (BLOCK_T, D)
+    gq, gqp, c, sn, sc = _qk_rows(QKV, GQ, COS, SIN, XS, j * G + g, j * G + g, g < G, pos, D, ROT, GAIN, XPOS)
+    gk, gkp, _, _, _ = _qk_rows(QKV, GK, COS, SIN, XS, H + j + one, j + one, one < 1, pos, D, ROT, GAIN, XPOS)
+    if ALIBI:
+        slope = tl.load(SLOPES + j * G + g, mask=g < G, other=0.0) * LOG2E
+    _after_previous(PDL)
     if start <= pos:
-        d = tl.arange(0, D)
+        knew = _qk_apply(QKV, H + j + one, one < 1, gk, gkp, c, sn, sc, eps, True, D, ROT, QK_NORM, GAIN, XPOS)
+        knew = tl.reshape(knew.to(KC.dtype.element_ty), (D,))
+        vnew = tl.load(QKV + (H + HKV + j) * D + d).to(VC.dtype.element_ty)
         if pos < start + SPLIT_T:  # this split holds pos: this position's key and value into the cache
-            one = tl.arange(0, 1)
-            k = _qk_rows(QKV, GK, COS, SIN, XS, H + j + one, j + one, one < 1, pos, eps, True,
-                         D, ROT, QK_NORM, GAIN, XPOS)
-            tl.store(KC + j * kv_stride + pos * D + d[None, :], k.to(KC.dtype.element_ty))
-            v = tl.load(QKV + (H + HKV + j) * D + d)
-            tl.store(VC + j * kv_stride + pos * D + d, v.to(VC.dtype.element_ty))
-            tl.debug_barrier()  # the block's threads read these cache rows below
-        g = tl.arange(0, BG)
-        q = _qk_rows(QKV, GQ, COS, SIN, XS, j * G + g, j * G + g, g < G, pos, eps, False,
-                     D, ROT, QK_NORM, GAIN, XPOS).to(KC.dtype.element_ty)  # (BG, D)
-        if ALIBI:
-            slope = tl.load(SLOPES + j * G + g, mask=g < G, other=0.0) * LOG2E
+            tl.store(kb + pos * D + d, knew)
+            tl.store(vb + pos * D + d, vnew)
+        q = _qk_apply(QKV, j * G + g, g < G, gq, gqp, c, sn, sc, eps, False, D, ROT, QK_NORM, GAIN,
+                      XPOS).to(KC.dtype.element_ty)  # (BG, D)
         m_i = tl.full((BG,), float("-inf"), tl.float32)
         l_i = tl.zeros((BG,), tl.float32)
         acc = tl.zeros((BG, D), tl.float32)
         end = tl.minimum(start + SPLIT_T, pos + 1)
-        kb = KC + j * kv_stride
-        vb = VC + j * kv_stride
-        for off in range(0, SPLIT_T, BLOCK_T):  # constant bounds (the interpreter needs Python ints)
+        for off in tl.static_range(0, SPLIT_T, BLOCK_T):
             if start + off < end:
                 t = start + off + tl.arange(0, BLOCK_T)
                 tm = t < end
-                k = tl.load(kb + t[None, :] * D + d[:, None], mask=tm[None, :], other=0.0)  # (D, BLOCK_T)
-                sc = tl.dot(q, k, input_precision=PREC) * qk_scale  # (BG, BLOCK_T)
+                if off == 0:
+                    k, v = k0, v0
+                else:
+                    k = tl.load(kb + t[None, :] * D + d[:, None], mask=(t < pos)[None, :], other=0.0)
+                    v = tl.load(vb + t[:, None] * D + d[None, :], mask=(t < pos)[:, None], other=0.0)
+                k = tl.where((t == pos)[None, :], knew[:, None], k)  # (D, BLOCK_T)
+                v = tl.where((t == pos)[:, None], vnew[None, :], v)  # (BLOCK_T, D)
+                sc_ = tl.dot(q, k, input_precision=PREC) * qk_scale  # (BG, BLOCK_T)
                 if ALIBI:
-                    sc += slope[:, None] * (t - pos).to(tl.float32)[None, :]
-                sc = tl.where(tm[None, :], sc, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+                    sc_ += slope[:, None] * (t - pos).to(tl.float32)[None, :]
+                sc_ = tl.where(tm[None, :], sc_, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(sc_, axis=1))
                 alpha = tl.exp2(m_i - m_new)
-                p = tl.exp2(sc - m_new[:, None])
-                v = tl.load(vb + t[:, None] * D + d[None, :], mask=tm[:, None], other=0.0)  # (BLOCK_T, D)
+                p = tl.exp2(sc_ - m_new[:, None])
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
                 l_i = l_i * alpha + tl.sum(p, axis=1)
                 m_i = m_new
-        row = (j * n_split + s) * BG + g
+        row = (j * N_SPLIT + s) * BG + g
         tl.store(MW + row, m_i)
         tl.store(LW + row, l_i)
         tl.store(OW + row[:, None] * D + d[None, :], acc)
 
 
 @triton.jit
-def attn_combine_kernel(MW, LW, OW, OUT, POS, G, n_split, SPLIT_T: tl.constexpr, BG: tl.constexpr,
+def attn_combine_kernel(MW, LW, OW, OUT, POS, G, N_SPLIT: tl.constexpr, SPLIT_T: tl.constexpr, BG: tl.constexpr,
                         BLOCK_S: tl.constexpr, D: tl.constexpr, PDL: tl.constexpr):
-    """Query head h's output from the partial softmaxes of the splits that reached pos -> OUT[h]."""
+    """Query head h's output from the partial softmaxes of the splits that reached pos -> OUT[h], merged
+    BLOCK_S splits at a time."""
     h = tl.program_id(0)
-    _after_previous(PDL)
     pos = tl.load(POS)
-    sp = tl.arange(0, BLOCK_S)
-    ok = (sp < n_split) & (sp * SPLIT_T <= pos)
-    row = ((h // G) * n_split + sp) * BG + h % G
-    m = tl.load(MW + row, mask=ok, other=float("-inf"))
-    w = tl.where(ok, tl.exp2(m - tl.max(m, axis=0)), 0.0)
-    den = tl.sum(w * tl.load(LW + row, mask=ok, other=0.0), axis=0)
     d = tl.arange(0, D)
-    o = tl.load(OW + row[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
-    tl.store(OUT + h * D + d, (tl.sum(o * w[:, None], axis=0) / den).to(OUT.dtype.element_ty))
+    _after_previous(PDL)
+    m_run = tl.full((1,), float("-inf"), tl.float32)
+    l_run = tl.zeros((1,), tl.float32)
+    acc = tl.zeros((D,), tl.float32)
+    for c0 in range(0, N_SPLIT, BLOCK_S):
+        sp = c0 + tl.arange(0, BLOCK_S)
+        ok = (sp < N_SPLIT) & (sp * SPLIT_T <= pos)
+        row = ((h // G) * N_SPLIT + sp) * BG + h % G
+        m = tl.load(MW + row, mask=ok, other=float("-inf"))
+        m_new = tl.maximum(m_run, tl.max(m, axis=0))  # finite: split 0 always counts
+        alpha = tl.exp2(m_run - m_new)
+        w = tl.where(ok, tl.exp2(m - m_new), 0.0)
+        o = tl.load(OW + row[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+        l_run = l_run * alpha + tl.sum(w * tl.load(LW + row, mask=ok, other=0.0), axis=0)
+        acc = acc * alpha + tl.sum(o * w[:, None], axis=0)
+        m_run = m_new
+    tl.store(OUT + h * D + d, (acc / l_run).to(OUT.dtype.element_ty))

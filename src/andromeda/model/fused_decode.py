@@ -101,7 +101,7 @@ def gemv_config(n: int, k: int, interp: bool) -> dict:
         return dict(BLOCK_N=16, BLOCK_K=32, num_warps=1, num_stages=1)
     if k >= 8192:
         return dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8, num_stages=1)
-    return dict(BLOCK_N=4, BLOCK_K=1024 if k % 1024 == 0 else 512, num_warps=4, num_stages=1)
+    return dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4, num_stages=1)
 
 
 class Norm:
@@ -177,11 +177,11 @@ class FusedStep:
         self.ff = buf(cfg.ff_hidden)
         self.ff2 = buf(cfg.ff_hidden) if cfg.ff_glu else None
         self.logits = buf(cfg.num_tokens)
-        # attention splits: up to 64 per KV head, BLOCK_T keys a loop step
+        # attention splits: one key block each (up to 128 a KV head; more blocks a split past that)
         t = cache.max_len
         self.block_t = 16 if self.interp else 64
         blocks = -(-t // self.block_t)
-        self.split_t = -(-blocks // 64) * self.block_t
+        self.split_t = -(-blocks // 128) * self.block_t
         self.n_split = -(-t // self.split_t)
         self.bg = max(16, _pow2(self.g))
         ws = self.hkv * self.n_split * self.bg
@@ -213,12 +213,12 @@ class FusedStep:
             self.qkv, kc, vc, st.pos, self.empty if slopes is None else slopes, self.empty if gq is None else gq,
             self.empty if gk is None else gk, cos, sin, self.empty if xs is None else xs, self.mw, self.lw, self.ow,
             self.qk_scale, float(qn.eps if qn is not None else 0.0), self.h, self.hkv, self.g, kc.stride(0),
-            self.n_split, SPLIT_T=self.split_t, BLOCK_T=self.block_t, BG=self.bg, D=self.d, ROT=self.rot,
+            N_SPLIT=self.n_split, SPLIT_T=self.split_t, BLOCK_T=self.block_t, BG=self.bg, D=self.d, ROT=self.rot,
             QK_NORM=qn is not None, GAIN=gq is not None, XPOS=xs is not None, ALIBI=slopes is not None,
             PREC=self.prec, num_warps=warps, **self.launch)
         kn.attn_combine_kernel[(self.h,)](
-            self.mw, self.lw, self.ow, self.o, st.pos, self.g, self.n_split, SPLIT_T=self.split_t, BG=self.bg,
-            BLOCK_S=_pow2(self.n_split), D=self.d, num_warps=warps, **self.launch)
+            self.mw, self.lw, self.ow, self.o, st.pos, self.g, N_SPLIT=self.n_split, SPLIT_T=self.split_t,
+            BG=self.bg, BLOCK_S=min(32, _pow2(self.n_split)), D=self.d, num_warps=warps, **self.launch)
 
     # ---- the step ---------------------------------------------------------------------------------
     def forward_static(self, token: torch.Tensor) -> torch.Tensor:
