@@ -19,14 +19,18 @@ def test_fused_step_matches_the_torch_step_and_the_forward(name):
 
 
 def test_long_cache_splits_hold_several_key_blocks():
-    """2100 positions: 66 splits of two 16-key blocks, merged 32 splits at a time; the steps' positions
+    """4200 positions: 132 splits of two 16-key blocks, merged 128 splits at a time; the steps' positions
     (13..19) fall in both blocks of the first split."""
-    drive(tiny_model(), "cpu", tol=2e-5, max_len=2100)
+    drive(tiny_model(), "cpu", tol=2e-5, max_len=4200)
 
 
-def test_gemv_epilogues_match_torch():
-    """The GEMV kernel alone: three stacked weights with biases, each activation, a GLU gate, a residual."""
+@pytest.mark.parametrize("setting", [None, dict(BLOCK_N=8, BLOCK_K=16, PRE=2), dict(BLOCK_N=4, BLOCK_K=16, PRE=4)],
+                         ids=["default", "pre2", "pre4-past-K"])
+def test_gemv_epilogues_match_torch(setting, monkeypatch):
+    """The GEMV kernel alone: three stacked weights with biases, each activation, a GLU gate, a residual;
+    with the first tile one, two or four K blocks wide (four: wider than K)."""
     torch.manual_seed(0)
+    monkeypatch.setattr(fused_decode, "GEMV_OVERRIDE", dict(setting or {}))
 
     def gemv(x, out, lins, **kw):
         fused_decode.gemv(x, out, lins, interp=True, **kw)

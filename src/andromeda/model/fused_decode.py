@@ -28,7 +28,8 @@ from andromeda.errors import UnsupportedError
 ACT = {"gelu": 1, "silu": 2, "relu": 3}
 
 # Benchmarks may set this to try other GEMV launch settings (benchmarks/decode_kernels.py): a dict of
-# BLOCK_N, BLOCK_K, num_warps, num_stages applied to every GEMV, or keyed by (n_rows, k) for one shape.
+# BLOCK_N, BLOCK_K, PRE (K tiles loaded before the wait on the previous kernel; 1, 2 or 4), num_warps,
+# num_stages applied to every GEMV, or keyed by (n_rows, k) for one shape.
 GEMV_OVERRIDE: dict = {}
 # Programmatic dependent launch (Hopper and later): each kernel launches while the one before it runs and
 # waits for it on the device, so launch latency and the first weight tile's load overlap the previous
@@ -145,7 +146,8 @@ def gemv(x: torch.Tensor, out: torch.Tensor, lins: list, *, act: int = 0, res: t
         upd, upd_new, *ns, *[w.stride(0) for w in wp], k // (shifts + 1), eps, upd_dim, K=k, SEGMENTS=len(ws),
         HAS_BIAS=bs[0] is not None, ACT=act, HAS_RES=res is not None, HAS_MUL=mul is not None, NORM=kind,
         HAS_NB=nb.numel() > 0, SHIFTS=shifts, UPD_SHIFTS=upd_shifts, EVEN_K=k % cfg["BLOCK_K"] == 0,
-        BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], KB=_pow2(k), UB=_pow2(upd_dim), PDL=pdl,
+        BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], FIRST=cfg["BLOCK_K"] * cfg.get("PRE", 1),
+        KB=_pow2(k), UB=_pow2(upd_dim), PDL=pdl,
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1), **launch)
 
 
@@ -218,7 +220,8 @@ class FusedStep:
             PREC=self.prec, num_warps=warps, **self.launch)
         kn.attn_combine_kernel[(self.h,)](
             self.mw, self.lw, self.ow, self.o, st.pos, self.g, N_SPLIT=self.n_split, SPLIT_T=self.split_t,
-            BG=self.bg, BLOCK_S=min(32, _pow2(self.n_split)), D=self.d, num_warps=warps, **self.launch)
+            BG=self.bg, BLOCK_S=min(128, _pow2(self.n_split)), D=self.d, num_warps=1 if self.interp else 8,
+            **self.launch)
 
     # ---- the step ---------------------------------------------------------------------------------
     def forward_static(self, token: torch.Tensor) -> torch.Tensor:
