@@ -24,11 +24,11 @@ def test_long_cache_splits_hold_several_key_blocks():
     drive(tiny_model(), "cpu", tol=2e-5, max_len=2100)
 
 
-@pytest.mark.parametrize("setting", [None, dict(BLOCK_N=8, BLOCK_K=16, PRE=2), dict(BLOCK_N=4, BLOCK_K=16, PRE=4)],
-                         ids=["default", "pre2", "pre4-past-K"])
+@pytest.mark.parametrize("setting", [None, dict(BLOCK_N=8, BLOCK_K=16), dict(BLOCK_N=4, BLOCK_K=64)],
+                         ids=["default", "8x16", "4x64-past-K"])
 def test_gemv_epilogues_match_torch(setting, monkeypatch):
     """The GEMV kernel alone: three stacked weights with biases, each activation, a GLU gate, a residual;
-    with the first tile one, two or four K blocks wide (four: wider than K)."""
+    K blocks that divide K or not, one wider than K."""
     torch.manual_seed(0)
     monkeypatch.setattr(fused_decode, "GEMV_OVERRIDE", dict(setting or {}))
 
@@ -50,3 +50,20 @@ def test_gemv_epilogues_match_torch(setting, monkeypatch):
     out = res.clone()
     gemv(x, out, [lin], mul=mul, res=out)  # the residual read and written in place
     assert torch.allclose(out, (lin(x) * mul + res).detach(), atol=1e-5)
+
+
+def test_argmax_in_the_lm_head_takes_the_first_of_tied_rows():
+    arg = (torch.full((1,), -(2**63), dtype=torch.int64), torch.zeros(1, dtype=torch.int32),
+           torch.zeros(1, 1, dtype=torch.long))
+    x = torch.randn(40)
+    for sign, top in ((1.0, 0.02), (-1.0, 0.001)):  # the largest output positive, then negative
+        lin = torch.nn.Linear(40, 37, bias=False)
+        scales = 0.002 + 0.01 * torch.rand(37)
+        scales[[9, 30]] = top  # rows 9 and 30 tie for the largest output
+        with torch.no_grad():
+            lin.weight.copy_(sign * scales[:, None] * (x / x.norm())[None, :])
+        out = torch.empty(37)
+        for _ in range(2):  # the kernel re-arms its key and counter for the next call
+            fused_decode.gemv(x, out, [lin], argmax=arg, interp=True)
+            assert arg[2].item() == out.argmax().item() == 9 and out[9] == out[30]
+            assert arg[0].item() == -(2**63) and arg[1].item() == 0

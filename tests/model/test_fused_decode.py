@@ -51,7 +51,8 @@ def drive(m, device, tol, dtype=torch.float32, max_len=32):
     m = m.to(dtype)
     prompt = torch.randint(0, 256, (1, PROMPT), device=device)
     fused_cache, torch_cache, ref_cache = (x.new_cache(1, max_len) for x in (m, m, ref))
-    fused, plain = GraphedDecoder(m, fused_cache, kernels="triton"), GraphedDecoder(m, torch_cache, kernels="torch")
+    fused = GraphedDecoder(m, fused_cache, kernels="triton", greedy=True)  # the argmax inside the LM head
+    plain = GraphedDecoder(m, torch_cache, kernels="torch")
     assert fused.kernels == "triton" and plain.kernels == "torch"
     with torch.no_grad():
         m(prompt, cache=fused_cache), m(prompt, cache=torch_cache)
@@ -59,7 +60,9 @@ def drive(m, device, tol, dtype=torch.float32, max_len=32):
     for _ in range(STEPS):
         with torch.no_grad():
             want = ref(tok, cache=ref_cache, logits="last")[:, -1]  # (1, V) float32
-        got, base = fused.step(tok).float(), plain.step(tok).float()
+        got, nxt = fused.step(tok)
+        assert torch.equal(nxt, got.argmax(-1, keepdim=True))
+        got, base = got.float(), plain.step(tok).float()
         scale = want.abs().max().item()
         err, base_err = (got - want).abs().max().item() / scale, (base - want).abs().max().item() / scale
         assert err <= max(tol, 1.5 * base_err), (err, base_err)  # no worse than the torch step in this dtype
@@ -78,7 +81,7 @@ def test_fused_step_matches_in_interpreter():
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(child)],
                        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert f"{len(INTERP_CONFIGS) + 4} passed" in r.stdout
+    assert f"{len(INTERP_CONFIGS) + 5} passed" in r.stdout
 
 
 def test_auto_picks_the_torch_step_where_the_fused_one_cannot_run(monkeypatch):

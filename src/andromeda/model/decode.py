@@ -226,10 +226,12 @@ class GraphedDecoder:
         self.model, self.cache, self.greedy = model, cache, greedy
         self.static = StaticStep(model, cache, attention=attention)
         self.kernels, self.kernels_reason = _choose_kernels(model, cache, kernels, compile)
+        self._fused = None
         if self.kernels == "triton":
             from andromeda.model.fused_decode import FusedStep
 
-            fn = FusedStep(self.static).forward_static
+            self._fused = FusedStep(self.static)
+            fn = self._fused.forward_static
         else:
             fn = self.static.forward_static
         self._step = torch.compile(fn, fullgraph=True, dynamic=False) if compile else fn
@@ -244,6 +246,8 @@ class GraphedDecoder:
             self._capture(max(1, warmup))
 
     def _body(self, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._fused is not None and self.greedy:  # the argmax inside the LM head's kernel
+            return self._fused.forward_greedy(token)
         logits = self._step(token)  # (B, V)
         return logits, (logits.argmax(dim=-1, keepdim=True) if self.greedy else None)
 

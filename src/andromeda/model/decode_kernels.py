@@ -69,22 +69,22 @@ def _input(X, NW, NB, STATE, YNEW, kk, km, mean, rstd, dim, chunk, write_new,
 
 
 @triton.jit
-def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, UPD, UPD_NEW,
+def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, UPD, UPD_NEW, ARG, COUNT, TOKEN,
                 N0, N1, N2, SW0, SW1, SW2, chunk, eps, upd_dim, K: tl.constexpr,
                 SEGMENTS: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
                 HAS_MUL: tl.constexpr, NORM: tl.constexpr, HAS_NB: tl.constexpr, SHIFTS: tl.constexpr,
                 UPD_SHIFTS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                FIRST: tl.constexpr, KB: tl.constexpr, UB: tl.constexpr, PDL: tl.constexpr):
+                KB: tl.constexpr, UB: tl.constexpr, ARGMAX: tl.constexpr, PDL: tl.constexpr):
     """OUT[r] = epilogue(sum_k W[r, k] in[k]) over the rows of up to three weights stacked (q | k | v).
 
-    Program p takes BLOCK_N rows of one weight (the weights' blocks follow one another), the first FIRST
-    columns in one tile, the rest BLOCK_K at a time (FIRST a multiple of BLOCK_K); OUT holds the
+    Program p takes BLOCK_N rows of one weight (the weights' blocks follow one another); OUT holds the
     weights' outputs one after another. `in` is X, or norm(X) + token shift (`_input`; NORM, NW, NB, eps,
     STATE (SHIFTS, K), chunk), program 0 storing norm(X) to YNEW. Epilogue, each step rounded to OUT's
     dtype as torch would: + bias, ACT (0 none, 1 gelu (erf), 2 silu, 3 relu), x MUL[r] (a GLU gate),
     + RES[r] (the residual; RES may be OUT itself: a program reads only the rows it writes).
     UPD_SHIFTS > 0: program 0 also moves an earlier GEMV's normalized row UPD_NEW into the shift state
-    UPD (UPD_SHIFTS, upd_dim): its rows move up one, UPD_NEW last.
+    UPD (UPD_SHIFTS, upd_dim): its rows move up one, UPD_NEW last. ARGMAX: also the index of the largest
+    output into TOKEN (`_argmax`; one weight).
     """
     pid = tl.program_id(0)
     w, b, n, sw, base, blk = W0, B0, N0, SW0, pid * 0, pid
@@ -98,11 +98,13 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, U
                     w, b, n, sw, base, blk = W2, B2, N2, SW2, base + N1, pid - nb0 - nb1
     rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_in = tl.minimum(rows, n - 1)  # past-the-end rows re-read the last row; their results are not stored
-    rowp = w + rows_in[:, None].to(tl.int64) * sw
-    # the first FIRST columns of the weight do not depend on the previous kernel: under PDL they load while
-    # that one finishes (its tail: SMs it has left idle)
-    fc = tl.arange(0, FIRST)
-    w0 = tl.load(rowp + fc[None, :], mask=(fc < K)[None, :], other=0.0, eviction_policy="evict_first")
+    cols = tl.arange(0, BLOCK_K)
+    wp = w + rows_in[:, None].to(tl.int64) * sw + cols[None, :]
+    # the first weight tile does not depend on the previous kernel: under PDL it loads while that one runs
+    if EVEN_K:
+        w0 = tl.load(wp, eviction_policy="evict_first")
+    else:
+        w0 = tl.load(wp, mask=cols[None, :] < K, other=0.0, eviction_policy="evict_first")
     _after_previous(PDL)
     if UPD_SHIFTS > 0:
         if pid == 0:  # the previous norm's readers have all finished: move its row into the state
@@ -123,12 +125,9 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, U
         else:
             rstd = tl.rsqrt(tl.sum(xf * xf, axis=0) / K + eps)
     first = pid == 0
-    xk = _input(X, NW, NB, STATE, YNEW, fc, fc < K, mean, rstd, K, chunk, first, NORM, HAS_NB, SHIFTS)
-    y = tl.sum(w0.to(tl.float32) * xk[None, :], axis=1)
-    cols = tl.arange(0, BLOCK_K)
-    wp = rowp + cols[None, :]
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(FIRST, K, BLOCK_K):
+    xk = _input(X, NW, NB, STATE, YNEW, cols, cols < K, mean, rstd, K, chunk, first, NORM, HAS_NB, SHIFTS)
+    acc = w0.to(tl.float32) * xk[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         kk = k0 + cols
         if EVEN_K:
             wk = tl.load(wp + k0, eviction_policy="evict_first")
@@ -136,8 +135,7 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, U
             wk = tl.load(wp + k0, mask=(kk < K)[None, :], other=0.0, eviction_policy="evict_first")
         xk = _input(X, NW, NB, STATE, YNEW, kk, kk < K, mean, rstd, K, chunk, first, NORM, HAS_NB, SHIFTS)
         acc += wk.to(tl.float32) * xk[None, :]
-    if FIRST < K:
-        y += tl.sum(acc, axis=1)
+    y = tl.sum(acc, axis=1)
     if HAS_BIAS:
         y += tl.load(b + rows_in).to(tl.float32)
     y = _rnd(y, OUT)
@@ -152,6 +150,26 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, U
     if HAS_RES:
         y += tl.load(RES + base + rows_in).to(tl.float32)
     tl.store(OUT + base + rows, y.to(OUT.dtype.element_ty), mask=rows < n)
+    if ARGMAX:
+        _argmax(_rnd(y, OUT), rows, n, ARG, COUNT, TOKEN)
+
+
+@triton.jit
+def _argmax(y, rows, n, ARG, COUNT, TOKEN):
+    """Greedy decoding inside the LM head: every program offers its largest logit to ARG (one int64 whose
+    high half orders like the float and low half like the reversed row, so ties go to the first row, as
+    torch.argmax does); the last program to finish writes the winning row to TOKEN and re-arms ARG and
+    COUNT for the next step."""
+    bits = y.to(tl.int32, bitcast=True)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # floats in the order of signed ints
+    key = (ordered.to(tl.int64) << 32) | (4294967295 - rows.to(tl.int64))
+    key = tl.where(rows < n, key, -9223372036854775808)
+    tl.atomic_max(ARG, tl.max(key, axis=0))
+    done = tl.atomic_add(COUNT, 1)  # acq_rel: the max above is visible to whoever finishes last
+    if done == tl.num_programs(0) - 1:
+        best = tl.atomic_xchg(ARG, -9223372036854775808)
+        tl.store(TOKEN, 4294967295 - (best & 4294967295))
+        tl.atomic_xchg(COUNT, 0)
 
 
 @triton.jit

@@ -28,8 +28,7 @@ from andromeda.errors import UnsupportedError
 ACT = {"gelu": 1, "silu": 2, "relu": 3}
 
 # Benchmarks may set this to try other GEMV launch settings (benchmarks/decode_kernels.py): a dict of
-# BLOCK_N, BLOCK_K, PRE (K tiles loaded before the wait on the previous kernel; 1, 2 or 4), num_warps,
-# num_stages applied to every GEMV, or keyed by (n_rows, k) for one shape.
+# BLOCK_N, BLOCK_K, num_warps, num_stages applied to every GEMV, or keyed by (n_rows, k) for one shape.
 GEMV_OVERRIDE: dict = {}
 # Programmatic dependent launch (Hopper and later): each kernel launches while the one before it runs and
 # waits for it on the device, so launch latency and the first weight tile's load overlap the previous
@@ -115,12 +114,14 @@ class Norm:
 
 def gemv(x: torch.Tensor, out: torch.Tensor, lins: list, *, act: int = 0, res: torch.Tensor | None = None,
          mul: torch.Tensor | None = None, norm: Norm | None = None,
-         update: tuple[torch.Tensor, torch.Tensor] | None = None, interp: bool = False, pdl: bool = False) -> None:
+         update: tuple[torch.Tensor, torch.Tensor] | None = None, argmax: tuple | None = None,
+         interp: bool = False, pdl: bool = False) -> None:
     """out = epilogue(W in) for the weights of up to three nn.Linear-like objects stacked (decode_kernels.gemv_kernel).
 
     x (K,), out (sum of the weights' rows,); act: 0 none, 1 gelu, 2 silu, 3 relu; res, mul: (rows,).
     in = x, or norm(x) shifted (`norm`). update = (state (1, s, dim), row (dim,)): move row into the shift
-    state first (the state's rows up one, row last)."""
+    state first (the state's rows up one, row last). argmax = (key int64 (1,) holding -2**63, counter int32
+    (1,) holding 0, token int64): also write the index of the largest output to token (one weight)."""
     ws = [lin.weight for lin in lins]
     bs = [lin.bias for lin in lins]
     k = ws[0].shape[1]
@@ -141,13 +142,13 @@ def gemv(x: torch.Tensor, out: torch.Tensor, lins: list, *, act: int = 0, res: t
     upd, upd_new, upd_shifts = (update[0], update[1], update[0].shape[1]) if update is not None else (empty, empty, 0)
     upd_dim = upd.shape[-1] if update is not None else 1
     launch = dict(launch_pdl=True) if pdl else {}
+    arg = argmax if argmax is not None else (empty, empty, empty)
     _kernels().gemv_kernel[(sum(-(-w.shape[0] // bn) for w in ws),)](
         x, out, *wp, *bp, empty if res is None else res, empty if mul is None else mul, nw, nb, state, new,
-        upd, upd_new, *ns, *[w.stride(0) for w in wp], k // (shifts + 1), eps, upd_dim, K=k, SEGMENTS=len(ws),
+        upd, upd_new, *arg, *ns, *[w.stride(0) for w in wp], k // (shifts + 1), eps, upd_dim, K=k, SEGMENTS=len(ws),
         HAS_BIAS=bs[0] is not None, ACT=act, HAS_RES=res is not None, HAS_MUL=mul is not None, NORM=kind,
         HAS_NB=nb.numel() > 0, SHIFTS=shifts, UPD_SHIFTS=upd_shifts, EVEN_K=k % cfg["BLOCK_K"] == 0,
-        BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], FIRST=cfg["BLOCK_K"] * cfg.get("PRE", 1),
-        KB=_pow2(k), UB=_pow2(upd_dim), PDL=pdl,
+        BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], KB=_pow2(k), UB=_pow2(upd_dim), ARGMAX=argmax is not None, PDL=pdl,
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1), **launch)
 
 
@@ -179,6 +180,10 @@ class FusedStep:
         self.ff = buf(cfg.ff_hidden)
         self.ff2 = buf(cfg.ff_hidden) if cfg.ff_glu else None
         self.logits = buf(cfg.num_tokens)
+        # greedy decoding in the LM head: the packed (logit, row) maximum, a finished-program count, the token
+        self.argmax = (torch.full((1,), -(2**63), device=device, dtype=torch.int64),
+                       torch.zeros(1, device=device, dtype=torch.int32),
+                       torch.zeros(1, 1, device=device, dtype=torch.long))
         # attention splits: one key block each (up to 128 a KV head; more blocks a split past that)
         t = cache.max_len
         self.block_t = 16 if self.interp else 64
@@ -225,6 +230,13 @@ class FusedStep:
 
     # ---- the step ---------------------------------------------------------------------------------
     def forward_static(self, token: torch.Tensor) -> torch.Tensor:
+        return self._forward(token, greedy=False)
+
+    def forward_greedy(self, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward_static and the argmax of the logits (1, 1), taken inside the LM head's kernel."""
+        return self._forward(token, greedy=True), self.argmax[2]
+
+    def _forward(self, token: torch.Tensor, greedy: bool) -> torch.Tensor:
         st, m = self.static, self.model
         shift = st.shift
         self.x.copy_(m.emb_drop(m.embed(token, st.pos)).reshape(-1))
@@ -243,6 +255,6 @@ class FusedStep:
                 self._gemv(self.x, self.ff2, [ff.w_gate], mul=self.ff, norm=norm)
                 h = self.ff2
             self._gemv(h, self.x, [ff.w_out], res=self.x, update=None if state is None else (state, self.ynew))
-        self._gemv(self.x, self.logits, [m.head], norm=Norm(m.final_norm))
+        self._gemv(self.x, self.logits, [m.head], norm=Norm(m.final_norm), argmax=self.argmax if greedy else None)
         st.pos.add_(1)
         return self.logits.view(1, -1)
