@@ -46,3 +46,24 @@ def test_generation_sweeps_cuda_graph_and_skips_it_off_cuda(tmp_path):
     by = {r.params["cuda_graph"]: r for r in RecordStore(tmp_path / "run" / "results.jsonl").read()}
     assert by[False].status == "ok"
     assert by[True].status == "skipped" and "CUDA" in by[True].message
+
+
+def test_decoder_reports_the_graphed_steps_kernels():
+    bundle = build("andromeda:tiny", torch.device("cpu"), torch.float32)
+    assert Decoder(bundle, 1, 8, True).kernels is None  # no graph, no graphed step
+    kernels, why = Decoder(bundle, 1, 8, True, cuda_graph=True).kernels
+    assert kernels == "torch" and "CUDA" in why  # auto on a CPU cache: the torch step
+    with pytest.raises(Exception, match="decode_kernels"):
+        validate({"models": ["andromeda:tiny"], "scenarios": [{"scenario": "generation", "decode_kernels": ["cuda"]}]})
+
+
+@pytest.mark.cuda
+def test_generation_records_which_kernels_decoded(tmp_path):
+    m = validate({
+        "models": ["andromeda:tiny"], "device": "cuda", "report": {"formats": ["csv"]},
+        "scenarios": [{"scenario": "generation", "prompt_len": [8], "gen_len": [4], "runs": 1,
+                       "cuda_graph": [True], "decode_kernels": ["torch", "triton"]}]})
+    run(m, tmp_path / "run")
+    by = {r.params["decode_kernels"]: r for r in RecordStore(tmp_path / "run" / "results.jsonl").read()}
+    assert {k: r.info["decode_kernels"] for k, r in by.items()} == {"torch": "torch", "triton": "triton"}
+    assert all(r.status == "ok" and r.metrics["tpot_ms"] > 0 for r in by.values())

@@ -21,11 +21,12 @@ class Decoder:
     `group_size` features and the last `window` positions kept in full precision.
 
     cuda_graph: Andromeda steps replay one captured CUDA graph of the static decode step
-    (andromeda.model.decode.GraphedDecoder; eager on a CPU model). It is captured here, before the
-    prefill, so neither the prefill nor the steps pay for the capture."""
+    (andromeda.model.decode.GraphedDecoder; eager on a CPU model), whose kernels `kernels` picks ("auto",
+    "torch", "triton"). It is captured here, before the prefill, so neither the prefill nor the steps pay
+    for the capture."""
 
     def __init__(self, bundle, batch: int, max_len: int, use_cache: bool, *, cache: str = "full",
-                 group_size: int = 64, window: int = 0, cuda_graph: bool = False):
+                 group_size: int = 64, window: int = 0, cuda_graph: bool = False, kernels: str = "auto"):
         self.bundle, self.use_cache = bundle, use_cache
         self.kind = bundle.info.get("kind")
         if use_cache and self.kind not in ("andromeda", "hf"):
@@ -46,7 +47,7 @@ class Decoder:
         if cuda_graph:
             from andromeda.model.decode import GraphedDecoder
 
-            self.graph = GraphedDecoder(bundle.model, self.cache)
+            self.graph = GraphedDecoder(bundle.model, self.cache, kernels=kernels)
         self.past = None
         self.tokens: torch.Tensor | None = None
         # HF models that take logits_to_keep compute the LM head at the last position only, as Andromeda's
@@ -75,6 +76,11 @@ class Decoder:
         out = model(input_ids=new, past_key_values=self.past, use_cache=True, **self.hf_last)
         self.past = out.past_key_values
         return out.logits[:, -1]
+
+    @property
+    def kernels(self) -> tuple[str, str] | None:
+        """(the graphed step's kernels, why), or None without cuda_graph."""
+        return None if self.graph is None else (self.graph.kernels, self.graph.kernels_reason)
 
     def cache_bytes(self) -> int:
         """Bytes the KV cache holds now (Andromeda: the filled part of its static buffers)."""

@@ -6,6 +6,8 @@ step is timed on its own (perf_counter between device synchronizations), so the 
 decode latency curve is measured, not derived. With use_cache false every step recomputes the
 prefix: what the cache saves. With cuda_graph (Andromeda, CUDA, full cache) each step replays one
 captured CUDA graph of the static decode step; the capture happens before the prefill and is not timed.
+decode_kernels picks that step's kernels: "torch", "triton" (our fused batch-1 kernels) or "auto"
+(triton where it can run); the record's info names the kernels used and why.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from andromeda.bench.timing import Stopwatch
 
 
 class GenerationConfig(ScenarioConfig):
-    SWEEP = ("prompt_len", "gen_len", "batch", "use_cache", "cache", "cuda_graph")
+    SWEEP = ("prompt_len", "gen_len", "batch", "use_cache", "cache", "cuda_graph", "decode_kernels")
     scenario: Literal["generation"] = "generation"
     prompt_len: PosIntList = [32]
     gen_len: PosIntList = [32]
@@ -35,6 +37,8 @@ class GenerationConfig(ScenarioConfig):
     cache_window: NonNegInt = 0  # int8/int4: recent positions kept in full precision
     # Andromeda decode steps as one replayed CUDA graph (captured before the prefill, untimed); CUDA, full cache
     cuda_graph: list[bool] = Field(default=[False], min_length=1)
+    # the graphed step's kernels (cuda_graph only): torch ops, our fused Triton kernels, or triton where it can run
+    decode_kernels: list[Literal["auto", "torch", "triton"]] = Field(default=["auto"], min_length=1)
 
 
 @register("generation")
@@ -51,7 +55,7 @@ class Generation:
 
         def generate_once():
             dec = Decoder(bundle, B, P + G, p["use_cache"], cache=p["cache"], group_size=p["cache_group_size"],
-                          window=p["cache_window"], cuda_graph=p["cuda_graph"])
+                          window=p["cache_window"], cuda_graph=p["cuda_graph"], kernels=p["decode_kernels"])
             with Stopwatch(ctx.device) as sw:
                 logits = dec.prefill(prompt)
             prefill = sw.elapsed_ms
@@ -63,7 +67,7 @@ class Generation:
                 with Stopwatch(ctx.device) as sw:
                     nxt = dec.step(nxt).argmax(-1, keepdim=True)
                 steps.append(sw.elapsed_ms)
-            return prefill, first, steps, dec.cache_bytes()
+            return prefill, first, steps, dec.cache_bytes(), dec.kernels
 
         generate_once()  # warm-up: allocator, kernels, compilation (UnsupportedError: a skipped record)
         runs = [generate_once() for _ in range(p["runs"])]
@@ -86,5 +90,7 @@ class Generation:
         samples = {"decode_step_ms": per_position, "prefill_ms": prefill, "ttft_ms": ttft, "e2e_ms": total}
         if G > 1:
             samples["tpot_ms"] = step_matrix.flatten().tolist()  # every step of every run: what comparisons test
-        return [ctx.record(metrics, samples=samples,
-                           info={"runs": len(runs)})]
+        info = {"runs": len(runs)}
+        if runs[-1][4] is not None:
+            info["decode_kernels"], info["decode_kernels_reason"] = runs[-1][4]
+        return [ctx.record(metrics, samples=samples, info=info)]
