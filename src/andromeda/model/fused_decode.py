@@ -82,6 +82,9 @@ def unsupported(model, cache) -> str | None:
         return f"ff activation '{cfg.ff_activation}' is not fused"
     if cfg.use_rotary and cfg.rot_dim % 2:
         return f"rotary dim {cfg.rot_dim} is odd"
+    linears = [model.head] + [m for b in model.blocks for m in b.modules() if isinstance(m, nn.Linear)]
+    if any(lin.weight.stride(-1) != 1 for lin in linears):
+        return "a weight's rows are not contiguous"
     norms = [model.final_norm] + [n for b in model.blocks for n in (b.attn_norm, b.ff_norm)]
     if not all(isinstance(n, (nn.LayerNorm, nn.RMSNorm)) and n.weight is not None for n in norms):
         return "a norm is neither an affine LayerNorm nor an RMSNorm with weight"
@@ -135,7 +138,8 @@ def gemv(x: torch.Tensor, out: torch.Tensor, lins: list, *, act: int = 0, res: t
     kind, nw, nb, eps, state, new, shifts = 0, empty, empty, 0.0, empty, empty, 0
     if norm is not None:
         mod = norm.module
-        kind, nw, eps = (2 if isinstance(mod, nn.RMSNorm) else 1), mod.weight, float(mod.eps)
+        kind, nw = (2 if isinstance(mod, nn.RMSNorm) else 1), mod.weight
+        eps = float(mod.eps if mod.eps is not None else torch.finfo(x.dtype).eps)  # RMSNorm(eps=None): torch's default
         nb = mod.bias if kind == 1 and mod.bias is not None else empty
         if norm.state is not None:
             state, new, shifts = norm.state, norm.new, norm.state.shape[1]
