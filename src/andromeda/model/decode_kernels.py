@@ -14,7 +14,9 @@ costs no launch. Token-shift state cannot be overwritten while that GEMV's progr
 its program 0 leaves the new normalized row in a scratch row and the next GEMV moves it into the state.
 
 On Hopper the kernels launch with programmatic dependent launch: each starts while the previous one
-runs, loads what does not depend on it (its first weight tile), and waits (`_after_previous`).
+runs, loads what no kernel of the step writes (a GEMV its first weight tile; the attention split the
+cached keys and values before pos, the rotary rows and the gains; the position, which only the end of
+the previous step moves) and then waits for it (`_after_previous`).
 
 Arithmetic is float32; every value the torch step materializes in the model's dtype (a norm's
 output, a projection, an activation, a residual sum) is rounded to that dtype at the same place, so
