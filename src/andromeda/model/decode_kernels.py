@@ -139,8 +139,8 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, U
         acc = w0.to(tl.float32) * xk[None, :]
         y0 = 0.0
     else:
-        x0 = _input(X, NW, NB, STATE, YNEW, fc, fc < K, mean, rstd, K, chunk, first, NORM, HAS_NB, SHIFTS)
-        y0 = tl.sum(w0.to(tl.float32) * x0[None, :], axis=1)
+        xk = _input(X, NW, NB, STATE, YNEW, fc, fc < K, mean, rstd, K, chunk, first, NORM, HAS_NB, SHIFTS)
+        y0 = tl.sum(w0.to(tl.float32) * xk[None, :], axis=1)
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in range(FIRST, K, BLOCK_K):
         kk = k0 + cols
