@@ -131,17 +131,13 @@ def step_rows(bundle, bw: float) -> dict:
     model = bundle.model
     floor = ms.decode_floor_ms(bundle, bw)
     res = {"floor_ms": floor}
-    default_prefetch = fused_decode.OUT_PREFETCH
-    for name, mode, pdl, prefetch in (("torch_graph", "cuda_graph", None, None),
-                                      ("fused_graph_no_pdl", "fused_graph", False, None),
-                                      ("fused_graph_out_prefetch_1", "fused_graph", None, 1),
-                                      ("fused_graph", "fused_graph", None, None)):
+    for name, mode, pdl in (("torch_graph", "cuda_graph", None), ("fused_graph_no_pdl", "fused_graph", False),
+                            ("fused_graph", "fused_graph", None)):
         fused_decode.PDL = pdl
-        fused_decode.OUT_PREFETCH = default_prefetch if prefetch is None else prefetch
         t = ms.andromeda_tpot_ms(model, mode)
         res[f"{name}_ms"], res[f"{name}_of_floor"] = t, floor / t
-        print(f"step {name:26s} {t:7.3f} ms/token  {floor / t:6.1%} of the {floor:.3f} ms floor", flush=True)
-    fused_decode.PDL, fused_decode.OUT_PREFETCH = None, default_prefetch
+        print(f"step {name:18s} {t:7.3f} ms/token  {floor / t:6.1%} of the {floor:.3f} ms floor", flush=True)
+    fused_decode.PDL = None
     # the two steps' logits from the same prefilled state, against a float32 run of the same weights
     prompt = torch.randint(0, 256, (1, ms.PROMPT_CTX), device="cuda")
     tok = torch.randint(0, 256, (1, 1), device="cuda")
@@ -165,7 +161,6 @@ def main() -> None:
     ap.add_argument("--preset", default="andromeda")
     ap.add_argument("--sweep", action="store_true", help="try a grid of GEMV launch settings per shape")
     ap.add_argument("--no-step", action="store_true", help="GEMVs only")
-    ap.add_argument("--no-gemv", action="store_true", help="the step only")
     ap.add_argument("--json")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -182,9 +177,8 @@ def main() -> None:
     torch.manual_seed(0)
     bundle = build(f"andromeda:{args.preset}", torch.device("cuda"), torch.bfloat16)
     pdl = torch.cuda.get_device_capability()[0] >= 9
-    if not args.no_gemv:
-        res["gemv"] = gemv_rows(bundle.model.cfg, args.sweep, pdl)
-        save()
+    res["gemv"] = gemv_rows(bundle.model.cfg, args.sweep, pdl)
+    save()
     if not args.no_step:
         res["step"] = step_rows(bundle, bw)
         save()

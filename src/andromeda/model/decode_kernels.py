@@ -76,11 +76,10 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, U
                 SEGMENTS: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
                 HAS_MUL: tl.constexpr, NORM: tl.constexpr, HAS_NB: tl.constexpr, SHIFTS: tl.constexpr,
                 UPD_SHIFTS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                FIRST: tl.constexpr, KB: tl.constexpr, UB: tl.constexpr, ARGMAX: tl.constexpr, PDL: tl.constexpr):
+                KB: tl.constexpr, UB: tl.constexpr, ARGMAX: tl.constexpr, PDL: tl.constexpr):
     """OUT[r] = epilogue(sum_k W[r, k] in[k]) over the rows of up to three weights stacked (q | k | v).
 
-    Program p takes BLOCK_N rows of one weight (the weights' blocks follow one another), the first FIRST
-    columns (BLOCK_K, or a wider power of two) before `_after_previous`, then BLOCK_K at a time; OUT holds the
+    Program p takes BLOCK_N rows of one weight (the weights' blocks follow one another); OUT holds the
     weights' outputs one after another. `in` is X, or norm(X) + token shift (`_input`; NORM, NW, NB, eps,
     STATE (SHIFTS, K), chunk), program 0 storing norm(X) to YNEW. Epilogue, each step rounded to OUT's
     dtype as torch would: + bias, ACT (0 none, 1 gelu (erf), 2 silu, 3 relu), x MUL[r] (a GLU gate),
@@ -102,18 +101,12 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, U
     rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_in = tl.minimum(rows, n - 1)  # past-the-end rows re-read the last row; their results are not stored
     cols = tl.arange(0, BLOCK_K)
-    rowp = w + rows_in[:, None].to(tl.int64) * sw
-    wp = rowp + cols[None, :]
-    # the first FIRST columns of the weight do not depend on the previous kernel: under PDL they load while
-    # that one runs (after a latency-bound kernel, FIRST > BLOCK_K takes more of the weight in then)
-    fc = tl.arange(0, FIRST)
-    if FIRST == BLOCK_K:
-        if EVEN_K:
-            w0 = tl.load(wp, eviction_policy="evict_first")
-        else:
-            w0 = tl.load(wp, mask=cols[None, :] < K, other=0.0, eviction_policy="evict_first")
+    wp = w + rows_in[:, None].to(tl.int64) * sw + cols[None, :]
+    # the first weight tile does not depend on the previous kernel: under PDL it loads while that one runs
+    if EVEN_K:
+        w0 = tl.load(wp, eviction_policy="evict_first")
     else:
-        w0 = tl.load(rowp + fc[None, :], mask=(fc < K)[None, :], other=0.0, eviction_policy="evict_first")
+        w0 = tl.load(wp, mask=cols[None, :] < K, other=0.0, eviction_policy="evict_first")
     _after_previous(PDL)
     if UPD_SHIFTS > 0:
         if pid == 0:  # the previous norm's readers have all finished: move its row into the state
@@ -134,15 +127,9 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, U
         else:
             rstd = tl.rsqrt(tl.sum(xf * xf, axis=0) / K + eps)
     first = pid == 0
-    if FIRST == BLOCK_K:
-        xk = _input(X, NW, NB, STATE, YNEW, cols, cols < K, mean, rstd, K, chunk, first, NORM, HAS_NB, SHIFTS)
-        acc = w0.to(tl.float32) * xk[None, :]
-        y0 = 0.0
-    else:
-        xk = _input(X, NW, NB, STATE, YNEW, fc, fc < K, mean, rstd, K, chunk, first, NORM, HAS_NB, SHIFTS)
-        y0 = tl.sum(w0.to(tl.float32) * xk[None, :], axis=1)
-        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(FIRST, K, BLOCK_K):
+    xk = _input(X, NW, NB, STATE, YNEW, cols, cols < K, mean, rstd, K, chunk, first, NORM, HAS_NB, SHIFTS)
+    acc = w0.to(tl.float32) * xk[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         kk = k0 + cols
         if EVEN_K:
             wk = tl.load(wp + k0, eviction_policy="evict_first")
@@ -150,7 +137,7 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, U
             wk = tl.load(wp + k0, mask=(kk < K)[None, :], other=0.0, eviction_policy="evict_first")
         xk = _input(X, NW, NB, STATE, YNEW, kk, kk < K, mean, rstd, K, chunk, first, NORM, HAS_NB, SHIFTS)
         acc += wk.to(tl.float32) * xk[None, :]
-    y = tl.sum(acc, axis=1) + y0
+    y = tl.sum(acc, axis=1)
     if HAS_BIAS:
         y += tl.load(b + rows_in).to(tl.float32)
     y = _rnd(y, OUT)

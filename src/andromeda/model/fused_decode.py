@@ -34,9 +34,6 @@ GEMV_OVERRIDE: dict = {}
 # waits for it on the device, so launch latency and the first weight tile's load overlap the previous
 # kernel. None: on where the GPU has it (sm90+); benchmarks may set True/False to compare.
 PDL: bool | None = None
-# K tiles of the out-projection's weight each program loads before that wait: the kernel before it (the
-# attention combine) is latency-bound, so HBM is free to stream the out-projection in meanwhile
-OUT_PREFETCH = 4
 
 
 def _interpreting() -> bool:
@@ -121,15 +118,13 @@ class Norm:
 def gemv(x: torch.Tensor, out: torch.Tensor, lins: list, *, act: int = 0, res: torch.Tensor | None = None,
          mul: torch.Tensor | None = None, norm: Norm | None = None,
          update: tuple[torch.Tensor, torch.Tensor] | None = None, argmax: tuple | None = None,
-         prefetch: int = 1, interp: bool = False, pdl: bool = False) -> None:
+         interp: bool = False, pdl: bool = False) -> None:
     """out = epilogue(W in) for the weights of up to three nn.Linear-like objects stacked (decode_kernels.gemv_kernel).
 
     x (K,), out (sum of the weights' rows,); act: 0 none, 1 gelu, 2 silu, 3 relu; res, mul: (rows,).
     in = x, or norm(x) shifted (`norm`). update = (state (1, s, dim), row (dim,)): move row into the shift
     state first (the state's rows up one, row last). argmax = (key int64 (1,) holding -2**63, counter int32
-    (1,) holding 0, token int64): also write the index of the largest output to token (one weight).
-    prefetch: K tiles to load before waiting for the previous kernel (rounded up to a power of two, at most
-    what covers K)."""
+    (1,) holding 0, token int64): also write the index of the largest output to token (one weight)."""
     ws = [lin.weight for lin in lins]
     bs = [lin.bias for lin in lins]
     k = ws[0].shape[1]
@@ -157,8 +152,7 @@ def gemv(x: torch.Tensor, out: torch.Tensor, lins: list, *, act: int = 0, res: t
         upd, upd_new, *arg, *ns, *[w.stride(0) for w in wp], k // (shifts + 1), eps, upd_dim, K=k, SEGMENTS=len(ws),
         HAS_BIAS=bs[0] is not None, ACT=act, HAS_RES=res is not None, HAS_MUL=mul is not None, NORM=kind,
         HAS_NB=nb.numel() > 0, SHIFTS=shifts, UPD_SHIFTS=upd_shifts, EVEN_K=k % cfg["BLOCK_K"] == 0,
-        BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], FIRST=max(cfg["BLOCK_K"], min(_pow2(k), cfg["BLOCK_K"] * _pow2(prefetch))),
-        KB=_pow2(k), UB=_pow2(upd_dim), ARGMAX=argmax is not None, PDL=pdl,
+        BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], KB=_pow2(k), UB=_pow2(upd_dim), ARGMAX=argmax is not None, PDL=pdl,
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1), **launch)
 
 
@@ -256,8 +250,7 @@ class FusedStep:
             state = shift.get((i, "attn"))
             self._gemv(self.x, self.qkv, [at.to_q, at.to_k, at.to_v], norm=Norm(blk.attn_norm, state, self.ynew))
             self._attention(i, at)
-            self._gemv(self.o, self.x, [at.to_out], res=self.x, update=None if state is None else (state, self.ynew),
-                       prefetch=OUT_PREFETCH)
+            self._gemv(self.o, self.x, [at.to_out], res=self.x, update=None if state is None else (state, self.ynew))
             state = shift.get((i, "ff"))
             norm = Norm(blk.ff_norm, state, self.ynew)
             self._gemv(self.x, self.ff, [ff.w_in], act=act, norm=norm)
