@@ -71,9 +71,9 @@ def gemv_row(name: str, ns: list[int], k: int, normed: bool, sweep: bool, pdl: b
             for w in wl:
                 F.linear(x3, w)
 
-    def ours():
+    def ours(use_pdl=pdl):
         for wl in ws:
-            fused_decode.gemv(x, out, [_Lin(w) for w in wl], norm=norm, pdl=pdl)
+            fused_decode.gemv(x, out, [_Lin(w) for w in wl], norm=norm, pdl=use_pdl)
 
     def gbps(fn):
         t = time_fn(fn, "cuda", TIMING)
@@ -109,8 +109,7 @@ def gemv_row(name: str, ns: list[int], k: int, normed: bool, sweep: bool, pdl: b
         row["default_config"] = fused_decode.gemv_config(sum(ns), k, False)
         row["default_gbps"] = gbps(ours)[0]
     if pdl:  # the default setting with plain launches, for the PDL gain
-        pdl = False
-        row["default_no_pdl_gbps"] = gbps(ours)[0]
+        row["default_no_pdl_gbps"] = gbps(lambda: ours(False))[0]
     tag = name + ("+norm" if normed else "")
     print(f"gemv {tag:13s} {sum(ns):6d}x{k:<6d} {nbytes / 1e6:6.1f} MB  cuBLAS {row['cublas_gbps']:6.0f} GB/s  "
           f"triton {row['triton_gbps']:6.0f} GB/s  {row['triton_config']}", flush=True)

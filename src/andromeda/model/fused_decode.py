@@ -18,12 +18,12 @@ uses the torch step. On CPU it runs under TRITON_INTERPRET=1 (how CI tests it).
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 from torch import nn
 
 from andromeda.errors import UnsupportedError
+from andromeda.model.backends.triton_flash import LOG2E, _interpreting
 
 ACT = {"gelu": 1, "silu": 2, "relu": 3}
 
@@ -34,10 +34,6 @@ GEMV_OVERRIDE: dict = {}
 # waits for it on the device, so launch latency and the first weight tile's load overlap the previous
 # kernel. None: on where the GPU has it (sm90+); benchmarks may set True/False to compare.
 PDL: bool | None = None
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @functools.lru_cache(maxsize=1)
@@ -200,7 +196,7 @@ class FusedStep:
         self.lw = torch.empty(ws, device=device, dtype=torch.float32)
         self.ow = torch.empty(ws * self.d, device=device, dtype=torch.float32)
         self.prec = "ieee" if dtype == torch.float32 else "tf32"  # (tf32 is ignored for half inputs)
-        self.qk_scale = cfg.attn_scale * 1.4426950408889634
+        self.qk_scale = cfg.attn_scale * LOG2E
         self.empty = torch.empty(0, device=device, dtype=dtype)  # the pointer argument of an absent tensor
         self.slopes = model.alibi_slopes
         has_pdl = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
