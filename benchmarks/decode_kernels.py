@@ -6,11 +6,9 @@
   run streams enough copies of the weight (>= 384 MB) that the 50 MB L2 cannot serve them, captured in
   one CUDA graph as the decode step is; --sweep tries a grid of launch settings per shape.
 - step: time per token of a batch-1 decode after a 4K prompt, the torch step and the fused Triton step
-  (both CUDA graphs; the fused one also without PDL and without the L2 prefetch, and with
-  --prefetch-sweep under other prefetch settings), against the bandwidth floor, and how far apart
-  their logits are.
+  (both CUDA graphs), against the bandwidth floor, and how far apart their logits are.
 
-    python benchmarks/decode_kernels.py [--preset andromeda] [--sweep] [--prefetch-sweep] [--json out.json]
+    python benchmarks/decode_kernels.py [--preset andromeda] [--sweep] [--json out.json]
 """
 
 from __future__ import annotations
@@ -128,29 +126,19 @@ def gemv_rows(cfg, sweep: bool, pdl: bool) -> list[dict]:
     return rows
 
 
-# fused-step variants: name -> (PDL, L2_PREFETCH); None: the module's defaults
-VARIANTS = {"fused_graph_no_pdl": (False, None), "fused_graph_no_prefetch": (None, dict(mode=0)),
-            "fused_graph": (None, None)}
-PREFETCH_SWEEP = {f"fused_graph_prefetch_{m}_w_in_{mb}mb": (None, dict(mode=m, w_in_bytes=mb * 2**20))
-                  for m, mb in ((2, 0), (1, 4), (1, 8), (1, 16))}
-
-
-def step_rows(bundle, bw: float, prefetch_sweep: bool = False) -> dict:
+def step_rows(bundle, bw: float) -> dict:
     from andromeda.model import GraphedDecoder
 
     model = bundle.model
     floor = ms.decode_floor_ms(bundle, bw)
     res = {"floor_ms": floor}
-    default_prefetch = dict(fused_decode.L2_PREFETCH)
-    runs = {"torch_graph": None, **VARIANTS, **(PREFETCH_SWEEP if prefetch_sweep else {})}
-    for name, variant in runs.items():
-        pdl, prefetch = variant or (None, None)
+    for name, mode, pdl in (("torch_graph", "cuda_graph", None), ("fused_graph_no_pdl", "fused_graph", False),
+                            ("fused_graph", "fused_graph", None)):
         fused_decode.PDL = pdl
-        fused_decode.L2_PREFETCH = prefetch or default_prefetch
-        t = ms.andromeda_tpot_ms(model, "cuda_graph" if variant is None else "fused_graph")
+        t = ms.andromeda_tpot_ms(model, mode)
         res[f"{name}_ms"], res[f"{name}_of_floor"] = t, floor / t
-        print(f"step {name:34s} {t:7.3f} ms/token  {floor / t:6.1%} of the {floor:.3f} ms floor", flush=True)
-    fused_decode.PDL, fused_decode.L2_PREFETCH = None, default_prefetch
+        print(f"step {name:18s} {t:7.3f} ms/token  {floor / t:6.1%} of the {floor:.3f} ms floor", flush=True)
+    fused_decode.PDL = None
     # the two steps' logits from the same prefilled state, against a float32 run of the same weights
     prompt = torch.randint(0, 256, (1, ms.PROMPT_CTX), device="cuda")
     tok = torch.randint(0, 256, (1, 1), device="cuda")
@@ -174,7 +162,6 @@ def main() -> None:
     ap.add_argument("--preset", default="andromeda")
     ap.add_argument("--sweep", action="store_true", help="try a grid of GEMV launch settings per shape")
     ap.add_argument("--no-step", action="store_true", help="GEMVs only")
-    ap.add_argument("--prefetch-sweep", action="store_true", help="also time the step with other L2 prefetch settings")
     ap.add_argument("--json")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -194,7 +181,7 @@ def main() -> None:
     res["gemv"] = gemv_rows(bundle.model.cfg, args.sweep, pdl)
     save()
     if not args.no_step:
-        res["step"] = step_rows(bundle, bw, args.prefetch_sweep)
+        res["step"] = step_rows(bundle, bw)
         save()
 
 

@@ -43,28 +43,6 @@ def _after_previous(PDL: tl.constexpr):
 
 
 @triton.jit
-def _l2_prefetch(ptr, nbytes):
-    """Ask the copy engine to bring nbytes (a multiple of 16; <= 0: nothing) at ptr (16-byte aligned) into L2,
-    without waiting for it (sm90's bulk prefetch, one per element)."""
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.gt.s32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-        "=r,l,r", [ptr, nbytes], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _prefetch_next(PF0, pf0_bytes, PF1, pf1_bytes, PF_CHUNK: tl.constexpr, NT: tl.constexpr):
-    """This program's share of the L2 prefetch of bytes [0, pf0_bytes) at PF0 then [0, pf1_bytes) at PF1, laid
-    end to end: thread t of program p takes PF_CHUNK bytes from (p * NT + t) * PF_CHUNK."""
-    p = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
-    off = (p * NT + tl.arange(0, NT)).to(tl.int64) * PF_CHUNK
-    n0 = tl.minimum(pf0_bytes - off, PF_CHUNK).to(tl.int32)
-    _l2_prefetch(PF0.to(tl.pointer_type(tl.int8)) + tl.minimum(off, pf0_bytes), n0)
-    off1 = tl.maximum(off - pf0_bytes, 0)
-    n1 = tl.minimum(tl.minimum(pf1_bytes - off1, off + PF_CHUNK - pf0_bytes), PF_CHUNK).to(tl.int32)
-    _l2_prefetch(PF1.to(tl.pointer_type(tl.int8)) + tl.minimum(off1, pf1_bytes), n1)
-
-
-@triton.jit
 def _rnd(x, like):
     """x rounded to the element type of pointer `like`, back in float32."""
     return x.to(like.dtype.element_ty).to(tl.float32)
@@ -252,11 +230,10 @@ def _qk_apply(QKV, heads, rmask, g, gp, c, s, sc, eps, INV: tl.constexpr,
 
 
 @triton.jit
-def attn_split_kernel(QKV, KC, VC, POS, SLOPES, GQ, GK, COS, SIN, XS, MW, LW, OW, PF0, PF1, qk_scale, eps, H, HKV,
-                      G, kv_stride, pf0_bytes, pf1_bytes, N_SPLIT: tl.constexpr, SPLIT_T: tl.constexpr,
-                      BLOCK_T: tl.constexpr, BG: tl.constexpr, D: tl.constexpr, ROT: tl.constexpr,
-                      QK_NORM: tl.constexpr, GAIN: tl.constexpr, XPOS: tl.constexpr, ALIBI: tl.constexpr,
-                      PREC: tl.constexpr, PREFETCH: tl.constexpr, PF_CHUNK: tl.constexpr, NT: tl.constexpr,
+def attn_split_kernel(QKV, KC, VC, POS, SLOPES, GQ, GK, COS, SIN, XS, MW, LW, OW, qk_scale, eps, H, HKV, G,
+                      kv_stride, N_SPLIT: tl.constexpr, SPLIT_T: tl.constexpr, BLOCK_T: tl.constexpr,
+                      BG: tl.constexpr, D: tl.constexpr, ROT: tl.constexpr, QK_NORM: tl.constexpr,
+                      GAIN: tl.constexpr, XPOS: tl.constexpr, ALIBI: tl.constexpr, PREC: tl.constexpr,
                       PDL: tl.constexpr):
     """One split of the keys 0..pos for the G query heads of one KV head: a partial online softmax.
 
@@ -269,13 +246,7 @@ def attn_split_kernel(QKV, KC, VC, POS, SLOPES, GQ, GK, COS, SIN, XS, MW, LW, OW
     row, the running max m and sum l (base 2) and the unnormalized output to the workspace MW, LW
     (H_kv, N_SPLIT, BG) and OW (H_kv, N_SPLIT, BG, D); splits past pos store nothing (attn_combine skips
     them). Scores: q . k * qk_scale (the logit scale times log2 e) plus ALiBi slope_h log2 e (key - pos).
-
-    PREFETCH (sm90+): the attention leaves HBM idle, so the programs first ask for the next weights (PF0,
-    pf0_bytes: the out-projection; PF1, pf1_bytes: the start of w_in) to be brought into L2 (`_prefetch_next`;
-    1 after `_after_previous`, 2 before it), and the GEMVs after it read them from there.
     """
-    if PREFETCH == 2:
-        _prefetch_next(PF0, pf0_bytes, PF1, pf1_bytes, PF_CHUNK, NT)
     s = tl.program_id(0)
     j = tl.program_id(1)
     pos = tl.load(POS)  # advanced at the end of the previous step, which has finished
@@ -294,8 +265,6 @@ def attn_split_kernel(QKV, KC, VC, POS, SLOPES, GQ, GK, COS, SIN, XS, MW, LW, OW
     if ALIBI:
         slope = tl.load(SLOPES + j * G + g, mask=g < G, other=0.0) * LOG2E
     _after_previous(PDL)
-    if PREFETCH == 1:
-        _prefetch_next(PF0, pf0_bytes, PF1, pf1_bytes, PF_CHUNK, NT)
     if start <= pos:
         knew = _qk_apply(QKV, H + j + one, one < 1, gk, gkp, c, sn, sc, eps, True, D, ROT, QK_NORM, GAIN, XPOS)
         knew = tl.reshape(knew.to(KC.dtype.element_ty), (D,))

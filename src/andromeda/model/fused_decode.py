@@ -34,10 +34,6 @@ GEMV_OVERRIDE: dict = {}
 # waits for it on the device, so launch latency and the first weight tile's load overlap the previous
 # kernel. None: on where the GPU has it (sm90+); benchmarks may set True/False to compare.
 PDL: bool | None = None
-# While the attention kernels run, HBM is idle: on sm90+ their programs prefetch into L2 the next weights:
-# the out-projection and the first `w_in_bytes` of w_in. mode 0 off, 1 after the PDL wait, 2 before it.
-# Benchmarks may change it (benchmarks/decode_kernels.py).
-L2_PREFETCH: dict = dict(mode=1, w_in_bytes=0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -206,14 +202,12 @@ class FusedStep:
         has_pdl = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
         self.pdl = has_pdl if PDL is None else bool(PDL) and has_pdl
         self.launch = dict(PDL=self.pdl, launch_pdl=self.pdl) if self.pdl else dict(PDL=False)
-        self.prefetch = int(L2_PREFETCH.get("mode", 0)) if has_pdl else 0  # (bulk prefetch: sm90+)
-        self.prefetch_w_in = int(L2_PREFETCH.get("w_in_bytes", 0)) // 16 * 16
 
     # ---- launches ---------------------------------------------------------------------------------
     def _gemv(self, x, out, lins, **kw) -> None:
         gemv(x, out, lins, interp=self.interp, pdl=self.pdl, **kw)
 
-    def _attention(self, layer: int, attn, ff) -> None:
+    def _attention(self, layer: int, attn) -> None:
         st, kn = self.static, self.k
         kc, vc = self.cache.k[layer, 0], self.cache.v[layer, 0]  # (H_kv, T, D)
         cos, sin, xs = st.tables if st.tables is not None else (self.empty, self.empty, None)
@@ -222,19 +216,13 @@ class FusedStep:
         gk = attn.k_norm.gain if gq is not None else None
         slopes = self.slopes
         warps = 1 if self.interp else 4
-        nt = 32 * warps
-        w0, w1 = attn.to_out.weight, ff.w_in.weight
-        b0 = w0.numel() * w0.element_size() if self.prefetch and w0.is_contiguous() else 0
-        b1 = min(self.prefetch_w_in, w1.numel() * w1.element_size()) if b0 and w1.is_contiguous() else 0
-        chunk = max(16, -(-(b0 + b1) // (self.n_split * self.hkv * nt * 16)) * 16)
         kn.attn_split_kernel[(self.n_split, self.hkv)](
             self.qkv, kc, vc, st.pos, self.empty if slopes is None else slopes, self.empty if gq is None else gq,
             self.empty if gk is None else gk, cos, sin, self.empty if xs is None else xs, self.mw, self.lw, self.ow,
-            w0, w1, self.qk_scale, float(qn.eps if qn is not None else 0.0), self.h, self.hkv, self.g, kc.stride(0),
-            b0, b1, N_SPLIT=self.n_split, SPLIT_T=self.split_t, BLOCK_T=self.block_t, BG=self.bg, D=self.d,
-            ROT=self.rot, QK_NORM=qn is not None, GAIN=gq is not None, XPOS=xs is not None, ALIBI=slopes is not None,
-            PREC=self.prec, PREFETCH=self.prefetch if b0 else 0, PF_CHUNK=chunk, NT=nt, num_warps=warps,
-            **self.launch)
+            self.qk_scale, float(qn.eps if qn is not None else 0.0), self.h, self.hkv, self.g, kc.stride(0),
+            N_SPLIT=self.n_split, SPLIT_T=self.split_t, BLOCK_T=self.block_t, BG=self.bg, D=self.d, ROT=self.rot,
+            QK_NORM=qn is not None, GAIN=gq is not None, XPOS=xs is not None, ALIBI=slopes is not None,
+            PREC=self.prec, num_warps=warps, **self.launch)
         kn.attn_combine_kernel[(self.h,)](
             self.mw, self.lw, self.ow, self.o, st.pos, self.g, N_SPLIT=self.n_split, SPLIT_T=self.split_t,
             BG=self.bg, BLOCK_S=min(128, _pow2(self.n_split)), D=self.d, num_warps=1 if self.interp else 8,
@@ -257,7 +245,7 @@ class FusedStep:
             at, ff = blk.attn, blk.ff
             state = shift.get((i, "attn"))
             self._gemv(self.x, self.qkv, [at.to_q, at.to_k, at.to_v], norm=Norm(blk.attn_norm, state, self.ynew))
-            self._attention(i, at, ff)
+            self._attention(i, at)
             self._gemv(self.o, self.x, [at.to_out], res=self.x, update=None if state is None else (state, self.ynew))
             state = shift.get((i, "ff"))
             norm = Norm(blk.ff_norm, state, self.ynew)
