@@ -67,3 +67,57 @@ def test_argmax_in_the_lm_head_takes_the_first_of_tied_rows():
             fused_decode.gemv(x, out, [lin], argmax=arg, interp=True)
             assert arg[2].item() == out.argmax().item() == 9 and out[9] == out[30]
             assert arg[0].item() == -(2**63) and arg[1].item() == 0
+
+
+def _norm_and_shift_reference(row, mod, state):
+    """float64 norm of row (rounded to its dtype as torch rounds) and TokenShift's rule written out: feature
+    chunk k (1..s) from state row s - k; the new state: rows up one, the normalized row last."""
+    r = row.double()
+    if isinstance(mod, torch.nn.RMSNorm):
+        y = r * torch.rsqrt(r.pow(2).mean() + mod.eps) * mod.weight.double()
+    else:
+        y = (r - r.mean()) * torch.rsqrt(r.var(unbiased=False) + mod.eps) * mod.weight.double() + mod.bias.double()
+    y = y.to(row.dtype)
+    if state is None:
+        return y, None
+    s, n = state.shape[1], row.numel()
+    c, xn = n // (s + 1), y.clone()
+    for k in range(1, s + 1):
+        xn[k * c:(k + 1) * c] = state[0, s - k, k * c:(k + 1) * c]
+    return xn, torch.cat([state[0, 1:], y[None]])[None]
+
+
+@pytest.mark.parametrize("kind,shifts", [("layernorm", 1), ("rmsnorm", 2), ("layernorm", 0)])
+def test_last_program_norms_the_output_and_moves_the_shift_state(kind, shifts):
+    """A GEMV with prep (as the residual GEMVs run it): after out = W x + res, xn = token shift of norm(out)
+    and the shift state moves on; twice, so the second call reads the state the first left and finds the
+    program count re-armed. 37 outputs (10 programs of 4 rows) over a dim that does not split evenly."""
+    torch.manual_seed(1)
+    n = 37
+    mod = torch.nn.RMSNorm(n, eps=1e-6) if kind == "rmsnorm" else torch.nn.LayerNorm(n)
+    with torch.no_grad():
+        mod.weight.uniform_(0.5, 1.5)
+        if kind == "layernorm":
+            mod.bias.uniform_(-0.5, 0.5)
+    state = torch.randn(1, shifts, n) if shifts else None
+    lin = torch.nn.Linear(40, n, bias=False)
+    done = torch.zeros(1, dtype=torch.int32)
+    for _ in range(2):
+        x, out, xn = torch.randn(40), torch.randn(n), torch.empty(n)
+        want_out = (lin(x) + out).detach()
+        want_xn, want_state = _norm_and_shift_reference(want_out, mod, state)
+        fused_decode.gemv(x, out, [lin], res=out, prep=(fused_decode.Norm(mod, state), xn, done), interp=True)
+        assert torch.allclose(out, want_out, atol=1e-5)
+        assert torch.allclose(xn, want_xn.float(), atol=1e-5)
+        if shifts:
+            assert torch.allclose(state, want_state.float(), atol=1e-5)
+        assert done.item() == 0
+
+
+def test_norm_row_alone_matches_the_reference():
+    torch.manual_seed(2)
+    mod, state = torch.nn.LayerNorm(48), torch.randn(1, 1, 48)
+    x, xn = torch.randn(48), torch.empty(48)
+    want_xn, want_state = _norm_and_shift_reference(x, mod, state)
+    fused_decode.norm_row(x, xn, fused_decode.Norm(mod, state), interp=True)
+    assert torch.allclose(xn, want_xn.float(), atol=1e-5) and torch.allclose(state, want_state.float(), atol=1e-5)
