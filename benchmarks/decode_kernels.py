@@ -39,12 +39,11 @@ SWEEP = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=w, num_stages=1)
 
 
 def shapes(cfg) -> dict[str, tuple[list[int], int, bool]]:
-    """name -> (row counts of the weights stacked in one launch, K, whether the step's GEMV of this shape adds
-    the residual and prepares the next input: the norm and token shift of the row, by its last program)."""
+    """name -> (row counts of the weights stacked in one launch, K, whether the step normalizes its input)."""
     h, hkv, d = cfg.heads, cfg.n_kv_heads, cfg.dim_head
-    return {"qkv": ([h * d, hkv * d, hkv * d], cfg.dim, False), "out": ([cfg.dim], h * d, True),
-            "w_in": ([cfg.ff_hidden], cfg.dim, False), "w_out": ([cfg.dim], cfg.ff_hidden, True),
-            "lm_head": ([cfg.num_tokens], cfg.dim, False)}
+    return {"qkv": ([h * d, hkv * d, hkv * d], cfg.dim, True), "out": ([cfg.dim], h * d, False),
+            "w_in": ([cfg.ff_hidden], cfg.dim, True), "w_out": ([cfg.dim], cfg.ff_hidden, False),
+            "lm_head": ([cfg.num_tokens], cfg.dim, True)}
 
 
 class _Lin:  # what FusedStep._gemv reads from an nn.Linear
@@ -52,33 +51,29 @@ class _Lin:  # what FusedStep._gemv reads from an nn.Linear
         self.weight, self.bias = w, None
 
 
-def gemv_row(name: str, ns: list[int], k: int, prepares: bool, sweep: bool, pdl: bool) -> dict:
+def gemv_row(name: str, ns: list[int], k: int, normed: bool, sweep: bool, pdl: bool) -> dict:
     """One shape: cuBLAS and our GEMV (the best of the sweep, or the default setting) in GB/s; with pdl, our
-    launches overlap (programmatic dependent launch), as in the decode step. prepares: ours also adds the
-    residual in place and its last program normalizes and token-shifts the row (LayerNorm, shift 1), as the
-    step's GEMV of this shape does."""
+    launches overlap (programmatic dependent launch), as in the decode step. normed: ours also normalizes
+    and token-shifts its input (LayerNorm, shift 1), as the step's GEMV of this shape does."""
     nbytes = sum(ns) * k * 2
     copies = max(2, -(-STREAM_BYTES // nbytes))
     ws = [[torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for n in ns] for _ in range(copies)]
     x = torch.randn(k, device="cuda", dtype=torch.bfloat16)
     out = torch.empty(sum(ns), device="cuda", dtype=torch.bfloat16)
     x3 = x.view(1, 1, k)
-    kw = {}
-    if prepares:
-        n = ns[0]
-        ln = torch.nn.LayerNorm(n, device="cuda", dtype=torch.bfloat16)
-        state = torch.zeros(1, 1, n, device="cuda", dtype=torch.bfloat16)
-        done = torch.zeros(1, device="cuda", dtype=torch.int32)
-        kw = dict(res=out, prep=(fused_decode.Norm(ln, state), torch.empty_like(out), done))
+    norm = None
+    if normed:
+        ln = torch.nn.LayerNorm(k, device="cuda", dtype=torch.bfloat16)
+        norm = fused_decode.Norm(ln, torch.zeros(1, 1, k, device="cuda", dtype=torch.bfloat16), torch.empty_like(x))
 
     def cublas():
         for wl in ws:
             for w in wl:
                 F.linear(x3, w)
 
-    def ours(use_pdl=pdl, epilogue=kw):
+    def ours(use_pdl=pdl, prologue=norm):
         for wl in ws:
-            fused_decode.gemv(x, out, [_Lin(w) for w in wl], pdl=use_pdl, **epilogue)
+            fused_decode.gemv(x, out, [_Lin(w) for w in wl], norm=prologue, pdl=use_pdl)
 
     def gbps(fn):
         t = time_fn(fn, "cuda", TIMING)
@@ -86,15 +81,18 @@ def gemv_row(name: str, ns: list[int], k: int, prepares: bool, sweep: bool, pdl:
         med = t.median_ms / copies
         return nbytes / (med / 1e3) / 1e9, (max(per) - min(per)) / med
 
-    ref = torch.cat([F.linear(x, w) for w in ws[0]]).float()
-    row = {"shape": name, "rows": sum(ns), "k": k, "mb": nbytes / 1e6, "residual_and_norm": prepares}
+    xin = x  # the shifted chunk (the second half) reads the zero state
+    if norm is not None:
+        xin = torch.cat([ln(x)[: k // 2], torch.zeros(k - k // 2, device="cuda", dtype=x.dtype)])
+    ref = torch.cat([F.linear(xin, w) for w in ws[0]]).float()
+    row = {"shape": name, "rows": sum(ns), "k": k, "mb": nbytes / 1e6, "norm_prologue": normed}
     row["cublas_gbps"], row["cublas_spread"] = gbps(cublas)
     best = None
     for c in SWEEP if sweep else [None]:
         fused_decode.GEMV_OVERRIDE.clear()
         fused_decode.GEMV_OVERRIDE.update(c or {})
         try:
-            fused_decode.gemv(x, out, [_Lin(w) for w in ws[0]])  # (the arithmetic; no residual)
+            fused_decode.gemv(x, out, [_Lin(w) for w in ws[0]], norm=norm)
             err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
             g, spread = gbps(ours)
         except Exception as e:  # noqa: BLE001 - a setting that cannot launch is skipped
@@ -112,18 +110,18 @@ def gemv_row(name: str, ns: list[int], k: int, prepares: bool, sweep: bool, pdl:
         row["default_gbps"] = gbps(ours)[0]
     if pdl:  # the default setting with plain launches, for the PDL gain
         row["default_no_pdl_gbps"] = gbps(lambda: ours(False))[0]
-    if prepares:  # the same GEMV without the residual and the norm, for what they cost
-        row["plain_gbps"] = gbps(lambda: ours(epilogue={}))[0]
-    tag = name + ("+res+norm" if prepares else "")
-    print(f"gemv {tag:17s} {sum(ns):6d}x{k:<6d} {nbytes / 1e6:6.1f} MB  cuBLAS {row['cublas_gbps']:6.0f} GB/s  "
+    if normed:  # the same GEMV reading x as it is, for what the norm prologue costs
+        row["no_norm_gbps"] = gbps(lambda: ours(prologue=None))[0]
+    tag = name + ("+norm" if normed else "")
+    print(f"gemv {tag:13s} {sum(ns):6d}x{k:<6d} {nbytes / 1e6:6.1f} MB  cuBLAS {row['cublas_gbps']:6.0f} GB/s  "
           f"triton {row['triton_gbps']:6.0f} GB/s  {row['triton_config']}", flush=True)
     return row
 
 
 def gemv_rows(cfg, sweep: bool, pdl: bool) -> list[dict]:
     rows = []
-    for name, (ns, k, prepares) in shapes(cfg).items():
-        rows.append(gemv_row(name, ns, k, prepares, sweep, pdl))
+    for name, (ns, k, normed) in shapes(cfg).items():
+        rows.append(gemv_row(name, ns, k, normed, sweep, pdl))
         torch.cuda.empty_cache()
     return rows
 

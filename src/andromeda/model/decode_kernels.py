@@ -4,15 +4,14 @@ One token, so every matmul is a matrix-vector product that streams its weight on
 bound by memory bandwidth, and what costs time past the weight bytes is the number of kernels and the
 gaps between them. These kernels keep a pre-norm layer to six launches:
 
-    gemv(q|k|v) -> attn_split (QK-norm, rotary/xPos, cache write) -> attn_combine
-    -> gemv(out, + x; then norm + token shift of x) -> gemv(w_in, act) [-> gemv(w_gate)]
-    -> gemv(w_out, + x; then the next layer's norm + token shift of x)
+    gemv(q|k|v; norm + token shift of x on the fly) -> attn_split (QK-norm, rotary/xPos, cache write)
+    -> attn_combine -> gemv(out, + x; shift state) -> gemv(w_in, act; norm + shift) [-> gemv(w_gate)]
+    -> gemv(w_out, + x; shift state)
 
-A norm needs the whole residual row, which the GEMV that adds to it writes a few rows per program; so
-that GEMV's last program to finish (an atomic count) normalizes the row, applies the token shift and
-moves the shift state on (`_norm_row`), once, and the GEMVs after it read a plain input. (Normalizing
-in every program of the reading GEMV instead cost q|k|v and w_in 4-8% of their rate: each program
-re-read the row and the norm's weights.) The first layer's norm runs in a kernel of its own.
+A GEMV that reads a normalized input computes the row's statistics itself (every program reads the
+whole row, 5 KB, from L2) and normalizes and shifts each K chunk as it streams the weight, so the norm
+costs no launch. Token-shift state cannot be overwritten while that GEMV's programs still read it, so
+its program 0 leaves the new normalized row in a scratch row and the next GEMV moves it into the state.
 
 On Hopper the kernels launch with programmatic dependent launch: each starts while the previous one
 runs, loads what no kernel of the step writes (a GEMV its first weight tile; the attention split the
@@ -50,58 +49,44 @@ def _rnd(x, like):
 
 
 @triton.jit
-def _norm_row(X, XN, NW, NB, STATE, n, eps, chunk, RB: tl.constexpr, NORM: tl.constexpr, HAS_NB: tl.constexpr,
-              SHIFTS: tl.constexpr):
-    """XN = token shift of norm(X) (NORM 1 LayerNorm, 2 RMSNorm; weight NW, bias NB), one row of n features:
-    feature chunk k (1..SHIFTS; `chunk` features each) taken from row SHIFTS - k of STATE (SHIFTS, n), the
-    normalized row k positions back; then STATE's rows move up one and norm(X) becomes its last row.
-    norm(X) is rounded to X's dtype where torch rounds it. X was written by other programs of this kernel,
-    so it is read from L2 (.cg): this SM's L1 may hold an older copy of its lines."""
-    offs = tl.arange(0, RB)
-    m = offs < n
-    x = tl.load(X + offs, mask=m, other=0.0, cache_modifier=".cg").to(tl.float32)
-    if NORM == 1:
-        x = tl.where(m, x - tl.sum(x, axis=0) / n, 0.0)
-    y = x * tl.rsqrt(tl.sum(x * x, axis=0) / n + eps) * tl.load(NW + offs, mask=m, other=0.0).to(tl.float32)
-    if HAS_NB:
-        y += tl.load(NB + offs, mask=m, other=0.0).to(tl.float32)
-    y = y.to(X.dtype.element_ty)
-    xn = y
+def _input(X, NW, NB, STATE, YNEW, kk, km, mean, rstd, dim, chunk, write_new,
+           NORM: tl.constexpr, HAS_NB: tl.constexpr, SHIFTS: tl.constexpr):
+    """Features kk of the GEMV's input: X itself (NORM 0), or norm(X) (1 LayerNorm, 2 RMSNorm, with the
+    row's mean and rstd) rounded to X's dtype, with feature chunk k (1..SHIFTS) taken from row SHIFTS - k
+    of STATE (SHIFTS, dim): the normalized row k positions back. write_new: also store norm(X) to YNEW."""
+    y = tl.load(X + kk, mask=km, other=0.0).to(tl.float32)
+    if NORM > 0:
+        y = (y - mean) * rstd * tl.load(NW + kk, mask=km, other=0.0).to(tl.float32)
+        if HAS_NB:
+            y += tl.load(NB + kk, mask=km, other=0.0).to(tl.float32)
+        y = _rnd(y, X)
     if SHIFTS > 0:
+        if write_new:
+            tl.store(YNEW + kk, y.to(YNEW.dtype.element_ty), mask=km)
         for k in tl.static_range(1, SHIFTS + 1):
-            sel = (offs >= k * chunk) & (offs < (k + 1) * chunk)
-            prev = tl.load(STATE + (SHIFTS - k) * n + offs, mask=m & sel, other=0.0, cache_modifier=".cg")
-            xn = tl.where(sel, prev, xn)
-        for j in tl.static_range(0, SHIFTS - 1):  # (each thread moves the features it loaded above)
-            tl.store(STATE + j * n + offs, tl.load(STATE + (j + 1) * n + offs, mask=m, cache_modifier=".cg"), mask=m)
-        tl.store(STATE + (SHIFTS - 1) * n + offs, y, mask=m)
-    tl.store(XN + offs, xn, mask=m)
+            sel = (kk >= k * chunk) & (kk < (k + 1) * chunk)
+            prev = tl.load(STATE + (SHIFTS - k) * dim + kk, mask=km & sel, other=0.0)
+            y = tl.where(sel, prev.to(tl.float32), y)
+    return y
 
 
 @triton.jit
-def norm_row_kernel(X, XN, NW, NB, STATE, n, eps, chunk, RB: tl.constexpr, NORM: tl.constexpr,
-                    HAS_NB: tl.constexpr, SHIFTS: tl.constexpr, PDL: tl.constexpr):
-    """`_norm_row` on its own (one program): the first layer's input norm, after the embedding."""
-    _after_previous(PDL)
-    _norm_row(X, XN, NW, NB, STATE, n, eps, chunk, RB, NORM, HAS_NB, SHIFTS)
-
-
-@triton.jit
-def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, ARG, COUNT, TOKEN, XN, NW, NB, STATE, DONE,
-                N0, N1, N2, SW0, SW1, SW2, eps, chunk, K: tl.constexpr,
+def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, UPD, UPD_NEW, ARG, COUNT, TOKEN,
+                N0, N1, N2, SW0, SW1, SW2, chunk, eps, upd_dim, K: tl.constexpr,
                 SEGMENTS: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
-                HAS_MUL: tl.constexpr, PREP: tl.constexpr, HAS_NB: tl.constexpr, SHIFTS: tl.constexpr,
-                RB: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                ARGMAX: tl.constexpr, PDL: tl.constexpr):
-    """OUT[r] = epilogue(sum_k W[r, k] X[k]) over the rows of up to three weights stacked (q | k | v).
+                HAS_MUL: tl.constexpr, NORM: tl.constexpr, HAS_NB: tl.constexpr, SHIFTS: tl.constexpr,
+                UPD_SHIFTS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                KB: tl.constexpr, UB: tl.constexpr, ARGMAX: tl.constexpr, PDL: tl.constexpr):
+    """OUT[r] = epilogue(sum_k W[r, k] in[k]) over the rows of up to three weights stacked (q | k | v).
 
     Program p takes BLOCK_N rows of one weight (the weights' blocks follow one another); OUT holds the
-    weights' outputs one after another. Epilogue, each step rounded to OUT's dtype as torch would: + bias,
-    ACT (0 none, 1 gelu (erf), 2 silu, 3 relu), x MUL[r] (a GLU gate), + RES[r] (the residual; RES may be
-    OUT itself: a program reads only the rows it writes). ARGMAX: also the index of the largest output into
-    TOKEN (`_argmax`; one weight). PREP (1 LayerNorm, 2 RMSNorm; one weight): the last program to finish
-    prepares the next GEMV's input from the whole of OUT (`_norm_row` into XN, with NW, NB, eps, token shift
-    from STATE), counting finished programs in DONE (an int32 holding 0, left at 0).
+    weights' outputs one after another. `in` is X, or norm(X) + token shift (`_input`; NORM, NW, NB, eps,
+    STATE (SHIFTS, K), chunk), program 0 storing norm(X) to YNEW. Epilogue, each step rounded to OUT's
+    dtype as torch would: + bias, ACT (0 none, 1 gelu (erf), 2 silu, 3 relu), x MUL[r] (a GLU gate),
+    + RES[r] (the residual; RES may be OUT itself: a program reads only the rows it writes).
+    UPD_SHIFTS > 0: program 0 also moves an earlier GEMV's normalized row UPD_NEW into the shift state
+    UPD (UPD_SHIFTS, upd_dim): its rows move up one, UPD_NEW last. ARGMAX: also the index of the largest
+    output into TOKEN (`_argmax`; one weight).
     """
     pid = tl.program_id(0)
     w, b, n, sw, base, blk = W0, B0, N0, SW0, pid * 0, pid
@@ -123,14 +108,35 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, ARG, COUNT, TOKEN, XN,
     else:
         w0 = tl.load(wp, mask=cols[None, :] < K, other=0.0, eviction_policy="evict_first")
     _after_previous(PDL)
-    acc = w0.to(tl.float32) * tl.load(X + cols, mask=cols < K, other=0.0).to(tl.float32)[None, :]
+    if UPD_SHIFTS > 0:
+        if pid == 0:  # the previous norm's readers have all finished: move its row into the state
+            offs = tl.arange(0, UB)
+            um = offs < upd_dim
+            for j in tl.static_range(0, UPD_SHIFTS - 1):
+                tl.store(UPD + j * upd_dim + offs, tl.load(UPD + (j + 1) * upd_dim + offs, mask=um), mask=um)
+            tl.store(UPD + (UPD_SHIFTS - 1) * upd_dim + offs, tl.load(UPD_NEW + offs, mask=um), mask=um)
+    mean = 0.0
+    rstd = 0.0
+    if NORM > 0:  # the row's statistics, from the whole row
+        offs = tl.arange(0, KB)
+        xf = tl.load(X + offs, mask=offs < K, other=0.0).to(tl.float32)
+        if NORM == 1:
+            mean = tl.sum(xf, axis=0) / K
+            xc = tl.where(offs < K, xf - mean, 0.0)
+            rstd = tl.rsqrt(tl.sum(xc * xc, axis=0) / K + eps)
+        else:
+            rstd = tl.rsqrt(tl.sum(xf * xf, axis=0) / K + eps)
+    first = pid == 0
+    xk = _input(X, NW, NB, STATE, YNEW, cols, cols < K, mean, rstd, K, chunk, first, NORM, HAS_NB, SHIFTS)
+    acc = w0.to(tl.float32) * xk[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         kk = k0 + cols
         if EVEN_K:
             wk = tl.load(wp + k0, eviction_policy="evict_first")
         else:
             wk = tl.load(wp + k0, mask=(kk < K)[None, :], other=0.0, eviction_policy="evict_first")
-        acc += wk.to(tl.float32) * tl.load(X + kk, mask=kk < K, other=0.0).to(tl.float32)[None, :]
+        xk = _input(X, NW, NB, STATE, YNEW, kk, kk < K, mean, rstd, K, chunk, first, NORM, HAS_NB, SHIFTS)
+        acc += wk.to(tl.float32) * xk[None, :]
     y = tl.sum(acc, axis=1)
     if HAS_BIAS:
         y += tl.load(b + rows_in).to(tl.float32)
@@ -148,12 +154,6 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, ARG, COUNT, TOKEN, XN,
     tl.store(OUT + base + rows, y.to(OUT.dtype.element_ty), mask=rows < n)
     if ARGMAX:
         _argmax(_rnd(y, OUT), rows, n, ARG, COUNT, TOKEN)
-    if PREP > 0:
-        tl.debug_barrier()  # every thread's rows are stored before the release below
-        done = tl.atomic_add(DONE, 1)  # acq_rel: the last program sees every program's rows
-        if done == tl.num_programs(0) - 1:
-            _norm_row(OUT, XN, NW, NB, STATE, N0, eps, chunk, RB, PREP, HAS_NB, SHIFTS)
-            tl.atomic_xchg(DONE, 0)
 
 
 @triton.jit

@@ -3,8 +3,7 @@
 A decode step at batch 1 streams every weight once; the torch step (model/decode.py) does that in
 cuBLAS GEMVs but spends as long again on ~1,500 small kernels (norms, token shift, QK-norm, rotary,
 cache writes, masks, softmax) and the gaps between them. FusedStep computes the same logits in six
-kernels a layer (decode_kernels.py lists them) plus the embedding, the first layer's norm and the LM
-head (the final norm computed by the last layer's w_out GEMV),
+kernels a layer (decode_kernels.py lists them) plus the embedding and the LM head (final norm inside),
 reading the model's own parameters and StaticStep's state: the position `pos` on the device, the
 rotary/xPos tables, the token-shift buffers and the KV cache. It captures into a CUDA graph like the
 torch step (GraphedDecoder(kernels="triton")).
@@ -105,41 +104,22 @@ def gemv_config(n: int, k: int, interp: bool) -> dict:
 
 
 class Norm:
-    """A GEMV's next input: `module` (nn.LayerNorm | nn.RMSNorm) of a row, then token shift from `state`
-    (1, s, dim) (None: no shift), which moves on by one row."""
+    """A GEMV's input normalization: `module` (nn.LayerNorm | nn.RMSNorm) of x, then token shift from
+    `state` (1, s, dim) (None: no shift), the normalized row stored to `new` for a later state update."""
 
-    def __init__(self, module: nn.Module, state: torch.Tensor | None = None):
-        self.module, self.state = module, state
-
-    def args(self, like: torch.Tensor) -> dict:
-        """The kernels' arguments for it (decode_kernels._norm_row): pointers, eps, chunk and constexprs."""
-        mod, n = self.module, like.shape[-1]
-        kind = 2 if isinstance(mod, nn.RMSNorm) else 1
-        eps = float(mod.eps if mod.eps is not None else torch.finfo(like.dtype).eps)  # RMSNorm(eps=None): torch's
-        empty = like.new_empty(0)
-        nb = mod.bias if kind == 1 and mod.bias is not None else empty
-        shifts = 0 if self.state is None else self.state.shape[1]
-        return dict(NW=mod.weight, NB=nb, STATE=empty if self.state is None else self.state, eps=eps,
-                    chunk=n // (shifts + 1), NORM=kind, HAS_NB=nb.numel() > 0, SHIFTS=shifts, RB=_pow2(n))
-
-
-def norm_row(x: torch.Tensor, xn: torch.Tensor, norm: Norm, *, interp: bool = False, pdl: bool = False) -> None:
-    """xn = token shift of norm(x) for one row x (dim,), moving the shift state on (decode_kernels.norm_row_kernel)."""
-    a = norm.args(x)
-    launch = dict(launch_pdl=True) if pdl else {}
-    _kernels().norm_row_kernel[(1,)](
-        x, xn, a["NW"], a["NB"], a["STATE"], x.shape[-1], a["eps"], a["chunk"], RB=a["RB"], NORM=a["NORM"],
-        HAS_NB=a["HAS_NB"], SHIFTS=a["SHIFTS"], PDL=pdl, num_warps=1 if interp else 8, **launch)
+    def __init__(self, module: nn.Module, state: torch.Tensor | None = None, new: torch.Tensor | None = None):
+        self.module, self.state, self.new = module, state, new
 
 
 def gemv(x: torch.Tensor, out: torch.Tensor, lins: list, *, act: int = 0, res: torch.Tensor | None = None,
-         mul: torch.Tensor | None = None, prep: tuple[Norm, torch.Tensor, torch.Tensor] | None = None,
-         argmax: tuple | None = None, interp: bool = False, pdl: bool = False) -> None:
-    """out = epilogue(W x) for the weights of up to three nn.Linear-like objects stacked (decode_kernels.gemv_kernel).
+         mul: torch.Tensor | None = None, norm: Norm | None = None,
+         update: tuple[torch.Tensor, torch.Tensor] | None = None, argmax: tuple | None = None,
+         interp: bool = False, pdl: bool = False) -> None:
+    """out = epilogue(W in) for the weights of up to three nn.Linear-like objects stacked (decode_kernels.gemv_kernel).
 
     x (K,), out (sum of the weights' rows,); act: 0 none, 1 gelu, 2 silu, 3 relu; res, mul: (rows,).
-    prep = (norm, xn, done): then xn = token shift of norm(out) (`norm_row`, done by the last program to
-    finish; done: an int32 (1,) holding 0; one weight). argmax = (key int64 (1,) holding -2**63, counter int32
+    in = x, or norm(x) shifted (`norm`). update = (state (1, s, dim), row (dim,)): move row into the shift
+    state first (the state's rows up one, row last). argmax = (key int64 (1,) holding -2**63, counter int32
     (1,) holding 0, token int64): also write the index of the largest output to token (one weight)."""
     ws = [lin.weight for lin in lins]
     bs = [lin.bias for lin in lins]
@@ -151,23 +131,25 @@ def gemv(x: torch.Tensor, out: torch.Tensor, lins: list, *, act: int = 0, res: t
     wp = ws + [ws[0]] * pad
     bp = [empty if b is None else b for b in bs] + [empty] * pad
     ns = [w.shape[0] for w in ws] + [0] * pad
-    if prep is not None:
-        if len(ws) != 1:
-            raise ValueError("gemv: prep needs one weight")
-        norm, xn, done = prep
-        p = norm.args(out)
-    else:
-        xn, done = empty, empty
-        p = dict(NW=empty, NB=empty, STATE=empty, eps=0.0, chunk=1, NORM=0, HAS_NB=False, SHIFTS=0, RB=1)
+    kind, nw, nb, eps, state, new, shifts = 0, empty, empty, 0.0, empty, empty, 0
+    if norm is not None:
+        mod = norm.module
+        kind, nw = (2 if isinstance(mod, nn.RMSNorm) else 1), mod.weight
+        eps = float(mod.eps if mod.eps is not None else torch.finfo(x.dtype).eps)  # RMSNorm(eps=None): torch's default
+        nb = mod.bias if kind == 1 and mod.bias is not None else empty
+        if norm.state is not None:
+            state, new, shifts = norm.state, norm.new, norm.state.shape[1]
+    upd, upd_new, upd_shifts = (update[0], update[1], update[0].shape[1]) if update is not None else (empty, empty, 0)
+    upd_dim = upd.shape[-1] if update is not None else 1
     launch = dict(launch_pdl=True) if pdl else {}
     arg = argmax if argmax is not None else (empty, empty, empty)
     _kernels().gemv_kernel[(sum(-(-w.shape[0] // bn) for w in ws),)](
-        x, out, *wp, *bp, empty if res is None else res, empty if mul is None else mul, *arg, xn, p["NW"], p["NB"],
-        p["STATE"], done, *ns, *[w.stride(0) for w in wp], p["eps"], p["chunk"], K=k, SEGMENTS=len(ws),
-        HAS_BIAS=bs[0] is not None, ACT=act, HAS_RES=res is not None, HAS_MUL=mul is not None, PREP=p["NORM"],
-        HAS_NB=p["HAS_NB"], SHIFTS=p["SHIFTS"], RB=p["RB"], EVEN_K=k % cfg["BLOCK_K"] == 0, BLOCK_N=bn,
-        BLOCK_K=cfg["BLOCK_K"], ARGMAX=argmax is not None, PDL=pdl, num_warps=cfg.get("num_warps", 4),
-        num_stages=cfg.get("num_stages", 1), **launch)
+        x, out, *wp, *bp, empty if res is None else res, empty if mul is None else mul, nw, nb, state, new,
+        upd, upd_new, *arg, *ns, *[w.stride(0) for w in wp], k // (shifts + 1), eps, upd_dim, K=k, SEGMENTS=len(ws),
+        HAS_BIAS=bs[0] is not None, ACT=act, HAS_RES=res is not None, HAS_MUL=mul is not None, NORM=kind,
+        HAS_NB=nb.numel() > 0, SHIFTS=shifts, UPD_SHIFTS=upd_shifts, EVEN_K=k % cfg["BLOCK_K"] == 0,
+        BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], KB=_pow2(k), UB=_pow2(upd_dim), ARGMAX=argmax is not None, PDL=pdl,
+        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1), **launch)
 
 
 class FusedStep:
@@ -193,8 +175,7 @@ class FusedStep:
         def buf(n):
             return torch.empty(n, device=device, dtype=dtype)
 
-        self.x, self.xn = buf(cfg.dim), buf(cfg.dim)  # the residual stream; its normalized (and shifted) row
-        self.done = torch.zeros(1, device=device, dtype=torch.int32)  # finished programs of a GEMV that norms
+        self.x, self.ynew = buf(cfg.dim), buf(cfg.dim)  # the residual stream; a norm's row for the shift state
         self.qkv, self.o = buf((self.h + 2 * self.hkv) * self.d), buf(self.h * self.d)
         self.ff = buf(cfg.ff_hidden)
         self.ff2 = buf(cfg.ff_hidden) if cfg.ff_glu else None
@@ -223,9 +204,8 @@ class FusedStep:
         self.launch = dict(PDL=self.pdl, launch_pdl=self.pdl) if self.pdl else dict(PDL=False)
 
     # ---- launches ---------------------------------------------------------------------------------
-    def _gemv(self, x, out, lins, norm: Norm | None = None, **kw) -> None:
-        prep = None if norm is None else (norm, self.xn, self.done)
-        gemv(x, out, lins, prep=prep, interp=self.interp, pdl=self.pdl, **kw)
+    def _gemv(self, x, out, lins, **kw) -> None:
+        gemv(x, out, lins, interp=self.interp, pdl=self.pdl, **kw)
 
     def _attention(self, layer: int, attn) -> None:
         st, kn = self.static, self.k
@@ -261,23 +241,20 @@ class FusedStep:
         shift = st.shift
         self.x.copy_(m.emb_drop(m.embed(token, st.pos)).reshape(-1))
         act = ACT[m.cfg.ff_activation]
-        blocks = list(m.blocks)
-
-        def input_norm(i: int) -> Norm:  # what block i's q|k|v read, or past the last block the LM head
-            return Norm(blocks[i].attn_norm, shift.get((i, "attn"))) if i < len(blocks) else Norm(m.final_norm)
-
-        norm_row(self.x, self.xn, input_norm(0), interp=self.interp, pdl=self.pdl)
-        for i, blk in enumerate(blocks):
+        for i, blk in enumerate(m.blocks):
             at, ff = blk.attn, blk.ff
-            self._gemv(self.xn, self.qkv, [at.to_q, at.to_k, at.to_v])
+            state = shift.get((i, "attn"))
+            self._gemv(self.x, self.qkv, [at.to_q, at.to_k, at.to_v], norm=Norm(blk.attn_norm, state, self.ynew))
             self._attention(i, at)
-            self._gemv(self.o, self.x, [at.to_out], res=self.x, norm=Norm(blk.ff_norm, shift.get((i, "ff"))))
-            self._gemv(self.xn, self.ff, [ff.w_in], act=act)
+            self._gemv(self.o, self.x, [at.to_out], res=self.x, update=None if state is None else (state, self.ynew))
+            state = shift.get((i, "ff"))
+            norm = Norm(blk.ff_norm, state, self.ynew)
+            self._gemv(self.x, self.ff, [ff.w_in], act=act, norm=norm)
             h = self.ff
             if ff.w_gate is not None:
-                self._gemv(self.xn, self.ff2, [ff.w_gate], mul=self.ff)
+                self._gemv(self.x, self.ff2, [ff.w_gate], mul=self.ff, norm=norm)
                 h = self.ff2
-            self._gemv(h, self.x, [ff.w_out], res=self.x, norm=input_norm(i + 1))
-        self._gemv(self.xn, self.logits, [m.head], argmax=self.argmax if greedy else None)
+            self._gemv(h, self.x, [ff.w_out], res=self.x, update=None if state is None else (state, self.ynew))
+        self._gemv(self.x, self.logits, [m.head], norm=Norm(m.final_norm), argmax=self.argmax if greedy else None)
         st.pos.add_(1)
         return self.logits.view(1, -1)
