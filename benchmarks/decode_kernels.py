@@ -98,7 +98,7 @@ def gemv_row(name: str, ns: list[int], k: int, normed: bool, sweep: bool, pdl: b
         except Exception as e:  # noqa: BLE001 - a setting that cannot launch is skipped
             print(f"  {name} {c}: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
             continue
-        used = fused_decode.gemv_config(sum(ns), k, False)
+        used = fused_decode.gemv_config(sum(ns), k, False, normed)
         if sweep:
             print(f"  {name} {used} {g:7.0f} GB/s", flush=True)
         if best is None or g > best[0]:
@@ -106,7 +106,7 @@ def gemv_row(name: str, ns: list[int], k: int, normed: bool, sweep: bool, pdl: b
     fused_decode.GEMV_OVERRIDE.clear()
     row["triton_gbps"], row["triton_spread"], row["triton_config"], row["triton_max_rel_err"] = best
     if sweep:  # the default setting too
-        row["default_config"] = fused_decode.gemv_config(sum(ns), k, False)
+        row["default_config"] = fused_decode.gemv_config(sum(ns), k, False, normed)
         row["default_gbps"] = gbps(ours)[0]
     if pdl:  # the default setting with plain launches, for the PDL gain
         row["default_no_pdl_gbps"] = gbps(lambda: ours(False))[0]

@@ -54,6 +54,24 @@ def _bias(s, q_pos, k_pos, slope, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MAS
 
 
 @triton.jit
+def _probs(qk, qk_scale, lse, q_pos, k_pos, q0, slope, ALIBI: tl.constexpr, CAUSAL: tl.constexpr,
+           MASK: tl.constexpr):
+    """The backward's probabilities exp2(score - lse) from the raw q.k tile. Causal ALiBi in per-key form, as
+    in the forward: -slope (i - j) = slope (j - q0) - slope (i - q0), the first a vector over the keys, the
+    second folded into the row's lse; two adds a score instead of a subtract, a convert, a multiply and a
+    subtract. (q0: the tile's first query, so that both terms stay small where p is not negligible.)"""
+    row = lse
+    if ALIBI and CAUSAL:
+        s = qk * qk_scale + (slope * (k_pos - q0).to(tl.float32))[None, :]
+        row = lse + slope * (q_pos - q0).to(tl.float32)
+    else:
+        s = _bias(qk * qk_scale, q_pos, k_pos, slope, ALIBI, CAUSAL, False)
+    if MASK:
+        s = tl.where(q_pos[:, None] >= k_pos[None, :], s, float("-inf"))
+    return tl.exp2(s - row[:, None])
+
+
+@triton.jit
 def _fwd_block(acc, l_i, m_i, q, kd, vd, K, V, kbh, start_n, q_pos, q0, slope, qk_scale, NK, s_kbh, s_kn,
                ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, IEEE: tl.constexpr,
                TMA: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
@@ -163,8 +181,8 @@ def _dkdv_block(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, start_m, offs_n, slope,
     do = _rows(dod, DO, bh, start_m, NQ, s_qbh, s_qn, BLOCK_M, D, TMA)
     lse = tl.load(L + bh * NQ + m_idx, mask=m_idx < NQ, other=0.0)
     delta = tl.load(DL + bh * NQ + m_idx, mask=m_idx < NQ, other=0.0)
-    s = _bias(_mm(q, tl.trans(k), IEEE) * qk_scale, m_idx + OFF, offs_n, slope, ALIBI, CAUSAL, MASK)
-    p = tl.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N)
+    p = _probs(_mm(q, tl.trans(k), IEEE), qk_scale, lse, m_idx + OFF, offs_n, start_m + OFF, slope, ALIBI, CAUSAL,
+               MASK)  # (BLOCK_M, BLOCK_N)
     dv = _mma(tl.trans(p.to(do.dtype)), do, dv, IEEE)
     ds = p * (_mm(do, tl.trans(v), IEEE) - delta[:, None])
     dk = _mma(tl.trans(ds.to(q.dtype)), q, dk, IEEE)
@@ -225,32 +243,31 @@ def flash_bwd_dkdv(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DK, DV, s_qbh, s_qn, 
 
 
 @triton.jit
-def _dq_block(dq, q, do, lse, delta, kd, vd, K, V, kbh, start_n, q_pos, slope, qk_scale, NK, s_kbh, s_kn,
+def _dq_block(dq, q, do, lse, delta, kd, vd, K, V, kbh, start_n, q_pos, q0, slope, qk_scale, NK, s_kbh, s_kn,
               ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, IEEE: tl.constexpr,
               TMA: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
     # keys past NK load as zeros: their ds multiplies a zero key row, adding nothing to dQ
     k = _rows(kd, K, kbh, start_n, NK, s_kbh, s_kn, BLOCK_N, D, TMA)
     v = _rows(vd, V, kbh, start_n, NK, s_kbh, s_kn, BLOCK_N, D, TMA)
     k_pos = start_n + tl.arange(0, BLOCK_N)
-    s = _bias(_mm(q, tl.trans(k), IEEE) * qk_scale, q_pos, k_pos, slope, ALIBI, CAUSAL, MASK)
-    p = tl.exp2(s - lse[:, None])
+    p = _probs(_mm(q, tl.trans(k), IEEE), qk_scale, lse, q_pos, k_pos, q0, slope, ALIBI, CAUSAL, MASK)
     ds = p * (_mm(do, tl.trans(v), IEEE) - delta[:, None])
     return _mma(ds.to(k.dtype), k, dq, IEEE)
 
 
 @triton.jit
-def _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, lo, hi, q_pos, slope, qk_scale, NK, s_kbh, s_kn,
+def _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, lo, hi, q_pos, q0, slope, qk_scale, NK, s_kbh, s_kn,
              ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, IEEE: tl.constexpr,
              TMA: tl.constexpr, INTERP: tl.constexpr, NK_C: tl.constexpr, BLOCK_N: tl.constexpr,
              D: tl.constexpr):
     if INTERP:
         for start_n in range(0, NK_C, BLOCK_N):
             if (start_n >= lo) & (start_n < hi):
-                dq = _dq_block(dq, q, do, lse, delta, kd, vd, K, V, kbh, start_n, q_pos, slope, qk_scale, NK,
+                dq = _dq_block(dq, q, do, lse, delta, kd, vd, K, V, kbh, start_n, q_pos, q0, slope, qk_scale, NK,
                                s_kbh, s_kn, ALIBI, CAUSAL, MASK, IEEE, TMA, BLOCK_N, D)
     else:
         for start_n in tl.range(lo, hi, BLOCK_N):
-            dq = _dq_block(dq, q, do, lse, delta, kd, vd, K, V, kbh, start_n, q_pos, slope, qk_scale, NK,
+            dq = _dq_block(dq, q, do, lse, delta, kd, vd, K, V, kbh, start_n, q_pos, q0, slope, qk_scale, NK,
                            s_kbh, s_kn, ALIBI, CAUSAL, MASK, IEEE, TMA, BLOCK_N, D)
     return dq
 
@@ -281,9 +298,9 @@ def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DQ, s_qbh, s_qn, s_kbh,
     else:
         full = NK
         hi = NK
-    dq = _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, 0, full, q0 + tl.arange(0, BLOCK_M), slope,
+    dq = _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, 0, full, q0 + tl.arange(0, BLOCK_M), q0, slope,
                   qk_scale, NK, s_kbh, s_kn, ALIBI, CAUSAL, False, IEEE, TMA, INTERP, NK_C, BLOCK_N, D)
-    dq = _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, full, hi, q0 + tl.arange(0, BLOCK_M), slope,
+    dq = _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, full, hi, q0 + tl.arange(0, BLOCK_M), q0, slope,
                   qk_scale, NK, s_kbh, s_kn, ALIBI, CAUSAL, True, IEEE, TMA, INTERP, NK_C, BLOCK_N, D)
     tl.store(DQ + bh * s_qbh + offs_m[:, None] * s_qn + tl.arange(0, D)[None, :],
              (dq * scale).to(DQ.dtype.element_ty), mask=offs_m[:, None] < NQ)
