@@ -18,13 +18,14 @@ from andromeda.model.positional import head_slopes
 pytest.importorskip("triton")
 
 CASES = [
-    # heads, kv_heads, nq, nk, causal, alibi_heads, head_dim, scale
+    # heads, kv_heads, nq, nk, causal, alibi_heads (the first ones; < 0: the last ones), head_dim, scale
     (4, 1, 40, 40, True, 2, 16, None),  # MQA, ALiBi on half the heads, length not a multiple of the block
     (4, 2, 33, 50, True, 0, 32, None),  # GQA, queries after a cache (bottom-right causal)
     (2, 2, 20, 20, False, 1, 16, None),  # non-causal, symmetric ALiBi
     (4, 1, 1, 29, True, 4, 16, 10.0),  # one decode step, QK-norm logit scale
     (2, 1, 37, 37, True, 2, 64, 10.0),  # head dim 64, QK-norm scale
     (2, 1, 20, 34, True, 1, 16, None),  # offset 14: a tile's first query sits just before a key-block edge
+    (4, 1, 24, 24, True, -3, 16, None),  # ALiBi on the last 3 heads: not the model's layout, one launch
 ]
 
 # interpreter launch settings: both tile load paths (TMA descriptors, pointers) and unequal blocks
@@ -47,7 +48,9 @@ def _check(case, device, dtype, tol):
     q, k, v = rnd(2, h, nq, d), rnd(2, hkv, nk, d), rnd(2, hkv, nk, d)
     if scale == 10.0:  # QK-norm-like inputs
         q, k = [(t / t.norm(dim=-1, keepdim=True)).detach().requires_grad_() for t in (q, k)]
-    slopes = head_slopes(h, na).to(device) if na else None
+    slopes = head_slopes(h, abs(na)).to(device) if na else None
+    if na < 0:
+        slopes = slopes.flip(0)
     ref = backends.get("eager")(q.float(), k.float(), v.float(), causal=causal, scale=scale, alibi_slopes=slopes)
     out = backends.get("triton")(q, k, v, causal=causal, scale=scale, alibi_slopes=slopes)
     assert out.dtype == dtype and out.shape == ref.shape
@@ -103,3 +106,34 @@ def test_launch_candidates_follow_the_gpu(monkeypatch, capability, dtype, first,
     bwd, dq = (triton_flash._candidates(torch.device("cuda"), k, dtype) for k in ("bwd", "dq"))
     assert [(c["BLOCK_M"], c["BLOCK_N"]) for c in bwd + dq] == [(32, 64), (64, 32)]  # dQ: transposed
     assert all("WS" not in c and c["TMA"] == tma for c in bwd + dq)
+
+
+@pytest.mark.parametrize("slopes,prefix", [
+    ([0.5, 0.25, 0.0, 0.0], 2),  # the model's layout: ALiBi on the first heads
+    ([0.5, 0.25, 0.125, 0.0625], 4),
+    ([0.0, 0.0, 0.0, 0.0], 0),
+    ([0.0, 0.5, 0.0, 0.0], None),  # any other pattern: no split
+    ([0.5, 0.0, 0.25, 0.0], None),
+])
+def test_alibi_heads_split_into_launches(slopes, prefix):
+    """Heads with ALiBi and heads without launch separately only where the slopes are a prefix; the plan
+    must cover every head exactly once, with ALiBi on every head whose slope is nonzero."""
+    from andromeda.model.backends import triton_flash
+
+    t = torch.tensor(slopes)
+    assert triton_flash._alibi_prefix(t) == prefix
+    runs = triton_flash._head_runs(len(slopes), True, prefix)
+    covered = [(h, ab) for h0, n, ab in runs for h in range(h0, h0 + n)]
+    assert [h for h, _ in covered] == list(range(len(slopes)))
+    assert all(ab for (_, ab), s in zip(covered, slopes, strict=True) if s != 0)
+    assert len(runs) == (2 if prefix not in (None, 0, len(slopes)) else 1)
+    assert triton_flash._head_runs(len(slopes), False, prefix) == ((0, len(slopes), False),)
+
+
+def test_alibi_prefix_is_read_again_after_an_in_place_change():
+    from andromeda.model.backends import triton_flash
+
+    t = torch.tensor([0.5, 0.0, 0.0])
+    assert triton_flash._alibi_prefix(t) == 1
+    t[1] = 0.25  # bumps the tensor's version: the cached answer must not be used
+    assert triton_flash._alibi_prefix(t) == 2

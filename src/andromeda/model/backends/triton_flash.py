@@ -12,6 +12,8 @@ bounds checks) and the few that straddle the causal diagonal or the end of the k
 Under causal masking the forward adds ALiBi as a per-key term, slope * (j - q0) with q0 the
 tile's first query position: it differs from -slope * (i - j) by a per-row constant, which the
 softmax ignores and the stored log-sum-exp takes back out, so the bias costs one broadcast add.
+Where only the first heads have ALiBi (the model's layout), those heads and the others launch
+separately, each kernel compiled for its case, so heads without ALiBi do not add zeros.
 On Hopper (sm90+) tiles arrive through TMA descriptors; other GPUs load through pointers. Launch
 settings are tried in order (`_candidates`: H100-tuned first) and a launch that runs out of shared
 memory falls back to smaller tiles, so GPUs with less shared memory than Hopper run too.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 
 import torch
 
@@ -137,9 +140,41 @@ def _slopes(slopes: torch.Tensor | None, h: int, device: torch.device) -> torch.
     return slopes.to(device=device, dtype=torch.float32).contiguous()
 
 
+# Launch ALiBi heads and heads without it separately (each compiled for its case), where the slopes allow.
+SPLIT_HEADS = True
+_PREFIX: dict[int, tuple] = {}  # id(slopes) -> (weak reference, version, number of leading ALiBi heads)
+
+
+def _alibi_prefix(slopes: torch.Tensor) -> int | None:
+    """n where heads 0 .. n have nonzero slopes and the rest zero (the model's layout, positional.head_slopes),
+    else None. Read from the device once per slopes tensor and in-place version (a host sync, then cached);
+    None without reading while a CUDA graph is being captured, where a sync is not allowed."""
+    hit = _PREFIX.get(id(slopes))
+    if hit is not None and hit[0]() is slopes and hit[1] == slopes._version:
+        return hit[2]
+    if slopes.is_cuda and torch.cuda.is_current_stream_capturing():
+        return None
+    nz = (slopes != 0).tolist()
+    n = nz.index(False) if False in nz else len(nz)
+    n = None if any(nz[n:]) else n
+    if len(_PREFIX) > 64:  # tensors come and go (tests, benchmarks): forget the dead ones
+        for key in [key for key, v in _PREFIX.items() if v[0]() is None]:
+            del _PREFIX[key]
+    _PREFIX[id(slopes)] = (weakref.ref(slopes), slopes._version, n)
+    return n
+
+
+def _head_runs(h: int, alibi: bool, prefix: int | None) -> tuple[tuple[int, int, bool], ...]:
+    """The launches (first head, heads, ALiBi) that cover h heads. Causal ALiBi costs an add a score, so
+    when only the first `prefix` heads have it, those launch with ALiBi and the others without."""
+    if alibi and SPLIT_HEADS and prefix is not None and prefix < h:
+        return ((0, prefix, True), (prefix, h - prefix, False)) if prefix else ((0, h, False),)
+    return ((0, h, alibi),)
+
+
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, slopes, alibi: bool, causal: bool, scale: float):
+    def forward(ctx, q, k, v, slopes, alibi: bool, causal: bool, scale: float, runs: tuple):
         fwd, _, _ = _kernels()
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         b, h, nq, d = q.shape
@@ -150,16 +185,18 @@ class _FlashAttention(torch.autograd.Function):
         def run(cfg):
             tma = _use_tma(cfg, q, k, v)
             bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-            fwd[(b * h, triton_cdiv(nq, bm))](
-                _desc(q, bm, tma), _desc(k, bn, tma), _desc(v, bn, tma), q, k, v, slopes, out, lse,
-                q.stride(1), q.stride(2), k.stride(1), k.stride(2), out.stride(1), out.stride(2),
-                h, h // hkv, nq, nk, nk - nq, scale * LOG2E,
-                ALIBI=alibi, CAUSAL=causal, IEEE=q.dtype == torch.float32, **_bounds(nq, nk), D=d,
-                **{**cfg, "TMA": tma})
+            descs = (_desc(q, bm, tma), _desc(k, bn, tma), _desc(v, bn, tma))
+            for head0, hr, ab in runs:
+                fwd[(b * hr, triton_cdiv(nq, bm))](
+                    *descs, q, k, v, slopes, out, lse,
+                    q.stride(1), q.stride(2), k.stride(1), k.stride(2), out.stride(1), out.stride(2),
+                    h, h // hkv, nq, nk, nk - nq, scale * LOG2E, head0, hr,
+                    ALIBI=ab, CAUSAL=causal, IEEE=q.dtype == torch.float32, **_bounds(nq, nk), D=d,
+                    **{**cfg, "TMA": tma})
 
         _launch("fwd", q.device, q.dtype, d, run)
         ctx.save_for_backward(q, k, v, slopes, out, lse)
-        ctx.alibi, ctx.causal, ctx.scale = alibi, causal, scale
+        ctx.runs, ctx.causal, ctx.scale = runs, causal, scale
         return out
 
     @staticmethod
@@ -176,7 +213,7 @@ class _FlashAttention(torch.autograd.Function):
         part = k.dtype if g == 1 else torch.float32
         dk = torch.empty(b, h, nk, d, device=k.device, dtype=part)
         dv = torch.empty(b, h, nk, d, device=v.device, dtype=part)
-        flags = dict(ALIBI=ctx.alibi, CAUSAL=ctx.causal, IEEE=q.dtype == torch.float32, **_bounds(nq, nk), D=d)
+        flags = dict(CAUSAL=ctx.causal, IEEE=q.dtype == torch.float32, **_bounds(nq, nk), D=d)
         common = (q.stride(1), q.stride(2), k.stride(1), k.stride(2))
 
         def operands(cfg):
@@ -187,22 +224,24 @@ class _FlashAttention(torch.autograd.Function):
 
         def run_dkdv(cfg):
             descs, kw = operands(cfg)
-            dkdv[(b * h, triton_cdiv(nk, cfg["BLOCK_N"]))](
-                *descs, q, k, v, slopes, dout, lse, delta, dk, dv, *common, dk.stride(1), dk.stride(2),
-                h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, **kw)
+            for head0, hr, ab in ctx.runs:
+                dkdv[(b * hr, triton_cdiv(nk, cfg["BLOCK_N"]))](
+                    *descs, q, k, v, slopes, dout, lse, delta, dk, dv, *common, dk.stride(1), dk.stride(2),
+                    h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr, ALIBI=ab, **kw)
 
         def run_dq(cfg):
             descs, kw = operands(cfg)
-            dqk[(b * h, triton_cdiv(nq, cfg["BLOCK_M"]))](
-                *descs, q, k, v, slopes, dout, lse, delta, dq, *common,
-                h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, **kw)
+            for head0, hr, ab in ctx.runs:
+                dqk[(b * hr, triton_cdiv(nq, cfg["BLOCK_M"]))](
+                    *descs, q, k, v, slopes, dout, lse, delta, dq, *common,
+                    h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr, ALIBI=ab, **kw)
 
         _launch("bwd", q.device, q.dtype, d, run_dkdv)
         if g > 1:  # (B, H, Nk, D) -> (B, H_kv, Nk, D): sum the heads that share each KV head
             dk = dk.view(b, hkv, g, nk, d).sum(2).to(k.dtype)
             dv = dv.view(b, hkv, g, nk, d).sum(2).to(v.dtype)
         _launch("dq", q.device, q.dtype, d, run_dq)
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -212,8 +251,9 @@ def triton_cdiv(a: int, b: int) -> int:
 @torch.compiler.disable  # torch.compile'd models call the kernels as they are (dynamo does not trace TMA setup)
 def flash_attention(q, k, v, *, causal: bool, scale: float, alibi_slopes: torch.Tensor | None = None):
     """q (B, H, Nq, D), k/v (B, H_kv, Nk, D) -> (B, H, Nq, D)."""
-    slopes = _slopes(alibi_slopes, q.shape[1], q.device)
-    return _FlashAttention.apply(q, k, v, slopes, alibi_slopes is not None, causal, scale)
+    h, alibi = q.shape[1], alibi_slopes is not None
+    runs = _head_runs(h, alibi, _alibi_prefix(alibi_slopes) if alibi and SPLIT_HEADS else None)
+    return _FlashAttention.apply(q, k, v, _slopes(alibi_slopes, h, q.device), alibi, causal, scale, runs)
 
 
 @register("triton")

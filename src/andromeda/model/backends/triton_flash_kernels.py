@@ -40,6 +40,16 @@ def _rows(desc, ptr, bh, row0, n, s_bh, s_n, BLOCK: tl.constexpr, D: tl.constexp
 
 
 @triton.jit
+def _head(HEAD0, HR, H):
+    """A launch covers heads HEAD0 .. HEAD0 + HR of every batch row (program_id(0) = b * HR + head - HEAD0):
+    its (batch x head) index into (B*H, ...) tensors, the batch row and the head."""
+    i = tl.program_id(0)
+    b = i // HR
+    h = HEAD0 + i % HR
+    return b * H + h, b, h
+
+
+@triton.jit
 def _bias(s, q_pos, k_pos, slope, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr):
     """ALiBi (-slope * distance) and, on masked blocks, the causal mask, on base-2 scores."""
     dist = q_pos[:, None] - k_pos[None, :]
@@ -136,13 +146,12 @@ def _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, full, hi, q_pos, q0, slope, 
 
 @triton.jit
 def flash_fwd(qd, kd, vd, Q, K, V, S, Out, L, s_qbh, s_qn, s_kbh, s_kn, s_obh, s_on,
-        H, G, NQ, NK, OFF, qk_scale,
+        H, G, NQ, NK, OFF, qk_scale, HEAD0, HR,
         ALIBI: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr,
         INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    bh = tl.program_id(0)
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # longest causal rows first: a shorter tail
-    b, h = bh // H, bh % H
+    bh, b, h = _head(HEAD0, HR, H)
     kbh = b * (H // G) + h // G
     q0 = pid_m * BLOCK_M + OFF  # position of the tile's first query
     q_pos = q0 + tl.arange(0, BLOCK_M)
@@ -208,14 +217,13 @@ def _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, lo, hi, offs_n, slope, q
 
 @triton.jit
 def flash_bwd_dkdv(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DK, DV, s_qbh, s_qn, s_kbh, s_kn, s_dbh, s_dn,
-             H, G, NQ, NK, OFF, qk_scale, scale,
+             H, G, NQ, NK, OFF, qk_scale, scale, HEAD0, HR,
              ALIBI: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
               INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # Q, DO: (B*H, NQ, D); K, V: (B*H_kv, NK, D); DK, DV: (B*H, NK, D) per query head, summed per group later
-    bh = tl.program_id(0)
     pid_n = tl.program_id(1)  # the first key blocks have the most queries: they start first
-    b, h = bh // H, bh % H
+    bh, b, h = _head(HEAD0, HR, H)
     kbh = b * (H // G) + h // G
     n0 = pid_n * BLOCK_N
     offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -274,13 +282,12 @@ def _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, lo, hi, q_pos, q0, slope,
 
 @triton.jit
 def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DQ, s_qbh, s_qn, s_kbh, s_kn, H, G, NQ, NK, OFF,
-            qk_scale, scale,
+            qk_scale, scale, HEAD0, HR,
             ALIBI: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
             INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    bh = tl.program_id(0)
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    b, h = bh // H, bh % H
+    bh, b, h = _head(HEAD0, HR, H)
     kbh = b * (H // G) + h // G
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     q0 = pid_m * BLOCK_M + OFF
