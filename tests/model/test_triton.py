@@ -137,3 +137,17 @@ def test_alibi_prefix_is_read_again_after_an_in_place_change():
     assert triton_flash._alibi_prefix(t) == 1
     t[1] = 0.25  # bumps the tensor's version: the cached answer must not be used
     assert triton_flash._alibi_prefix(t) == 2
+
+
+@pytest.mark.parametrize("g,runs,want", [
+    (24, ((0, 12, True), (12, 12, False)), 3),  # the 2.5B preset: MQA, ALiBi on 12 of 24 heads
+    (4, ((0, 2, True), (2, 2, False)), 2),  # a launch of 2 heads caps it
+    (2, ((0, 4, False),), 2),
+    (1, ((0, 8, False),), 1),  # MHA: each program its own head
+    (24, ((0, 5, True), (5, 19, False)), 1),  # 5 ALiBi heads: no larger c divides both launches
+])
+def test_dkdv_programs_sum_heads_of_one_group_and_launch(g, runs, want):
+    from andromeda.model.backends import triton_flash
+
+    c = triton_flash._group_heads(g, runs)
+    assert c == want and g % c == 0 and all(h0 % c == 0 and n % c == 0 for h0, n, _ in runs)

@@ -2,10 +2,10 @@
 
 FlashAttention-2 structure. Forward: one program per (batch x head, query block) streams key
 blocks with an online softmax in base 2 (scores scaled by scale * log2(e), ALiBi slopes
-likewise) and stores the output and the row log-sum-exp. Backward: one program per (batch x query
-head, key block) accumulates that head's share of dK and dV over the query blocks (the shares of
-the heads in a KV group are summed afterwards, so K/V are never expanded and every head runs in
-parallel); one program per (batch x head, query block) computes dQ.
+likewise) and stores the output and the row log-sum-exp. Backward: one program per (batch x head,
+query block) computes dQ and the row's rowsum(dO * O); then one program per (batch, key block, up to
+GROUP_HEADS query heads of one KV group) accumulates those heads' share of dK and dV over the query
+blocks (the shares of a group's programs are summed afterwards, so K/V are never expanded).
 
 Each loop runs in two spans: the blocks every row of the tile may see in full (no mask, no
 bounds checks) and the few that straddle the causal diagonal or the end of the keys (masked).
@@ -172,6 +172,20 @@ def _head_runs(h: int, alibi: bool, prefix: int | None) -> tuple[tuple[int, int,
     return ((0, h, alibi),)
 
 
+# The most query heads of a KV group one dK/dV program accumulates (fewer where the group or a launch's heads
+# do not divide by it): more heads, fewer float32 slices to write and sum; fewer, more programs to balance.
+GROUP_HEADS = 3
+
+
+def _group_heads(g: int, runs: tuple) -> int:
+    """Heads a dK/dV program sums: the largest c <= GROUP_HEADS dividing the group size and every launch's
+    first head and head count, so that a program's heads share one KV head and one launch."""
+    c = min(GROUP_HEADS, g)
+    while c > 1 and (g % c or any(h0 % c or hr % c for h0, hr, _ in runs)):
+        c -= 1
+    return c
+
+
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slopes, alibi: bool, causal: bool, scale: float, runs: tuple):
@@ -206,13 +220,14 @@ class _FlashAttention(torch.autograd.Function):
         b, h, nq, d = q.shape
         hkv, nk = k.shape[1], k.shape[2]
         dout = dout.contiguous()
-        delta = (dout.float() * out.float()).sum(-1).contiguous()  # (B, H, Nq)
+        delta = torch.empty(b, h, nq, device=q.device, dtype=torch.float32)  # rowsum(dO * O): the dQ kernel's
         g = h // hkv
         dq = torch.empty_like(q)
-        # one dK/dV slice per query head (float32 when a group must be summed), so every head runs in parallel
+        # a dK/dV program sums hc heads of a KV group; the slices (float32 when a group has more) are summed here
+        hc = _group_heads(g, ctx.runs)
         part = k.dtype if g == 1 else torch.float32
-        dk = torch.empty(b, h, nk, d, device=k.device, dtype=part)
-        dv = torch.empty(b, h, nk, d, device=v.device, dtype=part)
+        dk = torch.empty(b, h // hc, nk, d, device=k.device, dtype=part)
+        dv = torch.empty(b, h // hc, nk, d, device=v.device, dtype=part)
         flags = dict(CAUSAL=ctx.causal, IEEE=q.dtype == torch.float32, **_bounds(nq, nk), D=d)
         common = (q.stride(1), q.stride(2), k.stride(1), k.stride(2))
 
@@ -225,22 +240,22 @@ class _FlashAttention(torch.autograd.Function):
         def run_dkdv(cfg):
             descs, kw = operands(cfg)
             for head0, hr, ab in ctx.runs:
-                dkdv[(b * hr, triton_cdiv(nk, cfg["BLOCK_N"]))](
+                dkdv[(b * hr // hc, triton_cdiv(nk, cfg["BLOCK_N"]))](
                     *descs, q, k, v, slopes, dout, lse, delta, dk, dv, *common, dk.stride(1), dk.stride(2),
-                    h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr, ALIBI=ab, **kw)
+                    h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr, ALIBI=ab, HC=hc, **kw)
 
         def run_dq(cfg):
             descs, kw = operands(cfg)
             for head0, hr, ab in ctx.runs:
                 dqk[(b * hr, triton_cdiv(nq, cfg["BLOCK_M"]))](
-                    *descs, q, k, v, slopes, dout, lse, delta, dq, *common,
+                    *descs, q, k, v, slopes, dout, out, lse, delta, dq, *common,
                     h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr, ALIBI=ab, **kw)
 
+        _launch("dq", q.device, q.dtype, d, run_dq)  # first: it writes delta
         _launch("bwd", q.device, q.dtype, d, run_dkdv)
-        if g > 1:  # (B, H, Nk, D) -> (B, H_kv, Nk, D): sum the heads that share each KV head
-            dk = dk.view(b, hkv, g, nk, d).sum(2).to(k.dtype)
-            dv = dv.view(b, hkv, g, nk, d).sum(2).to(v.dtype)
-        _launch("dq", q.device, q.dtype, d, run_dq)
+        if g > 1:  # (B, H / hc, Nk, D) -> (B, H_kv, Nk, D): sum each KV head's slices
+            dk = dk.view(b, hkv, g // hc, nk, d).sum(2).to(k.dtype)
+            dv = dv.view(b, hkv, g // hc, nk, d).sum(2).to(v.dtype)
         return dq, dk, dv, None, None, None, None, None
 
 

@@ -220,31 +220,39 @@ def flash_bwd_dkdv(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DK, DV, s_qbh, s_qn, 
              H, G, NQ, NK, OFF, qk_scale, scale, HEAD0, HR,
              ALIBI: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
               INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # Q, DO: (B*H, NQ, D); K, V: (B*H_kv, NK, D); DK, DV: (B*H, NK, D) per query head, summed per group later
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HC: tl.constexpr):
+    """dK, dV of one key block, summed over HC query heads of one KV group (heads h0 .. h0 + HC, HC dividing
+    the group and the launch's heads): the key block stays in registers while the heads' query blocks
+    stream past. Q, DO: (B*H, NQ, D); K, V: (B*H_kv, NK, D); DK, DV: (B*H/HC, NK, D), one slice per
+    program's heads, which the caller sums per group (HC = 1, G = 1: the gradients themselves)."""
     pid_n = tl.program_id(1)  # the first key blocks have the most queries: they start first
-    bh, b, h = _head(HEAD0, HR, H)
-    kbh = b * (H // G) + h // G
+    i = tl.program_id(0)
+    b = i // (HR // HC)
+    h0 = HEAD0 + i % (HR // HC) * HC
+    kbh = b * (H // G) + h0 // G
     n0 = pid_n * BLOCK_N
     offs_n = n0 + tl.arange(0, BLOCK_N)
     k = _rows(kd, K, kbh, n0, NK, s_kbh, s_kn, BLOCK_N, D, TMA)
     v = _rows(vd, V, kbh, n0, NK, s_kbh, s_kn, BLOCK_N, D, TMA)
     dk = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, D], tl.float32)
-    slope = 0.0
-    if ALIBI:
-        slope = tl.load(S + h) * 1.4426950408889634
     if CAUSAL:  # query blocks that see part of this key block, then those that see all of it
         lo = tl.maximum(0, n0 - OFF) // BLOCK_M * BLOCK_M
         full = tl.minimum(tl.cdiv(tl.maximum(0, n0 + BLOCK_N - 1 - OFF), BLOCK_M) * BLOCK_M, NQ)
     else:
         lo = 0
         full = 0
-    dk, dv = _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, lo, full, offs_n, slope, qk_scale, NQ, OFF,
-                        s_qbh, s_qn, ALIBI, CAUSAL, True, IEEE, TMA, INTERP, NQ_C, BLOCK_M, D)
-    dk, dv = _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, full, NQ, offs_n, slope, qk_scale, NQ, OFF,
-                        s_qbh, s_qn, ALIBI, CAUSAL, False, IEEE, TMA, INTERP, NQ_C, BLOCK_M, D)
-    out = bh * s_dbh + offs_n[:, None] * s_dn + tl.arange(0, D)[None, :]
+    for hh in range(HC):
+        h = h0 + hh
+        bh = b * H + h
+        slope = 0.0
+        if ALIBI:
+            slope = tl.load(S + h) * 1.4426950408889634
+        dk, dv = _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, lo, full, offs_n, slope, qk_scale, NQ, OFF,
+                            s_qbh, s_qn, ALIBI, CAUSAL, True, IEEE, TMA, INTERP, NQ_C, BLOCK_M, D)
+        dk, dv = _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, full, NQ, offs_n, slope, qk_scale, NQ, OFF,
+                            s_qbh, s_qn, ALIBI, CAUSAL, False, IEEE, TMA, INTERP, NQ_C, BLOCK_M, D)
+    out = (b * (H // HC) + h0 // HC) * s_dbh + offs_n[:, None] * s_dn + tl.arange(0, D)[None, :]
     kv_mask = offs_n[:, None] < NK
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=kv_mask)
@@ -281,7 +289,7 @@ def _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, lo, hi, q_pos, q0, slope,
 
 
 @triton.jit
-def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DQ, s_qbh, s_qn, s_kbh, s_kn, H, G, NQ, NK, OFF,
+def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, O, L, DL, DQ, s_qbh, s_qn, s_kbh, s_kn, H, G, NQ, NK, OFF,
             qk_scale, scale, HEAD0, HR,
             ALIBI: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
             INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
@@ -294,7 +302,10 @@ def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DQ, s_qbh, s_qn, s_kbh,
     q = _rows(qd, Q, bh, pid_m * BLOCK_M, NQ, s_qbh, s_qn, BLOCK_M, D, TMA)
     do = _rows(dod, DO, bh, pid_m * BLOCK_M, NQ, s_qbh, s_qn, BLOCK_M, D, TMA)
     lse = tl.load(L + bh * NQ + offs_m, mask=offs_m < NQ, other=0.0)
-    delta = tl.load(DL + bh * NQ + offs_m, mask=offs_m < NQ, other=0.0)
+    # delta = rowsum(dO * O), which the dK/dV kernel (launched after this one) reads too
+    o = _rows(O, O, bh, pid_m * BLOCK_M, NQ, s_qbh, s_qn, BLOCK_M, D, False)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DL + bh * NQ + offs_m, delta, mask=offs_m < NQ)
     slope = 0.0
     if ALIBI:
         slope = tl.load(S + h) * 1.4426950408889634
