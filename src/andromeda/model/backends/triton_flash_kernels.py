@@ -289,7 +289,7 @@ def _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, lo, hi, q_pos, q0, slope,
 
 
 @triton.jit
-def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, O, L, DL, DQ, s_qbh, s_qn, s_kbh, s_kn, H, G, NQ, NK, OFF,
+def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, OUT, L, DL, DQ, s_qbh, s_qn, s_kbh, s_kn, H, G, NQ, NK, OFF,
             qk_scale, scale, HEAD0, HR,
             ALIBI: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
             INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
@@ -303,7 +303,7 @@ def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, O, L, DL, DQ, s_qbh, s_qn, s_k
     do = _rows(dod, DO, bh, pid_m * BLOCK_M, NQ, s_qbh, s_qn, BLOCK_M, D, TMA)
     lse = tl.load(L + bh * NQ + offs_m, mask=offs_m < NQ, other=0.0)
     # delta = rowsum(dO * O), which the dK/dV kernel (launched after this one) reads too
-    o = _rows(O, O, bh, pid_m * BLOCK_M, NQ, s_qbh, s_qn, BLOCK_M, D, False)
+    o = _rows(OUT, OUT, bh, pid_m * BLOCK_M, NQ, s_qbh, s_qn, BLOCK_M, D, False)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DL + bh * NQ + offs_m, delta, mask=offs_m < NQ)
     slope = 0.0
