@@ -21,6 +21,35 @@ def test_case(case, cfg, monkeypatch):
     check(case, "cpu", torch.float32, 1e-5)
 
 
+def test_far_key_blocks_skipped_under_steep_alibi(monkeypatch):
+    """Keys parallel to the queries make the skipping bound nearly tight: logits +-121 against ALiBi's -4 a
+    position (base e), so keys up to ~60 positions back matter and the forward skips blocks from ~90 back
+    (of 256). The result must equal eager's; a bound without the key-norm term skips keys that count, and
+    fails (checked by editing the kernel)."""
+    from andromeda.model import backends
+
+    monkeypatch.setattr(triton_flash, "SKIP_MIN_KEYS", 0)
+    monkeypatch.setattr(triton_flash, "CONFIG_OVERRIDE", {"fwd": INTERP_CONFIGS[0], "bwd": INTERP_CONFIGS[0]})
+    g = torch.Generator().manual_seed(0)
+    n, d = 256, 16
+    u = torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
+    q = (11.0 * u + 0.01 * torch.randn(1, 2, n, d, generator=g)).requires_grad_()
+    # runs of 64 keys alternately aligned (+11) and opposed (-11): a row in an opposed run attends mostly to
+    # the aligned run before it, up to ~60 positions back
+    sign = 1.0 - 2.0 * ((torch.arange(n) // 64) % 2).float()
+    k = ((11.0 * sign + 0.01 * torch.randn(n, generator=g)).view(1, 1, n, 1) * u).requires_grad_()
+    v = torch.randn(1, 1, n, d, generator=g).requires_grad_()
+    slopes = torch.tensor([4.0, 4.0])
+    ref = backends.get("eager")(q, k, v, causal=True, scale=1.0, alibi_slopes=slopes)
+    out = backends.get("triton")(q, k, v, causal=True, scale=1.0, alibi_slopes=slopes)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    want = torch.autograd.grad(ref, (q, k, v), grad)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_launch_falls_back_when_a_setting_runs_out_of_shared_memory(monkeypatch):
     """A GPU with less shared memory refuses big tiles at launch; the next candidate must run, and be remembered."""
     from triton.runtime.errors import OutOfResources

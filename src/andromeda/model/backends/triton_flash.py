@@ -142,6 +142,10 @@ def _slopes(slopes: torch.Tensor | None, h: int, device: torch.device) -> torch.
 
 # Launch ALiBi heads and heads without it separately (each compiled for its case), where the slopes allow.
 SPLIT_HEADS = True
+# Causal ALiBi forward: skip key blocks too far back to change the result (kernels' _first_needed_key), for
+# key lengths of at least SKIP_MIN_KEYS (shorter, the key-norm pass costs more than it can save).
+SKIP_FAR = True
+SKIP_MIN_KEYS = 1024
 _PREFIX: dict[int, tuple] = {}  # id(slopes) -> (weak reference, version, number of leading ALiBi heads)
 
 
@@ -162,6 +166,22 @@ def _alibi_prefix(slopes: torch.Tensor) -> int | None:
             del _PREFIX[key]
     _PREFIX[id(slopes)] = (weakref.ref(slopes), slopes._version, n)
     return n
+
+
+KNORM_BLOCK = 64  # keys a _key_norm_prefix_max entry steps by (the kernels' KNB)
+
+
+def _key_norm_prefix_max(k: torch.Tensor) -> torch.Tensor:
+    """(B*H_kv, ceil(Nk / KNORM_BLOCK)) float32: entry [i, c] is the largest norm among keys 0 .. (c + 1) *
+    KNORM_BLOCK - 1 of KV head i. A causal query tile reads the entry of its last key, a bound on every key
+    it sees (under xPos key norms grow with position, so a prefix bound stays close to the keys near the
+    diagonal)."""
+    b, hkv, nk, _ = k.shape
+    norms = torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).reshape(b * hkv, nk)
+    pad = -nk % KNORM_BLOCK
+    if pad:
+        norms = torch.nn.functional.pad(norms, (0, pad))
+    return norms.view(b * hkv, -1, KNORM_BLOCK).amax(-1).cummax(-1).values.contiguous()
 
 
 def _head_runs(h: int, alibi: bool, prefix: int | None) -> tuple[tuple[int, int, bool], ...]:
@@ -196,17 +216,20 @@ class _FlashAttention(torch.autograd.Function):
         out = torch.empty_like(q)
         lse = torch.empty(b, h, nq, device=q.device, dtype=torch.float32)  # base-2 log-sum-exp
 
+        skip = causal and SKIP_FAR and nk >= SKIP_MIN_KEYS and any(ab for _, _, ab in runs)
+        knorm = _key_norm_prefix_max(k) if skip else slopes
+
         def run(cfg):
             tma = _use_tma(cfg, q, k, v)
             bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
             descs = (_desc(q, bm, tma), _desc(k, bn, tma), _desc(v, bn, tma))
             for head0, hr, ab in runs:
                 fwd[(b * hr, triton_cdiv(nq, bm))](
-                    *descs, q, k, v, slopes, out, lse,
+                    *descs, q, k, v, slopes, knorm, out, lse,
                     q.stride(1), q.stride(2), k.stride(1), k.stride(2), out.stride(1), out.stride(2),
-                    h, h // hkv, nq, nk, nk - nq, scale * LOG2E, head0, hr,
-                    ALIBI=ab, CAUSAL=causal, IEEE=q.dtype == torch.float32, **_bounds(nq, nk), D=d,
-                    **{**cfg, "TMA": tma})
+                    h, h // hkv, nq, nk, nk - nq, scale * LOG2E, head0, hr, knorm.shape[-1] if skip else 0,
+                    ALIBI=ab, CAUSAL=causal, SKIP=skip and ab, KNB=KNORM_BLOCK, IEEE=q.dtype == torch.float32,
+                    **_bounds(nq, nk), D=d, **{**cfg, "TMA": tma})
 
         _launch("fwd", q.device, q.dtype, d, run)
         ctx.save_for_backward(q, k, v, slopes, out, lse)

@@ -132,12 +132,12 @@ def _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, hi, q_pos, q0, slope, qk_
 
 
 @triton.jit
-def _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, full, hi, q_pos, q0, slope, qk_scale, NK, s_kbh, s_kn,
+def _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, full, hi, q_pos, q0, slope, qk_scale, NK, s_kbh, s_kn,
                ALIBI: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
                WS: tl.constexpr, INTERP: tl.constexpr, NK_C: tl.constexpr, BLOCK_N: tl.constexpr,
                D: tl.constexpr):
-    """The unmasked key blocks 0 .. full, then the masked ones full .. hi."""
-    acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, 0, full, q_pos, q0, slope, qk_scale, NK,
+    """The unmasked key blocks lo .. full, then the masked ones full .. hi."""
+    acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, full, q_pos, q0, slope, qk_scale, NK,
                               s_kbh, s_kn, ALIBI, CAUSAL, False, IEEE, TMA, WS, INTERP, NK_C, BLOCK_N, D)
     acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, full, hi, q_pos, q0, slope, qk_scale, NK,
                               s_kbh, s_kn, ALIBI, CAUSAL, True, IEEE, TMA, False, INTERP, NK_C, BLOCK_N, D)
@@ -145,11 +145,33 @@ def _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, full, hi, q_pos, q0, slope, 
 
 
 @triton.jit
-def flash_fwd(qd, kd, vd, Q, K, V, S, Out, L, s_qbh, s_qn, s_kbh, s_kn, s_obh, s_on,
-        H, G, NQ, NK, OFF, qk_scale, HEAD0, HR,
-        ALIBI: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr,
-        INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
+def _first_needed_key(q, kn, q0, slope, qk_scale, full, BLOCK_N: tl.constexpr):
+    """Causal ALiBi: the first key block whose probabilities can be nonzero in float32 for this query tile.
+
+    With p_ij = 2^(s_ij - M_i), s_ij = q_i.k_j c - slope (i - j) (base 2, c = |qk_scale|) and M_i >= s_ii,
+    Cauchy-Schwarz gives s_ij - M_i <= 2 |q_i| |k|max c - slope (i - j). Once that is below -160, p_ij is
+    below 2^-160 of the row's largest term (which contributes 1 to the softmax sum): below float32's
+    smallest subnormal, 2^-149, so blocks that far from every row of the tile cannot change the result
+    and are not read. |k|max (kn) is the largest norm of the keys the tile sees (a prefix maximum),
+    1% of margin covers the rounding of the scores. Zero (skip nothing) unless slope > 0."""
+    qf = q.to(tl.float32)
+    qn = tl.sqrt(tl.max(tl.sum(qf * qf, 1), 0))
+    pos = slope > 0
+    reach = (2.02 * qn * kn * tl.abs(qk_scale) + 160.0) / tl.where(pos, slope, 1.0)
+    cut = tl.where(pos, tl.maximum(q0 - reach, -1.0), -1.0)  # keys before cut are out of reach of every row
+    lo = tl.maximum(tl.floor(cut / BLOCK_N).to(tl.int32) - 1, 0) * BLOCK_N  # whole blocks, one more to spare
+    return tl.minimum(lo, full)
+
+
+@triton.jit
+def flash_fwd(qd, kd, vd, Q, K, V, S, KN, Out, L, s_qbh, s_qn, s_kbh, s_kn, s_obh, s_on,
+        H, G, NQ, NK, OFF, qk_scale, HEAD0, HR, NKN,
+        ALIBI: tl.constexpr, CAUSAL: tl.constexpr, SKIP: tl.constexpr, KNB: tl.constexpr, IEEE: tl.constexpr,
+        TMA: tl.constexpr,
+        WS: tl.constexpr, INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """SKIP (causal ALiBi only): key blocks too far back to matter are skipped (`_first_needed_key`); KN
+    (B*H_kv, NKN) holds the largest norm of keys 0 .. (c + 1) * KNB - 1 of each KV head at [kv head, c]."""
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # longest causal rows first: a shorter tail
     bh, b, h = _head(HEAD0, HR, H)
     kbh = b * (H // G) + h // G
@@ -162,13 +184,17 @@ def flash_fwd(qd, kd, vd, Q, K, V, S, Out, L, s_qbh, s_qn, s_kbh, s_kn, s_obh, s
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
+    lo = 0
     if CAUSAL:
         full = (q0 + 1) // BLOCK_N * BLOCK_N  # keys every row of the tile sees
         hi = tl.minimum(NK, q0 + BLOCK_M)
+        if SKIP:
+            last = tl.minimum(hi, NK) - 1  # the last key any row of the tile sees
+            lo = _first_needed_key(q, tl.load(KN + kbh * NKN + last // KNB), q0, slope, qk_scale, full, BLOCK_N)
     else:
         full = NK // BLOCK_N * BLOCK_N
         hi = NK
-    acc, l_i, m_i = _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, full, hi, q_pos, q0, slope, qk_scale, NK,
+    acc, l_i, m_i = _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, full, hi, q_pos, q0, slope, qk_scale, NK,
                                s_kbh, s_kn, ALIBI, CAUSAL, IEEE, TMA, WS, INTERP, NK_C, BLOCK_N, D)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     out = acc / l_i[:, None]
