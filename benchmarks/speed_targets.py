@@ -15,6 +15,11 @@ One command: the floors of this run (bf16 matmul rate, copy bandwidth), then
     python benchmarks/speed_targets.py [--json out.json]
 
 The JSON is rewritten after each stage, so a run cut short keeps what it measured.
+
+TFLOP/s and MFU count the dense causal work (every query against every earlier key) for every
+implementation. Our kernel skips the key blocks that causal ALiBi makes too small to change the result
+(triton_flash_kernels._first_needed_key), so on ALiBi heads its rates are effective rates: the same
+output in less time, not more arithmetic per second.
 """
 
 from __future__ import annotations
