@@ -168,3 +168,12 @@ def test_key_norm_prefix_max_bounds_every_key_up_to_each_block_end():
     norms = k.double().norm(dim=-1).reshape(6, 150)
     want = torch.stack([norms[:, : min(150, (c + 1) * kb)].amax(-1) for c in range(-(-150 // kb))], -1)
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0)
+
+
+def test_alibi_prefix_of_an_inference_mode_tensor():
+    """Inference tensors keep no version counter: the prefix is still read (and cached)."""
+    from andromeda.model.backends import triton_flash
+
+    with torch.inference_mode():
+        t = torch.tensor([0.5, 0.25, 0.0])
+        assert triton_flash._alibi_prefix(t) == 2 and triton_flash._alibi_prefix(t) == 2

@@ -153,8 +153,12 @@ def _alibi_prefix(slopes: torch.Tensor) -> int | None:
     """n where heads 0 .. n have nonzero slopes and the rest zero (the model's layout, positional.head_slopes),
     else None. Read from the device once per slopes tensor and in-place version (a host sync, then cached);
     None without reading while a CUDA graph is being captured, where a sync is not allowed."""
+    try:
+        version = slopes._version
+    except RuntimeError:  # an inference-mode tensor keeps no version: taken as never changed in place
+        version = None
     hit = _PREFIX.get(id(slopes))
-    if hit is not None and hit[0]() is slopes and hit[1] == slopes._version:
+    if hit is not None and hit[0]() is slopes and hit[1] == version:
         return hit[2]
     if slopes.is_cuda and torch.cuda.is_current_stream_capturing():
         return None
@@ -164,7 +168,7 @@ def _alibi_prefix(slopes: torch.Tensor) -> int | None:
     if len(_PREFIX) > 64:  # tensors come and go (tests, benchmarks): forget the dead ones
         for key in [key for key, v in _PREFIX.items() if v[0]() is None]:
             del _PREFIX[key]
-    _PREFIX[id(slopes)] = (weakref.ref(slopes), slopes._version, n)
+    _PREFIX[id(slopes)] = (weakref.ref(slopes), version, n)
     return n
 
 

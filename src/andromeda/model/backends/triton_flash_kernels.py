@@ -158,7 +158,8 @@ def _first_needed_key(q, kn, q0, slope, qk_scale, full, BLOCK_N: tl.constexpr):
     qn = tl.sqrt(tl.max(tl.sum(qf * qf, 1), 0))
     pos = slope > 0
     reach = (2.02 * qn * kn * tl.abs(qk_scale) + 160.0) / tl.where(pos, slope, 1.0)
-    cut = tl.where(pos, tl.maximum(q0 - reach, -1.0), -1.0)  # keys before cut are out of reach of every row
+    ok = pos & (reach < 1.0e30)  # false for NaN or infinite norms: then skip nothing
+    cut = tl.where(ok, tl.maximum(q0 - reach, -1.0), -1.0)  # keys before cut are out of reach of every row
     lo = tl.maximum(tl.floor(cut / BLOCK_N).to(tl.int32) - 1, 0) * BLOCK_N  # whole blocks, one more to spare
     return tl.minimum(lo, full)
 
