@@ -177,3 +177,27 @@ def test_alibi_prefix_of_an_inference_mode_tensor():
     with torch.inference_mode():
         t = torch.tensor([0.5, 0.25, 0.0])
         assert triton_flash._alibi_prefix(t) == 2 and triton_flash._alibi_prefix(t) == 2
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_far_key_skipping_changes_nothing_on_cuda(monkeypatch, qk_norm):
+    """At 2K keys the forward skips key blocks on the steep ALiBi heads; its output must match the kernel's
+    without skipping (bit for bit in the runs of docs/performance.md; here to far below bf16's rounding,
+    as the running maximum may take another path) and eager."""
+    from andromeda.model.backends import triton_flash
+
+    g = torch.Generator(device="cuda").manual_seed(7)
+    q = torch.randn(1, 24, 2048, 128, device="cuda", generator=g)
+    k, v = (torch.randn(1, 1, 2048, 128, device="cuda", generator=g) for _ in range(2))
+    scale = 10.0 if qk_norm else 128**-0.5
+    if qk_norm:
+        q, k = (t / t.norm(dim=-1, keepdim=True) for t in (q, k))
+    slopes = head_slopes(24, 12).cuda()
+    qb, kb, vb = (t.bfloat16() for t in (q, k, v))
+    skipped = backends.get("triton")(qb, kb, vb, causal=True, scale=scale, alibi_slopes=slopes)
+    monkeypatch.setattr(triton_flash, "SKIP_FAR", False)
+    full = backends.get("triton")(qb, kb, vb, causal=True, scale=scale, alibi_slopes=slopes)
+    assert ((skipped.double() - full.double()).norm() / full.double().norm()).item() < 1e-5
+    ref = backends.get("eager")(q, k, v, causal=True, scale=scale, alibi_slopes=slopes)
+    assert ((skipped.double() - ref.double()).norm() / ref.double().norm()).item() < 1.5e-2
