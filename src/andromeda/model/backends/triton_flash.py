@@ -247,7 +247,7 @@ class _FlashAttention(torch.autograd.Function):
         b, h, nq, d = q.shape
         hkv, nk = k.shape[1], k.shape[2]
         dout = dout.contiguous()
-        delta = torch.empty(b, h, nq, device=q.device, dtype=torch.float32)  # rowsum(dO * O): the dQ kernel's
+        delta = torch.empty(b, h, nq, device=q.device, dtype=torch.float32)  # rowsum(dO * O), from the dQ kernel
         g = h // hkv
         dq = torch.empty_like(q)
         # a dK/dV program sums hc heads of a KV group; the slices (float32 when a group has more) are summed here

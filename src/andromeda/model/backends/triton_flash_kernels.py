@@ -40,13 +40,23 @@ def _rows(desc, ptr, bh, row0, n, s_bh, s_n, BLOCK: tl.constexpr, D: tl.constexp
 
 
 @triton.jit
-def _head(HEAD0, HR, H):
-    """A launch covers heads HEAD0 .. HEAD0 + HR of every batch row (program_id(0) = b * HR + head - HEAD0):
-    its (batch x head) index into (B*H, ...) tensors, the batch row and the head."""
+def _head(HEAD0, HR, H, HC: tl.constexpr):
+    """A launch covers heads HEAD0 .. HEAD0 + HR of every batch row, HC heads a program (program_id(0) =
+    b * HR / HC + (head - HEAD0) / HC): the program's first head's (batch x head) index into (B*H, ...)
+    tensors, its batch row and the head."""
     i = tl.program_id(0)
-    b = i // HR
-    h = HEAD0 + i % HR
+    b = i // (HR // HC)
+    h = HEAD0 + i % (HR // HC) * HC
     return b * H + h, b, h
+
+
+@triton.jit
+def _slope(S, h, ALIBI: tl.constexpr):
+    """Head h's ALiBi slope in base 2 (scores are base 2), or 0."""
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(S + h) * 1.4426950408889634
+    return slope
 
 
 @triton.jit
@@ -174,14 +184,12 @@ def flash_fwd(qd, kd, vd, Q, K, V, S, KN, Out, L, s_qbh, s_qn, s_kbh, s_kn, s_ob
     """SKIP (causal ALiBi only): key blocks too far back to matter are skipped (`_first_needed_key`); KN
     (B*H_kv, NKN) holds the largest norm of keys 0 .. (c + 1) * KNB - 1 of each KV head at [kv head, c]."""
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # longest causal rows first: a shorter tail
-    bh, b, h = _head(HEAD0, HR, H)
+    bh, b, h = _head(HEAD0, HR, H, 1)
     kbh = b * (H // G) + h // G
     q0 = pid_m * BLOCK_M + OFF  # position of the tile's first query
     q_pos = q0 + tl.arange(0, BLOCK_M)
     q = _rows(qd, Q, bh, pid_m * BLOCK_M, NQ, s_qbh, s_qn, BLOCK_M, D, TMA)
-    slope = 0.0
-    if ALIBI:
-        slope = tl.load(S + h) * 1.4426950408889634
+    slope = _slope(S, h, ALIBI)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
@@ -190,7 +198,7 @@ def flash_fwd(qd, kd, vd, Q, K, V, S, KN, Out, L, s_qbh, s_qn, s_kbh, s_kn, s_ob
         full = (q0 + 1) // BLOCK_N * BLOCK_N  # keys every row of the tile sees
         hi = tl.minimum(NK, q0 + BLOCK_M)
         if SKIP:
-            last = tl.minimum(hi, NK) - 1  # the last key any row of the tile sees
+            last = hi - 1  # the last key any row of the tile sees
             lo = _first_needed_key(q, tl.load(KN + kbh * NKN + last // KNB), q0, slope, qk_scale, full, BLOCK_N)
     else:
         full = NK // BLOCK_N * BLOCK_N
@@ -253,9 +261,7 @@ def flash_bwd_dkdv(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DK, DV, s_qbh, s_qn, 
     stream past. Q, DO: (B*H, NQ, D); K, V: (B*H_kv, NK, D); DK, DV: (B*H/HC, NK, D), one slice per
     program's heads, which the caller sums per group (HC = 1, G = 1: the gradients themselves)."""
     pid_n = tl.program_id(1)  # the first key blocks have the most queries: they start first
-    i = tl.program_id(0)
-    b = i // (HR // HC)
-    h0 = HEAD0 + i % (HR // HC) * HC
+    _, b, h0 = _head(HEAD0, HR, H, HC)
     kbh = b * (H // G) + h0 // G
     n0 = pid_n * BLOCK_N
     offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -272,9 +278,7 @@ def flash_bwd_dkdv(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DK, DV, s_qbh, s_qn, 
     for hh in range(HC):
         h = h0 + hh
         bh = b * H + h
-        slope = 0.0
-        if ALIBI:
-            slope = tl.load(S + h) * 1.4426950408889634
+        slope = _slope(S, h, ALIBI)
         dk, dv = _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, lo, full, offs_n, slope, qk_scale, NQ, OFF,
                             s_qbh, s_qn, ALIBI, CAUSAL, True, IEEE, TMA, INTERP, NQ_C, BLOCK_M, D)
         dk, dv = _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, full, NQ, offs_n, slope, qk_scale, NQ, OFF,
@@ -322,7 +326,7 @@ def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, OUT, L, DL, DQ, s_qbh, s_qn, s
             INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    bh, b, h = _head(HEAD0, HR, H)
+    bh, b, h = _head(HEAD0, HR, H, 1)
     kbh = b * (H // G) + h // G
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     q0 = pid_m * BLOCK_M + OFF
@@ -333,9 +337,7 @@ def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, OUT, L, DL, DQ, s_qbh, s_qn, s
     o = _rows(OUT, OUT, bh, pid_m * BLOCK_M, NQ, s_qbh, s_qn, BLOCK_M, D, False)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DL + bh * NQ + offs_m, delta, mask=offs_m < NQ)
-    slope = 0.0
-    if ALIBI:
-        slope = tl.load(S + h) * 1.4426950408889634
+    slope = _slope(S, h, ALIBI)
     dq = tl.zeros([BLOCK_M, D], tl.float32)
     if CAUSAL:
         full = (q0 + 1) // BLOCK_N * BLOCK_N
