@@ -23,7 +23,7 @@ def test_case(case, cfg, monkeypatch):
 
 def test_far_key_blocks_skipped_under_steep_alibi(monkeypatch):
     """Keys parallel to the queries make the skipping bound nearly tight: logits +-121 against ALiBi's -4 a
-    position (base e), so keys up to ~60 positions back matter and the forward skips blocks from ~90 back
+    position (base e), so keys up to ~60 positions back matter and the forward skips blocks from ~70 back
     (of 256). The result must equal eager's; a bound without the key-norm term skips keys that count, and
     fails (checked by editing the kernel)."""
     from andromeda.model import backends
@@ -48,6 +48,32 @@ def test_far_key_blocks_skipped_under_steep_alibi(monkeypatch):
     want = torch.autograd.grad(ref, (q, k, v), grad)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_far_key_blocks_are_not_read():
+    """NaN values in keys 0 .. 15 poison every row that reads them. With unit-norm queries and keys (logits
+    within +-1.5 base 2) and slope 4 (5.8 a position, base 2), the threshold 32 + log2(256) = 40 puts the
+    cut ~8 keys before each 16-query tile: tiles from query 32 on must skip block 0 and come out finite,
+    equal to eager with those values zeroed (their weights are below 2^-40)."""
+    from andromeda.model import backends
+
+    over = {"fwd": INTERP_CONFIGS[0], "bwd": INTERP_CONFIGS[0]}  # 16 x 16 blocks
+    g = torch.Generator().manual_seed(1)
+    n, d = 256, 16
+    q, k = (torch.nn.functional.normalize(torch.randn(1, h, n, d, generator=g), dim=-1) for h in (2, 1))
+    v = torch.randn(1, 1, n, d, generator=g)
+    poisoned = v.clone()
+    poisoned[:, :, :16] = float("nan")
+    slopes = torch.tensor([4.0, 4.0])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(triton_flash, "SKIP_MIN_KEYS", 0)
+        mp.setattr(triton_flash, "CONFIG_OVERRIDE", over)
+        out = backends.get("triton")(q, k, poisoned, causal=True, scale=1.0, alibi_slopes=slopes)
+    assert out[:, :, :16].isnan().all() and out[:, :, 32:].isfinite().all()
+    zeroed = v.clone()
+    zeroed[:, :, :16] = 0.0
+    ref = backends.get("eager")(q, k, zeroed, causal=True, scale=1.0, alibi_slopes=slopes)
+    torch.testing.assert_close(out[:, :, 32:], ref[:, :, 32:], rtol=1e-5, atol=1e-6)
 
 
 def test_launch_falls_back_when_a_setting_runs_out_of_shared_memory(monkeypatch):

@@ -77,7 +77,7 @@ def test_triton_matches_eager_in_interpreter():
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(child)],
                        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert f"{len(CASES) * len(INTERP_CONFIGS) + 2} passed" in r.stdout  # + the fallback and skipping tests
+    assert f"{len(CASES) * len(INTERP_CONFIGS) + 3} passed" in r.stdout  # + the fallback and 2 skipping tests
 
 
 @pytest.mark.cuda
@@ -182,9 +182,10 @@ def test_alibi_prefix_of_an_inference_mode_tensor():
 @pytest.mark.cuda
 @pytest.mark.parametrize("qk_norm", [False, True])
 def test_far_key_skipping_changes_nothing_on_cuda(monkeypatch, qk_norm):
-    """At 2K keys the forward skips key blocks on the steep ALiBi heads; its output must match the kernel's
-    without skipping (bit for bit in the runs of docs/performance.md; here to far below bf16's rounding,
-    as the running maximum may take another path) and eager."""
+    """At 2K keys the forward skips key blocks on the steep ALiBi heads (the keys skipped weigh under 2^-32
+    of a row's softmax sum). It also runs the diagonal blocks first, so its bf16 output rounds differently
+    from the kernel's without skipping: the two may differ by bf16 rounding, and must be equally close to
+    float32 eager."""
     from andromeda.model.backends import triton_flash
 
     g = torch.Generator(device="cuda").manual_seed(7)
@@ -198,6 +199,10 @@ def test_far_key_skipping_changes_nothing_on_cuda(monkeypatch, qk_norm):
     skipped = backends.get("triton")(qb, kb, vb, causal=True, scale=scale, alibi_slopes=slopes)
     monkeypatch.setattr(triton_flash, "SKIP_FAR", False)
     full = backends.get("triton")(qb, kb, vb, causal=True, scale=scale, alibi_slopes=slopes)
-    assert ((skipped.double() - full.double()).norm() / full.double().norm()).item() < 1e-5
     ref = backends.get("eager")(q, k, v, causal=True, scale=scale, alibi_slopes=slopes)
-    assert ((skipped.double() - ref.double()).norm() / ref.double().norm()).item() < 1.5e-2
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    assert rel(skipped, full) < 2e-3  # bf16's unit roundoff is 3.9e-3
+    assert rel(skipped, ref) < 1.1 * rel(full, ref) and rel(full, ref) < 1.5e-2

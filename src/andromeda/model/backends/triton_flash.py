@@ -142,8 +142,9 @@ def _slopes(slopes: torch.Tensor | None, h: int, device: torch.device) -> torch.
 
 # Launch ALiBi heads and heads without it separately (each compiled for its case), where the slopes allow.
 SPLIT_HEADS = True
-# Causal ALiBi forward: skip key blocks too far back to change the result (kernels' _first_needed_key), for
-# key lengths of at least SKIP_MIN_KEYS (shorter, the key-norm pass costs more than it can save).
+# Causal ALiBi forward: skip key blocks too far back to count (together under 2^-32 of a row's softmax sum;
+# kernels' _first_needed_key), for key lengths of at least SKIP_MIN_KEYS (shorter, the key-norm pass costs
+# more than it can save).
 SKIP_FAR = True
 SKIP_MIN_KEYS = 1024
 _PREFIX: dict[int, tuple] = {}  # id(slopes) -> (weak reference, version, number of leading ALiBi heads)
@@ -186,6 +187,13 @@ def _key_norm_prefix_max(k: torch.Tensor) -> torch.Tensor:
     if pad:
         norms = torch.nn.functional.pad(norms, (0, pad))
     return norms.view(b * hkv, -1, KNORM_BLOCK).amax(-1).cummax(-1).values.contiguous()
+
+
+def _skip_threshold(nk: int) -> float:
+    """The skipping threshold (base 2): a key block is skipped when its weight is provably below 2^-t of
+    every row's largest. With t = 32 + ceil(log2 Nk), all the keys skipped in a row together weigh under
+    2^-32 of its softmax sum, 2^8 below float32's unit roundoff (the kernel's _first_needed_key)."""
+    return 32.0 + max(nk - 1, 1).bit_length()
 
 
 def _head_runs(h: int, alibi: bool, prefix: int | None) -> tuple[tuple[int, int, bool], ...]:
@@ -232,6 +240,7 @@ class _FlashAttention(torch.autograd.Function):
                     *descs, q, k, v, slopes, knorm, out, lse,
                     q.stride(1), q.stride(2), k.stride(1), k.stride(2), out.stride(1), out.stride(2),
                     h, h // hkv, nq, nk, nk - nq, scale * LOG2E, head0, hr, knorm.shape[-1] if skip else 0,
+                    _skip_threshold(nk),
                     ALIBI=ab, CAUSAL=causal, SKIP=skip and ab, KNB=KNORM_BLOCK, IEEE=q.dtype == torch.float32,
                     **_bounds(nq, nk), D=d, **{**cfg, "TMA": tma})
 

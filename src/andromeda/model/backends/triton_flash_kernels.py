@@ -155,34 +155,38 @@ def _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, full, hi, q_pos, q0, slo
 
 
 @triton.jit
-def _first_needed_key(q, kn, q0, slope, qk_scale, full, BLOCK_N: tl.constexpr):
-    """Causal ALiBi: the first key block whose probabilities can be nonzero in float32 for this query tile.
+def _first_needed_key(q, m_i, kn, q0, slope, qk_scale, skip_t, full, BLOCK_N: tl.constexpr):
+    """Causal ALiBi, once the tile's diagonal blocks are done: the first key block before `full` whose
+    probabilities can still count, found from the running row maxima m_i.
 
-    With p_ij = 2^(s_ij - M_i), s_ij = q_i.k_j c - slope (i - j) (base 2, c = |qk_scale|) and M_i >= s_ii,
-    Cauchy-Schwarz gives s_ij - M_i <= 2 |q_i| |k|max c - slope (i - j). Once that is below -160, p_ij is
-    below 2^-160 of the row's largest term (which contributes 1 to the softmax sum): below float32's
-    smallest subnormal, 2^-149, so blocks that far from every row of the tile cannot change the result
-    and are not read. |k|max (kn) is the largest norm of the keys the tile sees (a prefix maximum),
-    1% of margin covers the rounding of the scores. Zero (skip nothing) unless slope > 0."""
+    Scores are base 2 in the forward's per-key form, s_ij = q_i.k_j c + slope (j - q0) (c = |qk_scale|), and
+    by Cauchy-Schwarz s_ij <= |q_i| |k|max c + slope (j - q0), with |k|max (kn) bounding the norms of keys
+    0 .. full - 1. Every row's final maximum M_i >= m_i, so a key with |q_i| |k|max c + slope (j - q0) - m_i
+    < -skip_t for every row has p_ij = 2^(s_ij - M_i) < 2^-skip_t, while the row's largest term adds 1 to
+    its softmax sum. With skip_t = 32 + log2(Nk) the keys skipped weigh less than 2^-32 of every row's
+    sum, 2^8 below float32's unit roundoff. Keys j < cut = q0 + min_i(m_i - |q_i| |k|max c - skip_t) / slope
+    qualify; 1% on the norm term and one unit on skip_t cover the rounding of the scores. Zero (skip nothing)
+    unless slope > 0 and every term is finite."""
     qf = q.to(tl.float32)
-    qn = tl.sqrt(tl.max(tl.sum(qf * qf, 1), 0))
+    reach = 1.01 * tl.sqrt(tl.sum(qf * qf, 1)) * kn * tl.abs(qk_scale)
+    gap = tl.min(m_i - reach, 0) - (skip_t + 1.0)
     pos = slope > 0
-    reach = (2.02 * qn * kn * tl.abs(qk_scale) + 160.0) / tl.where(pos, slope, 1.0)
-    ok = pos & (reach < 1.0e30)  # false for NaN or infinite norms: then skip nothing
-    cut = tl.where(ok, tl.maximum(q0 - reach, -1.0), -1.0)  # keys before cut are out of reach of every row
-    lo = tl.maximum(tl.floor(cut / BLOCK_N).to(tl.int32) - 1, 0) * BLOCK_N  # whole blocks, one more to spare
+    ok = pos & (gap > -1.0e30) & (gap < 1.0e30)  # false for NaN or infinite norms or maxima
+    cut = tl.where(ok, tl.maximum(q0 + gap / tl.where(pos, slope, 1.0), -1.0), -1.0)
+    lo = tl.maximum(tl.floor(cut / BLOCK_N).to(tl.int32), 0) * BLOCK_N  # block lo - BLOCK_N ends before cut
     return tl.minimum(lo, full)
 
 
 @triton.jit
 def flash_fwd(qd, kd, vd, Q, K, V, S, KN, Out, L, s_qbh, s_qn, s_kbh, s_kn, s_obh, s_on,
-        H, G, NQ, NK, OFF, qk_scale, HEAD0, HR, NKN,
+        H, G, NQ, NK, OFF, qk_scale, HEAD0, HR, NKN, SKIP_T,
         ALIBI: tl.constexpr, CAUSAL: tl.constexpr, SKIP: tl.constexpr, KNB: tl.constexpr, IEEE: tl.constexpr,
         TMA: tl.constexpr,
         WS: tl.constexpr, INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """SKIP (causal ALiBi only): key blocks too far back to matter are skipped (`_first_needed_key`); KN
-    (B*H_kv, NKN) holds the largest norm of keys 0 .. (c + 1) * KNB - 1 of each KV head at [kv head, c]."""
+    """SKIP (causal ALiBi only): the diagonal blocks run first, then key blocks too far back to matter are
+    skipped (`_first_needed_key`, with threshold SKIP_T); KN (B*H_kv, NKN) holds the largest norm of keys
+    0 .. (c + 1) * KNB - 1 of each KV head at [kv head, c]."""
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # longest causal rows first: a shorter tail
     bh, b, h = _head(HEAD0, HR, H, 1)
     kbh = b * (H // G) + h // G
@@ -193,18 +197,22 @@ def flash_fwd(qd, kd, vd, Q, K, V, S, KN, Out, L, s_qbh, s_qn, s_kbh, s_kn, s_ob
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    lo = 0
     if CAUSAL:
         full = (q0 + 1) // BLOCK_N * BLOCK_N  # keys every row of the tile sees
         hi = tl.minimum(NK, q0 + BLOCK_M)
-        if SKIP:
-            last = hi - 1  # the last key any row of the tile sees
-            lo = _first_needed_key(q, tl.load(KN + kbh * NKN + last // KNB), q0, slope, qk_scale, full, BLOCK_N)
     else:
         full = NK // BLOCK_N * BLOCK_N
         hi = NK
-    acc, l_i, m_i = _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, full, hi, q_pos, q0, slope, qk_scale, NK,
-                               s_kbh, s_kn, ALIBI, CAUSAL, IEEE, TMA, WS, INTERP, NK_C, BLOCK_N, D)
+    if SKIP:  # the diagonal blocks first: their row maxima tell which earlier blocks can still count
+        acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, full, hi, q_pos, q0, slope, qk_scale, NK,
+                                  s_kbh, s_kn, ALIBI, CAUSAL, True, IEEE, TMA, False, INTERP, NK_C, BLOCK_N, D)
+        kn = tl.load(KN + kbh * NKN + tl.maximum(full - 1, 0) // KNB)  # bounds the norms of keys 0 .. full - 1
+        lo = _first_needed_key(q, m_i, kn, q0, slope, qk_scale, SKIP_T, full, BLOCK_N)
+        acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, full, q_pos, q0, slope, qk_scale, NK,
+                                  s_kbh, s_kn, ALIBI, CAUSAL, False, IEEE, TMA, WS, INTERP, NK_C, BLOCK_N, D)
+    else:
+        acc, l_i, m_i = _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, 0, full, hi, q_pos, q0, slope, qk_scale,
+                                   NK, s_kbh, s_kn, ALIBI, CAUSAL, IEEE, TMA, WS, INTERP, NK_C, BLOCK_N, D)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     out = acc / l_i[:, None]
     tl.store(Out + bh * s_obh + offs_m[:, None] * s_on + tl.arange(0, D)[None, :],
