@@ -76,6 +76,46 @@ def test_far_key_blocks_are_not_read():
     torch.testing.assert_close(out[:, :, 32:], ref[:, :, 32:], rtol=1e-5, atol=1e-6)
 
 
+def test_far_blocks_are_not_read_in_the_backward():
+    """The backward skips as the forward does. NaN output gradients on queries 240 .. 255 poison the dK and
+    dV of every key block whose query loop reaches them; with the setup above (probabilities below 2^-40
+    from ~8 positions back) key blocks up to 208 must stop short of them and match eager with those rows'
+    gradients zeroed. NaN values in keys 0 .. 15 poison dQ of every query tile that reads them: tiles from
+    query 32 on must skip them."""
+    from andromeda.model import backends
+
+    over = {"fwd": INTERP_CONFIGS[0], "bwd": INTERP_CONFIGS[0]}  # 16 x 16 blocks
+    g = torch.Generator().manual_seed(2)
+    n, d = 256, 16
+    q, k = (torch.nn.functional.normalize(torch.randn(1, h, n, d, generator=g), dim=-1).requires_grad_()
+            for h in (2, 1))
+    v = torch.randn(1, 1, n, d, generator=g).requires_grad_()
+    slopes = torch.tensor([4.0, 4.0])
+    grad = torch.randn(1, 2, n, d, generator=g)
+    poisoned = grad.clone()
+    poisoned[:, :, 240:] = float("nan")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(triton_flash, "SKIP_MIN_KEYS", 0)
+        mp.setattr(triton_flash, "CONFIG_OVERRIDE", over)
+        out = backends.get("triton")(q, k, v, causal=True, scale=1.0, alibi_slopes=slopes)
+        dq, dk, dv = torch.autograd.grad(out, (q, k, v), poisoned)
+        vp = v.detach().clone()
+        vp[:, :, :16] = float("nan")
+        vp.requires_grad_()
+        out_p = backends.get("triton")(q, k, vp, causal=True, scale=1.0, alibi_slopes=slopes)
+        (dq_p,) = torch.autograd.grad(out_p, (q,), grad)
+    assert dk[:, :, :208].isfinite().all() and dv[:, :, :208].isfinite().all()
+    assert dk[:, :, 240:].isnan().all() and dq_p[:, :, :16].isnan().all() and dq_p[:, :, 32:].isfinite().all()
+    zeroed = grad.clone()
+    zeroed[:, :, 240:] = 0.0
+    ref = backends.get("eager")(q, k, v, causal=True, scale=1.0, alibi_slopes=slopes)
+    _, want_k, want_v = torch.autograd.grad(ref, (q, k, v), zeroed, retain_graph=True)
+    torch.testing.assert_close(dk[:, :, :208], want_k[:, :, :208], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dv[:, :, :208], want_v[:, :, :208], rtol=1e-4, atol=1e-5)
+    (want_pq,) = torch.autograd.grad(ref, (q,), grad)  # keys 0 .. 15 weigh < 2^-40 for queries 32 on
+    torch.testing.assert_close(dq_p[:, :, 32:], want_pq[:, :, 32:], rtol=1e-4, atol=1e-5)
+
+
 def test_launch_falls_back_when_a_setting_runs_out_of_shared_memory(monkeypatch):
     """A GPU with less shared memory refuses big tiles at launch; the next candidate must run, and be remembered."""
     from triton.runtime.errors import OutOfResources

@@ -245,14 +245,14 @@ class _FlashAttention(torch.autograd.Function):
                     **_bounds(nq, nk), D=d, **{**cfg, "TMA": tma})
 
         _launch("fwd", q.device, q.dtype, d, run)
-        ctx.save_for_backward(q, k, v, slopes, out, lse)
-        ctx.runs, ctx.causal, ctx.scale = runs, causal, scale
+        ctx.save_for_backward(q, k, v, slopes, out, lse, knorm)
+        ctx.runs, ctx.causal, ctx.scale, ctx.skip = runs, causal, scale, skip
         return out
 
     @staticmethod
     def backward(ctx, dout):
         _, dkdv, dqk = _kernels()
-        q, k, v, slopes, out, lse = ctx.saved_tensors
+        q, k, v, slopes, out, lse, knorm = ctx.saved_tensors
         b, h, nq, d = q.shape
         hkv, nk = k.shape[1], k.shape[2]
         dout = dout.contiguous()
@@ -264,6 +264,9 @@ class _FlashAttention(torch.autograd.Function):
         part = k.dtype if g == 1 else torch.float32
         dk = torch.empty(b, h // hc, nk, d, device=k.device, dtype=part)
         dv = torch.empty(b, h // hc, nk, d, device=v.device, dtype=part)
+        # skipping (as in the forward): the dQ kernel writes each head's max of |q_i| |k|max c - lse_i into u
+        u = torch.full((b * h,), float("-inf"), device=q.device, dtype=torch.float32) if ctx.skip else lse
+        skip_t = _skip_threshold(nk)
         flags = dict(CAUSAL=ctx.causal, IEEE=q.dtype == torch.float32, **_bounds(nq, nk), D=d)
         common = (q.stride(1), q.stride(2), k.stride(1), k.stride(2))
 
@@ -277,17 +280,19 @@ class _FlashAttention(torch.autograd.Function):
             descs, kw = operands(cfg)
             for head0, hr, ab in ctx.runs:
                 dkdv[(b * hr // hc, triton_cdiv(nk, cfg["BLOCK_N"]))](
-                    *descs, q, k, v, slopes, dout, lse, delta, dk, dv, *common, dk.stride(1), dk.stride(2),
-                    h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr, ALIBI=ab, HC=hc, **kw)
+                    *descs, q, k, v, slopes, dout, lse, delta, dk, dv, u, *common, dk.stride(1), dk.stride(2),
+                    h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr, skip_t,
+                    ALIBI=ab, SKIP=ctx.skip and ab, HC=hc, **kw)
 
         def run_dq(cfg):
             descs, kw = operands(cfg)
             for head0, hr, ab in ctx.runs:
                 dqk[(b * hr, triton_cdiv(nq, cfg["BLOCK_M"]))](
-                    *descs, q, k, v, slopes, dout, out, lse, delta, dq, *common,
-                    h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr, ALIBI=ab, **kw)
+                    *descs, q, k, v, slopes, dout, out, lse, delta, dq, knorm, u, *common,
+                    h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr, knorm.shape[-1] if ctx.skip else 0,
+                    skip_t, ALIBI=ab, SKIP=ctx.skip and ab, KNB=KNORM_BLOCK, **kw)
 
-        _launch("dq", q.device, q.dtype, d, run_dq)  # first: it writes delta
+        _launch("dq", q.device, q.dtype, d, run_dq)  # first: it writes delta (and u)
         _launch("bwd", q.device, q.dtype, d, run_dkdv)
         if g > 1:  # (B, H / hc, Nk, D) -> (B, H_kv, Nk, D): sum each KV head's slices
             dk = dk.view(b, hkv, g // hc, nk, d).sum(2).to(k.dtype)

@@ -259,15 +259,17 @@ def _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, lo, hi, offs_n, slope, q
 
 
 @triton.jit
-def flash_bwd_dkdv(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DK, DV, s_qbh, s_qn, s_kbh, s_kn, s_dbh, s_dn,
-             H, G, NQ, NK, OFF, qk_scale, scale, HEAD0, HR,
-             ALIBI: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
+def flash_bwd_dkdv(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DK, DV, U, s_qbh, s_qn, s_kbh, s_kn, s_dbh, s_dn,
+             H, G, NQ, NK, OFF, qk_scale, scale, HEAD0, HR, SKIP_T,
+             ALIBI: tl.constexpr, CAUSAL: tl.constexpr, SKIP: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
               INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HC: tl.constexpr):
     """dK, dV of one key block, summed over HC query heads of one KV group (heads h0 .. h0 + HC, HC dividing
     the group and the launch's heads): the key block stays in registers while the heads' query blocks
     stream past. Q, DO: (B*H, NQ, D); K, V: (B*H_kv, NK, D); DK, DV: (B*H/HC, NK, D), one slice per
-    program's heads, which the caller sums per group (HC = 1, G = 1: the gradients themselves)."""
+    program's heads, which the caller sums per group (HC = 1, G = 1: the gradients themselves). SKIP (causal
+    ALiBi): each head's query blocks stop where the block's probabilities fall below 2^-SKIP_T
+    (`_dkdv_last_query`)."""
     pid_n = tl.program_id(1)  # the first key blocks have the most queries: they start first
     _, b, h0 = _head(HEAD0, HR, H, HC)
     kbh = b * (H // G) + h0 // G
@@ -289,7 +291,10 @@ def flash_bwd_dkdv(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DK, DV, s_qbh, s_qn, 
         slope = _slope(S, h, ALIBI)
         dk, dv = _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, lo, full, offs_n, slope, qk_scale, NQ, OFF,
                             s_qbh, s_qn, ALIBI, CAUSAL, True, IEEE, TMA, INTERP, NQ_C, BLOCK_M, D)
-        dk, dv = _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, full, NQ, offs_n, slope, qk_scale, NQ, OFF,
+        hi = NQ
+        if SKIP:
+            hi = _dkdv_last_query(tl.load(U + bh), n0 + BLOCK_N - 1, OFF, NQ, slope, SKIP_T, full, BLOCK_M)
+        dk, dv = _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, full, hi, offs_n, slope, qk_scale, NQ, OFF,
                             s_qbh, s_qn, ALIBI, CAUSAL, False, IEEE, TMA, INTERP, NQ_C, BLOCK_M, D)
     out = (b * (H // HC) + h0 // HC) * s_dbh + offs_n[:, None] * s_dn + tl.arange(0, D)[None, :]
     kv_mask = offs_n[:, None] < NK
@@ -328,11 +333,43 @@ def _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, lo, hi, q_pos, q0, slope,
 
 
 @triton.jit
-def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, OUT, L, DL, DQ, s_qbh, s_qn, s_kbh, s_kn, H, G, NQ, NK, OFF,
-            qk_scale, scale, HEAD0, HR,
-            ALIBI: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
-            INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
+def _dq_first_key(excess, q0, slope, skip_t, full, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Causal ALiBi backward, one query tile: the first key block (before `full`) with a probability that can
+    reach 2^-skip_t. p_ij = 2^(s_ij - lse_i) with s_ij <= |q_i| |k|max c - slope (i - j), so with excess_i =
+    |q_i| |k|max c - lse_i, keys j < i - (excess_i + skip_t) / slope are below it for row i (position i =
+    q0 + r). As in the forward (`_first_needed_key`), what is skipped weighs under 2^-32 of each row."""
+    r = tl.arange(0, BLOCK_M).to(tl.float32)
+    pos = slope > 0
+    cut = tl.min(r - (excess + skip_t + 1.0) / tl.where(pos, slope, 1.0), 0)
+    ok = pos & (cut > -1.0e30) & (cut < 1.0e30)  # false for NaN or infinite norms or lse
+    cut = tl.where(ok, tl.maximum(q0 + cut, -1.0), -1.0)
+    lo = tl.maximum(tl.floor(cut / BLOCK_N).to(tl.int32), 0) * BLOCK_N
+    return tl.minimum(lo, full)
+
+
+@triton.jit
+def _dkdv_last_query(u, n_last, OFF, NQ, slope, skip_t, full, BLOCK_M: tl.constexpr):
+    """Causal ALiBi backward, one key block (last key n_last): where its query blocks can stop. Every query
+    row i has |q_i| |k|max c - lse_i <= u (the head's U, from the dQ kernel), so p_ij <= 2^(u - slope (i - j))
+    and rows at positions past n_last + (u + skip_t) / slope see this block below 2^-skip_t."""
+    pos = slope > 0
+    reach = (u + skip_t + 1.0) / tl.where(pos, slope, 1.0)
+    ok = pos & (reach > -1.0e30) & (reach < 1.0e9)  # false for NaN or infinite bounds (or no limit in sight)
+    last_row = tl.where(ok, n_last - OFF + tl.maximum(reach, 0.0), 1.0e9)  # the last row that can count
+    hi = tl.minimum(last_row, NQ * 1.0).to(tl.int32)
+    hi = (hi // BLOCK_M + 1) * BLOCK_M
+    return tl.maximum(tl.minimum(hi, NQ), full)
+
+
+@triton.jit
+def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, OUT, L, DL, DQ, KN, U, s_qbh, s_qn, s_kbh, s_kn, H, G, NQ, NK,
+            OFF, qk_scale, scale, HEAD0, HR, NKN, SKIP_T,
+            ALIBI: tl.constexpr, CAUSAL: tl.constexpr, SKIP: tl.constexpr, KNB: tl.constexpr, IEEE: tl.constexpr,
+            TMA: tl.constexpr, INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dQ of one query block, and its rows' rowsum(dO * O) into DL. SKIP (causal ALiBi): key blocks whose
+    probabilities are below 2^-SKIP_T are skipped (`_dq_first_key`), and the block's largest
+    |q_i| |k|max c - lse_i goes into U[head] (atomic max; the dK/dV kernel bounds its query range by it)."""
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     bh, b, h = _head(HEAD0, HR, H, 1)
     kbh = b * (H // G) + h // G
@@ -353,7 +390,15 @@ def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, OUT, L, DL, DQ, s_qbh, s_qn, s
     else:
         full = NK
         hi = NK
-    dq = _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, 0, full, q0 + tl.arange(0, BLOCK_M), q0, slope,
+    lo = 0
+    if SKIP:
+        qf = q.to(tl.float32)
+        qn = tl.sqrt(tl.sum(qf * qf, 1)) * (1.01 * tl.abs(qk_scale))  # |q_i| c, with 1% for rounding
+        kn = tl.load(KN + kbh * NKN + tl.maximum(full - 1, 0) // KNB)  # bounds the norms of keys 0 .. full - 1
+        lo = _dq_first_key(qn * kn - lse, q0, slope, SKIP_T, full, BLOCK_M, BLOCK_N)
+        k_all = tl.load(KN + kbh * NKN + NKN - 1)  # bounds every key's norm
+        tl.atomic_max(U + bh, tl.max(tl.where(offs_m < NQ, qn * k_all - lse, float("-inf")), 0))
+    dq = _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, lo, full, q0 + tl.arange(0, BLOCK_M), q0, slope,
                   qk_scale, NK, s_kbh, s_kn, ALIBI, CAUSAL, False, IEEE, TMA, INTERP, NK_C, BLOCK_N, D)
     dq = _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, full, hi, q0 + tl.arange(0, BLOCK_M), q0, slope,
                   qk_scale, NK, s_kbh, s_kn, ALIBI, CAUSAL, True, IEEE, TMA, INTERP, NK_C, BLOCK_N, D)
