@@ -3,8 +3,9 @@
 Shape: causal, 24 heads, head dim 128, bf16; Andromeda's own attention has 1 KV head and ALiBi on
 12 of 24 heads (triton, flex); cuDNN runs plain causal MHA of the same shape (no ALiBi to do).
 TFLOP/s count the causal half: forward 4*B*H*D*N(N+1)/2, backward 2.5x forward. Our kernel does less
-on its ALiBi heads (it skips key blocks too far back to change the result), so its rates are effective
-rates against that count; set triton_flash.SKIP_FAR = False for the kernel's raw arithmetic rate.
+on its ALiBi heads (forward and backward skip key blocks too far back to count: under 2^-32 of a row's
+softmax sum), so its rates are effective rates against that count; set triton_flash.SKIP_FAR = False for
+the kernel's raw arithmetic rate.
 Floors (same run): bf16 matmul rate and copy bandwidth.
 
     python benchmarks/attention_kernels.py [--lengths 2048,8192,32768] [--tokens 32768] [--json out.json]

@@ -17,9 +17,10 @@ One command: the floors of this run (bf16 matmul rate, copy bandwidth), then
 The JSON is rewritten after each stage, so a run cut short keeps what it measured.
 
 TFLOP/s and MFU count the dense causal work (every query against every earlier key) for every
-implementation. Our kernel skips the key blocks that causal ALiBi makes too small to change the result
-(triton_flash_kernels._first_needed_key), so on ALiBi heads its rates are effective rates: the same
-output in less time, not more arithmetic per second.
+implementation. Our kernel skips, forward and backward, the key blocks that causal ALiBi makes too small
+to count (under 2^-32 of a row's softmax sum; triton_flash_kernels._first_needed_key), so on ALiBi heads
+its rates are effective rates: the same output to float32 rounding in less time, not more arithmetic
+per second.
 """
 
 from __future__ import annotations

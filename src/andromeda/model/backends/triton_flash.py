@@ -14,6 +14,9 @@ tile's first query position: it differs from -slope * (i - j) by a per-row const
 softmax ignores and the stored log-sum-exp takes back out, so the bias costs one broadcast add.
 Where only the first heads have ALiBi (the model's layout), those heads and the others launch
 separately, each kernel compiled for its case, so heads without ALiBi do not add zeros.
+Under causal ALiBi (keys >= SKIP_MIN_KEYS), forward and backward skip the key blocks too far back to
+count: the forward runs a tile's diagonal blocks first and bounds the rest by Cauchy-Schwarz from the
+row maxima, the backward from the stored log-sum-exp; what is skipped weighs under 2^-32 of a row's sum.
 On Hopper (sm90+) tiles arrive through TMA descriptors; other GPUs load through pointers. Launch
 settings are tried in order (`_candidates`: H100-tuned first) and a launch that runs out of shared
 memory falls back to smaller tiles, so GPUs with less shared memory than Hopper run too.
