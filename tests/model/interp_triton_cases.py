@@ -21,11 +21,13 @@ def test_case(case, cfg, monkeypatch):
     check(case, "cpu", torch.float32, 1e-5)
 
 
-def test_far_key_blocks_skipped_under_steep_alibi(monkeypatch):
+@pytest.mark.parametrize("nq", [256, 100])
+def test_far_key_blocks_skipped_under_steep_alibi(monkeypatch, nq):
     """Keys parallel to the queries make the skipping bound nearly tight: logits +-121 against ALiBi's -4 a
     position (base e), so keys up to ~60 positions back matter and the forward skips blocks from ~70 back
-    (of 256). The result must equal eager's; a bound without the key-norm term skips keys that count, and
-    fails (checked by editing the kernel)."""
+    (of 256). The result, forward and backward, must equal eager's; a bound without the key-norm term
+    skips keys that count, and fails (checked by editing the kernel). nq = 100: the queries are the last
+    100 positions (after a cache; tiles start off the block grid)."""
     from andromeda.model import backends
 
     monkeypatch.setattr(triton_flash, "SKIP_MIN_KEYS", 0)
@@ -33,7 +35,7 @@ def test_far_key_blocks_skipped_under_steep_alibi(monkeypatch):
     g = torch.Generator().manual_seed(0)
     n, d = 256, 16
     u = torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
-    q = (11.0 * u + 0.01 * torch.randn(1, 2, n, d, generator=g)).requires_grad_()
+    q = (11.0 * u + 0.01 * torch.randn(1, 2, nq, d, generator=g)).requires_grad_()
     # runs of 64 keys alternately aligned (+11) and opposed (-11): a row in an opposed run attends mostly to
     # the aligned run before it, up to ~60 positions back
     sign = 1.0 - 2.0 * ((torch.arange(n) // 64) % 2).float()
