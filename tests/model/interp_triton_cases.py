@@ -21,6 +21,21 @@ def test_case(case, cfg, monkeypatch):
     check(case, "cpu", torch.float32, 1e-5)
 
 
+def _skip_at_any_length(monkeypatch):
+    """Skipping from the first key on, 16 x 16 blocks forward and backward."""
+    monkeypatch.setattr(triton_flash, "SKIP_MIN_KEYS", 0)
+    monkeypatch.setattr(triton_flash, "CONFIG_OVERRIDE", {"fwd": INTERP_CONFIGS[0], "bwd": INTERP_CONFIGS[0]})
+
+
+def _unit_norm_case(seed, n=256, d=16):
+    """2 query heads, 1 KV head of unit-norm queries and keys (logits within +-1.5 base 2), slope 4 on both."""
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.nn.functional.normalize(torch.randn(1, h, n, d, generator=g), dim=-1).requires_grad_()
+            for h in (2, 1))
+    v = torch.randn(1, 1, n, d, generator=g).requires_grad_()
+    return q, k, v, torch.tensor([4.0, 4.0]), g
+
+
 @pytest.mark.parametrize("nq", [256, 100])
 def test_far_key_blocks_skipped_under_steep_alibi(monkeypatch, nq):
     """Keys parallel to the queries make the skipping bound nearly tight: logits +-121 against ALiBi's -4 a
@@ -30,8 +45,7 @@ def test_far_key_blocks_skipped_under_steep_alibi(monkeypatch, nq):
     100 positions (after a cache; tiles start off the block grid)."""
     from andromeda.model import backends
 
-    monkeypatch.setattr(triton_flash, "SKIP_MIN_KEYS", 0)
-    monkeypatch.setattr(triton_flash, "CONFIG_OVERRIDE", {"fwd": INTERP_CONFIGS[0], "bwd": INTERP_CONFIGS[0]})
+    _skip_at_any_length(monkeypatch)
     g = torch.Generator().manual_seed(0)
     n, d = 256, 16
     u = torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
@@ -52,25 +66,19 @@ def test_far_key_blocks_skipped_under_steep_alibi(monkeypatch, nq):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_far_key_blocks_are_not_read():
+def test_far_key_blocks_are_not_read(monkeypatch):
     """NaN values in keys 0 .. 15 poison every row that reads them. With unit-norm queries and keys (logits
     within +-1.5 base 2) and slope 4 (5.8 a position, base 2), the threshold 32 + log2(256) = 40 puts the
     cut ~8 keys before each 16-query tile: tiles from query 32 on must skip block 0 and come out finite,
     equal to eager with those values zeroed (their weights are below 2^-40)."""
     from andromeda.model import backends
 
-    over = {"fwd": INTERP_CONFIGS[0], "bwd": INTERP_CONFIGS[0]}  # 16 x 16 blocks
-    g = torch.Generator().manual_seed(1)
-    n, d = 256, 16
-    q, k = (torch.nn.functional.normalize(torch.randn(1, h, n, d, generator=g), dim=-1) for h in (2, 1))
-    v = torch.randn(1, 1, n, d, generator=g)
+    _skip_at_any_length(monkeypatch)
+    q, k, v, slopes, _ = _unit_norm_case(1)
+    q, k, v = q.detach(), k.detach(), v.detach()
     poisoned = v.clone()
     poisoned[:, :, :16] = float("nan")
-    slopes = torch.tensor([4.0, 4.0])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(triton_flash, "SKIP_MIN_KEYS", 0)
-        mp.setattr(triton_flash, "CONFIG_OVERRIDE", over)
-        out = backends.get("triton")(q, k, poisoned, causal=True, scale=1.0, alibi_slopes=slopes)
+    out = backends.get("triton")(q, k, poisoned, causal=True, scale=1.0, alibi_slopes=slopes)
     assert out[:, :, :16].isnan().all() and out[:, :, 32:].isfinite().all()
     zeroed = v.clone()
     zeroed[:, :, :16] = 0.0
@@ -78,7 +86,7 @@ def test_far_key_blocks_are_not_read():
     torch.testing.assert_close(out[:, :, 32:], ref[:, :, 32:], rtol=1e-5, atol=1e-6)
 
 
-def test_far_blocks_are_not_read_in_the_backward():
+def test_far_blocks_are_not_read_in_the_backward(monkeypatch):
     """The backward skips as the forward does. NaN output gradients on queries 240 .. 255 poison the dK and
     dV of every key block whose query loop reaches them; with the setup above (probabilities below 2^-40
     from ~8 positions back) key blocks up to 208 must stop short of them and match eager with those rows'
@@ -86,26 +94,18 @@ def test_far_blocks_are_not_read_in_the_backward():
     query 32 on must skip them."""
     from andromeda.model import backends
 
-    over = {"fwd": INTERP_CONFIGS[0], "bwd": INTERP_CONFIGS[0]}  # 16 x 16 blocks
-    g = torch.Generator().manual_seed(2)
-    n, d = 256, 16
-    q, k = (torch.nn.functional.normalize(torch.randn(1, h, n, d, generator=g), dim=-1).requires_grad_()
-            for h in (2, 1))
-    v = torch.randn(1, 1, n, d, generator=g).requires_grad_()
-    slopes = torch.tensor([4.0, 4.0])
-    grad = torch.randn(1, 2, n, d, generator=g)
+    _skip_at_any_length(monkeypatch)
+    q, k, v, slopes, g = _unit_norm_case(2)
+    grad = torch.randn(1, 2, 256, 16, generator=g)
     poisoned = grad.clone()
     poisoned[:, :, 240:] = float("nan")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(triton_flash, "SKIP_MIN_KEYS", 0)
-        mp.setattr(triton_flash, "CONFIG_OVERRIDE", over)
-        out = backends.get("triton")(q, k, v, causal=True, scale=1.0, alibi_slopes=slopes)
-        dq, dk, dv = torch.autograd.grad(out, (q, k, v), poisoned)
-        vp = v.detach().clone()
-        vp[:, :, :16] = float("nan")
-        vp.requires_grad_()
-        out_p = backends.get("triton")(q, k, vp, causal=True, scale=1.0, alibi_slopes=slopes)
-        (dq_p,) = torch.autograd.grad(out_p, (q,), grad)
+    out = backends.get("triton")(q, k, v, causal=True, scale=1.0, alibi_slopes=slopes)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), poisoned)
+    vp = v.detach().clone()
+    vp[:, :, :16] = float("nan")
+    vp.requires_grad_()
+    out_p = backends.get("triton")(q, k, vp, causal=True, scale=1.0, alibi_slopes=slopes)
+    (dq_p,) = torch.autograd.grad(out_p, (q,), grad)
     assert dk[:, :, :208].isfinite().all() and dv[:, :, :208].isfinite().all()
     assert dk[:, :, 240:].isnan().all() and dq_p[:, :, :16].isnan().all() and dq_p[:, :, 32:].isfinite().all()
     zeroed = grad.clone()

@@ -181,9 +181,9 @@ KNORM_BLOCK = 64  # keys a _key_norm_prefix_max entry steps by (the kernels' KNB
 
 def _key_norm_prefix_max(k: torch.Tensor) -> torch.Tensor:
     """(B*H_kv, ceil(Nk / KNORM_BLOCK)) float32: entry [i, c] is the largest norm among keys 0 .. (c + 1) *
-    KNORM_BLOCK - 1 of KV head i. A causal query tile reads the entry of its last key, a bound on every key
-    it sees (under xPos key norms grow with position, so a prefix bound stays close to the keys near the
-    diagonal)."""
+    KNORM_BLOCK - 1 of KV head i. A causal query tile reads the entry of the last key before its diagonal
+    blocks, a bound on every key it may skip (under xPos key norms grow with position, so a prefix bound
+    stays close to the keys near the diagonal); the backward also reads the last entry, a bound on all keys."""
     b, hkv, nk, _ = k.shape
     norms = torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).reshape(b * hkv, nk)
     pad = -nk % KNORM_BLOCK
@@ -233,6 +233,7 @@ class _FlashAttention(torch.autograd.Function):
 
         skip = causal and SKIP_FAR and nk >= SKIP_MIN_KEYS and any(ab for _, _, ab in runs)
         knorm = _key_norm_prefix_max(k) if skip else slopes
+        nkn = knorm.shape[-1] if skip else 0
 
         def run(cfg):
             tma = _use_tma(cfg, q, k, v)
@@ -242,14 +243,14 @@ class _FlashAttention(torch.autograd.Function):
                 fwd[(b * hr, triton_cdiv(nq, bm))](
                     *descs, q, k, v, slopes, knorm, out, lse,
                     q.stride(1), q.stride(2), k.stride(1), k.stride(2), out.stride(1), out.stride(2),
-                    h, h // hkv, nq, nk, nk - nq, scale * LOG2E, head0, hr, knorm.shape[-1] if skip else 0,
+                    h, h // hkv, nq, nk, nk - nq, scale * LOG2E, head0, hr, nkn,
                     _skip_threshold(nk),
                     ALIBI=ab, CAUSAL=causal, SKIP=skip and ab, KNB=KNORM_BLOCK, IEEE=q.dtype == torch.float32,
                     **_bounds(nq, nk), D=d, **{**cfg, "TMA": tma})
 
         _launch("fwd", q.device, q.dtype, d, run)
         ctx.save_for_backward(q, k, v, slopes, out, lse, knorm)
-        ctx.runs, ctx.causal, ctx.scale, ctx.skip = runs, causal, scale, skip
+        ctx.runs, ctx.causal, ctx.scale, ctx.skip, ctx.nkn = runs, causal, scale, skip, nkn
         return out
 
     @staticmethod
@@ -292,8 +293,8 @@ class _FlashAttention(torch.autograd.Function):
             for head0, hr, ab in ctx.runs:
                 dqk[(b * hr, triton_cdiv(nq, cfg["BLOCK_M"]))](
                     *descs, q, k, v, slopes, dout, out, lse, delta, dq, knorm, u, *common,
-                    h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr, knorm.shape[-1] if ctx.skip else 0,
-                    skip_t, ALIBI=ab, SKIP=ctx.skip and ab, KNB=KNORM_BLOCK, **kw)
+                    h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr, ctx.nkn, skip_t,
+                    ALIBI=ab, SKIP=ctx.skip and ab, KNB=KNORM_BLOCK, **kw)
 
         _launch("dq", q.device, q.dtype, d, run_dq)  # first: it writes delta (and u)
         _launch("bwd", q.device, q.dtype, d, run_dkdv)

@@ -155,6 +155,26 @@ def _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, full, hi, q_pos, q0, slo
 
 
 @triton.jit
+def _row_reach(q, qk_scale):
+    """|q_i| c per row of a query tile (c = |qk_scale|), with 1% on top for the rounding of the scores: times a
+    bound on key norms, a bound on each row's q.k term (Cauchy-Schwarz)."""
+    qf = q.to(tl.float32)
+    return tl.sqrt(tl.sum(qf * qf, 1)) * (1.01 * tl.abs(qk_scale))
+
+
+@triton.jit
+def _skip_to(cut, q0, slope, full, BLOCK_N: tl.constexpr):
+    """The first key block to read, given for each row r of the tile that keys before q0 + cut[r] do not
+    count for it: block lo - BLOCK_N ends before every row's cut. Zero (skip nothing) unless slope > 0 and
+    every cut is finite (NaN or infinite norms, maxima or lse make the bound meaningless); at most `full`."""
+    cut = tl.min(cut, 0)
+    ok = (slope > 0) & (cut > -1.0e30) & (cut < 1.0e30)
+    cut = tl.where(ok, tl.maximum(q0 + cut, -1.0), -1.0)
+    lo = tl.maximum(tl.floor(cut / BLOCK_N).to(tl.int32), 0) * BLOCK_N
+    return tl.minimum(lo, full)
+
+
+@triton.jit
 def _first_needed_key(q, m_i, kn, q0, slope, qk_scale, skip_t, full, BLOCK_N: tl.constexpr):
     """Causal ALiBi, once the tile's diagonal blocks are done: the first key block before `full` whose
     probabilities can still count, found from the running row maxima m_i.
@@ -164,17 +184,10 @@ def _first_needed_key(q, m_i, kn, q0, slope, qk_scale, skip_t, full, BLOCK_N: tl
     0 .. full - 1. Every row's final maximum M_i >= m_i, so a key with |q_i| |k|max c + slope (j - q0) - m_i
     < -skip_t for every row has p_ij = 2^(s_ij - M_i) < 2^-skip_t, while the row's largest term adds 1 to
     its softmax sum. With skip_t = 32 + log2(Nk) the keys skipped weigh less than 2^-32 of every row's
-    sum, 2^8 below float32's unit roundoff. Keys j < cut = q0 + min_i(m_i - |q_i| |k|max c - skip_t) / slope
-    qualify; 1% on the norm term and one unit on skip_t cover the rounding of the scores. Zero (skip nothing)
-    unless slope > 0 and every term is finite."""
-    qf = q.to(tl.float32)
-    reach = 1.01 * tl.sqrt(tl.sum(qf * qf, 1)) * kn * tl.abs(qk_scale)
-    gap = tl.min(m_i - reach, 0) - (skip_t + 1.0)
-    pos = slope > 0
-    ok = pos & (gap > -1.0e30) & (gap < 1.0e30)  # false for NaN or infinite norms or maxima
-    cut = tl.where(ok, tl.maximum(q0 + gap / tl.where(pos, slope, 1.0), -1.0), -1.0)
-    lo = tl.maximum(tl.floor(cut / BLOCK_N).to(tl.int32), 0) * BLOCK_N  # block lo - BLOCK_N ends before cut
-    return tl.minimum(lo, full)
+    sum, 2^8 below float32's unit roundoff. Row i's keys j < q0 + (m_i - |q_i| |k|max c - skip_t) / slope
+    qualify; 1% on the norm term and one unit on skip_t cover the rounding of the scores."""
+    cut = (m_i - _row_reach(q, qk_scale) * kn - (skip_t + 1.0)) / tl.where(slope > 0, slope, 1.0)
+    return _skip_to(cut, q0, slope, full, BLOCK_N)
 
 
 @triton.jit
@@ -339,12 +352,8 @@ def _dq_first_key(excess, q0, slope, skip_t, full, BLOCK_M: tl.constexpr, BLOCK_
     |q_i| |k|max c - lse_i, keys j < i - (excess_i + skip_t) / slope are below it for row i (position i =
     q0 + r). As in the forward (`_first_needed_key`), what is skipped weighs under 2^-32 of each row."""
     r = tl.arange(0, BLOCK_M).to(tl.float32)
-    pos = slope > 0
-    cut = tl.min(r - (excess + skip_t + 1.0) / tl.where(pos, slope, 1.0), 0)
-    ok = pos & (cut > -1.0e30) & (cut < 1.0e30)  # false for NaN or infinite norms or lse
-    cut = tl.where(ok, tl.maximum(q0 + cut, -1.0), -1.0)
-    lo = tl.maximum(tl.floor(cut / BLOCK_N).to(tl.int32), 0) * BLOCK_N
-    return tl.minimum(lo, full)
+    cut = r - (excess + skip_t + 1.0) / tl.where(slope > 0, slope, 1.0)
+    return _skip_to(cut, q0, slope, full, BLOCK_N)
 
 
 @triton.jit
@@ -392,8 +401,7 @@ def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, OUT, L, DL, DQ, KN, U, s_qbh, 
         hi = NK
     lo = 0
     if SKIP:
-        qf = q.to(tl.float32)
-        qn = tl.sqrt(tl.sum(qf * qf, 1)) * (1.01 * tl.abs(qk_scale))  # |q_i| c, with 1% for rounding
+        qn = _row_reach(q, qk_scale)
         kn = tl.load(KN + kbh * NKN + tl.maximum(full - 1, 0) // KNB)  # bounds the norms of keys 0 .. full - 1
         lo = _dq_first_key(qn * kn - lse, q0, slope, SKIP_T, full, BLOCK_M, BLOCK_N)
         k_all = tl.load(KN + kbh * NKN + NKN - 1)  # bounds every key's norm
