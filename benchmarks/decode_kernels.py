@@ -132,13 +132,20 @@ def step_rows(bundle, bw: float) -> dict:
     model = bundle.model
     floor = ms.decode_floor_ms(bundle, bw)
     res = {"floor_ms": floor}
-    for name, mode, pdl in (("torch_graph", "cuda_graph", None), ("fused_graph_no_pdl", "fused_graph", False),
-                            ("fused_graph", "fused_graph", None)):
+    defaults = fused_decode.EARLY_OUT, fused_decode.OUT_PRE, fused_decode.EARLY_IN
+    # the torch step; the fused step without PDL, with PDL but without streaming the out-projection (and w_in's
+    # first tiles) during attention, and as it ships
+    for name, mode, pdl, early in (("torch_graph", "cuda_graph", None, True),
+                                   ("fused_graph_no_pdl", "fused_graph", False, True),
+                                   ("fused_graph_no_early", "fused_graph", None, False),
+                                   ("fused_graph", "fused_graph", None, True)):
         fused_decode.PDL = pdl
+        fused_decode.EARLY_OUT, fused_decode.OUT_PRE, fused_decode.EARLY_IN = defaults if early else (False, 1, False)
         t = ms.andromeda_tpot_ms(model, mode)
         res[f"{name}_ms"], res[f"{name}_of_floor"] = t, floor / t
-        print(f"step {name:18s} {t:7.3f} ms/token  {floor / t:6.1%} of the {floor:.3f} ms floor", flush=True)
+        print(f"step {name:20s} {t:7.3f} ms/token  {floor / t:6.1%} of the {floor:.3f} ms floor", flush=True)
     fused_decode.PDL = None
+    fused_decode.EARLY_OUT, fused_decode.OUT_PRE, fused_decode.EARLY_IN = defaults
     # the two steps' logits from the same prefilled state, against a float32 run of the same weights
     prompt = torch.randint(0, 256, (1, ms.PROMPT_CTX), device="cuda")
     tok = torch.randint(0, 256, (1, 1), device="cuda")

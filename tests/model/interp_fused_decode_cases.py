@@ -26,14 +26,16 @@ def test_long_cache_splits_hold_several_key_blocks():
 
 @pytest.mark.parametrize("setting", [None, dict(BLOCK_N=8, BLOCK_K=16), dict(BLOCK_N=4, BLOCK_K=64)],
                          ids=["default", "8x16", "4x64-past-K"])
-def test_gemv_epilogues_match_torch(setting, monkeypatch):
+@pytest.mark.parametrize("pre", [1, 4])
+def test_gemv_epilogues_match_torch(setting, pre, monkeypatch):
     """The GEMV kernel alone: three stacked weights with biases, each activation, a GLU gate, a residual;
-    K blocks that divide K or not, one wider than K."""
+    K blocks that divide K or not, one wider than K; one K tile loaded before the wait on the previous
+    kernel, or up to four (as many as cover K)."""
     torch.manual_seed(0)
     monkeypatch.setattr(fused_decode, "GEMV_OVERRIDE", dict(setting or {}))
 
     def gemv(x, out, lins, **kw):
-        fused_decode.gemv(x, out, lins, interp=True, **kw)
+        fused_decode.gemv(x, out, lins, interp=True, pre=pre, **kw)
 
     lins = [torch.nn.Linear(40, n) for n in (37, 16, 5)]  # K = 40: a partial last K block; odd row counts
     x = torch.randn(40)

@@ -16,7 +16,10 @@ its program 0 leaves the new normalized row in a scratch row and the next GEMV m
 On Hopper the kernels launch with programmatic dependent launch: each starts while the previous one
 runs, loads what no kernel of the step writes (a GEMV its first weight tile; the attention split the
 cached keys and values before pos, the rotary rows and the gains; the position, which only the end of
-the previous step moves) and then waits for it (`_after_previous`).
+the previous step moves) and then waits for it (`_after_previous`). The attention kernels read 2 MB of
+cache and are bound by latency, so HBM would idle under them: the combine lets the out-projection launch
+before its own wait, and the out-projection's programs load all of their weight rows (PRE tiles) while
+the split and the combine run; the out-projection lets w_in launch early in the same way.
 
 Arithmetic is float32; every value the torch step materializes in the model's dtype (a norm's
 output, a projection, an activation, a residual sum) is rounded to that dtype at the same place, so
@@ -33,13 +36,19 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
-def _after_previous(PDL: tl.constexpr):
+def _after_previous(PDL: tl.constexpr, EARLY_NEXT: tl.constexpr):
     """With programmatic dependent launch (PDL), wait here until the previous kernel has finished and its
-    writes are visible, then let the next kernel launch. Every program calls it before it reads or writes
-    anything another kernel touches (weights excepted), so the chain of waits keeps the kernels in order."""
+    writes are visible, and let the next kernel launch: after the wait, or with EARLY_NEXT before it. Every
+    program calls it before it reads or writes anything another kernel touches (weights excepted), and a
+    kernel finishes only after its own wait, so the chain of waits keeps the kernels in order either way.
+    EARLY_NEXT puts the next kernel's programs on the SMs (loading their weights) one kernel sooner."""
     if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+        if EARLY_NEXT:
+            gdc_launch_dependents()
+            gdc_wait()
+        else:
+            gdc_wait()
+            gdc_launch_dependents()
 
 
 @triton.jit
@@ -76,10 +85,12 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, U
                 SEGMENTS: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
                 HAS_MUL: tl.constexpr, NORM: tl.constexpr, HAS_NB: tl.constexpr, SHIFTS: tl.constexpr,
                 UPD_SHIFTS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                KB: tl.constexpr, UB: tl.constexpr, ARGMAX: tl.constexpr, PDL: tl.constexpr):
+                KB: tl.constexpr, UB: tl.constexpr, ARGMAX: tl.constexpr, PRE: tl.constexpr,
+                EARLY_NEXT: tl.constexpr, PDL: tl.constexpr):
     """OUT[r] = epilogue(sum_k W[r, k] in[k]) over the rows of up to three weights stacked (q | k | v).
 
-    Program p takes BLOCK_N rows of one weight (the weights' blocks follow one another); OUT holds the
+    Program p takes BLOCK_N rows of one weight (the weights' blocks follow one another), the first PRE
+    BLOCK_K-wide tiles loaded before `_after_previous` (EARLY_NEXT: see there); OUT holds the
     weights' outputs one after another. `in` is X, or norm(X) + token shift (`_input`; NORM, NW, NB, eps,
     STATE (SHIFTS, K), chunk), program 0 storing norm(X) to YNEW. Epilogue, each step rounded to OUT's
     dtype as torch would: + bias, ACT (0 none, 1 gelu (erf), 2 silu, 3 relu), x MUL[r] (a GLU gate),
@@ -103,11 +114,14 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, U
     cols = tl.arange(0, BLOCK_K)
     wp = w + rows_in[:, None].to(tl.int64) * sw + cols[None, :]
     # the first weight tile does not depend on the previous kernel: under PDL it loads while that one runs
-    if EVEN_K:
-        w0 = tl.load(wp, eviction_policy="evict_first")
-    else:
-        w0 = tl.load(wp, mask=cols[None, :] < K, other=0.0, eviction_policy="evict_first")
-    _after_previous(PDL)
+    w0 = _wtile(wp, cols, K, EVEN_K)
+    if PRE > 1:  # more of the weight before the wait (after a latency-bound kernel HBM is free meanwhile)
+        w1 = _wtile(wp + BLOCK_K, cols + BLOCK_K, K, False)
+    if PRE > 2:
+        w2 = _wtile(wp + 2 * BLOCK_K, cols + 2 * BLOCK_K, K, False)
+    if PRE > 3:
+        w3 = _wtile(wp + 3 * BLOCK_K, cols + 3 * BLOCK_K, K, False)
+    _after_previous(PDL, EARLY_NEXT)
     if UPD_SHIFTS > 0:
         if pid == 0:  # the previous norm's readers have all finished: move its row into the state
             offs = tl.arange(0, UB)
@@ -129,12 +143,21 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, U
     first = pid == 0
     xk = _input(X, NW, NB, STATE, YNEW, cols, cols < K, mean, rstd, K, chunk, first, NORM, HAS_NB, SHIFTS)
     acc = w0.to(tl.float32) * xk[None, :]
-    for k0 in range(BLOCK_K, K, BLOCK_K):
+    if PRE > 1:
+        kk = cols + BLOCK_K
+        acc += w1.to(tl.float32) * _input(X, NW, NB, STATE, YNEW, kk, kk < K, mean, rstd, K, chunk, first, NORM,
+                                          HAS_NB, SHIFTS)[None, :]
+    if PRE > 2:
+        kk = cols + 2 * BLOCK_K
+        acc += w2.to(tl.float32) * _input(X, NW, NB, STATE, YNEW, kk, kk < K, mean, rstd, K, chunk, first, NORM,
+                                          HAS_NB, SHIFTS)[None, :]
+    if PRE > 3:
+        kk = cols + 3 * BLOCK_K
+        acc += w3.to(tl.float32) * _input(X, NW, NB, STATE, YNEW, kk, kk < K, mean, rstd, K, chunk, first, NORM,
+                                          HAS_NB, SHIFTS)[None, :]
+    for k0 in range(PRE * BLOCK_K, K, BLOCK_K):
         kk = k0 + cols
-        if EVEN_K:
-            wk = tl.load(wp + k0, eviction_policy="evict_first")
-        else:
-            wk = tl.load(wp + k0, mask=(kk < K)[None, :], other=0.0, eviction_policy="evict_first")
+        wk = _wtile(wp + k0, kk, K, EVEN_K)
         xk = _input(X, NW, NB, STATE, YNEW, kk, kk < K, mean, rstd, K, chunk, first, NORM, HAS_NB, SHIFTS)
         acc += wk.to(tl.float32) * xk[None, :]
     y = tl.sum(acc, axis=1)
@@ -154,6 +177,14 @@ def gemv_kernel(X, OUT, W0, W1, W2, B0, B1, B2, RES, MUL, NW, NB, STATE, YNEW, U
     tl.store(OUT + base + rows, y.to(OUT.dtype.element_ty), mask=rows < n)
     if ARGMAX:
         _argmax(_rnd(y, OUT), rows, n, ARG, COUNT, TOKEN)
+
+
+@triton.jit
+def _wtile(wp, kk, K: tl.constexpr, EVEN: tl.constexpr):
+    """A weight tile (its rows, columns kk), read once and so evicted first; columns past K read 0 (EVEN: none are)."""
+    if EVEN:
+        return tl.load(wp, eviction_policy="evict_first")
+    return tl.load(wp, mask=(kk < K)[None, :], other=0.0, eviction_policy="evict_first")
 
 
 @triton.jit
@@ -264,7 +295,7 @@ def attn_split_kernel(QKV, KC, VC, POS, SLOPES, GQ, GK, COS, SIN, XS, MW, LW, OW
     gk, gkp, _, _, _ = _qk_rows(QKV, GK, COS, SIN, XS, H + j + one, j + one, one < 1, pos, D, ROT, GAIN, XPOS)
     if ALIBI:
         slope = tl.load(SLOPES + j * G + g, mask=g < G, other=0.0) * LOG2E
-    _after_previous(PDL)
+    _after_previous(PDL, False)
     if start <= pos:
         knew = _qk_apply(QKV, H + j + one, one < 1, gk, gkp, c, sn, sc, eps, True, D, ROT, QK_NORM, GAIN, XPOS)
         knew = tl.reshape(knew.to(KC.dtype.element_ty), (D,))
@@ -307,13 +338,17 @@ def attn_split_kernel(QKV, KC, VC, POS, SLOPES, GQ, GK, COS, SIN, XS, MW, LW, OW
 
 @triton.jit
 def attn_combine_kernel(MW, LW, OW, OUT, POS, G, N_SPLIT: tl.constexpr, SPLIT_T: tl.constexpr, BG: tl.constexpr,
-                        BLOCK_S: tl.constexpr, D: tl.constexpr, PDL: tl.constexpr):
+                        BLOCK_S: tl.constexpr, D: tl.constexpr, EARLY_NEXT: tl.constexpr, PDL: tl.constexpr):
     """Query head h's output from the partial softmaxes of the splits that reached pos -> OUT[h], merged
-    BLOCK_S splits at a time."""
+    BLOCK_S splits at a time.
+
+    EARLY_NEXT (with PDL): let the next kernel (the out-projection) launch before waiting for the split,
+    so its programs are resident and loading their weights while the latency-bound split and this kernel
+    run (`_after_previous`)."""
     h = tl.program_id(0)
     pos = tl.load(POS)
     d = tl.arange(0, D)
-    _after_previous(PDL)
+    _after_previous(PDL, EARLY_NEXT)
     m_run = tl.full((1,), float("-inf"), tl.float32)
     l_run = tl.zeros((1,), tl.float32)
     acc = tl.zeros((D,), tl.float32)

@@ -34,6 +34,15 @@ GEMV_OVERRIDE: dict = {}
 # waits for it on the device, so launch latency and the first weight tile's load overlap the previous
 # kernel. None: on where the GPU has it (sm90+); benchmarks may set True/False to compare.
 PDL: bool | None = None
+# Under PDL, the attention combine lets the out-projection launch before it waits for the split
+# (EARLY_OUT), and each out-projection program loads OUT_PRE K tiles of its weight rows (all of them at the
+# preset's shapes) before its own wait, so HBM streams the out-projection while attention's latency-bound
+# kernels run; the out-projection in turn lets w_in launch before its wait (EARLY_IN), whose programs load
+# their first tile meanwhile. On the H100 (2.5B preset, 4K context) 2.111 -> 2.064 ms/token; more w_in
+# tiles ahead lost (4: 2.282). Benchmarks may set these to compare.
+EARLY_OUT: bool = True
+OUT_PRE: int = 3
+EARLY_IN: bool = True
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,13 +128,15 @@ class Norm:
 def gemv(x: torch.Tensor, out: torch.Tensor, lins: list, *, act: int = 0, res: torch.Tensor | None = None,
          mul: torch.Tensor | None = None, norm: Norm | None = None,
          update: tuple[torch.Tensor, torch.Tensor] | None = None, argmax: tuple | None = None,
-         interp: bool = False, pdl: bool = False) -> None:
+         pre: int = 1, early_next: bool = False, interp: bool = False, pdl: bool = False) -> None:
     """out = epilogue(W in) for the weights of up to three nn.Linear-like objects stacked (decode_kernels.gemv_kernel).
 
     x (K,), out (sum of the weights' rows,); act: 0 none, 1 gelu, 2 silu, 3 relu; res, mul: (rows,).
     in = x, or norm(x) shifted (`norm`). update = (state (1, s, dim), row (dim,)): move row into the shift
     state first (the state's rows up one, row last). argmax = (key int64 (1,) holding -2**63, counter int32
-    (1,) holding 0, token int64): also write the index of the largest output to token (one weight)."""
+    (1,) holding 0, token int64): also write the index of the largest output to token (one weight).
+    pre (1-4): K tiles each program loads before waiting for the previous kernel (no more than cover K).
+    early_next: under PDL let the next kernel launch before this one's wait, not after it."""
     ws = [lin.weight for lin in lins]
     bs = [lin.bias for lin in lins]
     k = ws[0].shape[1]
@@ -153,7 +164,8 @@ def gemv(x: torch.Tensor, out: torch.Tensor, lins: list, *, act: int = 0, res: t
         upd, upd_new, *arg, *ns, *[w.stride(0) for w in wp], k // (shifts + 1), eps, upd_dim, K=k, SEGMENTS=len(ws),
         HAS_BIAS=bs[0] is not None, ACT=act, HAS_RES=res is not None, HAS_MUL=mul is not None, NORM=kind,
         HAS_NB=nb.numel() > 0, SHIFTS=shifts, UPD_SHIFTS=upd_shifts, EVEN_K=k % cfg["BLOCK_K"] == 0,
-        BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], KB=_pow2(k), UB=_pow2(upd_dim), ARGMAX=argmax is not None, PDL=pdl,
+        BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], KB=_pow2(k), UB=_pow2(upd_dim), ARGMAX=argmax is not None,
+        PRE=max(1, min(pre, 4, -(-k // cfg["BLOCK_K"]))), EARLY_NEXT=early_next, PDL=pdl,
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1), **launch)
 
 
@@ -230,8 +242,8 @@ class FusedStep:
             PREC=self.prec, num_warps=warps, **self.launch)
         kn.attn_combine_kernel[(self.h,)](
             self.mw, self.lw, self.ow, self.o, st.pos, self.g, N_SPLIT=self.n_split, SPLIT_T=self.split_t,
-            BG=self.bg, BLOCK_S=min(128, _pow2(self.n_split)), D=self.d, num_warps=1 if self.interp else 8,
-            **self.launch)
+            BG=self.bg, BLOCK_S=min(128, _pow2(self.n_split)), D=self.d, EARLY_NEXT=EARLY_OUT,
+            num_warps=1 if self.interp else 8, **self.launch)
 
     # ---- the step ---------------------------------------------------------------------------------
     def forward_static(self, token: torch.Tensor) -> torch.Tensor:
@@ -251,7 +263,8 @@ class FusedStep:
             state = shift.get((i, "attn"))
             self._gemv(self.x, self.qkv, [at.to_q, at.to_k, at.to_v], norm=Norm(blk.attn_norm, state, self.ynew))
             self._attention(i, at)
-            self._gemv(self.o, self.x, [at.to_out], res=self.x, update=None if state is None else (state, self.ynew))
+            self._gemv(self.o, self.x, [at.to_out], res=self.x, update=None if state is None else (state, self.ynew),
+                       pre=OUT_PRE, early_next=EARLY_IN)
             state = shift.get((i, "ff"))
             norm = Norm(blk.ff_norm, state, self.ynew)
             self._gemv(self.x, self.ff, [ff.w_in], act=act, norm=norm)
