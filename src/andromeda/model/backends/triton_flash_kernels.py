@@ -142,12 +142,12 @@ def _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, hi, q_pos, q0, slope, qk_
 
 
 @triton.jit
-def _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, full, hi, q_pos, q0, slope, qk_scale, NK, s_kbh, s_kn,
+def _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, full, hi, q_pos, q0, slope, qk_scale, NK, s_kbh, s_kn,
                ALIBI: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
                WS: tl.constexpr, INTERP: tl.constexpr, NK_C: tl.constexpr, BLOCK_N: tl.constexpr,
                D: tl.constexpr):
-    """The unmasked key blocks lo .. full, then the masked ones full .. hi."""
-    acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, full, q_pos, q0, slope, qk_scale, NK,
+    """The unmasked key blocks 0 .. full, then the masked ones full .. hi."""
+    acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, 0, full, q_pos, q0, slope, qk_scale, NK,
                               s_kbh, s_kn, ALIBI, CAUSAL, False, IEEE, TMA, WS, INTERP, NK_C, BLOCK_N, D)
     acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, full, hi, q_pos, q0, slope, qk_scale, NK,
                               s_kbh, s_kn, ALIBI, CAUSAL, True, IEEE, TMA, False, INTERP, NK_C, BLOCK_N, D)
@@ -224,8 +224,8 @@ def flash_fwd(qd, kd, vd, Q, K, V, S, KN, Out, L, s_qbh, s_qn, s_kbh, s_kn, s_ob
         acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, full, q_pos, q0, slope, qk_scale, NK,
                                   s_kbh, s_kn, ALIBI, CAUSAL, False, IEEE, TMA, WS, INTERP, NK_C, BLOCK_N, D)
     else:
-        acc, l_i, m_i = _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, 0, full, hi, q_pos, q0, slope, qk_scale,
-                                   NK, s_kbh, s_kn, ALIBI, CAUSAL, IEEE, TMA, WS, INTERP, NK_C, BLOCK_N, D)
+        acc, l_i, m_i = _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, full, hi, q_pos, q0, slope, qk_scale, NK,
+                                   s_kbh, s_kn, ALIBI, CAUSAL, IEEE, TMA, WS, INTERP, NK_C, BLOCK_N, D)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     out = acc / l_i[:, None]
     tl.store(Out + bh * s_obh + offs_m[:, None] * s_on + tl.arange(0, D)[None, :],
