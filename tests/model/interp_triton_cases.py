@@ -155,3 +155,57 @@ def test_launch_falls_back_when_a_setting_runs_out_of_shared_memory(monkeypatch)
     tried.clear()
     check(CASES[0], "cpu", torch.float32, 1e-5)  # the second call starts at the setting that fitted
     assert tried == [("fwd", 16), ("fwd", 16), ("dq", 16), ("dq", 16), ("bwd", 16), ("bwd", 16)]
+
+
+def _first_blocks(q, k, slopes, scale, tile, block_n):
+    """alibi_first_block's LO for every head (all with ALiBi) of q (1, H, N, D), k (1, 1, N, D)."""
+    from andromeda.model.backends import triton_flash_kernels as tk
+
+    h, n, d = q.shape[1], q.shape[2], q.shape[3]
+    tiles = -(-n // tile)
+    knorm = triton_flash._key_norm_prefix_max(k)
+    lo = torch.full((h, tiles), -1, dtype=torch.int32)
+    tk.alibi_first_block[(h, tiles)](
+        q, k, slopes, knorm, lo, q.stride(1), q.stride(2), k.stride(1), k.stride(2), h, h, n,
+        scale * triton_flash.LOG2E, 0, h, knorm.shape[-1], triton_flash._skip_threshold(n),
+        KNB=triton_flash.KNORM_BLOCK, TILE=tile, BLOCK_N=block_n, D=d)
+    return lo
+
+
+def _skipped_mass(q, k, slopes, scale, lo, tile, block_n):
+    """Float64: for each row, the softmax weight of the keys before its tile's first block (causal ALiBi)."""
+    qd, kd = q[0].double(), k[0, 0].double()
+    n = qd.shape[1]
+    i = torch.arange(n)
+    dist = (i[:, None] - i[None, :]).double()
+    s = (qd @ kd.T) * scale - slopes.double()[:, None, None] * dist
+    s = s.masked_fill(dist < 0, float("-inf"))
+    w = torch.softmax(s, -1)
+    first = lo.long()[:, i // tile] * block_n  # (H, N): each row's first key read
+    return (w * (i[None, None, :] < first[:, :, None])).sum(-1)
+
+
+@pytest.mark.parametrize("n", [256, 250])
+def test_alibi_first_block_skips_only_what_does_not_count(n):
+    """The Hopper forward's skip bounds (taken before any block runs, from each row's own score): keys before
+    a tile's first block weigh under 2^-32 of every row's softmax sum (float64 reference), no tile starts
+    past its diagonal blocks, and under steep slopes most far blocks are skipped. Two inputs: unit-norm
+    random (the bound is loose: skipping is plentiful) and the aligned/opposed key runs of the test above
+    (rows whose own key opposes them score -121: their bound is far below their true maximum). n = 250: the
+    last tile has rows past the end."""
+    tile, block_n = 32, 16
+    q, k, _, slopes, g = _unit_norm_case(1, n=n)
+    q, k = q.detach(), k.detach()
+    lo = _first_blocks(q, k, slopes, 1.0, tile, block_n)
+    assert (lo >= 0).all() and (lo * block_n <= torch.arange(lo.shape[1]) * tile).all()
+    assert _skipped_mass(q, k, slopes, 1.0, lo, tile, block_n).max() < 2.0**-32
+    assert lo[:, -1].min() * block_n >= n - 64  # slope 4 on logits within +-1.5: ~12 keys back matter
+
+    d = 16
+    u = torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
+    q = 11.0 * u + 0.01 * torch.randn(1, 2, n, d, generator=g)
+    sign = 1.0 - 2.0 * ((torch.arange(n) // 64) % 2).float()
+    k = (11.0 * sign + 0.01 * torch.randn(n, generator=g)).view(1, 1, n, 1) * u
+    lo = _first_blocks(q, k, slopes, 1.0, tile, block_n)
+    assert _skipped_mass(q, k, slopes, 1.0, lo, tile, block_n).max() < 2.0**-32
+    assert (lo > 0).any()

@@ -77,7 +77,7 @@ def test_triton_matches_eager_in_interpreter():
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(child)],
                        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert f"{len(CASES) * len(INTERP_CONFIGS) + 5} passed" in r.stdout  # + the fallback and 4 skipping tests
+    assert f"{len(CASES) * len(INTERP_CONFIGS) + 7} passed" in r.stdout  # + the fallback and 6 skipping tests
 
 
 @pytest.mark.cuda
@@ -213,3 +213,44 @@ def test_far_key_skipping_changes_nothing_on_cuda(monkeypatch, qk_norm):
     for name, s, f, r in zip(("out", "dq", "dk", "dv"), skipped, full, ref, strict=True):
         assert rel(s, f) < 4e-3, name  # bf16's unit roundoff is 3.9e-3
         assert rel(s, r) < 1.1 * rel(f, r) and rel(f, r) < 1.5e-2, name
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the Hopper forward runs on sm90 GPUs only")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("alibi_heads", [0, 4, 8])
+def test_sm90_forward_matches_the_triton_forward(monkeypatch, dtype, alibi_heads):
+    """The Gluon forward (2 x 64-row query tiles, 128-key blocks; ALiBi heads skip far blocks from bounds taken
+    before the loop) against the Triton forward and float32 eager: output, and the gradients, which the
+    backward computes from the forward's stored log-sum-exp. 1024 tokens: 8 query tiles, the longest with 8
+    key blocks, several laps of the 2-buffer ring."""
+    from andromeda.model.backends import triton_flash
+
+    g = torch.Generator(device="cuda").manual_seed(alibi_heads)
+    q = torch.randn(2, 8, 1024, 128, device="cuda", generator=g)
+    k, v = (torch.randn(2, 1, 1024, 128, device="cuda", generator=g) for _ in range(2))
+    grad = torch.randn(2, 8, 1024, 128, device="cuda", generator=g)
+    slopes = head_slopes(8, alibi_heads).cuda() if alibi_heads else None
+    monkeypatch.setattr(triton_flash, "SKIP_MIN_KEYS", 0)
+
+    def run(backend, dt):
+        x = [t.to(dt).requires_grad_() for t in (q, k, v)]
+        out = backends.get(backend)(*x, causal=True, scale=128**-0.5, alibi_slopes=slopes)
+        return (out, *torch.autograd.grad(out, x, grad.to(dt)))
+
+    assert triton_flash._sm90_fits(q.to(dtype), k.to(dtype), True, 128**-0.5)
+    sm90 = run("triton", dtype)
+    again = run("triton", dtype)  # launched through the cached compiled kernels this time
+    for a, b in zip(sm90, again, strict=True):
+        assert torch.equal(a, b)
+    monkeypatch.setattr(triton_flash, "SM90_FORWARD", False)
+    tri = run("triton", dtype)
+    ref = run("eager", torch.float32)
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    for name, s, t, r in zip(("out", "dq", "dk", "dv"), sm90, tri, ref, strict=True):
+        assert rel(s, t) < 4e-3, name  # both round to 16 bits, in different orders
+        assert rel(s, r) < 1.1 * rel(t, r) + 1e-4 and rel(s, r) < 1.5e-2, name

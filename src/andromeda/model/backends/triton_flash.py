@@ -221,6 +221,110 @@ def _group_heads(g: int, runs: tuple) -> int:
     return c
 
 
+# The Hopper forward (gluon_flash_kernels): on sm90 GPUs, for the shapes it covers (_sm90_fits). Benchmarks and
+# tests set it False to run the Triton forward instead.
+SM90_FORWARD = True
+SM90 = dict(BLOCK_M=64, BLOCK_N=128, STAGES=2, LOADER_REGS=24, CONSUMER_REGS=240)  # H100-tuned; a tile is 2 BLOCK_M
+_GLUON: list = []  # [kernels module or None]: imported once
+
+
+def _gluon_kernels():
+    if not _GLUON:
+        try:
+            from andromeda.model.backends import gluon_flash_kernels
+        except ImportError:  # a Triton without Gluon's Hopper ops: the Triton forward everywhere
+            gluon_flash_kernels = None
+        _GLUON.append(gluon_flash_kernels)
+    return _GLUON[0]
+
+
+@functools.cache
+def _is_sm90(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) == (9, 0)
+
+
+def _sm90_fits(q: torch.Tensor, k: torch.Tensor, causal: bool, scale: float) -> bool:
+    """Whether the Hopper forward covers this call: an sm90 GPU (its matmuls are wgmma, which other
+    generations lack), causal self-attention (queries = keys) over a whole number of query tiles, head dim
+    128, 16-bit inputs, a positive scale."""
+    tile = 2 * SM90["BLOCK_M"]
+    return (SM90_FORWARD and q.is_cuda and not _interpreting() and causal and scale > 0
+            and q.dtype in (torch.float16, torch.bfloat16) and k.dtype == q.dtype and q.shape[3] == 128
+            and q.shape[2] == k.shape[2] and q.shape[2] % tile == 0 and q.shape[2] >= SM90["BLOCK_N"]
+            and _is_sm90(q.device.index if q.device.index is not None else torch.cuda.current_device())
+            and _gluon_kernels() is not None)
+
+
+# Compiled kernels by what Triton specializes on, so that repeated launches skip the JIT's argument binding
+# (~0.1 ms a launch with tensor descriptors, as long as the GPU's work when a query tile is short).
+_COMPILED: dict[tuple, object] = {}
+
+
+def _spec(a) -> tuple:
+    """What Triton's launcher specializes an argument on: integers equal to 1, divisible by 16 or beyond
+    32 bits; tensors' dtype and 16-byte alignment; tensor descriptors' block and dtype."""
+    if isinstance(a, bool):
+        return ("b", a)
+    if isinstance(a, int):
+        return ("i", a == 1, a % 16 == 0, not -(2**31) <= a < 2**31)
+    if isinstance(a, float):
+        return ("f",)
+    if isinstance(a, torch.Tensor):
+        return ("t", a.dtype, a.data_ptr() % 16 == 0)
+    return ("d", type(a).__name__, tuple(a.block_shape), a.base.dtype)
+
+
+def _cached_launch(fn, grid: tuple, args: tuple, consts: dict, num_warps: int) -> None:
+    """fn[grid](*args, **consts) through the compiled kernel once there is one for these specializations."""
+    key = (fn, torch.cuda.current_device(), num_warps, tuple(consts.items()), tuple(map(_spec, args)))
+    kernel = _COMPILED.get(key)
+    if kernel is None:
+        _COMPILED[key] = fn[grid](*args, **consts, num_warps=num_warps)
+    else:
+        kernel[(*grid, 1, 1)[:3]](*args, *(consts[name] for name in fn.arg_names[len(args):]))
+
+
+@functools.cache
+def _nvmma_layout(rows: int, d: int, dtype: torch.dtype):
+    from triton.experimental.gluon import language as gl
+
+    return gl.NVMMASharedLayout.get_default_for([rows, d], gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
+
+
+def _forward_sm90(q, k, v, slopes, out, lse, runs, scale: float, skip: bool) -> torch.Tensor:
+    """The Hopper forward's launches: heads without ALiBi first (they need no bounds, so the GPU starts while
+    the host prepares the rest), then each ALiBi run after its skip bounds. Returns the key-norm bounds
+    (the backward's; the slopes when not skipping)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from andromeda.model.backends import triton_flash_kernels as tk
+
+    gk = _gluon_kernels()
+    b, h, n, d = q.shape
+    g = h // k.shape[1]
+    bm, bn = SM90["BLOCK_M"], SM90["BLOCK_N"]
+    tiles = n // (2 * bm)
+
+    def desc(t, rows):
+        return TensorDescriptor.from_tensor(t.view(-1, d), [rows, d], _nvmma_layout(rows, d, t.dtype))
+
+    descs = (desc(q, bm), desc(k, bn), desc(v, bn), desc(out, bm))
+    knorm, lo = slopes, lse
+    for head0, hr, ab in sorted(runs, key=lambda r: r[2]):
+        if skip and ab and lo is lse:
+            knorm = _key_norm_prefix_max(k)
+            lo = torch.empty(b * h, tiles, device=q.device, dtype=torch.int32)
+        if skip and ab:
+            _cached_launch(tk.alibi_first_block, (b * hr, tiles), (
+                q, k, slopes, knorm, lo, q.stride(1), q.stride(2), k.stride(1), k.stride(2), h, g, n,
+                scale * LOG2E, head0, hr, knorm.shape[-1], _skip_threshold(n)),
+                dict(KNB=KNORM_BLOCK, TILE=2 * bm, BLOCK_N=bn, D=d), 8)
+        _cached_launch(gk.flash_fwd_sm90, (tiles, b * hr), (*descs, slopes, lo, lse, n, h, g, scale * LOG2E, head0, hr),
+                       dict(ALIBI=ab, SKIP=skip and ab, STAGES=SM90["STAGES"], BLOCK_M=bm, BLOCK_N=bn, D=d,
+                            LOADER_REGS=SM90["LOADER_REGS"], CONSUMER_REGS=SM90["CONSUMER_REGS"]), 4)
+    return knorm
+
+
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slopes, alibi: bool, causal: bool, scale: float, runs: tuple):
@@ -232,6 +336,12 @@ class _FlashAttention(torch.autograd.Function):
         lse = torch.empty(b, h, nq, device=q.device, dtype=torch.float32)  # base-2 log-sum-exp
 
         skip = causal and SKIP_FAR and nk >= SKIP_MIN_KEYS and any(ab for _, _, ab in runs)
+        if _sm90_fits(q, k, causal, scale):
+            knorm = _forward_sm90(q, k, v, slopes, out, lse, runs, scale, skip)
+            ctx.save_for_backward(q, k, v, slopes, out, lse, knorm)
+            ctx.runs, ctx.causal, ctx.scale, ctx.skip = runs, causal, scale, skip
+            ctx.nkn = knorm.shape[-1] if skip else 0
+            return out
         knorm = _key_norm_prefix_max(k) if skip else slopes
         nkn = knorm.shape[-1] if skip else 0
 
