@@ -17,6 +17,9 @@ separately, each kernel compiled for its case, so heads without ALiBi do not add
 Under causal ALiBi (keys >= SKIP_MIN_KEYS), forward and backward skip the key blocks too far back to
 count: the forward runs a tile's diagonal blocks first and bounds the rest by Cauchy-Schwarz from the
 row maxima, the backward from the stored log-sum-exp; what is skipped weighs under 2^-32 of a row's sum.
+On sm90 GPUs the forward of causal self-attention over whole 128-row tiles (head dim 128, 16-bit) is
+instead the warp-specialized Gluon kernel of gluon_flash_kernels.py (`_sm90_fits`, `_forward_sm90`); its
+ALiBi heads skip far blocks from bounds taken before the loop (alibi_first_block). The backward is the same.
 On Hopper (sm90+) tiles arrive through TMA descriptors; other GPUs load through pointers. Launch
 settings are tried in order (`_candidates`: H100-tuned first) and a launch that runs out of shared
 memory falls back to smaller tiles, so GPUs with less shared memory than Hopper run too.
