@@ -239,7 +239,7 @@ def test_sm90_forward_matches_the_triton_forward(monkeypatch, dtype, alibi_heads
         out = backends.get(backend)(*x, causal=True, scale=128**-0.5, alibi_slopes=slopes)
         return (out, *torch.autograd.grad(out, x, grad.to(dt)))
 
-    assert triton_flash._sm90_fits(q.to(dtype), k.to(dtype), True, 128**-0.5)
+    assert triton_flash._sm90_fits(q.to(dtype), k.to(dtype), v.to(dtype), True, 128**-0.5)
     sm90 = run("triton", dtype)
     again = run("triton", dtype)  # launched through the cached compiled kernels this time
     for a, b in zip(sm90, again, strict=True):
