@@ -2,7 +2,8 @@
 
 One command: the floors of this run (bf16 matmul rate, copy bandwidth), then
 
-- attention at 8K and 32K tokens (causal, bf16, 24 heads, head dim 128): our Triton kernel and
+- attention at 8K and 32K tokens (causal, bf16, 24 heads, head dim 128): our kernel (the `triton` backend,
+  whose forward on sm90 GPUs is the Gluon kernel of backends/gluon_flash_kernels.py) and
   FlexAttention on Andromeda's attention (1 KV head, ALiBi on 12 heads), cuDNN SDPA on plain causal
   MHA of the same shape; forward and forward+backward (benchmarks/attention_kernels.py's timing);
 - the `andromeda` preset (2.46B) prefill at 8K and 32K, eager and torch.compile'd, with MFU against the
