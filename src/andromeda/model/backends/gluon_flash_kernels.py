@@ -138,22 +138,6 @@ def _consume(q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, 
 
 
 @gluon.jit
-def _consume0(q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, L, q_row, lse_row,
-              j0, n_blocks, q0, c, slope, ALIBI: gl.constexpr, STAGES: gl.constexpr, BLOCK_M: gl.constexpr,
-              BLOCK_N: gl.constexpr, D: gl.constexpr):
-    _consume(q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, L, q_row, lse_row,
-             j0, n_blocks, q0, c, slope, 0, ALIBI, STAGES, BLOCK_M, BLOCK_N, D)
-
-
-@gluon.jit
-def _consume1(q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, L, q_row, lse_row,
-              j0, n_blocks, q0, c, slope, ALIBI: gl.constexpr, STAGES: gl.constexpr, BLOCK_M: gl.constexpr,
-              BLOCK_N: gl.constexpr, D: gl.constexpr):
-    _consume(q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, L, q_row, lse_row,
-             j0, n_blocks, q0, c, slope, 1, ALIBI, STAGES, BLOCK_M, BLOCK_N, D)
-
-
-@gluon.jit
 def flash_fwd_sm90(q_desc, k_desc, v_desc, o_desc, S, LO, L, N, H, G, c, HEAD0, HR,
                    ALIBI: gl.constexpr, SKIP: gl.constexpr, STAGES: gl.constexpr, BLOCK_M: gl.constexpr,
                    BLOCK_N: gl.constexpr, D: gl.constexpr, LOADER_REGS: gl.constexpr,
@@ -194,10 +178,10 @@ def flash_fwd_sm90(q_desc, k_desc, v_desc, o_desc, S, LO, L, N, H, G, c, HEAD0, 
     fence_async_shared()
 
     gl.warp_specialize([  # (constexpr arguments must be written out in each tuple)
-        (_consume0, (q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, L, q_row, q_row,
-                     j0, n_blocks, q0, c, slope, ALIBI, STAGES, BLOCK_M, BLOCK_N, D)),
-        (_consume1, (q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, L, q_row, q_row,
-                     j0, n_blocks, q0, c, slope, ALIBI, STAGES, BLOCK_M, BLOCK_N, D)),
+        (_consume, (q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, L, q_row, q_row,
+                    j0, n_blocks, q0, c, slope, 0, ALIBI, STAGES, BLOCK_M, BLOCK_N, D)),
+        (_consume, (q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, L, q_row, q_row,
+                    j0, n_blocks, q0, c, slope, 1, ALIBI, STAGES, BLOCK_M, BLOCK_N, D)),
         (_load, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
                  q_row, kbh * N, j0, n_blocks, STAGES, BLOCK_M, BLOCK_N)),
     ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
