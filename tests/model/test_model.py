@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from andromeda.errors import ConfigError
+from andromeda.errors import AndromedaError, ConfigError
 from andromeda.model import (
     Andromeda,
     ByteTokenizer,
@@ -220,10 +220,15 @@ def test_loss_matches_direct_cross_entropy():
             float(F.cross_entropy(logits[:, :-1].reshape(-1, 320), tokens[:, 1:].reshape(-1))), rel=1e-5)
 
 
-class ZeroPositionEmbedding(EmbeddingProvider):
-    def __init__(self, cfg):
+class ScaledEmbedding(EmbeddingProvider):
+    """A user's provider: its own table (filled by the user), scaled by 2, positions ignored."""
+
+    def __init__(self, cfg, fill=None):
         super().__init__()
         self.table = torch.nn.Embedding(cfg.num_tokens, cfg.dim)
+        if fill is not None:
+            with torch.no_grad():
+                self.table.weight.fill_(fill)
         self.calls = 0
 
     def forward(self, tokens, positions):
@@ -231,15 +236,62 @@ class ZeroPositionEmbedding(EmbeddingProvider):
         return self.table(tokens) * 2.0
 
 
-def test_custom_embedding_provider_is_used():
+def test_custom_embedding_provider_is_used_and_keeps_its_weights():
     cfg = from_name("tiny")
-    emb = ZeroPositionEmbedding(cfg)
-    m = Andromeda(cfg, embedding=emb)
+    emb = ScaledEmbedding(cfg)
+    with torch.no_grad():
+        emb.table.weight.copy_(torch.arange(cfg.num_tokens, dtype=torch.float32)[:, None] / 100 + torch.ones(cfg.dim))
+    given = emb.table.weight.detach().clone()
+    m = Andromeda(cfg, embedding=emb).eval()
     assert m.embed is emb
-    m(torch.randint(0, 320, (1, 8)))
+    assert torch.equal(emb.table.weight, given), "the model re-initialized the user's provider"
+    filled = ScaledEmbedding(cfg, fill=1.0)
+    Andromeda(cfg, embedding=filled)
+    assert torch.all(filled.table.weight == 1.0)
+    tokens = torch.randint(0, 320, (1, 8))
+    with torch.no_grad():
+        out = m(tokens)
     assert emb.calls == 1
+    # the blocks saw the provider's vectors: the same model fed 2 * table through the default embedding agrees
+    plain = Andromeda(cfg).eval()
+    state = {k: v for k, v in m.state_dict().items() if not k.startswith("embed.")}
+    plain.load_state_dict({**state, "embed.token.weight": 2.0 * given})
+    with torch.no_grad():
+        assert torch.equal(plain(tokens), out)
     with pytest.raises(ConfigError, match="tie_embeddings"):
-        Andromeda(from_name("tiny", tie_embeddings=True), embedding=ZeroPositionEmbedding(cfg))
+        Andromeda(from_name("tiny", tie_embeddings=True), embedding=ScaledEmbedding(cfg))
+    with pytest.raises(ConfigError, match="nn.Module"):
+        Andromeda(cfg, embedding=lambda tokens, positions: tokens)
+
+
+def test_checkpoint_with_custom_embedding_provider_round_trips(tmp_path):
+    cfg = from_name("tiny")
+    m = Andromeda(cfg, embedding=ScaledEmbedding(cfg, fill=0.5)).eval()
+    with torch.no_grad():
+        m.embed.table.weight.add_(torch.randn_like(m.embed.table.weight))
+    save_checkpoint(m, tmp_path / "ck")
+    with pytest.raises(AndromedaError, match=r"ScaledEmbedding.*embedding=ScaledEmbedding\(") as e:
+        load_checkpoint(tmp_path / "ck")  # the provider is the user's code: it must be given
+    assert "\n" not in str(e.value)
+    m2 = load_checkpoint(tmp_path / "ck", embedding=ScaledEmbedding(cfg))
+    assert isinstance(m2.embed, ScaledEmbedding)
+    for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    tokens = torch.randint(0, 320, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(m(tokens), m2.eval()(tokens))
+    # a default-embedding checkpoint does not fit a provider with other weights: one line, not a key dump
+    save_checkpoint(Andromeda(cfg), tmp_path / "plain")
+    assert not (tmp_path / "plain" / "embedding.json").exists()
+
+    class Other(EmbeddingProvider):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(1, cfg.dim)
+
+    with pytest.raises(AndromedaError, match="do not fit the model.*default token embedding") as e:
+        load_checkpoint(tmp_path / "plain", embedding=Other())
+    assert "\n" not in str(e.value)
 
 
 BAD = [

@@ -31,8 +31,14 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNO
 
 class Andromeda(nn.Module):
     def __init__(self, cfg: ModelConfig, embedding: nn.Module | None = None):
+        """`embedding`: a provider (embedding.EmbeddingProvider) in place of the default token embedding.
+        It keeps the weights it comes with: reset_parameters initializes only the model's own modules."""
         super().__init__()
         self.cfg = cfg
+        if embedding is not None and not isinstance(embedding, nn.Module):
+            raise ConfigError(f"embedding: a provider must be an nn.Module (subclass embedding.EmbeddingProvider), "
+                              f"got {type(embedding).__name__}")
+        self.custom_embedding = embedding is not None
         self.embed = embedding if embedding is not None else TokenEmbedding(cfg)
         self.emb_drop = nn.Dropout(cfg.emb_dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
@@ -61,8 +67,15 @@ class Andromeda(nn.Module):
 
     # ---- initialisation -------------------------------------------------------------------
     def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights and zero biases (DeepNorm: its scaled Xavier init in the blocks).
+
+        A user-supplied embedding provider is left as it is: its weights are the user's.
+        """
         std = self.cfg.init_std
+        own = set(self.embed.modules()) if self.custom_embedding else set()
         for m in self.modules():
+            if m in own:
+                continue
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=std)
                 if m.bias is not None:
