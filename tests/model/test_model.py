@@ -39,6 +39,9 @@ TOGGLES = {
     "rotary_xpos": dict(rotary_xpos=True),
     "rotary_pos_emb": dict(rotary_pos_emb=True),
     "xpos_scale_base": dict(rotary_xpos=True, xpos_scale_base=64),
+    "rotary_theta": dict(rotary_pos_emb=True, rotary_theta=500.0),
+    "ff_mult": dict(ff_mult=2.0),
+    "ff_inner_dim": dict(ff_inner_dim=40),
     "pos_interpolation_factor": dict(rotary_pos_emb=True, pos_interpolation_factor=4.0),
     "shift_tokens": dict(shift_tokens=1),
     "kv_heads": dict(kv_heads=1),
@@ -53,6 +56,7 @@ TOGGLES = {
 BASES = {
     "alibi_num_heads": dict(alibi_pos_bias=True),
     "xpos_scale_base": dict(rotary_xpos=True),
+    "rotary_theta": dict(rotary_pos_emb=True),
     "pos_interpolation_factor": dict(rotary_pos_emb=True),
 }
 
@@ -310,6 +314,11 @@ BAD = [
     (dict(rotary_dim=15), "rotary_dim"),
     (dict(shift_tokens=-1), "shift_tokens"),
     (dict(attn_backend="fast"), "attn_backend"),
+    # refinements set without the feature they refine would change nothing: refused, with the fix
+    (dict(rotary_xpos=False, xpos_scale_base=64), "xpos_scale_base"),
+    (dict(qk_norm=False, qk_norm_dim_scale=False, qk_norm_scale=3.0), "qk_norm_scale"),
+    (dict(rotary_xpos=False, rotary_theta=500.0), "rotary_theta"),
+    (dict(ff_inner_dim=100, ff_mult=2.0), "ff_mult"),
 ]
 
 
@@ -318,6 +327,33 @@ def test_bad_configs_name_the_field(override, field):
     with pytest.raises(ConfigError) as e:
         from_name("tiny", **override)
     assert f"model.{field}" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override,fix", [
+    (dict(rotary_xpos=False, xpos_scale_base=64), "rotary_xpos: true"),
+    (dict(qk_norm=False, qk_norm_dim_scale=False, qk_norm_scale=3.0), "qk_norm: true"),
+    (dict(rotary_xpos=False, rotary_theta=500.0), "rotary_pos_emb or rotary_xpos: true"),
+    (dict(ff_inner_dim=100, ff_mult=2.0), "one of ff_mult and ff_inner_dim"),
+])
+def test_settings_that_would_do_nothing_are_refused_with_the_fix(override, fix):
+    with pytest.raises(ConfigError, match="has no effect") as e:
+        from_name("tiny", **override)
+    assert fix in str(e.value)
+    # at their defaults, or with the feature they refine, the same settings are accepted
+    from_name("tiny", **{k: v for k, v in override.items() if k not in ("xpos_scale_base", "qk_norm_scale",
+                                                                      "rotary_theta", "ff_mult")})
+    feature = {"xpos_scale_base": dict(rotary_xpos=True), "qk_norm_scale": dict(qk_norm=True),
+               "rotary_theta": dict(rotary_pos_emb=True), "ff_mult": dict(ff_inner_dim=None)}
+    for key in feature:
+        if key in override:
+            from_name("tiny", **{**override, **feature[key]})
+
+
+def test_every_preset_validates():
+    from andromeda.model import PRESETS
+
+    for name in PRESETS:
+        assert from_name(name).to_dict() == {**ModelConfig().to_dict(), **PRESETS[name]}
 
 
 def test_unknown_keys_and_presets():

@@ -31,7 +31,7 @@ class ModelConfig:
     dim_head: int = 128
     kv_heads: int | None = None  # None = heads (MHA); 1 = multi-query (spec: attn_one_kv_head)
     ff_mult: float = 4.0
-    ff_inner_dim: int | None = None  # overrides int(dim * ff_mult), e.g. to match a Llama FFN
+    ff_inner_dim: int | None = None  # the hidden size instead of int(dim * ff_mult), e.g. to match a Llama FFN
     ff_glu: bool = False  # gated FFN: act(W1 x) * (W3 x); with silu this is SwiGLU
     ff_activation: Activation = "gelu"
     ff_bias: bool = True
@@ -228,6 +228,7 @@ def _check_values(c: ModelConfig) -> None:
         "scales rotary/ALiBi positions but neither is on; turn one on or set it to 1",
     )
     need(c.qk_norm or not c.qk_norm_dim_scale, "qk_norm_dim_scale", "needs qk_norm: true")
+    _check_inert(c)
     need(c.qk_norm_scale > 0, "qk_norm_scale", "must be > 0")
     need(
         not (c.deepnorm and c.parallel_block),
@@ -244,6 +245,27 @@ def _check_values(c: ModelConfig) -> None:
     allowed = ("auto", *backend_names())
     need(c.attn_backend in allowed, "attn_backend",
          f"unknown backend '{c.attn_backend}'; allowed: {', '.join(allowed)}")
+
+
+# A refinement takes effect only with the feature it refines: (field, whether it acts, the fix). Set to
+# anything but its default without that feature, it would change nothing, so the config refuses it.
+_REFINEMENTS = (
+    ("xpos_scale_base", lambda c: c.rotary_xpos, "set rotary_xpos: true or leave xpos_scale_base out"),
+    ("rotary_theta", lambda c: c.use_rotary,
+     "set rotary_pos_emb or rotary_xpos: true, or leave rotary_theta out"),
+    ("qk_norm_scale", lambda c: c.qk_norm,
+     "set qk_norm: true or leave qk_norm_scale out (without QK-norm the scale is 1/sqrt(dim_head))"),
+    ("ff_mult", lambda c: c.ff_inner_dim is None,
+     "ff_inner_dim sets the hidden size and overrides it; give one of ff_mult and ff_inner_dim"),
+)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+
+
+def _check_inert(c: ModelConfig) -> None:
+    for name, acts, fix in _REFINEMENTS:
+        value = getattr(c, name)
+        if value != _DEFAULTS[name] and not acts(c):
+            raise ConfigError(f"model.{name}: {value} has no effect in this config; {fix}")
 
 
 # ---- presets --------------------------------------------------------------------------------
