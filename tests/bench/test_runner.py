@@ -99,6 +99,22 @@ def test_sigkill_then_resume_completes_without_repeats(tmp_path):
     assert [r.case_id for r in after[: len(before)]] == [r.case_id for r in before]
 
 
+def test_resume_after_a_torn_last_line_reruns_that_case(tmp_path):
+    p = _manifest(tmp_path, scenario="latency", batch=[1], seq_len=[8, 16, 24])
+    out = tmp_path / "run"
+    assert main(["run", str(p), "--out", str(out)]) == 0
+    results = out / "results.jsonl"
+    lines = results.read_text().splitlines(keepends=True)
+    torn = json.loads(lines[-1])
+    results.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # a crash mid-write
+    assert main(["run", str(p), "--out", str(out), "--resume"]) == 0
+    after = RecordStore(results).read()
+    assert sorted(r.params["seq_len"] for r in after) == [8, 16, 24]  # every case once, none lost
+    assert torn["case_id"] in {r.case_id for r in after}  # the torn case ran again ...
+    assert results.read_text().count("\n") == len(lines) + 1  # ... its record after the fragment, on its own line
+    assert main(["report", str(out)]) == 0
+
+
 def test_existing_run_dir_needs_resume(tmp_path, capsys):
     p = _manifest(tmp_path, scenario="latency", batch=[1], seq_len=[8])
     out = tmp_path / "run"

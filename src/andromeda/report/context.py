@@ -14,11 +14,10 @@ from andromeda.report.format import fmt_value
 from andromeda.report.load import (
     by_scenario,
     flatten,
-    load_records,
+    load_scan,
     merged_env,
     read_manifest,
     summary,
-    unreadable_lines,
 )
 from andromeda.report.tables import Table, scenario_tables
 
@@ -63,14 +62,15 @@ class ReportData:
 
 def collect(run_dir: Path, with_charts: bool) -> ReportData:
     run_dir = Path(run_dir)
-    records = load_records(run_dir)
+    scan = load_scan(run_dir)
+    records = scan.records
     env, differing = merged_env(records)
     warnings = find_warnings(records, differing)
-    lost = unreadable_lines(run_dir, len(records))
-    if lost:
-        message = (
-            f"{lost} line(s) of results.jsonl could not be read (cut short by a crash?) and are not shown"
-        )
+    if scan.torn:
+        message = f"{scan.torn} line(s) of results.jsonl could not be read (cut short by a crash?) and are not shown"
+        if scan.left_out:
+            message += (f"; {scan.left_out} record(s) of the case being written then are left out too "
+                        "(andromeda run ... --resume reruns that case)")
         warnings.insert(0, make_warning("unreadable", message))
     charts: list[Chart] = []
     if with_charts:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from andromeda.bench.records import STATUSES, Record, RecordStore
+from andromeda.bench.records import STATUSES, Record, RecordStore, Scan
 from andromeda.errors import AndromedaError
 
 RESULTS = "results.jsonl"
@@ -25,6 +25,11 @@ GROUPS = ("params", "metrics", "info")
 
 def load_records(run_dir: Path, *, allow_file: bool = False) -> list[Record]:
     """Records of a run directory's results.jsonl (or, with allow_file, of a .jsonl file itself)."""
+    return load_scan(run_dir, allow_file=allow_file).records
+
+
+def load_scan(run_dir: Path, *, allow_file: bool = False) -> Scan:
+    """load_records(), with the count of lines cut short by a crash and of records left out with them."""
     run_dir = Path(run_dir)
     if allow_file and run_dir.is_file():
         path = run_dir
@@ -35,19 +40,10 @@ def load_records(run_dir: Path, *, allow_file: bool = False) -> list[Record]:
         path = run_dir / RESULTS
     if not path.is_file():
         raise AndromedaError(f"no {RESULTS} in {run_dir}: run a benchmark into this directory first")
-    try:
-        records = RecordStore(path).read()
-    except (TypeError, ValueError) as e:
-        raise AndromedaError(f"{path} holds a malformed record: {e}") from None
-    if not records:
+    scan = RecordStore(path).scan()  # RecordError (an AndromedaError) names the line and field
+    if not scan.records:
         raise AndromedaError(f"{path} holds no records")
-    return records
-
-
-def unreadable_lines(run_dir: Path, n_records: int) -> int:
-    """Non-empty lines of results.jsonl that RecordStore skipped (a line cut short by a crash)."""
-    with open(Path(run_dir) / RESULTS, encoding="utf-8") as f:
-        return sum(1 for line in f if line.strip()) - n_records
+    return scan
 
 
 def read_manifest(run_dir: Path) -> str | None:
