@@ -245,11 +245,15 @@ def flash_fwd(qd, kd, vd, Q, K, V, S, KN, Out, L, s_qbh, s_qn, s_kbh, s_kn, s_ob
         full = NK // BLOCK_N * BLOCK_N
         hi = NK
     if SKIP:  # the diagonal blocks first: their row maxima tell which earlier blocks can still count
-        acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, full, hi, q_pos, q0, slope, qk_scale, NK,
+        # They start at the block holding the tile's first query, so every row sees at least its own key and
+        # its running maximum is finite (from `full`, the first row would see none when q0 + 1 is a multiple
+        # of BLOCK_N: -inf - -inf made the row NaN).
+        diag = q0 // BLOCK_N * BLOCK_N
+        acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, diag, hi, q_pos, q0, slope, qk_scale, NK,
                                   s_kbh, s_kn, ALIBI, CAUSAL, True, IEEE, TMA, False, INTERP, NK_C, BLOCK_N, D)
-        kn = tl.load(KN + kbh * NKN + tl.maximum(full - 1, 0) // KNB)  # bounds the norms of keys 0 .. full - 1
-        lo = _first_needed_key(q, m_i, kn, q0, slope, qk_scale, SKIP_T, full, BLOCK_N)
-        acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, full, q_pos, q0, slope, qk_scale, NK,
+        kn = tl.load(KN + kbh * NKN + tl.maximum(diag - 1, 0) // KNB)  # bounds the norms of keys 0 .. diag - 1
+        lo = _first_needed_key(q, m_i, kn, q0, slope, qk_scale, SKIP_T, diag, BLOCK_N)
+        acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, diag, q_pos, q0, slope, qk_scale, NK,
                                   s_kbh, s_kn, ALIBI, CAUSAL, False, IEEE, TMA, WS, INTERP, NK_C, BLOCK_N, D)
     else:
         acc, l_i, m_i = _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, full, hi, q_pos, q0, slope, qk_scale, NK,
