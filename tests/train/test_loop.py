@@ -81,14 +81,20 @@ def test_warmup_cosine_closed_form():
 
 
 def test_gradient_accumulation_equals_the_large_batch():
+    """Two micro-batches of 4 average to the gradient of the batch of 8 (equal token counts, no padding).
+    Compared are the gradients the optimizer is given, not the weights after it: AdamW's first step is
+    nearly sign(g) * lr, so a gradient within float rounding of zero can flip a weight by 2 lr."""
     big = torch.from_numpy(DATA.train_batch(8, 32, 0))
-    one = Trainer(_model(), _cfg(steps=1, batch=8, warmup_steps=0), lambda pos: big)
-    two = Trainer(_model(), _cfg(steps=1, batch=4, grad_accum=2, warmup_steps=0), lambda pos: big[4 * pos: 4 * pos + 4])
+    common = dict(steps=1, warmup_steps=0, grad_clip=None)
+    one = Trainer(_model(), _cfg(batch=8, **common), lambda pos: big)
+    two = Trainer(_model(), _cfg(batch=4, grad_accum=2, **common), lambda pos: big[4 * pos: 4 * pos + 4])
     a, b = one.train_step(), two.train_step()
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
     assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
-    for p, q in zip(one.model.parameters(), two.model.parameters(), strict=True):
-        assert torch.allclose(p, q, atol=1e-6)
+    grads = [(p.grad, q.grad) for p, q in zip(one.model.parameters(), two.model.parameters(), strict=True)]
+    scale = max(g.abs().max().item() for g, _ in grads)
+    for g, h in grads:
+        torch.testing.assert_close(h, g, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_activation_checkpointing_gives_the_same_step():
