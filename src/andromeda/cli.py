@@ -1,14 +1,34 @@
-"""Command line: parses and dispatches; no logic of its own. User errors print one line, exit 2."""
+"""Command line: parses and dispatches; no logic of its own. User errors print one line, exit 2.
+
+Exit codes: 0 every case ran (ok, oom and skipped are results); 1 a comparison gate failed; 2 a user
+error before running (bad option, manifest, path); 3 some cases errored (3 wins over 1).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from andromeda.errors import AndromedaError
+
+EXIT_CODES = {
+    "run": "0 every case ran (oom and skipped are results, not errors); 1 a comparison gate of the manifest's "
+           "compare: section failed (a candidate significantly worse than its baseline, or no comparison could "
+           "be made); 2 a user error before running (bad option, manifest or path); 3 some cases errored "
+           "(3 wins over 1)",
+    "train": "0 every case ran (oom and skipped are results, not errors); 2 a user error before running (bad "
+             "option, manifest or path); 3 some cases errored",
+    "report": "0 the report was written; 2 a user error (no such run, a malformed record, a bad option)",
+    "compare": "0 no significant regression; 1 a significant regression beyond the threshold, or a case that "
+               "ran in OLD and fails in NEW; 2 a user error (runs that do not match, a bad option)",
+    "claims": "0 the claims report was written; 2 a user error",
+    "other": "0 done; 2 a user error",
+}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -33,18 +53,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 130
     print_summary(result)
     compared = compare_run(out, manifest)
-    for c in compared:
-        if c.result is not None:
-            print("\n".join(c.result.summary_lines()))
-        else:
-            print(f"comparison against {c.baseline} not made: {c.error}", file=sys.stderr)
+    _print_compared(compared)
     paths = build_report(out, manifest.report.formats)
     html = paths.get("html")
     for c in compared:
         if c.result is not None:
             print(f"comparison: {next(iter(c.paths.get('html', [])), out / 'compare')}")
     print(f"report: {html[0] if html else out}")
-    return 0
+    return _exit_code(result, compared)
+
+
+def _exit_code(result, compared) -> int:
+    """3 if a case errored, else 1 if a comparison gate failed, else 0; said on stderr when not 0."""
+    from andromeda.bench.compare_run import gate_exit_code
+
+    code = result.exit_code or gate_exit_code(compared)
+    if code == result.exit_code and code:
+        print(f"exit {code}: {result.errors} record(s) with status error (see the report)", file=sys.stderr)
+    elif code:
+        print(f"exit {code}: the comparison gate failed", file=sys.stderr)
+    return code
+
+
+def _print_compared(compared) -> None:
+    for c in compared:
+        if c.result is not None:
+            print("\n".join(c.result.summary_lines()))
+        else:
+            print(f"comparison against {c.baseline} not made: {c.error}", file=sys.stderr)
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
@@ -62,15 +98,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from andromeda.bench.compare_run import compare_run_dir
     from andromeda.report import build_report
 
     formats = args.formats.split(",") if args.formats else None
-    manifest_file = Path(args.run_dir) / "manifest.yml"
-    if manifest_file.is_file():  # a run with a compare: section gets its comparison rebuilt too
-        from andromeda.bench.compare_run import compare_run
-        from andromeda.bench.manifest import load_manifest
-
-        compare_run(args.run_dir, load_manifest(manifest_file))
+    compared = compare_run_dir(args.run_dir)  # a run with a compare: section gets its comparison rebuilt too
+    for c in compared:
+        if c.result is None:
+            print(f"comparison against {c.baseline} not rebuilt: {c.error}", file=sys.stderr)
     paths = build_report(Path(args.run_dir), formats) if formats else build_report(Path(args.run_dir))
     for kind, files in paths.items():
         for f in files:
@@ -154,12 +189,56 @@ def _cmd_claims(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the flag, the problem, where help is) and exit 2."""
+
+    def error(self, message: str):  # noqa: D102
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind, *, low=None, high=None, low_open=False, high_open=False, what=""):
+    """An argparse type: a finite number of `kind` within bounds; the message says the range."""
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'}") from None
+        bad = ((isinstance(v, float) and not math.isfinite(v))
+               or (low is not None and (v <= low if low_open else v < low))
+               or (high is not None and (v >= high if high_open else v > high)))
+        if bad:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {what}")
+        return v
+
+    return parse
+
+
+def _override(text: str) -> str:
+    """--set KEY=VALUE: the syntax and the value's YAML are checked here, the key by the manifest."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"'{text}': use key.path=value, e.g. timing.budget_s=0.5")
+    try:
+        yaml.safe_load(raw)
+    except Exception as e:  # noqa: BLE001 - any parse failure of a user's value (YAMLError, ValueError of a tag)
+        problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
+        raise argparse.ArgumentTypeError(f"'{text}': the value is not valid YAML ({problem})") from None
+    return text
+
+
+def _epilog(command: str) -> str:
+    return f"exit codes: {EXIT_CODES[command]}."
+
+
 def _run_options(p: argparse.ArgumentParser, *, set_example: str | None, out_help: str, resume_help: str,
                  device_help: str = "auto | cpu | cuda | cuda:N | mps (overrides the manifest)") -> None:
     """--set (unless set_example is None), --device, --out and --resume: the options every
     manifest-running command takes."""
     if set_example is not None:
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=_override,
                        help=f"override a manifest field, e.g. {set_example}")
     p.add_argument("--device", help=device_help)
     p.add_argument("--out", help=out_help)
@@ -167,10 +246,13 @@ def _run_options(p: argparse.ArgumentParser, *, set_example: str | None, out_hel
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="andromeda", description="The Andromeda model and benchmark suite.")
+    p = _Parser(prog="andromeda", description="The Andromeda model and benchmark suite.",
+                epilog="exit codes: 0 ok; 1 a comparison gate failed; 2 a user error before running; "
+                       "3 some cases errored. Each command's --help says what they mean for it.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="measure models as a manifest (or a built-in preset) says; write the report")
+    r = sub.add_parser("run", help="measure models as a manifest (or a built-in preset) says; write the report",
+                       epilog=_epilog("run"))
     r.add_argument("manifest", nargs="?", help="YAML manifest (default: the built-in 'quick' preset)")
     r.add_argument("--preset", help="a built-in manifest: quick, full, paper (see andromeda list)")
     _run_options(r, set_example="--set timing.budget_s=0.5 --set models=[andromeda:small]",
@@ -178,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                  resume_help="finish an interrupted run in --out, skipping finished cases")
     r.set_defaults(func=_cmd_run)
 
-    pr = sub.add_parser("profile", help="run a built-in profile: attention (preset attention-quick or -full)")
+    pr = sub.add_parser("profile", help="run a built-in profile: attention (preset attention-quick or -full)",
+                        epilog=_epilog("run"))
     pr.add_argument("target", choices=["attention"])
     size = pr.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="CPU, seconds (the default)")
@@ -188,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                  device_help="auto | cpu | cuda | cuda:N | mps (overrides the preset)")
     pr.set_defaults(func=_cmd_profile)
 
-    t = sub.add_parser("train", help="pre-train as a manifest's training scenarios say (default: train-quick)")
+    t = sub.add_parser("train", help="pre-train as a manifest's training scenarios say (default: train-quick)",
+                       epilog=_epilog("train"))
     t.add_argument("manifest", nargs="?", help="YAML manifest with a training scenario (default: --preset train-quick)")
     t.add_argument("--preset", help="a built-in manifest, e.g. train-quick")
     _run_options(t, set_example="--set scenarios.0.steps=200",
@@ -196,26 +280,32 @@ def build_parser() -> argparse.ArgumentParser:
                  resume_help="continue an interrupted run in --out from its checkpoints")
     t.set_defaults(func=_cmd_train)
 
-    rep = sub.add_parser("report", help="rebuild every artifact of a run from its results.jsonl")
+    rep = sub.add_parser("report", help="rebuild every artifact of a run from its results.jsonl (torch not needed)",
+                         epilog=_epilog("report"))
     rep.add_argument("run_dir")
     rep.add_argument("--formats", help="comma-separated subset of csv,json,png,md,html,tex")
     rep.set_defaults(func=_cmd_report)
 
     c = sub.add_parser("compare", help="compare two runs case by case (exit 1 on a significant regression), "
-                       "or the sources of one run against --baseline")
+                       "or the sources of one run against --baseline", epilog=_epilog("compare"))
     c.add_argument("old", metavar="OLD_RUN", help="baseline run directory (or its results.jsonl)")
     c.add_argument("new", metavar="NEW_RUN", nargs="?", help="candidate run directory (or its results.jsonl)")
     c.add_argument("--metric", action="append", metavar="NAME",
                    help="metric to compare (repeatable; default latency_ms); its name says which way is better")
-    c.add_argument("--threshold", type=float, default=1.2,
+    c.add_argument("--threshold", type=_number(float, low=1.0, what="a factor >= 1 (1.2 = 1.2x)"), default=1.2,
                    help="factor a significant time/throughput change must reach to count (default 1.2 = 1.2x)")
-    c.add_argument("--memory-threshold", type=float, default=0.05,
+    c.add_argument("--memory-threshold", type=_number(float, low=0.0, what="a fraction >= 0 (0.05 = 5%%)"),
+                   default=0.05,
                    help="relative change a memory metric must exceed to count (default 0.05 = 5%%)")
-    c.add_argument("--max-abs-diff", type=float, default=1e-5, help="tolerance of *abs_diff metrics (default 1e-5)")
-    c.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    c.add_argument("--max-abs-diff", type=_number(float, low=0.0, what="a tolerance >= 0"), default=1e-5,
+                   help="tolerance of *abs_diff metrics (default 1e-5)")
+    c.add_argument("--alpha", type=_number(float, low=0.0, high=1.0, low_open=True, high_open=True,
+                                           what="a significance level between 0 and 1, e.g. 0.05"),
+                   default=0.05, help="significance level (default 0.05)")
     c.add_argument("--correction", choices=["holm", "bh", "none"], default="holm",
                    help="multiple-comparison correction across all comparisons (default holm)")
-    c.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    c.add_argument("--seed", type=_number(int, low=0, high=2**63 - 1, what="an integer from 0 to 2**63-1"),
+                   default=0, help="bootstrap seed (default 0)")
     c.add_argument("--baseline", metavar="SOURCE", help="compare the sources of OLD_RUN against this source")
     c.add_argument("--candidate", action="append", metavar="SOURCE",
                    help="with --baseline: a source to compare (repeatable; default every other source)")
@@ -225,23 +315,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--formats", help="comma-separated subset of md,html,tex,csv,json,png")
     c.set_defaults(func=_cmd_compare)
 
-    cl = sub.add_parser("claims", help="check the spec's claims: physical floors, and measurements on a CUDA GPU")
+    cl = sub.add_parser("claims", help="check the spec's claims: physical floors, and measurements on a CUDA GPU",
+                        epilog=_epilog("claims"))
     cl.add_argument("claims", nargs="?", metavar="CLAIMS.yml", help="claims file (default: the built-in one)")
     cl.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    cl.add_argument("--peak-tflops", type=float, help="peak matmul rate to use instead of measuring / the table")
+    cl.add_argument("--peak-tflops", type=_number(float, low=0.0, low_open=True, what="a rate > 0 in TFLOP/s"),
+                    help="peak matmul rate to use instead of measuring / the table")
     cl.add_argument("--max-preset", help="largest model preset to build and measure (e.g. 1b)")
     cl.add_argument("--no-measure", action="store_true", help="floors only, even on a GPU")
     cl.add_argument("--out", help="write claims.md and claims.json here (default runs/claims-<time>)")
     cl.set_defaults(func=_cmd_claims)
 
-    sub.add_parser("list", help="presets, scenarios, model sources and attention backends").set_defaults(func=_cmd_list)
-    sub.add_parser("schema", help="print the manifest JSON Schema (for editor completion)").set_defaults(
-        func=_cmd_schema)
+    sub.add_parser("list", help="presets, scenarios, model sources and attention backends",
+                   epilog=_epilog("other")).set_defaults(func=_cmd_list)
+    sub.add_parser("schema", help="print the manifest JSON Schema (for editor completion)",
+                   epilog=_epilog("other")).set_defaults(func=_cmd_schema)
 
-    d = sub.add_parser("demo", help="parameter counts of every preset, and a short generation")
+    d = sub.add_parser("demo", help="parameter counts of every preset, and a short generation", epilog=_epilog("other"))
     d.add_argument("--model", default="tiny", help="model preset (default: tiny)")
     d.add_argument("--prompt", default="Andromeda is")
-    d.add_argument("--tokens", type=int, default=32)
+    d.add_argument("--tokens", type=_number(int, low=1, high=100_000, what="a count from 1 to 100000"), default=32)
     d.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     d.set_defaults(func=_cmd_demo)
     return p
@@ -252,11 +345,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except AndromedaError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a user's path (--out, a manifest, a run): one line; our own files: a bug, re-raised
+        if not _user_path(e):
+            raise
+        name = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+        print(f"error: {name}: {e.strerror or e}; check the path and its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) if "\n" in text else text
+
+
+def _user_path(e: OSError) -> bool:
+    """An OSError about a path outside this package and the Python installation: the user's file."""
+    if e.filename is None or not isinstance(e.filename, (str, bytes, os.PathLike)):
+        return False
+    path = os.path.abspath(os.fsdecode(e.filename))
+    ours = [os.path.dirname(os.path.abspath(__file__)), sys.prefix, sys.base_prefix]
+    ours = [d.rstrip(os.sep) for d in ours if os.path.dirname(d) != d]  # never the file-system root
+    return not any(path == d or path.startswith(d + os.sep) for d in ours)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,10 @@ def test_compare_preset_runs_with_verdicts(tmp_path, capsys):
     code = main(["run", "--preset", "compare", "--device", "cpu", "--out", str(out),
                  "--set", "scenarios.0.mode=[forward]", "--set", "scenarios.0.batch=[1]",
                  "--set", "scenarios.0.seq_len=[64]", "--set", "timing.min_runs=10"])
-    assert code == 0
     printed = capsys.readouterr().out
     assert "comparison:" in printed and "result:" in printed
     data = json.loads((out / "compare" / "compare.json").read_text())
+    assert code == data["exit_code"] == (1 if data["regressions"] else 0)  # the gate is the run's exit code
     comps = data["comparisons"]
     candidates = {c["candidate_label"] for c in comps}
     assert candidates == {"hf:matched:tiny", "xt:tiny", "andromeda:tiny?compile=default"}

@@ -359,7 +359,7 @@ def compare_samples(
     """All statistics of candidate vs baseline for one metric, and a verdict (uncorrected p)."""
     th = thresholds or Thresholds()
     if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        raise ConfigError(f"alpha: must be between 0 and 1 (exclusive), e.g. 0.05; got {alpha}")
     kind, dirn = metric_kind(metric, direction)
     b, c = _samples(baseline, f"{metric} ({baseline_label})"), _samples(candidate, f"{metric} ({candidate_label})")
     mb, mc = float(np.median(b)), float(np.median(c))

@@ -1,16 +1,29 @@
-"""A run's `compare:` section -> the comparison artifacts in <run>/compare/ (verdicts, CIs, chart)."""
+"""A run's `compare:` section -> the comparison artifacts in <run>/compare/ (verdicts, CIs, chart).
+
+Torch-free, like the report: the manifest is loaded only when the run has a compare: section, and the
+model shapes come from the run's facts.json (written by the runner) when it is there.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from andromeda.bench.compare import Thresholds
-from andromeda.bench.manifest import Manifest
 from andromeda.bench.regress import RunComparison, compare_sources
 from andromeda.errors import AndromedaError
 from andromeda.report.compare_report import write_compare_report
+
+if TYPE_CHECKING:
+    from andromeda.bench.manifest import Manifest
+
+EXIT_GATE = 1  # a comparison gate failed
 
 
 @dataclass
@@ -22,6 +35,16 @@ class Compared:
     paths: dict[str, list[Path]] = field(default_factory=dict)
     error: str | None = None
 
+    @property
+    def failed(self) -> bool:
+        """The gate did not pass: a candidate significantly worse (or newly failing), or no comparison made."""
+        return self.result is None or self.result.exit_code != 0
+
+
+def gate_exit_code(compared: list[Compared]) -> int:
+    """1 when any comparison's gate failed (or could not be evaluated), else 0."""
+    return EXIT_GATE if any(c.failed for c in compared) else 0
+
 
 def compare_run(run_dir: str | Path, manifest: Manifest) -> list[Compared]:
     """Compare each of the manifest's baselines with its candidates over the run's records.
@@ -30,6 +53,7 @@ def compare_run(run_dir: str | Path, manifest: Manifest) -> list[Compared]:
     that cannot be made (e.g. its baseline has no ok records) is returned with its error; the others go on.
     Empty without a `compare:` section."""
     specs = manifest.comparisons
+    facts = recorded_facts(run_dir) if specs else {}
     done = []
     for i, spec in enumerate(specs):
         t = spec.thresholds
@@ -38,7 +62,7 @@ def compare_run(run_dir: str | Path, manifest: Manifest) -> list[Compared]:
                 Path(run_dir) / "results.jsonl", spec.baseline, spec.candidates, metric=spec.metrics,
                 thresholds=Thresholds(speedup=t.speedup, memory=t.memory, max_abs_diff=t.max_abs_diff,
                                       max_abs_diff_by_dtype=dict(t.max_abs_diff_by_dtype)),
-                allow_mismatch=spec.allow_mismatch, correction=spec.correction, alpha=spec.alpha,
+                allow_mismatch=spec.allow_mismatch, facts=facts, correction=spec.correction, alpha=spec.alpha,
                 seed=manifest.seed,
             )
         except AndromedaError as e:
@@ -48,6 +72,48 @@ def compare_run(run_dir: str | Path, manifest: Manifest) -> list[Compared]:
         paths = write_compare_report(result, out, title=f"{manifest.name}: candidates vs {spec.baseline}")
         done.append(Compared(spec.baseline, result, paths))
     return done
+
+
+def compare_run_dir(run_dir: str | Path) -> list[Compared]:
+    """`andromeda report`: rebuild the comparisons of a run from its manifest.yml; empty when it has none
+    (then the manifest is not even validated). A manifest that no longer loads is one Compared with
+    the reason, so the rest of the report is still built."""
+    path = Path(run_dir) / "manifest.yml"
+    if not path.is_file():
+        return []
+    try:
+        section = yaml.safe_load(path.read_text(encoding="utf-8")).get("compare")
+    except Exception:  # noqa: BLE001 - not YAML, not a mapping: load_manifest says what is wrong
+        section = True
+    if not section:
+        return []
+    from andromeda.bench.manifest import load_manifest
+
+    try:
+        manifest = load_manifest(path)
+    except AndromedaError as e:
+        return [Compared("(manifest.yml)", None, {}, str(e))]
+    return compare_run(run_dir, manifest)
+
+
+def recorded_facts(run_dir: str | Path) -> dict[str, Any]:
+    """{source: facts} from <run>/facts.json; sources missing there are left to regress.source_facts."""
+    path = Path(run_dir) / "facts.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    try:
+        from andromeda.bench.facts import ModelFacts as make
+    except ImportError:  # no torch: the comparison needs the shape fields only
+        make = SimpleNamespace
+    out = {}
+    for source, d in data.items() if isinstance(data, dict) else ():
+        try:
+            out[source] = make(**d)
+        except TypeError:  # written by another version: leave it to source_facts
+            continue
+    return out
 
 
 def compare_dir(run_dir: str | Path, baseline: str, index: int | None) -> Path:

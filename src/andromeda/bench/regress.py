@@ -94,18 +94,16 @@ def source_facts(source: str) -> ModelFacts:
     module tree built on the meta device (no memory, no weights read), so an x-transformers model
     or a 'matched' Llama shows its real parameter count. AndromedaError when the shape cannot be found.
     """
-    from andromeda.bench.facts import facts_from_config
-    from andromeda.bench.sources import andromeda_config, llama_config_for, parse_source
-
-    kind, name, overrides = parse_source(source)
-    if kind == "andromeda":
-        return facts_from_config(andromeda_config(source))
     try:
         import torch
 
-        from andromeda.bench.sources import _build_xt, _hf_facts
+        from andromeda.bench.facts import facts_from_config
+        from andromeda.bench.sources import _build_xt, _hf_facts, andromeda_config, llama_config_for, parse_source
         from andromeda.model import from_name
 
+        kind, name, overrides = parse_source(source)
+        if kind == "andromeda":
+            return facts_from_config(andromeda_config(source))
         if kind == "xt":
             with torch.device("meta"):
                 return _build_xt(source, name, overrides).facts
@@ -125,7 +123,7 @@ def source_facts(source: str) -> ModelFacts:
         return _hf_facts(config, model)
     except AndromedaError:
         raise
-    except Exception as e:  # noqa: BLE001 - any failure means the shape is unknown
+    except Exception as e:  # noqa: BLE001 - any failure (torch absent included) means the shape is unknown
         raise AndromedaError(f"cannot tell the shape of '{source}': {type(e).__name__}: {e}") from None
 
 
@@ -148,8 +146,10 @@ def _record_flops(rec: Record, facts: ModelFacts | None) -> float | None:
     batch, seq = rec.params.get("batch"), rec.params.get("seq_len")
     if facts is None or not isinstance(batch, int) or not isinstance(seq, int):
         return None
-    from andromeda.bench.flops import forward_flops
-
+    try:  # flops.py reaches torch through the model config; without torch the ratio is not shown
+        from andromeda.bench.flops import forward_flops
+    except ImportError:
+        return None
     return forward_flops(facts, batch, seq).total
 
 
@@ -470,16 +470,14 @@ def compare_sources(
     *,
     metric: str | Sequence[str] = "latency_ms",
     thresholds: Thresholds | None = None,
-    allow_mismatch: bool = False,
-    correction: Correction = "holm",
-    alpha: float = 0.05,
-    seed: int = 0,
+    allow_mismatch: bool = False, facts: Mapping[str, ModelFacts | None] | None = None,
+    correction: Correction = "holm", alpha: float = 0.05, seed: int = 0,
 ) -> RunComparison:
     """compare_records() over one run, packaged like compare_runs() (same report, same gate)."""
     metrics = _as_list(metric)
     th = thresholds or Thresholds()
     recs = load_run(run) if isinstance(run, (str, Path)) else list(run)
-    comps = compare_records(recs, baseline_source, candidates, metric=metrics, thresholds=th,
+    comps = compare_records(recs, baseline_source, candidates, metric=metrics, thresholds=th, facts=facts,
                             allow_mismatch=allow_mismatch, correction=correction, alpha=alpha, seed=seed)
     cands = list(dict.fromkeys(c.candidate_label for c in comps))
     return RunComparison(

@@ -5,14 +5,19 @@ a crash or Ctrl-C loses at most the case in flight; --resume skips every case id
 An OOM becomes an `oom` record (memory is freed and the sweep goes on; larger points of the same
 sweep are skipped), an unsupported combination a `skipped` record, any other exception an
 `error` record with its message.
+
+The run's exit code (RunResult.exit_code) is 3 when any case of the run errored (this invocation's or,
+with --resume, an earlier one's), else 0: oom and skipped are results, not errors.
 """
 
 from __future__ import annotations
 
 import gc
+import json
+import os
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +34,8 @@ from andromeda.devices import resolve_device
 from andromeda.errors import AndromedaError, ConfigError, UnsupportedError
 
 RESULTS = "results.jsonl"
+FACTS = "facts.json"  # each built source's ModelFacts, so comparisons can check shapes without torch
+EXIT_ERRORS = 3  # some case errored
 
 
 def is_oom(e: BaseException) -> bool:
@@ -49,9 +56,19 @@ def free_memory(device: torch.device) -> None:
 @dataclass
 class RunResult:
     out_dir: Path
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # statuses of the records written now
     skipped_existing: int = 0
     total: int = 0
+    earlier: dict[str, int] = field(default_factory=dict)  # with --resume: statuses of the records already there
+
+    @property
+    def errors(self) -> int:
+        return self.counts.get("error", 0) + self.earlier.get("error", 0)
+
+    @property
+    def exit_code(self) -> int:
+        """3 when a case errored, else 0 (oom and skipped are results)."""
+        return EXIT_ERRORS if self.errors else 0
 
 
 class Progress:
@@ -98,18 +115,19 @@ def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device
         progress: Progress | None = None,
         on_record: Callable[[Record], None] | None = None) -> RunResult:
     out = Path(out_dir)
+    check_out_dir(out)
     store = RecordStore(out / RESULTS)
     if store.path.exists() and not resume:
         raise ConfigError(
             f"--out: {store.path} already exists; pass --resume to finish that run, or choose another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
     manifest = manifest.model_copy(update={"device": device}) if device else manifest
+    dev = resolve_device(manifest.device)  # a bad --device fails here, before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     # by_alias: fields are written as users write them (the attention scenario's `pass`, not `pass_`)
     (out / "manifest.yml").write_text(yaml.safe_dump(manifest.model_dump(mode="json", by_alias=True),
                                                      sort_keys=False))
 
-    dev = resolve_device(manifest.device)
     dtype = getattr(torch, manifest.dtype)
     env = collect_env()
     env["run_device"] = str(dev)
@@ -118,8 +136,13 @@ def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device
     ctx = RunContext(device=dev, dtype=dtype, timing=manifest.timing.to_config(), env=env,
                      peak_tflops=peak, seed=manifest.seed)
     cases = plan(manifest)
-    done = store.case_ids() if resume else set()
+    existing = store.read() if resume else []
+    done = {r.case_id for r in existing}
     result = RunResult(out, total=len(cases), skipped_existing=sum(c.case_id in done for c in cases))
+    planned = {c.case_id for c in cases}
+    for r in existing:
+        if r.case_id in planned:
+            result.earlier[r.status] = result.earlier.get(r.status, 0) + 1
     progress = progress or Progress()
     progress.start(len(cases))
 
@@ -159,6 +182,7 @@ def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device
                         progress.advance()
                     index += len(todo)
                     continue
+                save_facts(out, source, bundle.facts)
             oom_cases: list[Case] = []
             for case in pending_cases(todo, done, ctx, progress, index):
                 emit(_run_case(bundle, case, ctx, oom_cases))
@@ -170,6 +194,34 @@ def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device
     finally:
         progress.stop()
     return result
+
+
+def check_out_dir(out: Path) -> None:
+    """ConfigError (one line) unless `out` is, or can be made, a writable directory."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} exists and is not a directory; choose another --out")
+    parent = out
+    while not parent.exists():  # the nearest existing folder is the one mkdir writes into
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"--out: {out} lies under {parent}, which is a file, not a directory; choose another --out")
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out: cannot write into {parent} (permission denied); choose another --out")
+
+
+def save_facts(out: Path, source: str, facts) -> None:
+    """Add one source's facts to <out>/facts.json (kept across --resume)."""
+    path = out / FACTS
+    try:
+        known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    known[source] = asdict(facts)
+    path.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _classify(e: BaseException) -> tuple[str, str]:

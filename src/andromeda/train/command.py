@@ -1,5 +1,6 @@
 """`andromeda train`: run a manifest's training scenarios through the normal runner, with
-checkpoints under <out>/checkpoints, then write the report. The CLI only parses and calls this."""
+checkpoints under <out>/checkpoints, then write the report. The CLI only parses and calls this.
+Returns the exit code: 0, or 3 when a case errored (2, user errors, come as AndromedaError)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,10 @@ def train_command(manifest: str | None = None, *, preset: str | None = None, out
     paths = build_report(out_dir, m.report.formats)
     html = paths.get("html")
     print(f"report: {html[0] if html else out_dir}")
-    return 0
+    if result.exit_code:  # 3: some case errored (oom and skipped are results)
+        print(f"exit {result.exit_code}: {result.errors} record(s) with status error (see the report)",
+              file=sys.stderr)
+    return result.exit_code
 
 
 def with_checkpoints(manifest, directory: Path):
