@@ -2,7 +2,6 @@
 
 import itertools
 import math
-import time
 
 import pytest
 import torch
@@ -378,15 +377,14 @@ def test_tiny_with_all_spec_features_overfits_one_batch():
     m = Andromeda(cfg)
     batch = torch.randint(0, cfg.num_tokens, (4, 32))
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-    start, loss = time.perf_counter(), None
-    while time.perf_counter() - start < 30:
+    for _ in range(300):  # ~20 steps suffice; a step budget, not a wall-clock one, holds on a loaded machine
         loss = m.loss(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if loss.item() < 0.1:
             break
-    assert loss.item() < 0.1, f"loss {loss.item():.3f} after 30 s"
+    assert loss.item() < 0.1, f"loss {loss.item():.3f} after 300 steps"
 
 
 def test_xpos_past_float32_range_is_refused_not_nan():
