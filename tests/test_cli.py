@@ -258,3 +258,12 @@ def test_an_os_error_in_our_own_files_is_a_bug(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "build_report", missing_template)
     with pytest.raises(FileNotFoundError):
         main(["report", str(_run_dir(tmp_path, [REC]))])
+
+
+def test_report_with_a_compare_section_that_no_longer_loads(tmp_path, capsys):
+    run = _run_dir(tmp_path, [REC])
+    (run / "manifest.yml").write_text(yaml.safe_dump({"name": "x", "models": ["andromeda:tiny"],
+                                                      "compare": {"baseline": "andromeda:tiny", "alpha": 7}}))
+    assert main(["report", str(run), "--formats", "md"]) == 0  # the report is still built
+    _one_line_error(capsys, "compare.alpha", "not rebuilt")
+    assert (run / "report.md").exists()

@@ -1,7 +1,7 @@
 """A run's `compare:` section -> the comparison artifacts in <run>/compare/ (verdicts, CIs, chart).
 
-Torch-free, like the report: the manifest is loaded only when the run has a compare: section, and the
-model shapes come from the run's facts.json (written by the runner) when it is there.
+Torch-free, like the report: `andromeda report` reads only the compare: section of the run's manifest.yml,
+and the model shapes come from the run's facts.json (written by the runner) when it is there.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def gate_exit_code(compared: list[Compared]) -> int:
     return EXIT_GATE if any(c.failed for c in compared) else 0
 
 
-def compare_run(run_dir: str | Path, manifest: Manifest) -> list[Compared]:
+def compare_run(run_dir: str | Path, manifest: Manifest | SimpleNamespace) -> list[Compared]:
     """Compare each of the manifest's baselines with its candidates over the run's records.
 
     One comparison writes <run>/compare/; several write <run>/compare/<n>-<baseline>/ each. A comparison
@@ -75,25 +75,37 @@ def compare_run(run_dir: str | Path, manifest: Manifest) -> list[Compared]:
 
 
 def compare_run_dir(run_dir: str | Path) -> list[Compared]:
-    """`andromeda report`: rebuild the comparisons of a run from its manifest.yml; empty when it has none
-    (then the manifest is not even validated). A manifest that no longer loads is one Compared with
-    the reason, so the rest of the report is still built."""
+    """`andromeda report`: rebuild the comparisons of a run from its manifest.yml; empty when it has none.
+
+    Only the compare: section is validated again (the run validated the whole manifest): the report
+    needs neither torch nor the models, data and checkpoints the manifest names, which may not exist on
+    the machine that rebuilds it. A section that does not load is one Compared with the reason, so the
+    rest of the report is still built."""
     path = Path(run_dir) / "manifest.yml"
     if not path.is_file():
         return []
     try:
-        section = yaml.safe_load(path.read_text(encoding="utf-8")).get("compare")
-    except Exception:  # noqa: BLE001 - not YAML, not a mapping: load_manifest says what is wrong
-        section = True
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        section = data.get("compare")
+    except Exception as e:  # noqa: BLE001 - not YAML, not a mapping: the comparison cannot be rebuilt
+        return [Compared("(manifest.yml)", None, {}, f"{path} does not load: {type(e).__name__}: {e}")]
     if not section:
         return []
-    from andromeda.bench.manifest import load_manifest
+    from pydantic import ValidationError
 
     try:
-        manifest = load_manifest(path)
-    except AndromedaError as e:
-        return [Compared("(manifest.yml)", None, {}, str(e))]
-    return compare_run(run_dir, manifest)
+        from andromeda.bench.manifest import CompareSpec
+
+        specs = [CompareSpec.model_validate(s) for s in (section if isinstance(section, list) else [section])]
+    except ImportError as e:
+        return [Compared("(manifest.yml)", None, {}, f"cannot read the compare: section here: {e}")]
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in ("compare", *err["loc"]))
+        return [Compared("(manifest.yml)", None, {}, f"{path}: {where}: {err['msg']}")]
+    seed = data.get("seed")
+    return compare_run(run_dir, SimpleNamespace(comparisons=specs, name=str(data.get("name", "run")),
+                                                seed=seed if type(seed) is int else 0))
 
 
 def recorded_facts(run_dir: str | Path) -> dict[str, Any]:
