@@ -219,13 +219,14 @@ def _override(text: str) -> str:
     import yaml
 
     key, sep, raw = text.partition("=")
+    shown = text if len(text) <= 60 else text[:57] + "..."
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"'{text}': use key.path=value, e.g. timing.budget_s=0.5")
+        raise argparse.ArgumentTypeError(f"'{shown}': use key.path=value, e.g. timing.budget_s=0.5")
     try:
         yaml.safe_load(raw)
     except Exception as e:  # noqa: BLE001 - any parse failure of a user's value (YAMLError, ValueError of a tag)
         problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
-        raise argparse.ArgumentTypeError(f"'{text}': the value is not valid YAML ({problem})") from None
+        raise argparse.ArgumentTypeError(f"'{shown}': the value is not valid YAML ({problem})") from None
     return text
 
 
