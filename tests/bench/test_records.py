@@ -57,6 +57,7 @@ def test_a_fragment_too_short_to_name_its_case_loses_only_itself(tmp_path):
     ({"case_id": 7}, "field 'case_id' must be a string, got a number"),
     ({"status": "great"}, "field 'status'"),
     ({"message": {"a": 1}}, "field 'message' must be a string or null"),
+    ({"metrics": {"latency_ms": 10**400}}, "metrics.latency_ms must be a number or null, got an integer too large"),
 ])
 def test_wrong_types_are_one_line_errors_with_the_line(tmp_path, change, fragment):
     store = RecordStore(tmp_path / "results.jsonl")

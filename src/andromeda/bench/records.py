@@ -92,10 +92,15 @@ _FIELD_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
 
 
 def _number(v: Any) -> bool:
-    return v is None or isinstance(v, (int, float))
+    return v is None or isinstance(v, float) or (isinstance(v, int) and abs(v) <= _FLOAT_MAX)
+
+
+_FLOAT_MAX = 1.7976931348623157e308
 
 
 def _kind(v: Any) -> str:
+    if isinstance(v, int) and abs(v) > _FLOAT_MAX:
+        return "an integer too large for a float"
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
     return names.get(type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
 
