@@ -193,6 +193,8 @@ def test_bad_device_writes_nothing(tmp_path, capsys):
     (["run", "--set", "seed=!!int abc"], "--set"),
     (["run", "--set", "scenarios.0.batch=[1,"], "--set"),
     (["run", "--set", "timing"], "--set"),
+    (["run", "--set", "scenarios.\u00b2.batch=1"], "--set"),  # a superscript two: isdigit(), but no index
+    (["run", "--set", "timing..budget_s=1"], "--set"),
     (["run", "--set", "seed=" + "[" * 3000], "--set"),  # nesting past the recursion limit
     (["train", "--set", "=1"], "--set"),
     (["run", "--nope"], "--nope"),

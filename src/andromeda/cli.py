@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -222,6 +223,9 @@ def _override(text: str) -> str:
     shown = text if len(text) <= 60 else text[:57] + "..."
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"'{shown}': use key.path=value, e.g. timing.budget_s=0.5")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", key):
+        raise argparse.ArgumentTypeError(f"'{shown}': the key is a dotted path of field names and list indices "
+                                         "(letters, digits, '_', '-'), e.g. scenarios.0.batch")
     try:
         yaml.safe_load(raw)
     except Exception as e:  # noqa: BLE001 - any parse failure of a user's value (YAMLError, ValueError of a tag)
