@@ -120,9 +120,11 @@ def test_user_errors_exit_2(tmp_path, capsys):
     assert main(["compare", str(old), str(tmp_path / "missing")]) == 2
     assert main(["compare", str(old), str(old), "--metric", "nonsense_ms"]) == 2
     assert main(["compare", str(old)]) == 2
-    assert main(["compare", str(old), str(old), "--threshold", "0.5"]) == 2
     err = capsys.readouterr().err
-    assert "run not found" in err and "nonsense_ms" in err and "speedup" in err
+    assert "run not found" in err and "nonsense_ms" in err
+    with pytest.raises(SystemExit) as e:  # argparse refuses an out-of-range number, in one line
+        main(["compare", str(old), str(old), "--threshold", "0.5"])
+    assert e.value.code == 2 and "--threshold: 0.5 is out of range: a factor >= 1" in capsys.readouterr().err
 
 
 # ---- sources of one run ---------------------------------------------------------------------------
