@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from andromeda.bench.facts import facts_from_config, kv_cache_bytes_per_token
+from andromeda.bench.facts import decode_step_bytes, facts_from_config, kv_cache_bytes_per_token
 from andromeda.model import Andromeda, ModelConfig, from_name
 
 CASES = [
@@ -74,3 +74,59 @@ def test_peak_for_uses_the_math_dtype_peak():
     assert device_peak_tflops(gpu, "bfloat16") > 10 * device_peak_tflops(gpu, "float32")
     cpu = RunContext(device=torch.device("cpu"), dtype=torch.float32, timing=TimingConfig(), env={})
     assert cpu.peak_for("bfloat16") is None
+
+
+# ---- decode_step_bytes: the bytes a decode step must read ----------------------------------------------
+# The tiny preset by hand: dim 64, depth 2, 4 heads of 16, 1 KV head, FFN 256 (bias), LayerNorm, QK-norm
+# gains, vocab 320. One block: q 64*64 + k 64*16 + v 64*16 + out 64*64 = 10,240; QK gains 4*16 + 16 = 80;
+# FFN 64*256 + 256 + 256*64 + 64 = 33,088; two LayerNorms 2 * 128 = 256 -> 43,664.
+TINY_BLOCKS = 2 * 43_664 + 128  # + the final LayerNorm = 87,456
+TINY_KV_PER_TOKEN_BF16 = 2 * 2 * 1 * 16 * 2  # K and V, 2 layers, 1 KV head, head dim 16, 2 bytes = 128
+
+
+def _weights_bytes_of_built_model(cfg) -> int:
+    """An independent count: every parameter tensor of the built model except the input-embedding tables."""
+    with torch.device("meta"):
+        model = Andromeda(cfg)
+    unique = {id(p): (n, p) for n, p in model.named_parameters()}
+    return sum(p.numel() for n, p in unique.values() if not n.startswith("embed."))
+
+
+def test_decode_step_bytes_untied_by_hand():
+    cfg = from_name("tiny")
+    f = facts_from_config(cfg)
+    head = 64 * 320  # the untied LM head: 20,480
+    assert _weights_bytes_of_built_model(cfg) == TINY_BLOCKS + head
+    # bf16 weights: blocks + head + ONE embedding row (64), not the 320 x 64 table; KV cache at 10 keys
+    expected = (TINY_BLOCKS + head + 64) * 2 + 10 * TINY_KV_PER_TOKEN_BF16
+    assert expected == 217_280
+    assert decode_step_bytes(f, 10, weight_bytes=2, kv_bytes=2) == expected
+    # every parameter (what model_speed counted before) is 320 * 64 * 2 - 64 * 2 bytes more
+    assert (f.params * 2 + 10 * TINY_KV_PER_TOKEN_BF16) - expected == (320 * 64 - 64) * 2
+
+
+def test_decode_step_bytes_tied_abs_pos_batch_by_hand():
+    cfg = from_name("tiny", tie_embeddings=True, use_abs_pos_emb=True, alibi_pos_bias=False, alibi_num_heads=None)
+    f = facts_from_config(cfg)
+    assert _weights_bytes_of_built_model(cfg) == TINY_BLOCKS  # no head matrix of its own
+    # the tied LM head reads the whole 320 x 64 embedding matrix; each of 3 sequences reads a token row and a
+    # position row (2 * 64); fp32 weights; an int8 cache (1 byte) at a mean context of 7.5 keys
+    expected = (TINY_BLOCKS + 320 * 64 + 3 * 2 * 64) * 4 + 3 * 7.5 * (2 * 2 * 1 * 16 * 1)
+    assert expected == 434_720.0  # (87,456 + 20,480 + 384) * 4 + 1,440
+    assert decode_step_bytes(f, 7.5, weight_bytes=4, kv_bytes=1, batch=3) == expected
+    with pytest.raises(ValueError):
+        decode_step_bytes(f, -1, 2, 2)
+
+
+def test_decode_step_bytes_of_the_andromeda_preset():
+    """The 2.46B preset at a 4,096-key context: 4.664 GB of weights + 67 MB of MQA cache, not the 258 MB table."""
+    f = facts_from_config(from_name("andromeda"))
+    L, d, f_hidden, V = 32, 2560, 10240, 50432
+    block = (d * 24 * 128 + 2 * d * 128 + 24 * 128 * d  # q, k, v (1 KV head), out; no attention bias
+             + 24 * 128 + 128  # QK-norm gains
+             + d * f_hidden + f_hidden + f_hidden * d + d  # FFN with bias
+             + 2 * 2 * d)  # two LayerNorms
+    weights = L * block + 2 * d + d * V  # final LayerNorm, untied LM head
+    kv = 4096 * 2 * L * 1 * 128 * 2
+    assert decode_step_bytes(f, 4096, 2, 2) == (weights + d) * 2 + kv
+    assert f.params * 2 - (weights + d) * 2 == (V * d - d) * 2  # the input table, less its one row: 258 MB

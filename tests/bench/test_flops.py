@@ -5,16 +5,20 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from andromeda.bench.facts import facts_from_config
+from andromeda.bench.facts import ModelFacts, facts_from_config
 from andromeda.bench.flops import (
+    DATASHEET_GB_PER_S,
     PEAK_TFLOPS,
     achieved_tflops,
     attention_pairs,
+    attention_recomputes,
     backward_flops,
     decode_flops,
+    device_bandwidth_gb_per_s,
     device_peak_tflops,
     forward_flops,
     mfu,
+    recomputed_forward_flops,
     train_step_flops,
 )
 from andromeda.model import Andromeda, ModelConfig, lm_loss
@@ -88,11 +92,16 @@ def test_backward_weight_matmuls_are_twice_forward(name):
     bwd = backward_flops(fwd)
     measured_mm = sum(v for k, v in ops.items() if k in MM)
     assert bwd.matmul_nonattention == measured_mm  # grad input + grad weight for every linear
-    # eager attention's autograd does 2 bmm per forward bmm; the convention charges 2.5x (recompute)
-    assert sum(v for k, v in ops.items() if k in BMM) == 2 * fwd.attention
+    # eager attention's autograd does 2 bmm per forward bmm (probabilities saved): attention_recompute=False
+    measured_bmm = sum(v for k, v in ops.items() if k in BMM)
+    assert measured_bmm == 2 * fwd.attention
+    assert backward_flops(fwd, attention_recompute=False).attention == measured_bmm
+    # a recomputing kernel (FlashAttention style) is charged 2.5x: scores again, dP, dV, dQ, dK
     assert bwd.attention == 2.5 * 4 * B * cfg.heads * N * N * cfg.dim_head * cfg.depth
     step = train_step_flops(facts_from_config(cfg), B, N)
     assert step.total == fwd.total + bwd.total
+    eager_step = train_step_flops(facts_from_config(cfg), B, N, attention_recompute=False)
+    assert eager_step.total == fwd.total + measured_mm + measured_bmm  # the whole measured backward
 
 
 def test_causal_pairs_match_mask_counts():
@@ -187,3 +196,98 @@ def test_peak_table_is_dense_and_consistent():
         assert set(peaks) == {"bf16", "fp16", "tf32", "fp32"}, key
         assert peaks["bf16"] >= peaks["tf32"] >= peaks["fp32"] * 0.99, key
     assert device_peak_tflops("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989.5
+
+
+# ---- backward per attention kernel, activation recompute, datasheet bandwidth -----------------------
+
+# a hand-sized model: every number below is worked out from these, not from forward_flops
+HAND = ModelFacts(params=0, non_embedding_params=0, vocab=100, dim=32, layers=3, heads=4, kv_heads=2, head_dim=8,
+                  ff_hidden=64, ff_glu=False, causal=True, max_seq_len=64, tied_embeddings=False)
+
+
+def test_train_step_by_hand_with_and_without_attention_recompute():
+    b, n = 2, 10
+    t = b * n  # 20 tokens
+    # per layer: q, out: 2*t*32*32 each; k, v: 2*t*32*16 each -> 2*20*32*(32+32+16+16) = 122,880; 3 layers
+    proj = 3 * 122_880
+    ff = 3 * 2 * (2 * t * 32 * 64)  # two 32x64 matrices: 3 * 163,840 = 491,520
+    head = 2 * t * 32 * 100  # 128,000
+    attn = 3 * 2 * (2 * b * 4 * (n * (n + 1) // 2) * 8)  # scores + PV over 55 causal pairs: 3 * 14,080
+    assert (proj, ff, head, attn) == (368_640, 491_520, 128_000, 42_240)
+    fwd_total = proj + ff + head + attn
+    flash = train_step_flops(HAND, b, n)
+    eager = train_step_flops(HAND, b, n, attention_recompute=False)
+    assert flash.total == fwd_total + 2 * (proj + ff + head) + 2.5 * attn
+    assert eager.total == fwd_total + 2 * (proj + ff + head) + 2.0 * attn
+    assert flash.total - eager.total == 0.5 * attn == 21_120
+    # activation checkpointing re-runs the blocks' forward (not the LM head) once more
+    again = recomputed_forward_flops(forward_flops(HAND, b, n))
+    assert again.total == proj + ff + attn and again.lm_head == 0
+
+
+@pytest.mark.parametrize("impl,device,dtype,expected", [
+    ("triton", "cuda", None, True), ("flex", "cuda", None, True), ("flex", "cpu", None, True),
+    ("sdpa", "cuda", "bfloat16", True), ("sdpa", "cuda", torch.float32, True), ("sdpa", "cuda", torch.float64, False),
+    ("sdpa", "cpu", torch.float32, True), ("sdpa", "cpu", torch.float64, True),
+    ("sdpa_flash", "cuda", None, True), ("sdpa_efficient", "cuda", None, True), ("sdpa_cudnn", "cuda", None, True),
+    ("sdpa_math", "cuda", None, False), ("eager", "cuda", None, False), ("eager", "cpu", None, False),
+    ("flash_attention_2", "cuda", None, True), ("flex_attention", "cuda", None, True),
+    ("kernels-community/flash-attn3", "cuda", None, True), ("xformers", "cuda", None, True),
+])
+def test_attention_recomputes_by_kernel(impl, device, dtype, expected):
+    assert attention_recomputes(impl, device, dtype) is expected
+
+
+def test_unknown_attention_impl_raises():
+    with pytest.raises(ValueError, match="unknown whether"):
+        attention_recomputes("paged_attention")
+
+
+def test_sdpa_on_cpu_runs_the_fused_kernel_that_recomputes():
+    """What attention_recomputes says of SDPA on CPU, checked on this torch: with and without a mask, with GQA,
+    autograd runs the CPU flash kernel's backward, which gets the output and log-sum-exp, not probabilities."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Spy(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls.append((str(func), [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]))
+            return func(*args, **(kwargs or {}))
+
+    for kw, hkv in (({"is_causal": True}, 4), ({"attn_mask": torch.randn(1, 4, 6, 6)}, 4), ({"is_causal": True}, 2)):
+        q = torch.randn(1, 4, 6, 8, requires_grad=True)
+        k, v = (torch.randn(1, hkv, 6, 8, requires_grad=True) for _ in range(2))
+        with Spy() as spy:
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=hkv != 4, **kw).sum().backward()
+        names = [c for c, _ in spy.calls]
+        assert "aten._scaled_dot_product_flash_attention_for_cpu_backward.default" in names, names
+        assert not any(n.startswith(("aten.bmm", "aten._softmax")) for n in names), names
+        # its tensor arguments: grad_out, q, k, v, out (B, H, N, D) and the log-sum-exp (B, H, N); no (B, H, N, N)
+        # probabilities (a mask, the one N x N input, is a keyword argument)
+        shapes = dict(spy.calls)["aten._scaled_dot_product_flash_attention_for_cpu_backward.default"]
+        assert set(shapes) <= {(1, 4, 6, 8), (1, hkv, 6, 8), (1, 4, 6)}, shapes
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("NVIDIA H100 80GB HBM3", 3350.0), ("NVIDIA H100 PCIe", 2000.0), ("NVIDIA H100 NVL", 3900.0),
+    ("NVIDIA H200", 4800.0), ("NVIDIA H200 NVL", 4800.0),
+    ("NVIDIA A100-SXM4-80GB", 2039.0), ("NVIDIA A100 80GB PCIe", 1935.0),
+    ("NVIDIA A100-SXM4-40GB", 1555.0), ("NVIDIA A100-PCIE-40GB", 1555.0),
+    ("NVIDIA A10G", 600.0), ("NVIDIA L4", 300.0), ("NVIDIA L40S", 864.0), ("NVIDIA GeForce RTX 4090", 1008.0),
+])
+def test_datasheet_bandwidth(name, expected):
+    assert device_bandwidth_gb_per_s(name) == expected
+
+
+@pytest.mark.parametrize("name", ["cpu", "NVIDIA L40", "NVIDIA RTX A1000", "NVIDIA GH200", "NVIDIA A100"])
+def test_unknown_devices_have_no_bandwidth(name):
+    assert device_bandwidth_gb_per_s(name) is None  # (an A100 whose name has no memory size included)
+
+
+def test_bandwidth_table_covers_the_peak_table():
+    """Every device with a peak has a bandwidth (the A100 split by memory size)."""
+    covered = {k.split(" 80GB")[0].split(" 40GB")[0] for k in DATASHEET_GB_PER_S}
+    assert covered == set(PEAK_TFLOPS)

@@ -25,6 +25,7 @@ class ModelFacts:
     max_seq_len: int
     tied_embeddings: bool
     lm_head: bool = True  # the model ends in a dim -> vocab projection
+    abs_pos_emb: bool = False  # a learned absolute-position table (outside non_embedding_params, like the token one)
 
 
 def _norm_params(kind: str, dim: int) -> int:
@@ -70,6 +71,7 @@ def facts_from_config(cfg: ModelConfig) -> ModelFacts:
         max_seq_len=cfg.max_seq_len,
         tied_embeddings=cfg.tie_embeddings,
         lm_head=True,
+        abs_pos_emb=cfg.use_abs_pos_emb,
     )
 
 
@@ -87,5 +89,29 @@ def quantized_kv_bytes_per_token(facts: ModelFacts, bits: int, group_size: int, 
     return kv_cache_bytes_per_token(facts, bits / 8 + scale_bytes / group)
 
 
+def decode_step_bytes(facts: ModelFacts, context_len: float, weight_bytes: float, kv_bytes: float, *,
+                      batch: int = 1) -> float:
+    """Bytes one decode step must read from memory: its bandwidth floor is this over the bandwidth.
+
+    - every weight it multiplies: all non-embedding parameters (blocks, final norm, an untied LM head),
+      and for tied embeddings the LM head's read of the whole vocab x dim embedding matrix;
+    - one input-embedding row per sequence (and one position row with a learned absolute-position
+      table), not the whole table;
+    - the KV cache: context_len tokens of K and V per sequence (kv_cache_bytes_per_token), where
+      context_len is the number of keys the step's query attends to. A float is allowed: the mean over
+      a run of steps.
+
+    weight_bytes / kv_bytes: bytes per weight / cache element (2 for bf16). Activations, the logits
+    and the new K/V written are not counted: the floor is the reads the step cannot avoid.
+    """
+    if context_len < 0 or batch < 1:
+        raise ValueError(f"context_len must be >= 0 and batch >= 1, got {context_len}, {batch}")
+    weights = facts.non_embedding_params
+    if facts.tied_embeddings and facts.lm_head:
+        weights += facts.vocab * facts.dim
+    rows = batch * facts.dim * (2 if facts.abs_pos_emb else 1)
+    return (weights + rows) * weight_bytes + batch * context_len * kv_cache_bytes_per_token(facts, kv_bytes)
+
+
 __all__ = ["ModelFacts", "facts_from_config", "block_params", "kv_cache_bytes_per_token",
-           "quantized_kv_bytes_per_token"]
+           "quantized_kv_bytes_per_token", "decode_step_bytes"]

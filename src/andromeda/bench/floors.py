@@ -1,9 +1,17 @@
-"""The floors a GPU run is held against, measured in the same run: bf16 matmul rate and copy bandwidth."""
+"""The floors a GPU run is held against: measured in the same run (bf16 matmul rate, copy bandwidth) and
+from the device's datasheet (dense bf16 peak, memory bandwidth); and the provenance every speed
+script's JSON carries (commit, device, versions, floors).
+"""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+from typing import Any
+
 import torch
 
+from andromeda.bench.flops import device_bandwidth_gb_per_s, device_peak_tflops
 from andromeda.bench.timing import TimingConfig, time_fn
 
 _TIMING = TimingConfig(warmup=10, min_runs=50, max_runs=300, budget_s=2.0, target_rel_ci=0.01)
@@ -27,8 +35,49 @@ def copy_gb_per_s(device: torch.device | str = "cuda", nbytes: int = 2**30) -> f
     return 2 * src.nbytes / (ms / 1e3) / 1e9
 
 
-def measure(device: torch.device | str = "cuda") -> dict[str, float]:
-    return {"matmul_bf16_tflops": matmul_tflops(device), "copy_gb_per_s": copy_gb_per_s(device)}
+def datasheet(device_name: str) -> dict[str, Any]:
+    """The device's datasheet figures: dense bf16 TFLOP/s and memory GB/s (None where the device is unknown)."""
+    return {"device": device_name, "datasheet_bf16_tflops": device_peak_tflops(device_name, "bf16"),
+            "datasheet_gb_per_s": device_bandwidth_gb_per_s(device_name)}
 
 
-__all__ = ["matmul_tflops", "copy_gb_per_s", "measure"]
+def measure(device: torch.device | str = "cuda") -> dict[str, Any]:
+    """Measured matmul_bf16_tflops and copy_gb_per_s, beside the datasheet's (datasheet()) for this device."""
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+    return {"matmul_bf16_tflops": matmul_tflops(device), "copy_gb_per_s": copy_gb_per_s(device), **datasheet(name)}
+
+
+def floor_ms(nbytes: float, gb_per_s: float | None) -> float | None:
+    """Milliseconds to move nbytes at gb_per_s (1e9 bytes/s); None when the bandwidth is unknown."""
+    return None if not gb_per_s else nbytes / (gb_per_s * 1e9) * 1e3
+
+
+def _git(*args: str) -> str | None:
+    import andromeda
+
+    try:
+        out = subprocess.run(["git", *args], cwd=Path(andromeda.__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def provenance(env: dict[str, Any], floors: dict[str, Any] | None) -> dict[str, Any]:
+    """What a speed script's JSON leads with: git_commit (and git_dirty: tracked files differ from it),
+    device, versions, floors; `env` (collect_env()) follows in full."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    names = env.get("gpu_names") or []
+    return {
+        "git_commit": env.get("git_commit"),
+        "git_dirty": None if status is None else bool(status.strip()),
+        "device": (floors or {}).get("device") or (names[0] if names else env.get("cpu")),
+        "versions": {k: env.get(k) for k in ("andromeda", "torch", "cuda", "cudnn", "triton", "transformers",
+                                             "python") if k in env},
+        "floors": floors,
+        "env": env,
+    }
+
+
+__all__ = ["matmul_tflops", "copy_gb_per_s", "datasheet", "measure", "floor_ms", "provenance"]

@@ -8,7 +8,14 @@ Conventions (ARCHITECTURE.md):
   the pairs at or before each query (N*(N+1)/2 for a full prefill, n+1 for one new token
   after n cached ones); all H query heads count, whatever the number of KV heads;
 - MQA/GQA shrink only the K and V projections (kv_heads * head_dim outputs);
-- backward = 2x forward for matmuls, 2.5x for attention (FlashAttention-style recompute).
+- backward = 2x forward for matmuls; attention 2.5x forward where the kernel recomputes the
+  probabilities in backward (FlashAttention style: scores again, then dP, dV, dQ, dK), 2x where
+  forward saved them (eager attention, SDPA's math kernel): see attention_recomputes();
+- activation checkpointing re-runs the blocks' forward in backward: hardware FLOPs (HFU) add it,
+  model FLOPs (MFU) do not (recomputed_forward_flops).
+
+MFU is against the device's datasheet peak (PEAK_TFLOPS); DATASHEET_GB_PER_S holds the memory
+bandwidth the decode floor is also held against.
 """
 
 from __future__ import annotations
@@ -91,23 +98,77 @@ def forward_flops(
                          lm_head=float(head))
 
 
-def backward_flops(forward: FlopBreakdown) -> FlopBreakdown:
+def backward_flops(forward: FlopBreakdown, *, attention_recompute: bool = True) -> FlopBreakdown:
     """Backward FLOPs from forward ones.
 
-    2x for weight matmuls (grad input + grad weight), 2.5x for attention (FlashAttention-style recompute).
+    2x for weight matmuls (grad input + grad weight). Attention: 2.5x with attention_recompute (the
+    kernel recomputes q @ k^T, then dP = dO @ v^T, dV, dQ, dK: five matmuls for forward's two), 2x
+    without (probabilities saved by forward: dP, dV, dQ, dK). attention_recomputes() says which a
+    kernel does.
     """
     return FlopBreakdown(
         projections=2.0 * forward.projections,
-        attention=2.5 * forward.attention,
+        attention=(2.5 if attention_recompute else 2.0) * forward.attention,
         ff=2.0 * forward.ff,
         lm_head=2.0 * forward.lm_head,
     )
 
 
-def train_step_flops(facts: ModelFacts, batch: int, seq: int, *, causal: bool | None = None) -> FlopBreakdown:
+def train_step_flops(facts: ModelFacts, batch: int, seq: int, *, causal: bool | None = None,
+                     attention_recompute: bool = True) -> FlopBreakdown:
     """Forward + backward of one training step on batch x seq tokens, logits at every position."""
     fwd = forward_flops(facts, batch, seq, causal=causal, lm_head="all")
-    return fwd + backward_flops(fwd)
+    return fwd + backward_flops(fwd, attention_recompute=attention_recompute)
+
+
+def recomputed_forward_flops(forward: FlopBreakdown) -> FlopBreakdown:
+    """What activation checkpointing of every block adds to a step: the blocks' forward once more
+    (projections, attention, feed-forward; the LM head and the embeddings are outside the blocks).
+
+    Hardware FLOPs of a checkpointed step = train step + this; HFU is those over time and peak.
+    """
+    return FlopBreakdown(projections=forward.projections, attention=forward.attention, ff=forward.ff, lm_head=0.0)
+
+
+# Attention kernels by name (our backends, the attention scenario's impls, HF attn_implementation):
+# does backward recompute the probabilities from q, k and the saved log-sum-exp?
+_RECOMPUTES = {
+    "triton": True, "flex": True, "flex_attention": True,  # ours / FlexAttention (fused and dense fallback)
+    "sdpa_flash": True, "sdpa_efficient": True, "sdpa_cudnn": True,
+    "flash_attn": True, "flash_attention_2": True, "flash_attention_3": True, "xformers": True,
+    "eager": False, "sdpa_math": False,
+}
+
+
+def attention_recomputes(impl: str, device_type: str = "cuda", dtype: Any = None) -> bool:
+    """Whether attention `impl` recomputes the probabilities in backward (2.5x forward) or saved them (2x).
+
+    impl: an Andromeda backend (eager, sdpa, flex, triton), an attention-scenario impl (sdpa_flash,
+    sdpa_efficient, sdpa_cudnn, sdpa_math, flash_attn, xformers) or a transformers attn_implementation
+    (eager, sdpa, flash_attention_2/3, flex_attention; a Hub kernel whose name says flash).
+
+    Plain `sdpa` is the kernel torch picks:
+    - CUDA: flash, memory-efficient or cuDNN for float16/bfloat16/float32 (memory-efficient takes
+      Andromeda's float and bool masks and GQA), all recomputing; float64 runs only the math kernel
+      (no recompute). Not seen from here: bfloat16 on GPUs before sm80 (V100, T4), which falls back
+      to math; pass impl="sdpa_math" where that is known.
+    - CPU: recompute. torch (2.x, checked on 2.11 and 2.13) runs every float dtype, with or without
+      a mask or GQA, through `_scaled_dot_product_flash_attention_for_cpu`, a fused kernel that saves
+      only the output and the log-sum-exp, so its backward recomputes q @ k^T like FlashAttention.
+    Other devices (mps, xpu) are treated like CUDA.
+
+    ValueError for a name this table does not know.
+    """
+    key = impl.lower()
+    if key == "sdpa":
+        float64 = str(dtype).lower().removeprefix("torch.") in ("float64", "double", "fp64")
+        return not (device_type == "cuda" and float64)
+    if key in _RECOMPUTES:
+        return _RECOMPUTES[key]
+    if "flash" in key:  # e.g. a Hub kernel "kernels-community/flash-attn3"
+        return True
+    raise ValueError(f"attention impl {impl!r}: unknown whether its backward recomputes; "
+                     f"known: sdpa, {', '.join(_RECOMPUTES)}")
 
 
 def decode_flops(facts: ModelFacts, batch: int, context_len: int) -> FlopBreakdown:
@@ -173,6 +234,46 @@ _DTYPE_ALIASES = {
 }
 
 
+# Memory bandwidth from the vendors' datasheets, GB/s (1e9 bytes/s), keyed like PEAK_TFLOPS (device_key),
+# A100 split by memory (bandwidth_key). Sources: NVIDIA H100 datasheet (SXM 3.35 TB/s, PCIe 2 TB/s,
+# NVL 3.9 TB/s), H200 datasheet (SXM and NVL 4.8 TB/s), A100 datasheet (80GB SXM 2,039 GB/s, 80GB PCIe
+# 1,935 GB/s, 40GB 1,555 GB/s), A10 datasheet (600 GB/s; AWS gives the same for the A10G), L4 datasheet
+# (300 GB/s), L40S datasheet (864 GB/s), GeForce RTX 4090 specifications (1,008 GB/s).
+DATASHEET_GB_PER_S: dict[str, float] = {
+    "H100 SXM": 3350.0,
+    "H100 PCIe": 2000.0,
+    "H100 NVL": 3900.0,
+    "H200": 4800.0,
+    "H200 NVL": 4800.0,
+    "A100 80GB SXM": 2039.0,
+    "A100 80GB PCIe": 1935.0,
+    "A100 40GB": 1555.0,  # SXM4 and PCIe alike
+    "A10G": 600.0,
+    "L4": 300.0,
+    "L40S": 864.0,
+    "RTX 4090": 1008.0,
+}
+
+
+def bandwidth_key(device_name: str) -> str | None:
+    """The DATASHEET_GB_PER_S key for a device name: device_key's, the A100 split by memory size and form
+    factor ("NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB PCIe", "NVIDIA A100-PCIE-40GB"); None if unknown
+    (an A100 whose name gives no memory size included)."""
+    key = device_key(device_name)
+    if key != "A100":
+        return key
+    name = device_name.lower()
+    if re.search(r"\b80\s*gb\b", name):
+        return "A100 80GB PCIe" if "pcie" in name else "A100 80GB SXM"
+    return "A100 40GB" if re.search(r"\b40\s*gb\b", name) else None
+
+
+def device_bandwidth_gb_per_s(device_name: str) -> float | None:
+    """Datasheet memory bandwidth (GB/s) of a known device; None for an unknown GPU or a CPU."""
+    key = bandwidth_key(device_name)
+    return None if key is None else DATASHEET_GB_PER_S[key]
+
+
 def normalize_dtype(dtype: Any) -> str | None:
     """'bf16' | 'fp16' | 'tf32' | 'fp32' from a name or a torch dtype (e.g. torch.bfloat16).
 
@@ -209,5 +310,6 @@ def device_peak_tflops(device_name: str, dtype: Any, override: float | None = No
 
 __all__ = [
     "FlopBreakdown", "attention_pairs", "forward_flops", "backward_flops", "train_step_flops", "decode_flops",
-    "achieved_tflops", "mfu", "PEAK_TFLOPS", "device_key", "device_peak_tflops", "normalize_dtype",
+    "recomputed_forward_flops", "attention_recomputes", "achieved_tflops", "mfu", "PEAK_TFLOPS", "device_key",
+    "device_peak_tflops", "normalize_dtype", "DATASHEET_GB_PER_S", "bandwidth_key", "device_bandwidth_gb_per_s",
 ]
