@@ -257,6 +257,15 @@ def test_custom_embedding_provider_is_used_and_keeps_its_weights():
         Andromeda(cfg, embedding=lambda tokens, positions: tokens)
 
 
+def test_absolute_positions_with_a_custom_provider_are_refused():
+    """The position table is part of the default embedding: with a provider in its place it would silently be
+    absent, so the config's use_abs_pos_emb would do nothing."""
+    cfg = from_name("tiny", use_abs_pos_emb=True)
+    with pytest.raises(ConfigError, match=r"model\.use_abs_pos_emb: .*use_abs_pos_emb: false") as e:
+        Andromeda(cfg, embedding=ScaledEmbedding(cfg))
+    assert "\n" not in str(e.value)
+
+
 def test_checkpoint_with_custom_embedding_provider_round_trips(tmp_path):
     cfg = from_name("tiny")
     m = Andromeda(cfg, embedding=ScaledEmbedding(cfg, fill=0.5)).eval()

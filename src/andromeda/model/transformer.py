@@ -38,6 +38,9 @@ class Andromeda(nn.Module):
         if embedding is not None and not isinstance(embedding, nn.Module):
             raise ConfigError(f"embedding: a provider must be an nn.Module (subclass embedding.EmbeddingProvider), "
                               f"got {type(embedding).__name__}")
+        if embedding is not None and cfg.use_abs_pos_emb:  # the position table belongs to the default embedding
+            raise ConfigError("model.use_abs_pos_emb: a custom embedding provider replaces the default embedding and "
+                              "its position table (it receives the positions); set use_abs_pos_emb: false")
         self.custom_embedding = embedding is not None
         self.embed = embedding if embedding is not None else TokenEmbedding(cfg)
         self.emb_drop = nn.Dropout(cfg.emb_dropout)
