@@ -14,7 +14,7 @@ The formulas, with p the position divided by pos_interpolation_factor:
              of two m < n, then every other slope of 2m.
   rotary     pair (x_k, x_{k + r/2}) of the first r features turned by the angle p * theta^(-2k/r).
   xPos       the rotated part of q_i . k_j weighted by zeta_k^((p_i - p_j) / scale_base) per pair k,
-             zeta_k = (2k + 0.4 r) / (1.4 r) (its fixed centre cancels in the product).
+             zeta_k = (2k + 0.4 r) / (1.4 r) (only the distance counts: the model's fixed centre cancels).
   QK-norm    q / |q| (times per-head gains with dim scale), logit scale qk_norm_scale instead of D^-1/2.
   shift      features split into s + 1 chunks of dim // (s + 1); chunk c comes from position t - c (zeros
              before the start), features past the chunks stay.
@@ -165,15 +165,15 @@ class Reference64:
         r = self.rot_dim
         if r:
             q, k = self.rotate(q, p), self.rotate(k, p)
-            rot = torch.einsum("bhid,bhjd->bhijd", q[..., :r], k[..., :r])  # (B, H, N, N, r)
             if c["rotary_xpos"]:
+                # pair k of q_i . k_j weighted by zeta_k^((p_i - p_j) / base) = zeta_k^((p_i - m) / base) on q times
+                # zeta_k^(-(p_j - m) / base) on k for any centre m; here m is the sequence's middle (float64
+                # holds either factor exactly enough: |log zeta| < 1.3, |p - m| / base small)
                 zeta = torch.tensor([(2 * kk + 0.4 * r) / (1.4 * r) for kk in range(r // 2)] * 2, dtype=F64)
-                rel = (p[:, None] - p[None, :]) / c["xpos_scale_base"]  # (N, N)
-                rot = rot * zeta[None, None, None, None, :] ** rel[None, None, :, :, None]
-            scores = rot.sum(-1) + q[..., r:] @ k[..., r:].transpose(-1, -2)
-        else:
-            scores = q @ k.transpose(-1, -2)  # (B, H, N, N)
-        scores = scores * scale
+                up = zeta[None, :] ** ((p - p.mean()) / c["xpos_scale_base"])[:, None]  # (N, r)
+                q = torch.cat([q[..., :r] * up, q[..., r:]], dim=-1)
+                k = torch.cat([k[..., :r] / up, k[..., r:]], dim=-1)
+        scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, N, N)
         dist = pos[:, None] - pos[None, :]  # i - j
         if not c["causal"]:
             dist = dist.abs()

@@ -1,7 +1,8 @@
-"""The static-shape decode step and its CUDA graph: the same logits as the cached and the uncached forward."""
+"""The static-shape decode step and its CUDA graph against the float64 reference (reference64.py)."""
 
 import pytest
 import torch
+from reference64 import Reference64, randomize
 
 from andromeda.errors import ConfigError, UnsupportedError
 from andromeda.model import Andromeda, from_name
@@ -24,78 +25,73 @@ CONFIGS = {
 
 
 def _model(**kw):
-    m = Andromeda(from_name("tiny", **kw)).eval()
-    with torch.no_grad():  # non-trivial gains and norms, so a feature that is skipped shows in the logits
-        for name, p in m.named_parameters():
-            if name.endswith("gain") or "norm" in name:
-                p.add_(torch.rand_like(p) * 0.5)
-    return m
+    """Weights that make every feature count (reference64.randomize)."""
+    return randomize(Andromeda(from_name("tiny", **kw)), seed=len(kw)).eval()
 
 
-def _close(a, b, tol=2e-5):
-    return (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
+def _truth(m, tokens):
+    """Float64 logits (B, N, V) of one full pass, written from the formulas."""
+    return Reference64(m.cfg.to_dict(), m.state_dict())(tokens)
 
 
-def _drive(m, step, prompt, cache, ref_cache):
-    """Prefill both caches, then STEPS greedy steps: static step vs model(token, cache=ref_cache)."""
+def _close(a, b, tol=1e-5):
+    """Within tol of the largest reference logit (float32 against float64)."""
+    a, b = a.detach().double().cpu(), b.double().cpu()
+    return (a - b).abs().max().item() <= tol * b.abs().max().item()
+
+
+def _drive(m, step, tokens, cache):
+    """Prefill tokens[:, :PROMPT] into the cache, then feed the rest one at a time through `step`: each step's
+    logits against the float64 reference at its position."""
+    want = _truth(m, tokens)
     with torch.no_grad():
-        first = m(prompt, cache=ref_cache, logits="last")[:, -1]
-        assert torch.equal(m(prompt, cache=cache, logits="last")[:, -1], first)
-    tok, tokens, outs = first.argmax(-1, keepdim=True), prompt, []
-    for _ in range(STEPS):
-        with torch.no_grad():
-            ref = m(tok, cache=ref_cache, logits="last")[:, -1]  # (B, V)
-        out = step(tok)
-        assert _close(out, ref), (out - ref).abs().max().item()
+        first = m(tokens[:, :PROMPT], cache=cache, logits="last")[:, -1]
+    assert _close(first, want[:, PROMPT - 1])
+    outs = []
+    for t in range(PROMPT, tokens.shape[1]):
+        out = step(tokens[:, t : t + 1])  # (B, V)
+        assert _close(out, want[:, t]), (t, (out.double() - want[:, t]).abs().max().item())
         outs.append(out)
-        tokens = torch.cat([tokens, tok], dim=1)
-        tok = ref.argmax(-1, keepdim=True)
-    return tokens, torch.stack(outs, dim=1)  # (B, N + STEPS), (B, STEPS, V)
+    return torch.stack(outs, dim=1)  # (B, steps, V)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "matmul"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_static_step_matches_cached_and_full_forward(name, attention):
+def test_static_step_matches_float64_reference(name, attention):
     m = _model(**CONFIGS[name])
-    prompt = torch.randint(0, 256, (2, PROMPT))
-    cache, ref_cache = m.new_cache(2, PROMPT + STEPS + 3), m.new_cache(2, PROMPT + STEPS + 3)
+    tokens = torch.randint(0, 256, (2, PROMPT + STEPS))
+    cache = m.new_cache(2, PROMPT + STEPS + 3)
     dec = GraphedDecoder(m, cache, attention=attention)  # CPU: the same step, run eagerly
     assert dec.graph is None
-    tokens, outs = _drive(m, dec.step, prompt, cache, ref_cache)
-    with torch.no_grad():
-        full = m(tokens)  # (B, N + STEPS, V): no cache at all
-    assert _close(outs, full[:, PROMPT:])
+    _drive(m, dec.step, tokens, cache)
     assert cache.length == PROMPT + STEPS and dec.static.pos.tolist() == [PROMPT + STEPS]
 
 
 def test_decoder_built_before_the_prefill_shares_the_shift_buffers_and_follows_resets():
     m = _model(shift_tokens=2)
-    cache, ref_cache = m.new_cache(1, 40), m.new_cache(1, 40)
+    cache = m.new_cache(1, 40)
     dec = GraphedDecoder(m, cache)  # allocates the shift buffers; the prefill must write into them
     bufs = {k: v.data_ptr() for k, v in dec.static.shift.items()}
     assert len(bufs) == 2 * m.cfg.depth
-    _drive(m, dec.step, torch.randint(0, 256, (1, 7)), cache, ref_cache)
+    _drive(m, dec.step, torch.randint(0, 256, (1, PROMPT + STEPS)), cache)
     assert {k: cache.shift_state(*k).data_ptr() for k in bufs} == bufs
     cache.reset()  # zeroes in place; the next prefill and steps start over at position 0
-    ref_cache = m.new_cache(1, 40)
-    _drive(m, dec.step, torch.randint(0, 256, (1, 5)), cache, ref_cache)
+    _drive(m, dec.step, torch.randint(0, 256, (1, PROMPT + 5)), cache)
     assert {k: cache.shift_state(*k).data_ptr() for k in bufs} == bufs
-    assert dec.static.pos.tolist() == [5 + STEPS]
+    assert dec.static.pos.tolist() == [PROMPT + 5]
 
 
 def test_decode_step_takes_a_device_position_and_advances_it():
     m = _model()
-    prompt = torch.randint(0, 256, (1, 6))
-    cache, ref_cache = m.new_cache(1, 16), m.new_cache(1, 16)
+    tokens = torch.randint(0, 256, (1, 10))
+    want = _truth(m, tokens)
+    cache = m.new_cache(1, 16)
     with torch.no_grad():
-        m(prompt, cache=cache), m(prompt, cache=ref_cache)
+        m(tokens[:, :6], cache=cache)
     pos = torch.tensor([6])
-    tok = torch.tensor([[3]])
     for i in range(4):
-        out = m.decode_step(tok, pos, cache)
-        with torch.no_grad():
-            ref = m(tok, cache=ref_cache, logits="last")[:, -1]
-        assert _close(out, ref)
+        out = m.decode_step(tokens[:, 6 + i : 7 + i], pos, cache)
+        assert _close(out, want[:, 6 + i])
         assert pos.tolist() == [7 + i] and cache.length == 7 + i
 
 
@@ -107,9 +103,7 @@ def test_generate_with_cuda_graph_flag_matches_plain_generate():
     assert torch.equal(tokens, g_tokens)
     assert _close(g_logits, logits)
     assert not g_logits.is_inference()  # usable outside inference mode, like generate's other outputs
-    with torch.no_grad():
-        full = m(tokens)
-    assert _close(g_logits, full[:, 8:-1])
+    assert _close(g_logits, _truth(m, tokens)[:, 8:-1])
 
 
 def test_greedy_option_returns_the_argmax():
@@ -165,7 +159,8 @@ def test_positions_the_config_cannot_represent_are_refused(kw, limit, match):
 
 # ---- GPU: the captured graph ----------------------------------------------------------------------
 def _rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.mark.cuda
@@ -173,33 +168,36 @@ def _rel(a, b):
 @pytest.mark.parametrize("attention", ["matmul", "sdpa"])
 @pytest.mark.parametrize("before_prefill", [False, True])
 def test_cuda_graph_replay_matches_eager_cached_steps(preset, kw, attention, before_prefill):
+    """bf16 graph replay against eager cached steps (same dtype), and no less accurate than they are against the
+    float64 reference of the same bf16 weights."""
     torch.backends.cuda.matmul.allow_tf32 = False
-    m32 = Andromeda(from_name(preset, **kw)).cuda().eval()  # float32: the truth both bf16 paths are held to
     m = Andromeda(from_name(preset, **kw)).to("cuda", torch.bfloat16).eval()
-    m.load_state_dict(m32.state_dict())
     g = torch.Generator(device="cuda").manual_seed(0)
     prompt = torch.randint(0, 256, (1, 40), device="cuda", generator=g)
-    cache, ref_cache, cache32 = m.new_cache(1, 64), m.new_cache(1, 64), m32.new_cache(1, 64)
+    cache, ref_cache = m.new_cache(1, 64), m.new_cache(1, 64)
     dec = GraphedDecoder(m, cache, attention=attention) if before_prefill else None
     with torch.no_grad():
         first = m(prompt, cache=ref_cache, logits="last")[:, -1]
         m(prompt, cache=cache, logits="last")
-        m32(prompt, cache=cache32)
     dec = dec or GraphedDecoder(m, cache, attention=attention, greedy=True)
     assert dec.graph is not None
-    tok = first.argmax(-1, keepdim=True)
+    tok, tokens, outs, refs = first.argmax(-1, keepdim=True), prompt, [], []
     for _ in range(16):
         with torch.no_grad():
             ref = m(tok, cache=ref_cache, logits="last")[:, -1]
-            truth = m32(tok, cache=cache32, logits="last")[:, -1]
         out = dec.step(tok)
         if dec.greedy:
             out, nxt = out
             assert torch.equal(nxt[:, 0], out.argmax(-1))
         assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
         assert _rel(out, ref) < 3e-2
-        assert _rel(out, truth) < 1.5 * _rel(ref, truth) + 2e-3  # no less accurate than the eager bf16 path
+        outs.append(out)
+        refs.append(ref)
+        tokens = torch.cat([tokens, tok], dim=1)
         tok = ref.argmax(-1, keepdim=True)
+    truth = _truth(m, tokens)[:, 40:]  # (1, 16, V): positions 40..55
+    for s, (out, ref) in enumerate(zip(outs, refs, strict=True)):
+        assert _rel(out, truth[:, s]) < 1.5 * _rel(ref, truth[:, s]) + 2e-3  # no less accurate than eager bf16
     assert cache.length == ref_cache.length == 56 and dec.static.pos.item() == 56
     # the graph wrote the keys the eager path did, and warm-up/capture left no trace past position 56
     assert _rel(cache.k[:, :, :, :56], ref_cache.k[:, :, :, :56]) < 3e-2
@@ -208,12 +206,14 @@ def test_cuda_graph_replay_matches_eager_cached_steps(preset, kw, attention, bef
 
 @pytest.mark.cuda
 def test_cuda_graph_generate_matches_eager_generate():
+    torch.backends.cuda.matmul.allow_tf32 = False
     m = Andromeda(from_name("tiny", dim=128, dim_head=32)).cuda().eval()
     prompt = torch.randint(0, 256, (2, 30), device="cuda")
     tokens, logits = m.generate(prompt, 16, return_logits=True)
     g_tokens, g_logits = m.generate(prompt, 16, return_logits=True, cuda_graph=True)
     assert (g_logits - logits).abs().max().item() < 1e-3
     assert torch.equal(tokens, g_tokens)
+    assert _close(g_logits, _truth(m, tokens)[:, 29:-1])  # float32: both against the float64 reference
 
 
 @pytest.mark.cuda
