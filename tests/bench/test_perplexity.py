@@ -194,10 +194,10 @@ def test_checkpoint_of_another_shape_is_refused(tmp_path):
     from andromeda.model import Andromeda, from_name, save_checkpoint
 
     save_checkpoint(Andromeda(from_name("tiny", kv_heads=2)), tmp_path / "ck")
-    recs = _run(tmp_path, [{"scenario": "teacher_student", "data": "synthetic:markov?val_docs=2&doc_len=32",
-                            "seq_len": 16, "prompt_len": 4, "gen_len": 2,
-                            "teacher": {"source": "andromeda:tiny", "checkpoint": str(tmp_path / "ck")}}])
-    assert recs[0].status == "error" and "kv_heads" in recs[0].message
+    with pytest.raises(ConfigError, match=r"scenarios\[0\]\.teacher\.checkpoint: .*kv_heads"):  # at load time
+        _run(tmp_path, [{"scenario": "teacher_student", "data": "synthetic:markov?val_docs=2&doc_len=32",
+                         "seq_len": 16, "prompt_len": 4, "gen_len": 2,
+                         "teacher": {"source": "andromeda:tiny", "checkpoint": str(tmp_path / "ck")}}])
 
 
 @pytest.mark.parametrize("name", ["quality-quick", "train-quick"])

@@ -35,9 +35,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 
 from andromeda.bench.distributed import JOB_FILE, RESULT_FILE
+from andromeda.bench.fields import Float, Int, StrictModel, show
 from andromeda.errors import ConfigError
 
 LAUNCH_DIR = "launch"
@@ -45,25 +46,29 @@ LOG_FILE = "torchrun.log"
 _LOG_TAIL = 3  # lines of torchrun's log quoted in an error record when no rank reported one
 
 
+PROCS_MAX = 1_024  # processes per node, nodes, threads per rank
+TIMEOUT_MAX_S = 7 * 86_400.0  # a case's torchrun is stopped after at most a week
+
+
 def _check_nproc(v: Any) -> Any:
     if v == "auto":
         return v
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError("must be a positive integer (processes per node) or 'auto' (one per GPU)")
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= PROCS_MAX:
+        raise ValueError(f"must be a positive integer (processes per node) or 'auto' (one per GPU); at most "
+                         f"{PROCS_MAX}, got {show(v)}")
     return v
 
 
-class LauncherSpec(BaseModel):
+class LauncherSpec(StrictModel):
     """How cases are launched across processes (the manifest's `launcher:`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     type: Literal["torchrun"] = "torchrun"
     nproc: Annotated[int | Literal["auto"], BeforeValidator(_check_nproc)] = "auto"  # processes per node
-    nodes: Annotated[int, Field(gt=0)] = 1
+    nodes: Int(1, PROCS_MAX) = 1
     rdzv_endpoint: Annotated[str | None, Field(validate_default=True)] = None  # host:port; needed when nodes > 1
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
-    timeout_s: Annotated[float, Field(gt=0)] = 1800.0  # per case: torchrun is stopped after this long
-    cpu_threads: Annotated[int, Field(gt=0)] = 1  # CPU runs: threads per rank (OMP_NUM_THREADS), one core per rank
+    timeout_s: Float(0.0, TIMEOUT_MAX_S, lo_open=True) = 1800.0  # per case: torchrun is stopped after this long
+    cpu_threads: Int(1, PROCS_MAX) = 1  # CPU runs: threads per rank (OMP_NUM_THREADS), one core per rank
 
     @field_validator("rdzv_endpoint")
     @classmethod

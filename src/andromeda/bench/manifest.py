@@ -1,52 +1,78 @@
-"""Manifest: a YAML file (or a built-in preset) validated into a typed run description.
+"""Manifest: a YAML file (or a built-in preset) validated into a typed run description. Torch-free.
 
-Unknown keys and wrong types are refused with the YAML path of the field and the allowed values,
-in one line. Built-in presets live as YAML files in bench/presets/. YAML is read with safe_load:
-a manifest can hold data only, never code.
+Loading has three steps, each with a one-line error that names the field (the CLI prints it, exit 2):
+  1. text   the file is UTF-8, at most 1 MiB, plain YAML in the core schema: no tags beyond it, no
+            duplicate keys, no nesting past 32 levels (bench/manifest_yaml.py). Nothing is ever
+            constructed from a tag: a manifest holds data, never code.
+  2. schema every field has its type (strict: no bool for a number, no string for a number), its range
+            (every count and time bounded, see bench/fields.py), its allowed values; unknown keys are
+            refused with the allowed ones; combinations that would fail every case are refused.
+  3. resources (load_manifest(resolve=True), what a run needs): the files, directories and checkpoints
+            the manifest names exist and are of the right kind; every model source builds (Andromeda
+            configs; hf: model types and config keys). This step imports andromeda.model (torch), and
+            transformers for hf: sources; reading a finished run skips it (resolve=False).
+Built-in presets live as YAML files in bench/presets/.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import typing
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 
-from andromeda.bench import scenarios
+from andromeda.bench import manifest_yaml, source_spec
+from andromeda.bench.fields import (
+    CASES_MAX,
+    SECONDS_MAX,
+    Float,
+    NonEmpty,
+    NonNegFloat,
+    Runs,
+    Seconds,
+    Seed,
+    StrictModel,
+    Warmup,
+    show,
+)
 from andromeda.bench.launch import LauncherSpec, check_manifest
-from andromeda.bench.timing import TimingConfig
+from andromeda.bench.scenarios import config as scenario_configs
 from andromeda.errors import AndromedaError, ConfigError
 
 FORMATS = ("csv", "json", "png", "md", "html", "tex")
 DTYPES = ("float32", "bfloat16", "float16")
+PEAK_TFLOPS_MAX = 1e6
+_NAME = re.compile(r"[\w+\-][\w.+\- ]{0,99}")
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TimingSpec(Strict):
-    warmup: Annotated[int, Field(ge=0)] = 2
-    warmup_s: Annotated[float, Field(ge=0)] = 0.0
-    min_runs: Annotated[int, Field(gt=0)] = 5
-    max_runs: Annotated[int, Field(gt=0)] = 100
-    budget_s: Annotated[float, Field(gt=0)] = 1.0
-    target_rel_ci: Annotated[float, Field(gt=0)] | None = 0.02
+class TimingSpec(StrictModel):
+    warmup: Warmup = 2
+    warmup_s: Seconds = 0.0
+    min_runs: Runs = 5
+    max_runs: Runs = 100
+    budget_s: Float(0.0, SECONDS_MAX, lo_open=True) = 1.0
+    target_rel_ci: Float(0.0, 1.0, lo_open=True) | None = 0.02
     flush_l2: bool = False
     cuda_graph: bool = False
 
-    def to_config(self) -> TimingConfig:
+    @model_validator(mode="after")
+    def _runs(self) -> TimingSpec:
         if self.max_runs < self.min_runs:
-            raise ConfigError(f"timing.max_runs: must be >= min_runs ({self.min_runs}), got {self.max_runs}")
+            raise ValueError(f"max_runs: must be >= min_runs ({self.min_runs}), got {self.max_runs}")
+        return self
+
+    def to_config(self):
+        from andromeda.bench.timing_config import TimingConfig
+
         return TimingConfig(**self.model_dump())
 
 
-class ReportSpec(Strict):
-    formats: Annotated[list[Literal[FORMATS]], Field(min_length=1)] = list(FORMATS)  # type: ignore[valid-type]
+class ReportSpec(StrictModel):
+    formats: NonEmpty(Literal[FORMATS], 6) = list(FORMATS)  # type: ignore[valid-type]
 
 
 def _check_each(items: list[str], check, strip: str = "") -> list[str]:
@@ -59,22 +85,22 @@ def _check_each(items: list[str], check, strip: str = "") -> list[str]:
     return items
 
 
-class CompareThresholds(Strict):
-    speedup: Annotated[float, Field(ge=1.0)] = 1.2  # a significant time/throughput change must reach this factor
-    memory: Annotated[float, Field(ge=0.0)] = 0.05  # relative change a memory metric must exceed
-    max_abs_diff: Annotated[float, Field(ge=0.0)] = 1e-5
-    max_abs_diff_by_dtype: dict[Literal[DTYPES], Annotated[float, Field(ge=0.0)]] = {}  # type: ignore[valid-type]
+class CompareThresholds(StrictModel):
+    speedup: Float(1.0, 1e6) = 1.2  # a significant time/throughput change must reach this factor
+    memory: NonNegFloat = 0.05  # relative change a memory metric must exceed
+    max_abs_diff: NonNegFloat = 1e-5
+    max_abs_diff_by_dtype: dict[Literal[DTYPES], NonNegFloat] = {}  # type: ignore[valid-type]
 
 
-class CompareSpec(Strict):
+class CompareSpec(StrictModel):
     """Candidates against a baseline, all from this manifest's models, with verdicts."""
 
     baseline: str
-    candidates: list[str] | None = None  # None: every other model
-    metrics: Annotated[list[str], Field(min_length=1)] = ["latency_ms"]
+    candidates: NonEmpty(str, 1000) | None = None  # None: every other model
+    metrics: NonEmpty(str, 100) = ["latency_ms"]
     allow_mismatch: bool = False  # compare models of different shapes (parameter and FLOP ratios shown)
     correction: Literal["holm", "bh", "none"] = "holm"
-    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    alpha: Float(0.0, 1.0, lo_open=True, hi_open=True) = 0.05
     thresholds: CompareThresholds = CompareThresholds()
 
     @field_validator("metrics")
@@ -85,25 +111,32 @@ class CompareSpec(Strict):
         return _check_each(v, metric_kind)
 
 
+def _check_name(v: str) -> str:
+    if not _NAME.fullmatch(v) or v.endswith((" ", ".")):
+        raise ValueError(f"{show(v)} is not a run name: it names the folder runs/<name>-<time>, so it is 1 to 100 "
+                         "letters, digits, '_', '-', '+', '.' or spaces, with no path separator and no leading '.'")
+    return v
+
+
 ScenarioEntry = Annotated[
-    Union[tuple(scenarios.configs())],  # type: ignore[misc]  # noqa: UP007
+    Union[tuple(scenario_configs.configs())],  # type: ignore[misc]  # noqa: UP007
     Field(discriminator="scenario"),
 ]
 
 
-class Manifest(Strict):
-    name: str = "run"
-    description: str = ""
-    models: Annotated[list[str], Field(min_length=1)]
-    scenarios: Annotated[list[ScenarioEntry], Field(min_length=1)]
+class Manifest(StrictModel):
+    name: Annotated[str, AfterValidator(_check_name)] = "run"
+    description: Annotated[str, Field(max_length=10_000)] = ""
+    models: NonEmpty(str, 1000)
+    scenarios: NonEmpty(ScenarioEntry, 1000)
     device: str = "auto"
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
-    seed: int = 0
+    seed: Seed = 0
     out: str | None = None
-    peak_tflops: Annotated[float, Field(gt=0)] | None = None  # override the device table for MFU
+    peak_tflops: Float(0.0, PEAK_TFLOPS_MAX, lo_open=True) | None = None  # override the device table for MFU
     timing: TimingSpec = TimingSpec()
     report: ReportSpec = ReportSpec()
-    compare: CompareSpec | list[CompareSpec] | None = None  # a list: several baselines, each with its candidates
+    compare: CompareSpec | Annotated[list[CompareSpec], Field(max_length=100)] | None = None  # a list: several
     launcher: LauncherSpec | None = None  # run every case across processes through torchrun (bench/launch.py)
 
     @model_validator(mode="after")
@@ -129,18 +162,24 @@ class Manifest(Strict):
                     raise ValueError(f"{where}.candidates[{i}]: '{cand}' must be one of models and not the baseline")
         return self
 
+    @model_validator(mode="after")
+    def _size(self) -> Manifest:
+        cases = len(self.models) * sum(entry.n_points() for entry in self.scenarios)
+        if cases > CASES_MAX:
+            raise ValueError(f"scenarios: the sweeps plan {cases:,} cases ({len(self.models)} models); at most "
+                             f"{CASES_MAX:,} in one manifest")
+        return self
+
     @field_validator("models")
     @classmethod
     def _sources(cls, v: list[str]) -> list[str]:
-        from andromeda.bench.sources import validate_source
-
-        return _check_each(v, validate_source, strip="models: ")
+        return _check_each(v, source_spec.check_syntax, strip="models: ")
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
-            raise ValueError(f"'{v}' is not a device; use auto, cpu, cuda, cuda:N or mps")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,4})?", v):
+            raise ValueError(f"{show(v)} is not a device; use auto, cpu, cuda, cuda:N or mps")
         return v
 
 
@@ -153,12 +192,20 @@ def preset_names() -> list[str]:
 def preset_text(name: str) -> str:
     if name not in preset_names():
         raise ConfigError(f"preset '{name}' is unknown; available: {', '.join(preset_names())}")
-    return resources.files("andromeda.bench.presets").joinpath(f"{name}.yml").read_text()
+    return resources.files("andromeda.bench.presets").joinpath(f"{name}.yml").read_text(encoding="utf-8")
 
 
 def load_manifest(path: str | Path | None = None, *, preset: str | None = None,
-                  overrides: list[str] | None = None) -> Manifest:
-    """Read, apply --set overrides (key.path=value), validate. Errors are one line."""
+                  overrides: list[str] | None = None, resolve: bool = True) -> Manifest:
+    """Read, apply --set overrides (key.path=value), validate; with `resolve`, also check the files and
+    model sources it names (step 3 of the module docstring; imports torch). Errors are one line."""
+    try:
+        return _load(path, preset, overrides, resolve)
+    except AndromedaError as e:  # a file name or a library message may hold a newline: the promise is one line
+        raise type(e)(" ".join(str(e).split("\n"))) from None
+
+
+def _load(path, preset, overrides, resolve) -> Manifest:
     if (path is None) == (preset is None):
         raise ConfigError("give a manifest file or --preset NAME (one of them)")
     if preset is not None:
@@ -167,43 +214,56 @@ def load_manifest(path: str | Path | None = None, *, preset: str | None = None,
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"manifest '{p}' does not exist (or is not a file)")
-        label, text = str(p), p.read_text(encoding="utf-8")
+        label = str(p)
+        text = manifest_yaml.read_text(p, label)
     data = read_yaml(text, label)
+    if data is None:
+        raise ConfigError(f"{label}: the file is empty; a manifest is a mapping with at least models: and scenarios:")
     if not isinstance(data, dict):
-        raise ConfigError(f"{label}: a manifest is a mapping (models:, scenarios:, ...), got {type(data).__name__}")
+        raise ConfigError(f"{label}: a manifest is a mapping (models:, scenarios:, ...), got {_yaml_kind(data)}")
     for item in overrides or []:
         apply_override(data, item)
-    return validate(data, label)
+    manifest = validate(data, label)
+    if resolve:
+        check_resources(manifest, label)
+    return manifest
+
+
+def _yaml_kind(data: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+        type(data), type(data).__name__)
 
 
 def read_yaml(text: str, label: str) -> Any:
-    """safe_load (data only, never code), with a one-line error that says where the YAML broke."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{label}: invalid YAML{where}: {problem}") from None
+    """Plain YAML (core schema, data only), with a one-line error that names the field and line."""
+    return manifest_yaml.load(text, label)
 
 
 def validate(data: dict[str, Any], label: str = "manifest") -> Manifest:
+    """The schema step: types, ranges, allowed values, combinations. Torch-free; touches no file."""
     try:
         return Manifest.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{label}: {format_error(first_error(e.errors()))}") from None
 
 
-_UNION_TAGS = ("CompareSpec", "list[CompareSpec]")  # compare: one spec or a list; pydantic names the branch tried
-_WRONG_BRANCH = ("model_type", "list_type", "dict_type", "model_attributes_type")
+def check_resources(manifest: Manifest, label: str = "manifest") -> None:
+    """The resources step: files, directories, checkpoints and model sources exist, are of the right kind
+    and build. Scenario data first (torch-free), then model sources (imports torch)."""
+    def fail(where: str, e: Exception) -> ConfigError:
+        msg = str(e).strip() or type(e).__name__
+        return ConfigError(f"{label}: {where}{msg.removeprefix('models: ')}")
 
-
-def first_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
-    """The error to show: for a union, the one from the branch that fits the input's shape."""
-    def wrong_branch(err: dict[str, Any]) -> bool:
-        return err["type"] in _WRONG_BRANCH and any(part in _UNION_TAGS for part in err["loc"])
-
-    return next((err for err in errors if not wrong_branch(err)), errors[0])
+    for i, entry in enumerate(manifest.scenarios):
+        try:
+            entry.check_resources()
+        except (AndromedaError, ValueError, OSError) as e:
+            raise fail(f"scenarios[{i}].", e) from None
+    for i, source in enumerate(manifest.models):
+        try:
+            source_spec.check_source(source)
+        except (AndromedaError, OSError) as e:
+            raise fail(f"models[{i}]: ", e) from None
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -211,10 +271,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set '{item}': use key.path=value, e.g. timing.budget_s=0.5")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set '{item}': the value is not valid YAML") from None
+    value = manifest_yaml.load(raw, f"--set '{item}'")
     parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts):
@@ -235,71 +292,111 @@ def apply_override(data: dict[str, Any], item: str) -> None:
 
 
 # ---- one-line errors -----------------------------------------------------------------------
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict", "list", "[key]"}
+_WRONG_BRANCH = ("model_type", "list_type", "dict_type", "model_attributes_type", "string_type", "int_type",
+                 "float_type", "bool_type", "none_required", "is_instance_of", "literal_error")
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Annotated, unions, lists, dicts)."""
+    out, stack = [], [annotation]
+    while stack:
+        a = stack.pop()
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            out.append(a)
+        else:
+            stack.extend(typing.get_args(a))
+    return out
+
+
+def _field(cls: type[BaseModel], part: str) -> tuple[str, Any] | None:
+    for name, info in cls.model_fields.items():
+        if part in (name, info.alias):
+            return info.alias or name, info.annotation
+    return None
+
+
+def _walk(loc: list[Any] | tuple[Any, ...]) -> tuple[str, list[type[BaseModel]], bool]:
+    """A pydantic error location as the manifest's path (union branch tags dropped), the models that can
+    sit at its end, and whether it passed through a union branch tag."""
+    path, cands, tagged = "", [Manifest], False
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+            continue
+        if len(cands) > 1 and (chosen := [c for c in cands if _scenario_tag(c) == part]):
+            cands = chosen  # the discriminator pydantic puts after scenarios[i]
+            continue
+        found = next((f for c in cands if (f := _field(c, part)) is not None), None)
+        if found is not None:
+            path += ("." if path else "") + found[0]
+            cands = _models_in(found[1])
+            continue
+        chosen = [c for c in cands if part == c.__name__]
+        if chosen or part in _TYPE_TAGS or "[" in part or "(" in part:  # a union branch: str, ModelRef, list[...]
+            cands, tagged = chosen or cands, True
+            continue
+        path += ("." if path else "") + str(part)  # a mapping key (max_abs_diff_by_dtype.float32)
+        cands = []
+    return path or "manifest", cands, tagged
+
+
+def _scenario_tag(cls: type[BaseModel]) -> Any:
+    f = cls.model_fields.get("scenario")
+    return f.default if f is not None else None
+
+
+def first_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The error to show: for a union, the one from the branch that fits the input's shape."""
+    def wrong_branch(err: dict[str, Any]) -> bool:
+        return err["type"] in _WRONG_BRANCH and _walk(err["loc"])[2]
+
+    return next((err for err in errors if not wrong_branch(err)), errors[0])
+
+
 def format_error(err: dict[str, Any]) -> str:
     loc = list(err["loc"])
-    path = _loc_str(loc)
+    path, cands, _ = _walk(loc)
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         allowed = _allowed_fields(loc[:-1])
         hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
-        return f"{path}: unknown field{hint}"
+        near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        return f"{path}: unknown field{hint}" + (f" (did you mean '{near[0]}'?)" if near else "")
     if kind == "missing":
         return f"{path}: required field is missing"
+    names = ", ".join(scenario_configs.names())
     if kind == "union_tag_invalid":
-        name = err["input"].get("scenario")
-        return f"{path}.scenario: unknown scenario {name!r}; available: {', '.join(scenarios.names())}"
+        return f"{path}.scenario: unknown scenario {show(err['input'].get('scenario'))}; available: {names}"
     if kind == "union_tag_not_found":
-        return f"{path}: each scenario needs 'scenario: NAME'; available: {', '.join(scenarios.names())}"
+        return f"{path}: each scenario needs 'scenario: NAME'; available: {names}"
     if msg.startswith("Value error, "):
         msg = msg.removeprefix("Value error, ")
         if not loc:  # a whole-manifest check: its message names the field itself
             return msg
-        if msg.startswith("["):  # models[i] ...
+        if msg.startswith("["):  # models[i] ..., ranks[i] ...
             idx, _, rest = msg.partition("] ")
             return f"{path}{idx}]: {rest}"
+        head = re.match(r"([A-Za-z_]\w*)[.\[:]", msg)
+        if head and len(cands) == 1 and _field(cands[0], head.group(1)):  # "layout: ..." of the entry at path
+            return f"{path}.{msg}"
+        return f"{path}: {msg}"
     got = err.get("input")
-    got_s = "" if isinstance(got, (dict, list)) or kind.startswith("too_short") else f" (got {got!r})"
+    got_s = "" if isinstance(got, (dict, list)) or kind.startswith("too_short") else f" (got {show(got)})"
     return f"{path}: {msg}{got_s}"
 
 
-def _loc_str(loc: list[Any]) -> str:
-    out = ""
-    skip_tag = False
-    for i, part in enumerate(loc):
-        if skip_tag:  # the discriminator tag pydantic inserts after a scenarios index
-            skip_tag = False
-            continue
-        if part in _UNION_TAGS:
-            continue
-        if isinstance(part, int):
-            out += f"[{part}]"
-            skip_tag = i >= 1 and loc[i - 1] == "scenarios" and i + 1 < len(loc) and loc[i + 1] in scenarios.names()
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "manifest"
-
-
 def _allowed_fields(loc: list[Any]) -> list[str]:
-    cls: Any = Manifest
-    for part in loc:
-        if isinstance(part, int) or part in _UNION_TAGS:
-            continue
-        if cls is Manifest and part == "scenarios":
-            cls = "scenario-list"
-            continue
-        if cls == "scenario-list":
-            cls = next((c for c in scenarios.configs() if c.model_fields["scenario"].default == part), None)
-            continue
-        if isinstance(cls, type) and issubclass(cls, BaseModel) and part in cls.model_fields:
-            ann = cls.model_fields[part].annotation
-            args = [b for a in typing.get_args(ann) for b in (a, *typing.get_args(a))]  # X | list[X] | None
-            cls = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), ann)
-            continue
+    _, cands, _ = _walk(loc)
+    if len(cands) != 1:
         return []
-    if isinstance(cls, type) and issubclass(cls, BaseModel):
-        return list(cls.model_fields)
-    return []
+    return [info.alias or name for name, info in cands[0].model_fields.items()]
 
 
 def json_schema() -> dict[str, Any]:
     return Manifest.model_json_schema()
+
+
+__all__ = ["Manifest", "TimingSpec", "ReportSpec", "CompareSpec", "CompareThresholds", "load_manifest", "validate",
+           "check_resources", "read_yaml", "apply_override", "preset_names", "preset_text", "format_error",
+           "json_schema", "FORMATS", "DTYPES"]

@@ -16,21 +16,34 @@ Nothing downloads: HF checkpoints and tokenizers load with local_files_only.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 import torch
 from torch import nn
 
 from andromeda.bench.facts import ModelFacts, facts_from_config
+from andromeda.bench.source_spec import (  # noqa: F401 - the parsing half lives there, torch-free
+    COMPILE_KEY,
+    COMPILE_MODES,
+    KINDS,
+    andromeda_config,
+    check_source,
+    check_syntax,
+    compile_mode,
+    hf_config,
+    llama_config_for,
+    parse_source,
+    resolve_config,
+    split_matched,
+    xt_unsupported,
+)
 from andromeda.errors import ConfigError, missing_extra
-from andromeda.model import Andromeda, ByteTokenizer, ModelConfig, from_name
+from andromeda.model import Andromeda, ByteTokenizer, from_name
 
-KINDS = ("andromeda", "hf", "xt")
+validate_source = check_source  # the name tests and older code use
 
 
 @dataclass
@@ -49,86 +62,6 @@ class ModelBundle:
         from andromeda.model import lm_loss
 
         return lm_loss(self.logits(tokens), tokens)
-
-
-def parse_source(source: str) -> tuple[str, str, dict[str, Any]]:
-    """'andromeda:base?depth=12' -> ('andromeda', 'base', {'depth': 12})."""
-    if not isinstance(source, str) or ":" not in source:
-        raise ConfigError(
-            f"models: '{source}' is not a model source; use andromeda:<preset>, hf:<path|type> or xt:<preset>"
-        )
-    kind, rest = source.split(":", 1)
-    if kind not in KINDS:
-        raise ConfigError(f"models: source kind '{kind}' is unknown in '{source}'; allowed: {', '.join(KINDS)}")
-    name, _, query = rest.partition("?")
-    if not name:
-        raise ConfigError(f"models: '{source}' names no model after '{kind}:'")
-    pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False)
-    if query and not pairs:
-        raise ConfigError(f"models: cannot parse overrides '{query}' in '{source}'; use key=value&key=value")
-    overrides = {k: _parse_value(v) for k, v in pairs if k != COMPILE_KEY}
-    return kind, name, overrides
-
-
-COMPILE_KEY = "compile"  # a source option, not a model field: ?compile=default | max-autotune | reduce-overhead
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def compile_mode(source: str) -> str | None:
-    """The torch.compile mode a source asks for with ?compile=MODE (true = default), or None."""
-    query = source.partition("?")[2]
-    for k, v in parse_qsl(query, keep_blank_values=True):
-        if k == COMPILE_KEY:
-            mode = "default" if v in ("", "true", "1") else v
-            if mode not in COMPILE_MODES:
-                raise ConfigError(f"models: '{source}': compile={v} is not a torch.compile mode; "
-                                  f"allowed: true, {', '.join(COMPILE_MODES)}")
-            return mode
-    return None
-
-
-def _parse_value(v: str) -> Any:
-    try:
-        return json.loads(v)
-    except json.JSONDecodeError:
-        return v
-
-
-def validate_source(source: str) -> None:
-    """Cheap checks done at manifest time, before anything is built."""
-    kind, name, overrides = parse_source(source)
-    compile_mode(source)
-    if kind in ("andromeda", "xt"):
-        resolve_config(name, overrides)
-    elif kind == "hf" and name.startswith("matched:"):
-        from_name(name.split(":", 1)[1], **split_matched(overrides)[0])
-
-
-def resolve_config(name: str, overrides: dict) -> ModelConfig:
-    """A preset name, or an Andromeda checkpoint directory (its config.json), with field overrides."""
-    from andromeda.model.checkpoint import CONFIG
-
-    path = Path(name)
-    if (path / CONFIG).is_file():
-        saved = json.loads((path / CONFIG).read_text())
-        return ModelConfig.from_dict({**saved, **overrides})
-    return from_name(name, **overrides)
-
-
-def split_matched(overrides: dict) -> tuple[dict, dict]:
-    """hf:matched:<preset>?...: Andromeda config fields (they shape the Llama) and the rest (Llama config keys)."""
-    fields = set(ModelConfig.__dataclass_fields__)
-    return ({k: v for k, v in overrides.items() if k in fields},
-            {k: v for k, v in overrides.items() if k not in fields})
-
-
-def andromeda_config(source: str) -> ModelConfig:
-    kind, name, overrides = parse_source(source)
-    if kind == "hf" and name.startswith("matched:"):
-        return from_name(name.split(":", 1)[1], **split_matched(overrides)[0])
-    if kind not in ("andromeda", "xt"):
-        raise ConfigError(f"models: '{source}' is not an Andromeda-shaped source")
-    return resolve_config(name, overrides)
 
 
 def build(source: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
@@ -163,16 +96,6 @@ def _build_andromeda(source: str, name: str, overrides: dict) -> ModelBundle:
 
 
 # ---- Hugging Face ------------------------------------------------------------------------
-def llama_config_for(cfg: ModelConfig) -> dict[str, Any]:
-    """A Llama config of the same shape as an Andromeda config (dim, depth, heads, KV heads, FFN size)."""
-    return dict(
-        vocab_size=cfg.num_tokens, hidden_size=cfg.dim, num_hidden_layers=cfg.depth,
-        num_attention_heads=cfg.heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.dim_head,
-        intermediate_size=cfg.ff_hidden, max_position_embeddings=cfg.max_seq_len,
-        tie_word_embeddings=cfg.tie_embeddings,
-    )
-
-
 def _build_hf(source: str, name: str, overrides: dict) -> ModelBundle:
     try:
         import transformers
@@ -195,7 +118,7 @@ def _build_hf(source: str, name: str, overrides: dict) -> ModelBundle:
         else:
             model_type, kw = name, overrides
         try:
-            config = _hf_config(AutoConfig, model_type, kw)
+            config = hf_config(AutoConfig, model_type, kw)
         except ValueError as e:
             raise ConfigError(
                 f"models: '{source}': '{name}' is neither a local directory nor a transformers model type "
@@ -215,22 +138,6 @@ def _build_hf(source: str, name: str, overrides: dict) -> ModelBundle:
 
     return ModelBundle(source, model, tokenizer, facts, logits=logits, generate=generate,
                        info={"transformers": transformers.__version__, "model_type": c.model_type})
-
-
-def _hf_config(auto_config, model_type: str, kw: dict[str, Any]):
-    """AutoConfig.for_model, also for head_dim x heads != hidden_size (Andromeda's 2.5B: 24 x 128 over 2560).
-
-    transformers' config check requires hidden_size to be a multiple of the head count although Llama's
-    modules take head_dim from the config; such a shape is built with a head count that passes the check,
-    then given its real head counts before the model is created."""
-    heads, hidden, head_dim = kw.get("num_attention_heads"), kw.get("hidden_size"), kw.get("head_dim")
-    if not (heads and hidden and head_dim) or hidden % heads == 0:
-        return auto_config.for_model(model_type, **kw)
-    placeholder = {"num_attention_heads": 1, "num_key_value_heads": 1}
-    config = auto_config.for_model(model_type, **{**kw, **placeholder})
-    config.num_attention_heads = heads
-    config.num_key_value_heads = kw.get("num_key_value_heads", heads)
-    return config
 
 
 def _hf_facts(c, model: nn.Module) -> ModelFacts:
@@ -266,9 +173,8 @@ def _build_xt(source: str, name: str, overrides: dict) -> ModelBundle:
     except ImportError as e:
         raise missing_extra("x-transformers", "xt") from e
     cfg = resolve_config(name, overrides)
-    if cfg.parallel_block or cfg.pos_interpolation_factor != 1.0 or cfg.ff_glu or cfg.deepnorm:
-        raise ConfigError(f"models: '{source}': parallel_block, pos_interpolation_factor, ff_glu and deepnorm "
-                          "have no equivalent in this x-transformers version")
+    if (reason := xt_unsupported(cfg)) is not None:
+        raise ConfigError(f"models: '{source}': {reason}")
     model = TransformerWrapper(
         num_tokens=cfg.num_tokens, max_seq_len=cfg.max_seq_len, use_abs_pos_emb=cfg.use_abs_pos_emb,
         tie_embedding=cfg.tie_embeddings,

@@ -80,7 +80,10 @@ def parse_data_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
         kind, rest = _kind_from_suffix(head), head
     if not rest:
         raise ConfigError(f"data: '{spec}' names nothing after '{kind}:'")
-    opts = {k: _value(v) for k, v in parse_qsl(query, keep_blank_values=True)}
+    pairs = parse_qsl(query, keep_blank_values=True)
+    opts = {k: _value(v) for k, v in pairs}
+    if len(opts) < len(pairs):
+        raise ConfigError(f"data: '{spec}' sets an option twice; keep one of each")
     allowed = _OPTIONS[kind]
     for k in opts:
         if k not in allowed:
@@ -90,7 +93,7 @@ def parse_data_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
     if kind == "bin" and str(opts.get("dtype", "uint16")) not in _BIN_DTYPES:
         raise ConfigError(f"data: '{spec}': dtype must be one of {', '.join(_BIN_DTYPES)}")
     vf = opts.get("val_fraction", 0.1)
-    if not isinstance(vf, (int, float)) or not 0 <= vf < 1:
+    if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 <= vf < 1:
         raise ConfigError(f"data: '{spec}': val_fraction must be a number in [0, 1), got {vf!r}")
     if kind == "text" and opts.get("docs", "file") not in ("file", "line"):
         raise ConfigError(f"data: '{spec}': docs must be 'file' (one document per file) or 'line'")
@@ -123,6 +126,55 @@ def validate_data_spec(spec: str) -> None:
     kind, _, opts = parse_data_spec(spec)
     if kind == "synthetic":
         _markov(opts)
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_DATASET_FILES = ("dataset_info.json", "dataset_dict.json", "state.json")
+_DATASET_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
+
+
+def check_data_files(spec: str) -> None:
+    """Load-time check that the files a data source names exist and are of its kind (reading them is
+    the run's work): a .npy file with NumPy's header, a whole number of uint16/uint32 tokens in a .bin,
+    a non-empty text file or a directory with .txt/.md files, a datasets directory or data file."""
+    kind, rest, opts = parse_data_spec(spec)
+    if kind == "synthetic":
+        return
+    p = Path(rest)
+    if not p.exists():
+        raise ConfigError(f"data: '{spec}': '{p}' does not exist")
+    if kind in ("npy", "bin"):
+        if not p.is_file():
+            raise ConfigError(f"data: '{spec}': '{p}' is a directory; {kind} data is one token file")
+        size = p.stat().st_size
+        if kind == "npy":
+            with open(p, "rb") as f:
+                if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+                    raise ConfigError(f"data: '{spec}': '{p}' is not a .npy file (no NumPy header); "
+                                      "write token ids with numpy.save, or use bin: for raw tokens")
+        else:
+            name = str(opts.get("dtype", "uint16"))
+            itemsize = np.dtype(_BIN_DTYPES[name]).itemsize
+            if size == 0 or size % itemsize:
+                raise ConfigError(f"data: '{spec}': '{p}' is {size} bytes, not a whole number (>= 1) of {name} "
+                                  "tokens")
+    elif kind == "text":
+        if p.is_dir():
+            if next((f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in (".txt", ".md")), None) is None:
+                raise ConfigError(f"data: '{spec}': no .txt or .md files under '{p}'")
+        elif p.stat().st_size == 0:
+            raise ConfigError(f"data: '{spec}': '{p}' is empty")
+    elif kind == "datasets":
+        import importlib.util
+
+        if importlib.util.find_spec("datasets") is None:
+            raise ConfigError(f"data: '{spec}' needs the Hugging Face `datasets` package; install it with: "
+                              "pip install datasets")
+        if p.is_dir() and not any((p / n).is_file() for n in _DATASET_FILES):
+            raise ConfigError(f"data: '{spec}': '{p}' is not a saved dataset (no {' or '.join(_DATASET_FILES[:2])}; "
+                              "write it with Dataset.save_to_disk)")
+        if p.is_file() and p.suffix.lower() not in _DATASET_SUFFIXES:
+            raise ConfigError(f"data: '{spec}': datasets reads {', '.join(_DATASET_SUFFIXES)} files, not '{p.name}'")
 
 
 # ---- array helpers -----------------------------------------------------------------------------
@@ -338,6 +390,12 @@ class DocumentData(DataSource):
         return int(max(int(np.max(d)) for d in self.docs.tokens if len(d)))
 
 
+# the synthetic source's integer options: n_symbols + offset <= 256 (MarkovSource checks it); seeds as numpy's
+_MARKOV_INT_RANGES = {"n_symbols": (2, 256), "successors": (1, 256), "seed": (0, 2**32 - 1), "offset": (0, 254),
+                      "val_docs": (1, 100_000), "doc_len": (2, 1 << 20)}
+_MARKOV_MAX_TOKENS = 1 << 27  # validation tokens the synthetic source generates (1 GiB as int64)
+
+
 def _markov(opts: dict[str, Any]) -> tuple[MarkovSource, dict[str, int]]:
     keys = ("n_symbols", "successors", "alpha", "seed", "offset")
     kw = {k: opts[k] for k in keys if k in opts}
@@ -346,10 +404,18 @@ def _markov(opts: dict[str, Any]) -> tuple[MarkovSource, dict[str, int]]:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (want is int and not isinstance(v, int)):
             raise ConfigError(f"data: synthetic option {k} must be {'a number' if want is float else 'an integer'}"
                               f", got {v!r}")
+    for k, (lo, hi) in _MARKOV_INT_RANGES.items():
+        v = kw.get(k)
+        if isinstance(v, int) and not lo <= v <= hi:
+            raise ConfigError(f"data: synthetic option {k} must be from {lo} to {hi}, got {v}")
     extra = {k: opts[k] for k in ("val_docs", "doc_len") if k in opts}
     for k, v in extra.items():
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"data: synthetic option {k} must be an integer, got {v!r}")
+        lo, hi = _MARKOV_INT_RANGES[k]
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ConfigError(f"data: synthetic option {k} must be an integer from {lo} to {hi}, got {v!r}")
+    docs, length = extra.get("val_docs", 16), extra.get("doc_len", 512)
+    if docs * length > _MARKOV_MAX_TOKENS:
+        raise ConfigError(f"data: synthetic val_docs x doc_len = {docs * length} tokens; at most {_MARKOV_MAX_TOKENS}")
     return MarkovSource(**{"n_symbols": 64, "successors": 8, **kw}), extra
 
 
@@ -377,6 +443,6 @@ def open_data(spec: str, tokenizer: Any = None, *, add_bos: bool = True) -> Data
 
 __all__ = [
     "Documents", "DataSource", "SyntheticData", "DocumentData", "open_data", "parse_data_spec",
-    "validate_data_spec", "load_tokens", "load_text", "load_hf_dataset", "text_documents", "token_bytes",
+    "validate_data_spec", "check_data_files", "load_tokens", "load_text", "load_hf_dataset", "text_documents", "token_bytes",
     "KINDS",
 ]

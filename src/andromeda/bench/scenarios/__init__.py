@@ -1,32 +1,23 @@
-"""Scenarios: one file each, one registry.
+"""Scenarios: one run module each (torch), one torch-free config module each (config/), one registry.
 
-A scenario is a class registered with @register("name") that has
-  Config   a pydantic model (extra keys forbidden) whose list-valued SWEEP fields are sweep axes
+A scenario is a class registered with @register("name") in scenarios/<name>.py that has
+  Config   its config class, from scenarios/config/<name>.py (list-valued SWEEP fields are sweep axes)
   run(bundle, point, ctx) -> list[Record]     one sweep point of one model
   finalize(bundle, records, ctx) -> list[Record]  optional: records derived from the whole sweep
+
+names() and configs() read the configs alone, so a manifest validates without importing torch; get()
+imports the run module the first time a scenario is run.
 """
 
 from __future__ import annotations
 
-import itertools
-from typing import Any, ClassVar
+import importlib
+import pkgutil
 
-from pydantic import BaseModel, ConfigDict
+from andromeda.bench.scenarios.config import ScenarioConfig, configs, names  # noqa: F401 - the registry's API
 
 _REGISTRY: dict[str, type] = {}
-
-
-class ScenarioConfig(BaseModel):
-    """Base for scenario configs: list fields named in SWEEP are swept as a cartesian product."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    SWEEP: ClassVar[tuple[str, ...]] = ()
-
-    def points(self) -> list[dict[str, Any]]:
-        fixed = {k: v for k, v in self.model_dump().items() if k not in self.SWEEP and k != "scenario"}
-        axes = [(k, getattr(self, k)) for k in self.SWEEP]
-        return [{**fixed, **dict(zip([a for a, _ in axes], combo, strict=True))}
-                for combo in itertools.product(*[vals for _, vals in axes])]
+_NOT_SCENARIOS = ("common", "config")
 
 
 def register(name: str):
@@ -41,27 +32,25 @@ def register(name: str):
 def get(name: str):
     from andromeda.errors import ConfigError
 
+    if name not in names():
+        raise ConfigError(f"scenario '{name}' is unknown; available: {', '.join(names())}")
     if name not in _REGISTRY:
-        raise ConfigError(f"scenario '{name}' is unknown; available: {', '.join(_REGISTRY)}")
+        try:
+            importlib.import_module(f"{__name__}.{name}")  # scenarios/<name>.py registers it
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+        if name not in _REGISTRY:
+            load_all()
     return _REGISTRY[name]()
 
 
-def names() -> list[str]:
-    return list(_REGISTRY)
-
-
-def configs() -> list[type[ScenarioConfig]]:
-    return [cls.Config for cls in _REGISTRY.values()]
-
-
-def _load() -> None:
-    """Import every scenario module in this package (each registers itself); `common` is shared code."""
-    import importlib
-    import pkgutil
-
+def load_all() -> dict[str, type]:
+    """Import every run module (each registers itself): name -> scenario class."""
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if mod.name != "common" and not mod.name.startswith("_"):
+        if mod.name not in _NOT_SCENARIOS and not mod.name.startswith("_"):
             importlib.import_module(f"{__name__}.{mod.name}")
+    return dict(_REGISTRY)
 
 
-_load()
+__all__ = ["ScenarioConfig", "register", "get", "names", "configs", "load_all"]

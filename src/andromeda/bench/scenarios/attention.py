@@ -16,76 +16,20 @@ The model source of the manifest is not used: the runner needs one, any will do.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 import torch
-from pydantic import ConfigDict, Field, model_validator
 
-from andromeda.bench.attention_impls import IMPLS, Problem, alibi_slopes, check_kernels, cuda_kernels, prepare
+from andromeda.bench.attention_impls import Problem, alibi_slopes, check_kernels, cuda_kernels, prepare
 from andromeda.bench.flops import achieved_tflops, mfu
 from andromeda.bench.memory import track_memory
-from andromeda.bench.scenarios import ScenarioConfig, register
-from andromeda.bench.scenarios.common import PosInt, PosIntList
-from andromeda.bench.sparsity import PATTERNS, Pattern, PatternSpec, get_pattern
+from andromeda.bench.scenarios import register
+from andromeda.bench.scenarios.config.attention import AttentionConfig
+from andromeda.bench.sparsity import Pattern, PatternSpec, get_pattern
 from andromeda.errors import UnsupportedError
-
-Impl = Literal[IMPLS]  # type: ignore[valid-type]
-PatternName = Literal[PATTERNS]  # type: ignore[valid-type]
-DType = Literal["float32", "bfloat16", "float16"]
-Pass = Literal["forward", "fwd_bwd"]
-NonNegInt = Annotated[int, Field(ge=0)]
 
 BACKWARD_FACTOR = 2.5  # attention backward FLOPs / forward FLOPs (ARCHITECTURE.md)
 # max_rel_err above this flags the record (gradients: twice this): a wrong kernel, not rounding
 TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 1e-2}
 _REF_ELEMS = 1 << 24  # float64 reference: at most B x rows x N score elements per head (128 MiB)
-
-
-class AttentionConfig(ScenarioConfig):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-    SWEEP = ("dtype", "causal", "pattern", "seq_len", "pass_", "impl")  # impls of one shape run back to back
-    scenario: Literal["attention"] = "attention"
-    impl: list[Impl] = Field(default=["eager", "sdpa_math", "flex"], min_length=1)
-    pattern: list[PatternName] = Field(default=["dense"], min_length=1)
-    seq_len: PosIntList = [256]
-    batch: PosInt = 1
-    heads: PosInt = 4
-    kv_heads: PosInt = 4  # = heads: MHA; a divisor: GQA; 1: MQA
-    head_dim: PosInt = 32
-    dtype: list[DType] = Field(default=["float32"], min_length=1)
-    causal: list[bool] = Field(default=[True], min_length=1)
-    alibi: bool = False  # ALiBi slopes on every head
-    pass_: list[Pass] = Field(default=["forward"], alias="pass", min_length=1)
-    window: PosInt = 256  # sliding_window / dilated: keys per side; bigbird: local band (window // block_size blocks)
-    dilation: PosInt = 2
-    global_tokens: NonNegInt = 0  # bigbird
-    random_blocks: NonNegInt = 0  # bigbird: random key blocks per query block
-    block_size: PosInt = 128  # FlexAttention block; bigbird's block; the unit of block_sparsity
-    layout: list[list[Literal[0, 1]]] | None = None  # block_sparse: L x L, stretched over N x N
-    dense_mask_max_len: PosInt = 4096  # eager/SDPA take a sparse pattern or ALiBi as a dense mask up to this N
-    ref_rows: PosInt = 256  # float64 reference on at most this many query rows (all rows when N is smaller)
-    profile_kernels: bool = True  # CUDA: record the kernel names torch.profiler sees
-
-    @model_validator(mode="after")
-    def _check(self) -> AttentionConfig:
-        if self.heads % self.kv_heads:
-            raise ValueError(f"kv_heads ({self.kv_heads}) must divide heads ({self.heads})")
-        if "block_sparse" in self.pattern and not self.layout:
-            raise ValueError("layout: pattern block_sparse needs a layout (an L x L list of 0/1 rows)")
-        if self.layout:
-            size = len(self.layout)
-            if any(len(row) != size for row in self.layout):
-                raise ValueError(f"layout: must be square; got {size} rows of lengths {[len(r) for r in self.layout]}")
-            # every query must see a key: a row needs a 1 at or before the diagonal (causal) or anywhere
-            causal = True in self.causal
-            for i, row in enumerate(self.layout):
-                if not any(row[: i + 1] if causal else row):
-                    hint = " (causal: it needs a 1 at or before the diagonal)" if causal else ""
-                    raise ValueError(f"layout: row {i} leaves its queries no key to attend to{hint}")
-        return self
-
-    def points(self):
-        return [{("pass" if k == "pass_" else k): v for k, v in p.items()} for p in super().points()]
 
 
 def make_inputs(prob: Problem, device: torch.device, seed: int):

@@ -16,33 +16,18 @@ op x size; samples: the per-run time (max over ranks) and every rank's as time_u
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
-
 import numpy as np
 import torch
-from pydantic import Field
 
 from andromeda.bench.balance import algbw_gbps, bus_factor
-from andromeda.bench.distributed import RanksList, barrier, dist_of, fixed_count_timing
-from andromeda.bench.scenarios import ScenarioConfig, register
+from andromeda.bench.distributed import barrier, dist_of, fixed_count_timing
+from andromeda.bench.scenarios import register
+from andromeda.bench.scenarios.config.collectives import CollectivesConfig
 from andromeda.bench.stats import summarize
 from andromeda.bench.timing import time_fn
 from andromeda.errors import ConfigError
 
 MiB = 2**20
-Op = Literal["all_reduce", "all_gather"]
-
-
-class CollectivesConfig(ScenarioConfig):
-    SWEEP = ("ranks",)
-    NEEDS_LAUNCHER: ClassVar[bool] = True
-    scenario: Literal["collectives"] = "collectives"
-    ranks: RanksList = ["all"]
-    ops: Annotated[list[Op], Field(min_length=1)] = ["all_reduce", "all_gather"]
-    sizes_mib: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = [1.0, 16.0, 64.0, 256.0]
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    warmup: Annotated[int, Field(ge=0)] = 5
-    iters: Annotated[int, Field(gt=0)] = 20
 
 
 def _all_gather(out: torch.Tensor, inp: torch.Tensor) -> None:

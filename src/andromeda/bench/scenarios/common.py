@@ -1,18 +1,11 @@
-"""Pieces several scenarios share: typed sweep values, random inputs, FLOP metrics, train steps."""
+"""Pieces several scenarios' run code shares: random inputs, FLOP metrics, train steps (typed config
+fields are in bench/fields.py and scenarios/config/)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 import torch
-from pydantic import Field
 
 from andromeda.bench.flops import achieved_tflops, mfu
-
-PosInt = Annotated[int, Field(gt=0)]
-PosIntList = Annotated[list[PosInt], Field(min_length=1)]
-NonNegInt = Annotated[int, Field(ge=0)]
-CacheKind = Literal["full", "int8", "int4"]  # decoding.CACHE_KINDS
 
 
 def random_tokens(bundle, batch: int, seq: int, device: torch.device, seed: int = 0) -> torch.Tensor:

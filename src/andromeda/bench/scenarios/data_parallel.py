@@ -41,43 +41,21 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
 from andromeda.bench.balance import load_balance, rank_spread, scaling_efficiency
-from andromeda.bench.distributed import RanksList, barrier, dist_of
-from andromeda.bench.scenarios import ScenarioConfig, register
-from andromeda.bench.scenarios.common import PosInt, check_length, random_tokens
+from andromeda.bench.distributed import barrier, dist_of
+from andromeda.bench.scenarios import register
+from andromeda.bench.scenarios.common import check_length, random_tokens
+from andromeda.bench.scenarios.config.data_parallel import DataParallelConfig
 from andromeda.bench.stats import summarize
 from andromeda.train.loop import TrainConfig, Trainer, enable_activation_checkpointing
 
-NonNegInt = Annotated[int, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0)]
 _PHASES = ("step_ms", "forward_ms", "backward_ms", "optimizer_ms")
 _POOL = 4  # distinct random batches per rank, cycled
-
-
-class DataParallelConfig(ScenarioConfig):
-    SWEEP = ("strategy", "scaling", "ranks")
-    NEEDS_LAUNCHER: ClassVar[bool] = True
-    scenario: Literal["data_parallel"] = "data_parallel"
-    strategy: Annotated[list[Literal["ddp", "fsdp"]], Field(min_length=1)] = ["ddp"]
-    scaling: Annotated[list[Literal["weak", "strong"]], Field(min_length=1)] = ["weak"]
-    ranks: RanksList = ["all"]  # processes per case; "all" = the launcher's nproc x nodes
-    batch: PosInt = 8  # sequences per rank (weak) or in total (strong)
-    seq_len: PosInt = 128
-    warmup: NonNegInt = 2  # untimed steps
-    steps: PosInt = 10  # timed steps
-    lr: PosFloat = 1e-4
-    grad_clip: PosFloat | None = 1.0
-    precision: Literal["fp32", "bf16"] = "fp32"  # autocast dtype of forward and loss
-    activation_checkpointing: bool = False
-    profile_steps: NonNegInt = 2  # steps under torch.profiler for the communication share; 0 = none
-    straggler_threshold: Annotated[float, Field(ge=0)] = 0.1  # 0.1 = a rank 10% slower than the others
 
 
 # ---- wrapping -------------------------------------------------------------------------------------

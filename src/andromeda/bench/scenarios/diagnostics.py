@@ -18,65 +18,20 @@ Formulas: docs/diagnostics.md.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
 
 import torch
-from pydantic import Field
 
-from andromeda.bench.scenarios import ScenarioConfig, register
-from andromeda.bench.scenarios.common import PosInt, zero_grads
+from andromeda.bench.scenarios import register
+from andromeda.bench.scenarios.common import zero_grads
+from andromeda.bench.scenarios.config.diagnostics import PROBES, DiagnosticsConfig  # noqa: F401
 from andromeda.diagnostics import inputs as suite_mod
 from andromeda.diagnostics import probes
 from andromeda.diagnostics.api import Diagnostics, DiagnosticsOptions
 from andromeda.diagnostics.attention import HIST_EDGES
 from andromeda.diagnostics.gradients import GradThresholds
 
-Probe = Literal["params", "activations", "gradients", "attention", "inputs", "sensitivity", "robustness",
-                "ambiguity"]
-PROBES = list(Probe.__args__)
-InputClass = Literal["prose", "code", "numbers", "repetitive", "multilingual", "random_bytes", "ood"]
-NoiseKind = Literal["substitute", "delete", "insert"]
-NonNeg = Annotated[int, Field(ge=0)]
-Rate = Annotated[float, Field(ge=0, le=1)]
-Frac = Annotated[float, Field(ge=0, lt=1)]
-Pos = Annotated[float, Field(gt=0)]
 STAT_METRICS = ("mean", "std", "min", "max", "abs_max", "rms", "l2_norm", "skewness", "kurtosis", "zero_frac",
                 "saturated_frac", "dead_frac", "nan_count", "inf_count", "count")
-
-
-class DiagnosticsConfig(ScenarioConfig):
-    SWEEP = ("probe",)
-    scenario: Literal["diagnostics"] = "diagnostics"
-    probe: list[Probe] = Field(default=PROBES, min_length=1)
-    # the input of activations / gradients / attention, and of sensitivity / robustness
-    batch: PosInt = 1
-    seq_len: PosInt = 128
-    input_class: InputClass = "prose"
-    steps: PosInt = 1  # forward + backward passes (new samples each) the statistics accumulate over
-    # attention
-    attn_layers: list[NonNeg] | None = None  # None: every layer
-    attn_heads: list[NonNeg] | None = None  # None: every head
-    heatmap_len: NonNeg = 32
-    heatmap_layers: list[NonNeg] | None = None  # None: every attention layer
-    attn_chunk: PosInt | None = None  # query rows per chunk; None: about 4M probabilities per chunk
-    entropy_threshold: Pos = 0.5
-    max_weight_threshold: Rate = 0.5
-    # activations and gradients
-    saturation: Pos | None = None  # None: half the largest finite value of the activation's dtype
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: Pos = 1e-3
-    vanishing_abs: Pos = GradThresholds.vanishing_abs
-    vanishing_rel: Pos = GradThresholds.vanishing_rel
-    exploding_abs: Pos = GradThresholds.exploding_abs
-    exploding_rel: Pos = GradThresholds.exploding_rel
-    # the input suite
-    classes: list[InputClass] = Field(default=list(suite_mod.CLASSES), min_length=1)
-    lengths: list[PosInt] | None = None  # None: 16, 64, 256, ... and the limit
-    max_len: PosInt | None = None  # the limit of the suite's lengths; None: the model's max_seq_len
-    samples: PosInt = 1  # sequences per (class, length), per robustness point, per sensitivity position
-    noise: list[NoiseKind] = Field(default=list(suite_mod.NOISE_KINDS), min_length=1)
-    noise_rates: list[Rate] = Field(default=[0.0, 0.01, 0.05, 0.1, 0.2], min_length=1)
-    sensitivity_positions: list[Frac] = Field(default=[0.1, 0.5, 0.9], min_length=1)  # fractions of seq_len
 
 
 def _stats_metrics(s: dict, prefix: str = "") -> dict[str, float]:

@@ -12,33 +12,14 @@ decode_kernels picks that step's kernels: "torch", "triton" (our fused batch-1 k
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 import numpy as np
-from pydantic import Field
 
 from andromeda.bench.decoding import Decoder
-from andromeda.bench.scenarios import ScenarioConfig, register
-from andromeda.bench.scenarios.common import CacheKind, NonNegInt, PosInt, PosIntList, random_tokens
+from andromeda.bench.scenarios import register
+from andromeda.bench.scenarios.common import random_tokens
+from andromeda.bench.scenarios.config.generation import GenerationConfig
 from andromeda.bench.stats import summarize
 from andromeda.bench.timing import Stopwatch
-
-
-class GenerationConfig(ScenarioConfig):
-    SWEEP = ("prompt_len", "gen_len", "batch", "use_cache", "cache", "cuda_graph", "decode_kernels")
-    scenario: Literal["generation"] = "generation"
-    prompt_len: PosIntList = [32]
-    gen_len: PosIntList = [32]
-    batch: PosIntList = [1]
-    use_cache: list[bool] = Field(default=[True], min_length=1)
-    runs: Annotated[int, Field(gt=0)] = 3  # whole generations measured (each gives gen_len - 1 step samples)
-    cache: list[CacheKind] = Field(default=["full"], min_length=1)  # KV cache: model dtype, int8 or int4
-    cache_group_size: PosInt = 64  # int8/int4: features per scale
-    cache_window: NonNegInt = 0  # int8/int4: recent positions kept in full precision
-    # Andromeda decode steps as one replayed CUDA graph (captured before the prefill, untimed); CUDA, full cache
-    cuda_graph: list[bool] = Field(default=[False], min_length=1)
-    # the graphed step's kernels (cuda_graph only): torch ops, our fused Triton kernels, or triton where it can run
-    decode_kernels: list[Literal["auto", "torch", "triton"]] = Field(default=["auto"], min_length=1)
 
 
 @register("generation")

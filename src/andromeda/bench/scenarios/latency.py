@@ -10,24 +10,13 @@ Modes
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
 from andromeda.bench.flops import backward_flops, forward_flops
-from andromeda.bench.scenarios import ScenarioConfig, register
-from andromeda.bench.scenarios.common import PosIntList, check_length, flop_metrics, random_tokens, zero_grads
-
-Mode = Literal["forward", "inference", "backward", "fwd_bwd", "e2e"]
-
-
-class LatencyConfig(ScenarioConfig):
-    SWEEP = ("mode", "batch", "seq_len")
-    scenario: Literal["latency"] = "latency"
-    mode: list[Mode] = Field(default=["forward"], min_length=1)
-    batch: PosIntList = [1]
-    seq_len: PosIntList = [128]
+from andromeda.bench.recompute import model_attention_recompute
+from andromeda.bench.scenarios import register
+from andromeda.bench.scenarios.common import check_length, flop_metrics, random_tokens, zero_grads
+from andromeda.bench.scenarios.config.latency import LatencyConfig
 
 
 def _text(n: int) -> str:
@@ -46,6 +35,7 @@ class Latency:
         model = bundle.model
         tokens = random_tokens(bundle, batch, seq, ctx.device, ctx.seed)
         fwd = forward_flops(bundle.facts, batch, seq)
+        recompute = model_attention_recompute(bundle.model, ctx.device, ctx.dtype)  # attention bwd 2.5x or 2x
         flops = fwd.total
         setup = None
         if mode == "forward":
@@ -57,13 +47,13 @@ class Latency:
                 with torch.inference_mode():
                     return bundle.logits(tokens)
         elif mode == "fwd_bwd":
-            flops = fwd.total + backward_flops(fwd).total
+            flops = fwd.total + backward_flops(fwd, attention_recompute=recompute).total
 
             def fn():
                 zero_grads(model)
                 bundle.loss(tokens).backward()
         elif mode == "backward":
-            flops = backward_flops(fwd).total
+            flops = backward_flops(fwd, attention_recompute=recompute).total
             state = {}
 
             def setup():

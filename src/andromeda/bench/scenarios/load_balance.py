@@ -16,30 +16,15 @@ tokens_per_s_per_rank. Samples: every rank's compute_ms as compute_ms@rank<r>.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
-
 import numpy as np
 import torch
-from pydantic import Field
 
 from andromeda.bench.balance import load_balance
-from andromeda.bench.distributed import RanksList, barrier, dist_of, fixed_count_timing
-from andromeda.bench.scenarios import ScenarioConfig, register
-from andromeda.bench.scenarios.common import PosInt, check_length, random_tokens, zero_grads
+from andromeda.bench.distributed import barrier, dist_of, fixed_count_timing
+from andromeda.bench.scenarios import register
+from andromeda.bench.scenarios.common import check_length, random_tokens, zero_grads
+from andromeda.bench.scenarios.config.load_balance import LoadBalanceConfig
 from andromeda.bench.timing import time_fn
-
-
-class LoadBalanceConfig(ScenarioConfig):
-    SWEEP = ("ranks",)
-    NEEDS_LAUNCHER: ClassVar[bool] = True
-    scenario: Literal["load_balance"] = "load_balance"
-    ranks: RanksList = ["all"]
-    mode: Literal["forward", "fwd_bwd"] = "fwd_bwd"
-    batch: PosInt = 4  # sequences per rank
-    seq_len: PosInt = 128
-    warmup: Annotated[int, Field(ge=0)] = 2
-    iters: PosInt = 10
-    straggler_threshold: Annotated[float, Field(ge=0)] = 0.1
 
 
 @register("load_balance")

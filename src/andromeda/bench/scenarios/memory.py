@@ -9,40 +9,22 @@ its bytes per token are set beside the analytic 2 * layers * kv_heads * head_dim
 from __future__ import annotations
 
 import gc
-from typing import Literal
 
 import torch
-from pydantic import Field
 
 from andromeda.bench.decoding import Decoder
 from andromeda.bench.facts import kv_cache_bytes_per_token, quantized_kv_bytes_per_token
 from andromeda.bench.memory import module_bytes, track_memory
-from andromeda.bench.scenarios import ScenarioConfig, register
+from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.common import (
-    CacheKind,
-    NonNegInt,
-    PosInt,
-    PosIntList,
     check_length,
     random_tokens,
     zero_grads,
 )
+from andromeda.bench.scenarios.config.memory import MemoryConfig
 from andromeda.errors import UnsupportedError
 
 MiB = 2**20
-Mode = Literal["inference", "train"]
-
-
-class MemoryConfig(ScenarioConfig):
-    SWEEP = ("mode", "batch", "seq_len", "cache")
-    scenario: Literal["memory"] = "memory"
-    mode: list[Mode] = Field(default=["inference"], min_length=1)
-    batch: PosIntList = [1]
-    seq_len: PosIntList = [128, 256]
-    kv_cache: bool = True  # also measure a filled KV cache (inference mode)
-    cache: list[CacheKind] = Field(default=["full"], min_length=1)  # that cache: model dtype, int8 or int4
-    cache_group_size: PosInt = 64  # int8/int4: features per scale
-    cache_window: NonNegInt = 0  # int8/int4: recent positions kept in full precision
 
 
 @register("memory")

@@ -28,23 +28,22 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
 
-from andromeda.bench.scenarios import ScenarioConfig, register
-from andromeda.bench.scenarios.common import PosInt, PosIntList, check_length
+from andromeda.bench.scenarios import register
+from andromeda.bench.scenarios.common import check_length
+from andromeda.bench.scenarios.config.perplexity import CacheMode, PerplexityConfig
 from andromeda.bench.stats import bootstrap_ci
-from andromeda.data.loaders import DataSource, Documents, open_data, token_bytes, validate_data_spec
+from andromeda.data.loaders import DataSource, Documents, open_data, token_bytes
 from andromeda.data.windows import Window, plan_windows
 from andromeda.errors import ConfigError, UnsupportedError
 
 IGNORE = -100
 LN2 = math.log(2.0)
-CacheMode = Literal["off", "full", "int8", "int4"]
 QUANT = {"full": "none", "int8": "int8", "int4": "int4"}
 
 
@@ -346,31 +345,6 @@ def evaluate(bundle, docs: Documents, *, seq_len: int, stride: int | None = None
 
 
 # ---- the scenario ------------------------------------------------------------------------------
-class PerplexityConfig(ScenarioConfig):
-    SWEEP = ("seq_len", "stride", "cache")
-    scenario: Literal["perplexity"] = "perplexity"
-    data: str = "synthetic:markov"  # a data source (data/loaders.py), e.g. npy:val.npy, text:wiki.txt
-    split: Literal["all", "train", "val"] = "all"
-    seq_len: PosIntList = [256]  # window length (tokens)
-    stride: Annotated[list[PosInt | None], Field(min_length=1)] = [None]  # null: non-overlapping windows
-    cache: Annotated[list[CacheMode], Field(min_length=1)] = ["off"]
-    batch: PosInt = 8  # windows per forward pass
-    max_tokens: PosInt | None = 32768  # tokens scored at most (null: all)
-    add_bos: bool = True  # text: start each document with BOS so that every text token is scored
-    group_size: PosInt = 64  # int8/int4 caches: features per quantization scale (capped at dim_head)
-    cache_window: Annotated[int, Field(ge=0)] = 0  # int8/int4 caches: newest positions also kept exact
-    decode_chunk: PosInt = 1  # tokens per cached forward call (1 = token by token, as in decoding)
-    ci: Annotated[float, Field(gt=0, lt=1)] = 0.95
-    n_boot: PosInt = 2000
-    ci_unit: Literal["auto", "document", "window"] = "auto"
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: str) -> str:
-        validate_data_spec(v)
-        return v
-
-
 @register("perplexity")
 class Perplexity:
     Config = PerplexityConfig

@@ -9,25 +9,14 @@ smallest that ran out of memory (when the sweep reached one).
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
 
 import numpy as np
 import torch
 from scipy.optimize import nnls
 
-from andromeda.bench.scenarios import ScenarioConfig, register
-from andromeda.bench.scenarios.common import PosInt, PosIntList, check_length, random_tokens
-
-
-class ScalingConfig(ScenarioConfig):
-    SWEEP = ("size",)
-    scenario: Literal["scaling"] = "scaling"
-    axis: Literal["seq_len", "batch"] = "seq_len"
-    size: PosIntList = [128, 256, 512, 1024]  # values of the swept axis
-    batch: PosInt = 1  # fixed batch when sweeping seq_len
-    seq_len: PosInt = 128  # fixed length when sweeping batch
-    bisect_oom: bool = True
-    bisect_steps: PosInt = 6
+from andromeda.bench.scenarios import register
+from andromeda.bench.scenarios.common import check_length, random_tokens
+from andromeda.bench.scenarios.config.scaling import ScalingConfig
 
 
 def fit_quadratic(n: np.ndarray, t: np.ndarray) -> dict[str, float]:

@@ -18,66 +18,21 @@ from __future__ import annotations
 import gc
 import json
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
 
 from andromeda.bench import sources
 from andromeda.bench.decoding import Decoder
 from andromeda.bench.facts import kv_cache_bytes_per_token
 from andromeda.bench.memory import module_bytes, track_memory
-from andromeda.bench.scenarios import ScenarioConfig, register
-from andromeda.bench.scenarios.common import PosInt, random_tokens
+from andromeda.bench.scenarios import register
+from andromeda.bench.scenarios.common import random_tokens
+from andromeda.bench.scenarios.config.teacher_student import ModelRef, TeacherStudentConfig
 from andromeda.bench.scenarios.perplexity import evaluate, open_cached
-from andromeda.data.loaders import validate_data_spec
-from andromeda.errors import AndromedaError, ConfigError, UnsupportedError
+from andromeda.errors import ConfigError, UnsupportedError
 
 MiB = 2**20
 ROLES = ("teacher", "student")
-
-
-class ModelRef(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    source: str
-    checkpoint: str | None = None  # an Andromeda checkpoint directory loaded into the built source
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, v: str) -> str:
-        try:
-            sources.validate_source(v)
-        except AndromedaError as e:
-            raise ValueError(str(e).removeprefix("models: ")) from None
-        return v
-
-
-class TeacherStudentConfig(ScenarioConfig):
-    scenario: Literal["teacher_student"] = "teacher_student"
-    teacher: str | ModelRef
-    student: str | ModelRef | None = None  # null: the manifest model being run
-    data: str = "synthetic:markov"
-    seq_len: PosInt = 256  # perplexity window
-    stride: PosInt | None = None
-    batch: PosInt = 8  # windows per forward pass, and the prefill batch
-    max_tokens: PosInt | None = 16384
-    add_bos: bool = True
-    prompt_len: PosInt = 32  # decode: prompt, then gen_len greedy steps
-    gen_len: PosInt = 32
-    decode_batch: PosInt = 1
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: str) -> str:
-        validate_data_spec(v)
-        return v
-
-    @field_validator("teacher", "student")
-    @classmethod
-    def _ref(cls, v):
-        if isinstance(v, str):
-            return ModelRef(source=v)
-        return v
 
 
 def load_into(bundle, checkpoint: str | Path) -> None:

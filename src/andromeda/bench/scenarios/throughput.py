@@ -5,21 +5,13 @@ The runner skips every batch larger than one that ran out of memory.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from andromeda.bench.flops import backward_flops, forward_flops
-from andromeda.bench.scenarios import ScenarioConfig, register
-from andromeda.bench.scenarios.common import PosIntList, check_length, flop_metrics, random_tokens, zero_grads
-
-
-class ThroughputConfig(ScenarioConfig):
-    SWEEP = ("batch", "seq_len")
-    scenario: Literal["throughput"] = "throughput"
-    mode: Literal["inference", "train"] = "inference"
-    batch: PosIntList = [1, 2, 4, 8]
-    seq_len: PosIntList = [128]
+from andromeda.bench.recompute import model_attention_recompute
+from andromeda.bench.scenarios import register
+from andromeda.bench.scenarios.common import check_length, flop_metrics, random_tokens, zero_grads
+from andromeda.bench.scenarios.config.throughput import ThroughputConfig
 
 
 @register("throughput")
@@ -32,8 +24,9 @@ class Throughput:
             return ctx.skip(reason)
         tokens = random_tokens(bundle, batch, seq, ctx.device, ctx.seed)
         fwd = forward_flops(bundle.facts, batch, seq)
+        recompute = model_attention_recompute(bundle.model, ctx.device, ctx.dtype)  # attention bwd 2.5x or 2x
         if p["mode"] == "train":
-            flops = fwd.total + backward_flops(fwd).total
+            flops = fwd.total + backward_flops(fwd, attention_recompute=recompute).total
 
             def fn():
                 zero_grads(bundle.model)

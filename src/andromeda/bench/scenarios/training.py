@@ -20,59 +20,22 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
 
 from andromeda.bench.memory import track_memory
-from andromeda.bench.scenarios import ScenarioConfig, register
-from andromeda.bench.scenarios.common import PosInt, check_length
+from andromeda.bench.scenarios import register
+from andromeda.bench.scenarios.common import check_length
+from andromeda.bench.scenarios.config.training import TrainingConfig
 from andromeda.bench.scenarios.perplexity import evaluate, open_cached
 from andromeda.bench.stats import summarize
-from andromeda.data.loaders import validate_data_spec
 from andromeda.errors import ConfigError
 from andromeda.train.loop import TrainConfig, Trainer, adamw8bit_unavailable
 
-PosFloat = Annotated[float, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
 # per-step fields summarized per logged interval: by median (times, rates) or by max (memory)
 _MEDIAN = ("step_ms", "forward_ms", "backward_ms", "optimizer_ms", "data_ms", "tflops", "mfu")
 _MAX = ("peak_allocated_mib", "peak_rss_mib")
-
-
-class TrainingConfig(ScenarioConfig):
-    SWEEP = ("lr",)
-    scenario: Literal["training"] = "training"
-    data: str = "synthetic:markov"  # a data source (data/loaders.py)
-    steps: PosInt = 400
-    batch: PosInt = 16
-    seq_len: PosInt = 128
-    grad_accum: PosInt = 1
-    lr: Annotated[list[PosFloat], Field(min_length=1)] = [3e-3]
-    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
-    warmup_steps: NonNegInt = 40
-    weight_decay: Annotated[float, Field(ge=0)] = 0.1
-    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.95
-    eps: PosFloat = 1e-8
-    grad_clip: PosFloat | None = 1.0
-    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    activation_checkpointing: bool = False
-    log_every: PosInt = 10
-    eval_every: NonNegInt = 100  # 0 = validate after the last step only
-    eval_seq_len: PosInt | None = None  # validation window (default: seq_len)
-    eval_max_tokens: PosInt | None = 16384  # validation tokens scored each time
-    checkpoint_every: NonNegInt = 0  # 0 = only at the end
-    checkpoint_dir: str | None = None  # null = no checkpoints (andromeda train sets <out>/checkpoints)
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: str) -> str:
-        validate_data_spec(v)
-        return v
 
 
 def _train_config(p: dict, ckpt: Path | None, seed: int) -> TrainConfig:
