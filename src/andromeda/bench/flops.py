@@ -121,13 +121,22 @@ def train_step_flops(facts: ModelFacts, batch: int, seq: int, *, causal: bool | 
     return fwd + backward_flops(fwd, attention_recompute=attention_recompute)
 
 
-def recomputed_forward_flops(forward: FlopBreakdown) -> FlopBreakdown:
-    """What activation checkpointing of every block adds to a step: the blocks' forward once more
-    (projections, attention, feed-forward; the LM head and the embeddings are outside the blocks).
+def recomputed_forward_flops(facts: ModelFacts, batch: int, seq: int, *, causal: bool | None = None,
+                             early_stop: bool = False) -> FlopBreakdown:
+    """What activation checkpointing of every block adds to a training step on batch x seq tokens: the
+    blocks' forward once more (projections, attention, feed-forward; the LM head is outside the blocks).
+
+    early_stop: torch's non-reentrant checkpoint (with its default early stop) ends the recompute once
+    every tensor backward needs is back, so a block ending in `x + W_out(h)` (pre-norm blocks without
+    dropout: Andromeda's sequential and parallel blocks, Llama's decoder layer) never re-runs its FFN
+    output projection; with DeepNorm's closing LayerNorm or a residual dropout it does.
 
     Hardware FLOPs of a checkpointed step = train step + this; HFU is those over time and peak.
     """
-    return FlopBreakdown(projections=forward.projections, attention=forward.attention, ff=forward.ff, lm_head=0.0)
+    fwd = forward_flops(facts, batch, seq, causal=causal, lm_head="none")
+    n_mats = 3 if facts.ff_glu else 2  # FFN matrices of the same size; the output one is skipped
+    ff = fwd.ff * (n_mats - 1) / n_mats if early_stop else fwd.ff
+    return FlopBreakdown(projections=fwd.projections, attention=fwd.attention, ff=ff, lm_head=0.0)
 
 
 # Attention kernels by name (our backends, the attention scenario's impls, HF attn_implementation):

@@ -2,10 +2,11 @@
 autocast (GradScaler for fp16), gradient clipping, warm-up + cosine schedule, gradient
 accumulation, optional activation checkpointing, validation every N steps, resumable checkpoints.
 
-Every step logs its loss, learning rate, gradient norm (before clipping), tokens/s, MFU (when the
-device's peak is known), the step-time split (forward, backward, optimizer; each measured
-between device synchronizations) and peak memory (CUDA allocator peak of the step; on other
-devices the process's peak RSS so far).
+Every step logs its loss, learning rate, gradient norm (before clipping), tokens/s, TFLOP/s and MFU
+(model FLOPs, backward per the attention kernel: bench.flops; MFU when the device's peak is known), with
+activation checkpointing also hardware_tflops and HFU (the recomputed block forward counted), the
+step-time split (forward, backward, optimizer; each measured between device synchronizations) and
+peak memory (CUDA allocator peak of the step; on other devices the process's peak RSS so far).
 
 Resuming is exact: a checkpoint holds the model, optimizer, scheduler and GradScaler states,
 the torch RNG states, the step, the data position (micro-batches consumed; batches are a pure
@@ -27,7 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from andromeda.bench.flops import train_step_flops
+from andromeda.bench.flops import recomputed_forward_flops, train_step_flops
 from andromeda.bench.timing import Stopwatch
 from andromeda.errors import ConfigError, UnsupportedError
 from andromeda.train.state import load_state, save_state
@@ -170,6 +171,20 @@ def enable_activation_checkpointing(model: nn.Module) -> Callable[[], None]:
                            "gradient_checkpointing_enable()")
 
 
+def _recompute_stops_early(model: nn.Module) -> bool:
+    """Whether the checkpointed blocks' recompute skips their FFN output projection (flops.recomputed_forward_flops):
+    torch's early stop is on and the block ends in `x + W_out(h)`: an Andromeda block without DeepNorm or
+    dropout, a transformers Llama decoder layer. Other models are charged the whole block forward."""
+    from torch.utils import checkpoint
+
+    if getattr(checkpoint, "_enable_checkpoint_early_stop", None) is False:  # None (the default) or True: on
+        return False
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and hasattr(cfg, "deepnorm"):
+        return not cfg.deepnorm and cfg.dropout == 0
+    return getattr(getattr(model, "config", None), "model_type", None) == "llama"
+
+
 def _peak_rss_mib() -> float | None:
     """The process's peak resident set size so far (its high-water mark), or None without `resource`."""
     try:
@@ -208,6 +223,7 @@ class Trainer:
         facts=None,
         peak_tflops: float | None = None,
         log: Callable[[str], None] | None = None,
+        attention_recompute: bool | None = None,
     ):
         self.model, self.cfg, self.batches = model, cfg, batches
         self.device = torch.device(device)
@@ -224,10 +240,27 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.evals: list[dict[str, float]] = []
         self.resumed_from: int | None = None
-        self.flops_per_step = (
-            train_step_flops(facts, cfg.batch * cfg.grad_accum, cfg.seq_len).total if facts is not None else None
-        )
+        # model FLOPs (MFU) and, with activation checkpointing, hardware FLOPs (HFU: + the blocks' forward again)
+        self.flops_per_step = self.hardware_flops_per_step = None
+        if facts is not None:
+            if attention_recompute is None:  # the kernel the model runs: 2.5x or 2x attention backward
+                from andromeda.bench.recompute import model_attention_recompute
+
+                attention_recompute = model_attention_recompute(model, self.device, self._math_dtype())
+            tokens = (cfg.batch * cfg.grad_accum, cfg.seq_len)
+            step = train_step_flops(facts, *tokens, attention_recompute=attention_recompute)
+            self.flops_per_step = step.total
+            if cfg.activation_checkpointing:
+                again = recomputed_forward_flops(facts, *tokens, early_stop=_recompute_stops_early(model))
+                self.hardware_flops_per_step = step.total + again.total
+        self.attention_recompute = attention_recompute
         torch.manual_seed(cfg.seed)  # dropout and anything else random in the steps; restored on resume
+
+    def _math_dtype(self) -> torch.dtype:
+        """The dtype attention runs in: the autocast dtype, else the model's parameters'."""
+        if self.cfg.precision != "fp32":
+            return torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+        return next(iter(self.model.parameters()), torch.empty(0)).dtype
 
     def _default_loss(self, tokens: torch.Tensor) -> torch.Tensor:
         from andromeda.model import lm_loss
@@ -353,6 +386,10 @@ class Trainer:
             rec["tflops"] = self.flops_per_step / step_s / 1e12
             if self.peak_tflops:
                 rec["mfu"] = rec["tflops"] / self.peak_tflops
+        if self.hardware_flops_per_step is not None:
+            rec["hardware_tflops"] = self.hardware_flops_per_step / step_s / 1e12
+            if self.peak_tflops:
+                rec["hfu"] = rec["hardware_tflops"] / self.peak_tflops
         if self.scaler is not None:
             rec["loss_scale"] = float(self.scaler.get_scale())
         return rec
