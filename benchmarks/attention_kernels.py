@@ -1,12 +1,15 @@
 """Andromeda's attention on the GPU: our Triton kernel vs cuDNN SDPA and FlexAttention, side by side.
 
 Shape: causal, 24 heads, head dim 128, bf16; Andromeda's own attention has 1 KV head and ALiBi on
-12 of 24 heads (triton, flex); cuDNN runs plain causal MHA of the same shape (no ALiBi to do).
-TFLOP/s count the causal half: forward 4*B*H*D*N(N+1)/2, backward 2.5x forward. Our kernel does less
-on its ALiBi heads (forward and backward skip key blocks too far back to count: under 2^-32 of a row's
-softmax sum), so its rates are effective rates against that count; set triton_flash.SKIP_FAR = False for
-the kernel's raw arithmetic rate.
-Floors (same run): bf16 matmul rate and copy bandwidth.
+12 of 24 heads (triton, flex); cuDNN and flash SDPA run plain causal MHA of the same shape (no ALiBi to
+do), their K/V expanded to 24 heads once per measurement, outside the timed call.
+TFLOP/s are effective rates (`effective_tflops`): the dense causal FLOPs (`dense_causal_flops`: forward
+4*B*H*D*N(N+1)/2, backward 2.5x forward) over the time. Our kernel does less on its ALiBi heads (forward
+and backward skip key blocks too far back to count: under 2^-32 of a row's softmax sum), so its
+effective rate is above its arithmetic rate; set triton_flash.SKIP_FAR = False for the kernel's raw
+arithmetic rate. (The actual rate needs the kernel's computed-block count, not reported yet.)
+Floors (same run): bf16 matmul rate and copy bandwidth, beside the datasheet's; the JSON leads with the
+git commit, device and versions (andromeda.bench.floors.provenance).
 
     python benchmarks/attention_kernels.py [--lengths 2048,8192,32768] [--tokens 32768] [--json out.json]
 """
@@ -19,6 +22,7 @@ import json
 import torch
 import torch.nn.functional as F
 
+from andromeda.bench import floors as bench_floors
 from andromeda.bench.env import collect_env
 from andromeda.bench.timing import TimingConfig, time_fn
 from andromeda.model.backends import get, triton_flash
@@ -40,6 +44,7 @@ BWD_CONFIGS = [cfg(64, 64, 4, 2), cfg(64, 64, 4, 3), cfg(32, 128, 4, 3), cfg(32,
 
 
 def flops(b: int, n: int) -> float:
+    """Dense causal forward FLOPs: q @ k^T and p @ v over every (query, earlier-or-same key) pair, all H heads."""
     return 4.0 * b * H * D * n * (n + 1) / 2
 
 
@@ -51,20 +56,27 @@ def make(b: int, n: int):
     return q, k, v
 
 
-def impls():
-    slopes = head_slopes(H, ALIBI_HEADS).cuda()
+def expand_kv(q, k, v):
+    """Plain MHA inputs from MQA ones: K and V copied to all H heads (contiguous), q as it is."""
+    return q, k.expand(-1, H, -1, -1).contiguous(), v.expand(-1, H, -1, -1).contiguous()
+
+
+def impls(device: str = "cuda"):
+    """name -> attention call (q, k, v) -> out. A call with a `prepare` attribute takes its inputs through it
+    once, before timing (measure, accuracy): the SDPA baselines' K/V expansion is not part of their time."""
+    slopes = head_slopes(H, ALIBI_HEADS).to(device)
     scale = D**-0.5
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    def cudnn(q, k, v):
-        kk, vv = k.expand(-1, H, -1, -1).contiguous(), v.expand(-1, H, -1, -1).contiguous()
+    def cudnn(q, k, v):  # (B, H, N, D) each: MHA, expanded by prepare
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-            return F.scaled_dot_product_attention(q, kk, vv, is_causal=True, scale=scale)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
 
     def flash_sdpa(q, k, v):
-        kk, vv = k.expand(-1, H, -1, -1).contiguous(), v.expand(-1, H, -1, -1).contiguous()
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            return F.scaled_dot_product_attention(q, kk, vv, is_causal=True, scale=scale)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+
+    cudnn.prepare = flash_sdpa.prepare = expand_kv
 
     return {
         "triton (ALiBi, MQA)": lambda q, k, v: get("triton")(q, k, v, causal=True, scale=scale, alibi_slopes=slopes),
@@ -74,8 +86,15 @@ def impls():
     }
 
 
-def measure(fn, b, n, backward: bool):
+def inputs(fn, b: int, n: int):
+    """q, k, v for `fn` (make(), then fn.prepare where it has one), as leaf tensors."""
     q, k, v = make(b, n)
+    prepare = getattr(fn, "prepare", None)
+    return (q, k, v) if prepare is None else prepare(q, k, v)
+
+
+def measure(fn, b, n, backward: bool):
+    q, k, v = inputs(fn, b, n)
     if backward:
         q, k, v = (t.requires_grad_() for t in (q, k, v))
         grad = torch.randn(b, H, n, D, device="cuda", dtype=torch.bfloat16)
@@ -92,11 +111,12 @@ def measure(fn, b, n, backward: bool):
     cfg = TimingConfig(warmup=3, min_runs=10, max_runs=100, budget_s=3.0, target_rel_ci=0.01)
     t = time_fn(run, "cuda", cfg)
     work = flops(b, n) * (3.5 if backward else 1.0)
-    return {"ms": t.median_ms, "cv": t.summary.cv, "tflops": work / (t.median_ms / 1e3) / 1e12}
+    return {"ms": t.median_ms, "cv": t.summary.cv, "dense_causal_flops": work,
+            "effective_tflops": work / (t.median_ms / 1e3) / 1e12}
 
 
 def accuracy(fn, n=2048):
-    q, k, v = make(1, n)
+    q, k, v = inputs(fn, 1, n)
     slopes = head_slopes(H, ALIBI_HEADS).cuda()
     ref = get("eager")(q.float(), k.float(), v.float(), causal=True, scale=D**-0.5, alibi_slopes=slopes)
     out = fn(q, k, v).float()
@@ -129,7 +149,8 @@ def floors():
     src = torch.randn(2**28, device="cuda")
     dst = torch.empty_like(src)
     ms_c = do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
-    return {"matmul_bf16_tflops": 2 * 8192**3 / (ms / 1e3) / 1e12, "copy_gb_per_s": 2 * src.nbytes / (ms_c / 1e3) / 1e9}
+    return {"matmul_bf16_tflops": 2 * 8192**3 / (ms / 1e3) / 1e12, "copy_gb_per_s": 2 * src.nbytes / (ms_c / 1e3) / 1e9,
+            **bench_floors.datasheet(torch.cuda.get_device_name())}
 
 
 def main() -> None:
@@ -159,13 +180,18 @@ def main() -> None:
         fn = table["triton (ALiBi, MQA)"]
         sweep = config_sweep(fn, "fwd", FWD_CONFIGS, lengths=(8192, 32768))
         bwd_sweep = config_sweep(fn, "bwd", BWD_CONFIGS)
-    res = {"rows": rows, "fwd_config_sweep": sweep, "fwd_bwd_config_sweep_8k": bwd_sweep, **floors(),
-           "env": collect_env()}
-    print(f"floors: matmul {res['matmul_bf16_tflops']:.0f} TFLOP/s, copy {res['copy_gb_per_s']:.0f} GB/s")
-    print(f"{'impl':32s} {'N':>6s} {'pass':>8s} {'ms':>9s} {'TFLOP/s':>8s} {'CV':>6s}")
+    fl = floors()
+    res = {**bench_floors.provenance(collect_env(), fl), "rows": rows, "fwd_config_sweep": sweep,
+           "fwd_bwd_config_sweep_8k": bwd_sweep, **fl}
+    print(f"floors ({fl['device']}): matmul {fl['matmul_bf16_tflops']:.0f} TFLOP/s "
+          f"(datasheet {fl['datasheet_bf16_tflops']}), copy {fl['copy_gb_per_s']:.0f} GB/s "
+          f"(datasheet {fl['datasheet_gb_per_s']})")
+    print("effective TFLOP/s: dense causal FLOPs over time (our kernel skips far ALiBi blocks; cuDNN/flash do not)")
+    print(f"{'impl':32s} {'N':>6s} {'pass':>8s} {'ms':>9s} {'eff TF/s':>8s} {'CV':>6s}")
     for r in rows:
         if "n" in r and "ms" in r:
-            print(f"{r['impl']:32s} {r['n']:6d} {r['pass']:>8s} {r['ms']:9.3f} {r['tflops']:8.1f} {r['cv']:6.3f}")
+            print(f"{r['impl']:32s} {r['n']:6d} {r['pass']:>8s} {r['ms']:9.3f} {r['effective_tflops']:8.1f} "
+                  f"{r['cv']:6.3f}")
         elif "n" in r:
             print(f"{r['impl']:32s} {r['n']:6d} {r['pass']:>8s} {r['error']}")
     if args.json:

@@ -1,18 +1,21 @@
 """Issue 9's model-level targets, side by side in one run on one CUDA GPU.
 
 - prefill: the `andromeda` preset (2.46B) forward over 8K and 32K tokens at batch 1 (logits at the last
-  position only), its MFU (causal FLOPs, LM head on one position) against the matmul rate measured in
-  this run, and the matched Llama from transformers (SDPA) on the same tokens;
+  position only), its MFU (causal FLOPs, LM head on one position) against the device's datasheet bf16
+  peak (`mfu`) and against the matmul rate measured in this run (`mfu_measured_peak`), and the matched
+  Llama from transformers (SDPA) on the same tokens;
 - decode: batch 1 after a 4K-token prompt, time per output token of Andromeda's generate (eager, and
   with the CUDA-graph step: torch kernels, compiled, fused Triton kernels) and of transformers'
-  generate on the matched Llama, against the bandwidth floor (weights + KV-cache bytes per token over
-  the copy bandwidth measured in this run).
+  generate on the matched Llama, against the bandwidth floor: the bytes a step must read
+  (facts.decode_step_bytes: the weights it multiplies, one embedding row, the KV cache at the mean
+  context of the timed steps) over the copy bandwidth measured in this run (`decode_floor_ms`) and over
+  the datasheet bandwidth (`decode_floor_datasheet_ms`).
 
 Andromeda: n greedy steps after the prefill, timed as a whole (prefill, graph capture and compilation
 before the clock): eager, CUDA graph, CUDA graph of the torch.compile'd step, CUDA graph of the fused
 Triton step. transformers:
 (time of generate(prompt, 1 + n) - time of generate(prompt, 1)) / n, the prefill and first token
-cancelling out. Medians of 5.
+cancelling out. Medians of 5. The JSON leads with floors.provenance(): git commit, device, versions, floors.
 
     python benchmarks/model_speed.py [--presets andromeda,base] [--compile-prefill] [--json out.json]
 """
@@ -28,14 +31,17 @@ import torch
 
 from andromeda.bench import floors
 from andromeda.bench.env import collect_env
-from andromeda.bench.facts import kv_cache_bytes_per_token
-from andromeda.bench.flops import forward_flops
+from andromeda.bench.facts import decode_step_bytes
+from andromeda.bench.flops import forward_flops, mfu
 from andromeda.bench.sources import build
 from andromeda.bench.timing import TimingConfig, time_fn
 
 PROMPT_CTX = 4096
 NEW = 64
 LONG = 33792  # 32K prompt + room; pos_interpolation_factor 2 keeps 32K inside xPos's float32 range
+# keys a timed decode step attends to, averaged over the NEW steps: step i (0-based) feeds the token at
+# position PROMPT_CTX + i and attends to PROMPT_CTX + 1 + i keys (the prompt, the tokens since, itself)
+FLOOR_CONTEXT = PROMPT_CTX + (NEW + 1) / 2
 
 
 def prefill_ms(bundle, n: int, compiled=None) -> float:
@@ -54,17 +60,53 @@ def prefill_ms(bundle, n: int, compiled=None) -> float:
                                                 target_rel_ci=0.02)).median_ms
 
 
-def prefill_mfu(facts, n: int, ms: float, peak_tflops: float) -> float:
-    """MFU of a batch-1 prefill of n tokens taking ms: causal FLOPs, LM head at the last position only."""
-    f = forward_flops(facts, 1, n)
-    return (f.total - f.lm_head * (n - 1) / n) / (ms / 1e3) / 1e12 / peak_tflops
+def prefill_flops(facts, n: int) -> float:
+    """FLOPs of a batch-1 prefill of n tokens: causal attention, the LM head at the last position only."""
+    return forward_flops(facts, 1, n, lm_head="last").total
 
 
-def decode_floor_ms(bundle, copy_gb_per_s: float) -> float:
-    """Bandwidth floor of one decode step after PROMPT_CTX tokens: weight + bf16 KV-cache bytes over copy speed."""
-    weights = sum(p.numel() * p.element_size() for p in bundle.model.parameters())
-    kv = kv_cache_bytes_per_token(bundle.facts, 2) * PROMPT_CTX
-    return (weights + kv) / (copy_gb_per_s * 1e9) * 1e3
+def prefill_mfu(facts, n: int, ms: float, peak_tflops: float | None) -> float | None:
+    """MFU of a batch-1 prefill of n tokens taking ms against peak_tflops; None when the peak is unknown."""
+    return mfu(prefill_flops(facts, n), ms / 1e3, peak_tflops)
+
+
+def mfu_readings(facts, n: int, ms: float, fl: dict) -> dict[str, float]:
+    """Both MFU readings of a prefill: `mfu` against the datasheet bf16 peak (absent for a device the table
+    does not know) and `mfu_measured_peak` against the bf16 matmul rate measured in this run."""
+    out = {}
+    if (u := prefill_mfu(facts, n, ms, fl.get("datasheet_bf16_tflops"))) is not None:
+        out["mfu"] = u
+    out["mfu_measured_peak"] = prefill_mfu(facts, n, ms, fl["matmul_bf16_tflops"])
+    return out
+
+
+def decode_bytes(bundle, context: float = FLOOR_CONTEXT) -> float:
+    """Bytes a batch-1 decode step of this model must read with `context` keys (weights and KV cache in the
+    model's dtype)."""
+    elem = next(bundle.model.parameters()).element_size()
+    return decode_step_bytes(bundle.facts, context, elem, elem)
+
+
+def decode_floor_ms(bundle, gb_per_s: float, context: float = FLOOR_CONTEXT) -> float:
+    """Bandwidth floor (ms) of one decode step: decode_bytes over gb_per_s (measured copy or datasheet)."""
+    return floors.floor_ms(decode_bytes(bundle, context), gb_per_s)
+
+
+def floor_readings(step_bytes: float, fl: dict) -> dict[str, float]:
+    """decode_step_bytes, decode_floor_ms (over the measured copy bandwidth) and decode_floor_datasheet_ms
+    (over the datasheet bandwidth; absent for a device the table does not know)."""
+    out = {"decode_step_bytes": step_bytes, "decode_floor_ms": floors.floor_ms(step_bytes, fl["copy_gb_per_s"])}
+    if (d := floors.floor_ms(step_bytes, fl.get("datasheet_gb_per_s"))) is not None:
+        out["decode_floor_datasheet_ms"] = d
+    return out
+
+
+def of_floor(readings: dict[str, float], tpot_ms: float) -> dict[str, float]:
+    """Share of each floor a decode time reaches: of_floor (measured copy) and of_datasheet_floor."""
+    out = {"of_floor": readings["decode_floor_ms"] / tpot_ms}
+    if "decode_floor_datasheet_ms" in readings:
+        out["of_datasheet_floor"] = readings["decode_floor_datasheet_ms"] / tpot_ms
+    return out
 
 
 def _median_ms(run, reps: int) -> float:
@@ -127,6 +169,16 @@ def andromeda_tpot_ms(model, mode: str, reps: int = 5) -> float:
 DECODE_MODES = ("eager", "cuda_graph", "compiled_graph", "fused_graph")
 
 
+def floors_line(fl: dict) -> str:
+    """The floors of this run, measured beside the datasheet's."""
+    def sheet(key, unit):
+        return f"datasheet {fl[key]:.0f} {unit}" if fl.get(key) else "datasheet unknown"
+
+    return (f"floors ({fl.get('device')}): bf16 matmul measured {fl['matmul_bf16_tflops']:.0f} TFLOP/s, "
+            f"{sheet('datasheet_bf16_tflops', 'TFLOP/s')}; copy measured {fl['copy_gb_per_s']:.0f} GB/s, "
+            f"{sheet('datasheet_gb_per_s', 'GB/s')}")
+
+
 def decoders(bundle, modes=DECODE_MODES):
     if bundle.info["kind"] == "andromeda":
         return {mode: (lambda mode=mode: andromeda_tpot_ms(bundle.model, mode)) for mode in modes}
@@ -145,15 +197,14 @@ def main() -> None:
     if bad := sorted(set(modes) - set(DECODE_MODES)):
         ap.error(f"--decode-modes: unknown {', '.join(bad)}; choose from {', '.join(DECODE_MODES)}")
     fl = floors.measure("cuda")
-    env = collect_env()
-    peak, bw = fl["matmul_bf16_tflops"], fl["copy_gb_per_s"]
-    print(f"floors: bf16 matmul {peak:.0f} TFLOP/s, copy {bw:.0f} GB/s")
+    head = floors.provenance(collect_env(), fl)
+    print(floors_line(fl))
     rows = []
 
     def save():
         if args.json:
             with open(args.json, "w") as fh:
-                json.dump({"floors": fl, "rows": rows, "env": env}, fh, indent=2)
+                json.dump({**head, "rows": rows}, fh, indent=2)
 
     def prefill_rows(row, bundle, model=None, tag=""):
         for n in (8192, 32768):
@@ -163,7 +214,7 @@ def main() -> None:
                 row[f"prefill_{n}{tag}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
                 continue
             row[f"prefill_{n}{tag}_ms"] = ms
-            row[f"prefill_{n}{tag}_mfu"] = prefill_mfu(bundle.facts, n, ms, peak)
+            row.update({f"prefill_{n}{tag}_{k}": v for k, v in mfu_readings(bundle.facts, n, ms, fl).items()})
 
     def report(row):
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
@@ -178,8 +229,8 @@ def main() -> None:
             row = {"source": source, "preset": preset, "params": facts.params}
             rows.append(row)
             prefill_rows(row, bundle)
-            floor_ms = decode_floor_ms(bundle, bw)
-            row["decode_floor_ms"] = floor_ms
+            readings = floor_readings(decode_bytes(bundle), fl)
+            row.update(readings, decode_context=FLOOR_CONTEXT)
             for name, measure in decoders(bundle, modes).items():
                 try:
                     t = measure()
@@ -187,7 +238,7 @@ def main() -> None:
                     row[f"tpot_{name}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
                     continue
                 row[f"tpot_{name}_ms"] = t
-                row[f"tpot_{name}_of_floor"] = floor_ms / t
+                row.update({f"tpot_{name}_{k}": v for k, v in of_floor(readings, t).items()})
             report(row)
             del bundle
             torch.cuda.empty_cache()

@@ -2,7 +2,8 @@
 
 torch.profiler over (a) a batch-1 prefill of `--prefill` tokens and (b) `--steps` CUDA-graph decode steps
 after a 4K-token prompt; prints the GPU time per kernel class (attention, matmul, elementwise/norm,
-other), the kernel count per step, and the wall time the GPU was busy vs the step's wall time.
+other), the kernel count per step, and the wall time the GPU was busy vs the step's wall time. The JSON
+leads with the git commit, device, versions and this run's floors (andromeda.bench.floors.provenance).
 
     python benchmarks/profile_model.py [--preset andromeda] [--prefill 32768] [--compile]
         [--kernels auto|torch|triton] [--no-pdl] [--json out.json]
@@ -17,6 +18,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from andromeda.bench import floors
 from andromeda.bench.env import collect_env
 from andromeda.model import Andromeda, GraphedDecoder, from_name
 
@@ -68,11 +70,12 @@ def main() -> None:
     parts = [p for p in args.parts.split(",") if p]
     if bad := sorted(set(parts) - {"prefill", "decode_step"}):
         ap.error(f"--parts: unknown {', '.join(bad)}; choose from prefill, decode_step")
+    head = floors.provenance(collect_env(), floors.measure("cuda"))  # before the model takes the memory
     torch.manual_seed(0)
     cfg = from_name(args.preset, max_seq_len=max(args.prefill, 4096 + args.steps + 8), pos_interpolation_factor=2)
     model = Andromeda(cfg).to(device="cuda", dtype=torch.bfloat16).eval()
     forward = torch.compile(model) if args.compile else model
-    res: dict = {"preset": args.preset, "compiled": args.compile, "env": collect_env()}
+    res: dict = {**head, "preset": args.preset, "compiled": args.compile}
     with torch.inference_mode():
         x = torch.randint(0, 256, (1, args.prefill), device="cuda")
         for _ in range(2 if "prefill" in parts else 0):
