@@ -81,3 +81,59 @@ def test_sdpa_baselines_get_expanded_inputs_outside_the_timed_call(bench, monkey
         assert all(a is b for a, b in zip(seen[-1], (qq, kk, vv), strict=True))  # the same tensors: no copy
     for name in ("triton (ALiBi, MQA)", "flex (ALiBi, MQA)"):
         assert getattr(table[name], "prepare", None) is None  # MQA kernels take the 1-head K/V as they are
+
+
+FL = {"matmul_bf16_tflops": 700.0, "copy_gb_per_s": 3000.0, "device": "NVIDIA H100 80GB HBM3",
+      "datasheet_bf16_tflops": 989.5, "datasheet_gb_per_s": 3350.0}
+
+
+def test_model_speed_main_with_stubbed_timings(bench, monkeypatch, tmp_path):
+    """model_speed.py end to end on CPU, GPU timings stubbed: both readings of MFU and of the floor per row."""
+    import json
+
+    from andromeda.bench import sources
+
+    ms = bench.ms
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(ms.floors, "measure", lambda device: dict(FL))
+    monkeypatch.setattr(ms, "build", lambda source, device, dtype: sources.build(
+        source.replace(f"max_seq_len={ms.LONG}", "max_seq_len=64"), torch.device("cpu"), dtype))
+    monkeypatch.setattr(ms, "prefill_ms", lambda bundle, n, compiled=None: 10.0)
+    monkeypatch.setattr(ms, "andromeda_tpot_ms", lambda model, mode: 0.5)
+    monkeypatch.setattr(ms, "hf_tpot_ms", lambda model: 1.5)
+    out = tmp_path / "speed.json"
+    monkeypatch.setattr(sys, "argv", ["model_speed.py", "--presets", "tiny", "--json", str(out)])
+    ms.main()
+    res = json.loads(out.read_text())
+    assert {"git_commit", "git_dirty", "device", "versions", "floors", "env", "rows"} <= set(res)
+    andromeda, hf = res["rows"]
+    for mode in ms.DECODE_MODES:
+        assert andromeda[f"tpot_{mode}_of_floor"] == pytest.approx(andromeda["decode_floor_ms"] / 0.5)
+        sheet = andromeda["decode_floor_datasheet_ms"]
+        assert andromeda[f"tpot_{mode}_of_datasheet_floor"] == pytest.approx(sheet / 0.5)
+    assert hf["tpot_generate_of_floor"] == pytest.approx(hf["decode_floor_ms"] / 1.5)
+    for row in (andromeda, hf):
+        assert row["prefill_8192_mfu"] == pytest.approx(row["prefill_8192_mfu_measured_peak"] * 700 / 989.5)
+        assert row["decode_floor_ms"] == pytest.approx(row["decode_step_bytes"] / 3000e9 * 1e3)
+
+
+def test_attention_kernels_main_with_stubbed_timings(bench, monkeypatch, tmp_path):
+    import json
+
+    ak = bench.ak
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(ak, "impls", lambda: {n: None for n in ("triton (ALiBi, MQA)", "flex (ALiBi, MQA)",
+                                                                "cuDNN SDPA (plain causal MHA)")})
+    monkeypatch.setattr(ak, "accuracy", lambda fn: 1e-3)
+    monkeypatch.setattr(ak, "measure", lambda fn, b, n, backward: {
+        "ms": 2.0, "cv": 0.01, "dense_causal_flops": ak.flops(b, n), "effective_tflops": ak.flops(b, n) / 2e-3 / 1e12})
+    monkeypatch.setattr(ak, "floors", lambda: {"matmul_bf16_tflops": 700.0, "copy_gb_per_s": 3000.0,
+                                               **ak.bench_floors.datasheet("NVIDIA H100 80GB HBM3")})
+    out = tmp_path / "attn.json"
+    monkeypatch.setattr(sys, "argv", ["attention_kernels.py", "--lengths", "2048", "--json", str(out)])
+    ak.main()
+    res = json.loads(out.read_text())
+    assert {"git_commit", "device", "versions", "floors", "env"} <= set(res)
+    assert res["floors"]["datasheet_gb_per_s"] == 3350.0
+    row = next(r for r in res["rows"] if r.get("n") == 2048 and r["pass"] == "fwd")
+    assert row["batch"] == 16 and row["dense_causal_flops"] == 16 * 24 * (2048 * 2049 // 2) * 4 * 128

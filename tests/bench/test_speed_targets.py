@@ -105,3 +105,47 @@ def test_prefill_and_decode_fields_by_hand(st):
     assert got["andromeda_tpot_of_floor"] == pytest.approx(0.75)
     assert got["andromeda_tpot_of_datasheet_floor"] == pytest.approx(0.375)
     assert got["andromeda_torch_step_tpot_of_floor"] == pytest.approx(0.6)
+
+
+def test_main_writes_every_field_with_stubbed_timings(st, monkeypatch, tmp_path):
+    """The whole script on CPU, the GPU timings stubbed: every stage runs, every record field and the provenance
+    land in the JSON, the verdict table prints (what a crash at the end of a 10-minute GPU run would cost)."""
+    import json
+
+    import torch
+
+    from andromeda.bench import sources
+
+    fl = {"matmul_bf16_tflops": 700.0, "copy_gb_per_s": 3000.0, "device": "NVIDIA H100 80GB HBM3",
+          "datasheet_bf16_tflops": 989.5, "datasheet_gb_per_s": 3350.0}
+    ms, ak = st.ms, st.ak
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: m)
+    monkeypatch.setattr(st.floors, "measure", lambda device: dict(fl))
+    monkeypatch.setattr(st, "build", lambda source, device, dtype: sources.build(
+        source.replace("andromeda?", "tiny?").replace(f"max_seq_len={ms.LONG}", "max_seq_len=64"),
+        torch.device("cpu"), dtype))
+    monkeypatch.setattr(ak, "impls", lambda: {name: None for name in st.ATTN.values()})
+    monkeypatch.setattr(ak, "measure", lambda fn, b, n, backward: {"ms": 1.0, "cv": 0.01, "dense_causal_flops": 1e12,
+                                                                   "effective_tflops": 1000.0})
+    monkeypatch.setattr(ms, "prefill_ms", lambda bundle, n, compiled=None: 0.001 * n / 1024)
+    monkeypatch.setattr(ms, "andromeda_tpot_ms", lambda model, mode: 0.5)
+    monkeypatch.setattr(ms, "hf_tpot_ms", lambda model: 1.5)
+    out = tmp_path / "targets.json"
+    monkeypatch.setattr(sys, "argv", ["speed_targets.py", "--json", str(out)])
+    st.main()
+    res = json.loads(out.read_text())
+    assert {"git_commit", "git_dirty", "device", "versions", "floors", "env"} <= set(res)
+    assert res["device"] == "NVIDIA H100 80GB HBM3" and res["floors"] == fl and "torch" in res["versions"]
+    m = res["model"]
+    for tag in ("andromeda", "hf"):
+        for k in ("decode_step_bytes", "decode_floor_ms", "decode_floor_datasheet_ms", "decode_context", "tpot_ms",
+                  "tpot_of_floor", "tpot_of_datasheet_floor", "prefill_8192_mfu", "prefill_8192_mfu_measured_peak"):
+            assert f"{tag}_{k}" in m, f"{tag}_{k}"
+        # the datasheet floor is the measured one scaled by the bandwidths' ratio
+        assert m[f"{tag}_decode_floor_datasheet_ms"] == pytest.approx(m[f"{tag}_decode_floor_ms"] * 3000 / 3350)
+        assert m[f"{tag}_prefill_8192_mfu"] == pytest.approx(m[f"{tag}_prefill_8192_mfu_measured_peak"] * 700 / 989.5)
+    assert "andromeda_torch_step_tpot_of_floor" in m and "andromeda_compiled_prefill_32768_mfu" in m
+    assert res["attention"]["cudnn_fwdbwd_32768"]["effective_tflops"] == 1000.0
+    assert len(res["verdicts"]) == 6 + 4 + 4 + 2
