@@ -46,6 +46,7 @@ from andromeda.errors import AndromedaError, ConfigError
 FORMATS = ("csv", "json", "png", "md", "html", "tex")
 DTYPES = ("float32", "bfloat16", "float16")
 PEAK_TFLOPS_MAX = 1e6
+THREADS_MAX = 4_096
 _NAME = re.compile(r"[\w+\-][\w.+\- ]{0,99}")
 
 
@@ -134,6 +135,9 @@ class Manifest(StrictModel):
     seed: Seed = 0
     out: str | None = None
     peak_tflops: Float(0.0, PEAK_TFLOPS_MAX, lo_open=True) | None = None  # override the device table for MFU
+    # torch's intra-op threads, fixed for the whole run before any case; auto: the physical cores this process
+    # may use (bench/env.py). A launcher's ranks take launcher.cpu_threads instead.
+    threads: Literal["auto"] | int = "auto"
     timing: TimingSpec = TimingSpec()
     report: ReportSpec = ReportSpec()
     compare: CompareSpec | Annotated[list[CompareSpec], Field(max_length=100)] | None = None  # a list: several
@@ -174,6 +178,14 @@ class Manifest(StrictModel):
     @classmethod
     def _sources(cls, v: list[str]) -> list[str]:
         return _check_each(v, source_spec.check_syntax, strip="models: ")
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, v: Any) -> Any:
+        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= THREADS_MAX):
+            raise ValueError(f"must be auto (the physical cores) or an integer from 1 to {THREADS_MAX}, "
+                             f"got {show(v)}")
+        return v
 
     @field_validator("device")
     @classmethod
@@ -303,7 +315,8 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     while stack:
         a = stack.pop()
         if isinstance(a, type) and issubclass(a, BaseModel):
-            out.append(a)
+            if a not in out:
+                out.append(a)
         else:
             stack.extend(typing.get_args(a))
     return out
@@ -374,6 +387,8 @@ def format_error(err: dict[str, Any]) -> str:
         msg = msg.removeprefix("Value error, ")
         if not loc:  # a whole-manifest check: its message names the field itself
             return msg
+        last = re.split(r"[.\]]", path)[-1] or path
+        msg = msg.removeprefix(f"{last}: ")  # "data: ..." from a check of the field `data` itself
         if msg.startswith("["):  # models[i] ..., ranks[i] ...
             idx, _, rest = msg.partition("] ")
             return f"{path}{idx}]: {rest}"
@@ -381,6 +396,8 @@ def format_error(err: dict[str, Any]) -> str:
         if head and len(cands) == 1 and _field(cands[0], head.group(1)):  # "layout: ..." of the entry at path
             return f"{path}.{msg}"
         return f"{path}: {msg}"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        msg = "Input should be a mapping"
     got = err.get("input")
     got_s = "" if isinstance(got, (dict, list)) or kind.startswith("too_short") else f" (got {show(got)})"
     return f"{path}: {msg}{got_s}"
