@@ -25,6 +25,7 @@ from yaml.reader import Reader
 from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
+from andromeda.bench.fields import show
 from andromeda.errors import ConfigError
 
 MAX_BYTES = 1 << 20  # a manifest is at most 1 MiB
@@ -192,7 +193,7 @@ class _Builder:
             key = self.build(key_node, path, depth + 1) if not isinstance(key_node, ScalarNode) else \
                 self.scalar(key_node, path)
             if not isinstance(key, str):
-                raise self.fail(path, key_node, f"the key {key!r} is not a string; write it in quotes")
+                raise self.fail(path, key_node, f"the key {show(key)} is not a string; write it in quotes")
             if key in own:
                 raise self.fail([*path, key], key_node, "duplicate key: it appears twice in the same mapping; "
                                                         "keep one")

@@ -1,4 +1,11 @@
-"""Manifest -> cases: every model source x every scenario entry x every sweep point."""
+"""Manifest -> cases: every model source x every scenario entry x every sweep point.
+
+Without a `compare:` section the cases run source by source (each model is built once, measured, freed).
+With one, the sides of each comparison alternate case by case (ABAB...): every sweep point runs its
+baseline case, then that point's candidate cases, then the next point. Drift over a run (thermal, other
+load coming and going) then falls on both sides alike instead of on whichever model ran last; the price
+is that the compared models stay in memory together.
+"""
 
 from __future__ import annotations
 
@@ -29,4 +36,23 @@ def plan(manifest: Manifest) -> list[Case]:
                 seen.add(cid)
                 cases.append(Case(case_id=cid, source=source, scenario=entry.scenario, params=point,
                                   group=f"{source}|{index}"))
-    return cases
+    return interleave(cases, manifest) if manifest.comparisons and manifest.launcher is None else cases
+
+
+def source_order(manifest: Manifest) -> list[str]:
+    """Each comparison's baseline, then its candidates; then the models in no comparison."""
+    order: list[str] = []
+    for spec in manifest.comparisons:
+        order += [spec.baseline, *(spec.candidates or [m for m in manifest.models if m != spec.baseline])]
+    return list(dict.fromkeys([*order, *manifest.models]))
+
+
+def interleave(cases: list[Case], manifest: Manifest) -> list[Case]:
+    """The cases point by point (scenario entry, then sweep point, in plan order), and within a point by
+    source_order(): ABAB... for one candidate, ABCABC... for two."""
+    rank = {s: i for i, s in enumerate(source_order(manifest))}
+    points: dict[tuple[str, str], list[Case]] = {}
+    for c in cases:
+        entry = c.group.rsplit("|", 1)[-1]
+        points.setdefault((entry, json.dumps(c.params, sort_keys=True, default=str)), []).append(c)
+    return [c for same in points.values() for c in sorted(same, key=lambda c: rank[c.source])]

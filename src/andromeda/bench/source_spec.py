@@ -283,8 +283,9 @@ def check_hf_keys(source: str, model_type: str, keys: dict[str, Any], base: dict
     try:
         built = hf_config(AutoConfig, model_type, {**(base or {}), **keys}).to_dict()
     except Exception as e:  # noqa: BLE001 - transformers' own check of the values: any failure is the user's
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"models: '{source}': transformers refuses this {cls.__name__}: {first[:200]}") from None
+        why = " ".join(str(e).split()) or type(e).__name__
+        why = why if len(why) <= 200 else why[:197] + "..."
+        raise ConfigError(f"models: '{source}': transformers refuses this {cls.__name__}: {why}") from None
     for key, value in keys.items():
         if default and key in set(built) - set(default):  # set as a stray attribute: no field of the class
             near = difflib.get_close_matches(key, sorted(known), n=1)

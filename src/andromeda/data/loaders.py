@@ -443,6 +443,6 @@ def open_data(spec: str, tokenizer: Any = None, *, add_bos: bool = True) -> Data
 
 __all__ = [
     "Documents", "DataSource", "SyntheticData", "DocumentData", "open_data", "parse_data_spec",
-    "validate_data_spec", "check_data_files", "load_tokens", "load_text", "load_hf_dataset", "text_documents", "token_bytes",
-    "KINDS",
+    "validate_data_spec", "check_data_files", "load_tokens", "load_text", "load_hf_dataset", "text_documents",
+    "token_bytes", "KINDS",
 ]

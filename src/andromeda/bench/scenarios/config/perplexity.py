@@ -17,12 +17,12 @@ NBoot = Int(1, 100_000)
 CI = Float(0.0, 1.0, lo_open=True, hi_open=True)
 
 
-def check_strides(seq_lens: list[int], strides: list[int | None], field: str = "stride") -> None:
+def check_strides(seq_lens: list[int], strides: list[int | None], *, swept: bool = True) -> None:
     """Every (seq_len, stride) pair of the sweep runs: each stride must be below every window."""
     shortest = min(seq_lens)
     for i, s in enumerate(strides):
         if s is not None and s >= shortest:
-            where = f"{field}[{i}]" if len(strides) > 1 or field == "stride" else field
+            where = f"stride[{i}]" if swept else "stride"
             raise ValueError(f"{where}: {s} must be below seq_len ({shortest}), so that every window keeps context: "
                              f"between 1 and {shortest - 1}, or null for non-overlapping windows")
 

@@ -30,18 +30,20 @@ class ModelRef(StrictModel):
         return v
 
     def check_resources(self) -> None:
-        """The source builds, and a checkpoint is an Andromeda checkpoint saved with the source's config."""
+        """The source builds, and a checkpoint is an Andromeda checkpoint saved with the source's config.
+        The files first: they need no torch."""
+        saved = None
+        if self.checkpoint is not None:
+            if source_spec.parse_source(self.source)[0] != "andromeda":
+                raise ValueError(f"checkpoint: '{self.checkpoint}' is an Andromeda checkpoint; its source must be "
+                                 f"andromeda:<preset>, not '{self.source}'")
+            try:
+                saved = source_spec.check_checkpoint_dir(Path(self.checkpoint).expanduser())
+            except AndromedaError as e:
+                raise ValueError(f"checkpoint: {e}") from None
         source_spec.check_source(self.source)
-        if self.checkpoint is None:
+        if saved is None:
             return
-        kind = source_spec.parse_source(self.source)[0]
-        if kind != "andromeda":
-            raise ValueError(f"checkpoint: '{self.checkpoint}' is an Andromeda checkpoint; its source must be "
-                             f"andromeda:<preset>, not '{self.source}'")
-        try:
-            saved = source_spec.check_checkpoint_dir(Path(self.checkpoint).expanduser())
-        except AndromedaError as e:
-            raise ValueError(f"checkpoint: {e}") from None
         built = source_spec.andromeda_config(self.source).to_dict()
         diff = [k for k, v in saved.items() if built.get(k) != v]
         if diff:
@@ -80,7 +82,7 @@ class TeacherStudentConfig(ScenarioConfig):
 
     @model_validator(mode="after")
     def _windows(self) -> TeacherStudentConfig:
-        check_strides([self.seq_len], [self.stride], field="stride")
+        check_strides([self.seq_len], [self.stride], swept=False)
         return self
 
     def check_resources(self) -> None:
