@@ -15,10 +15,10 @@ from andromeda.bench.compare import (
     correct,
     mannwhitney_p,
     metric_kind,
-    noise_floor,
     ratio_ci,
     welch_p,
 )
+from andromeda.bench.noise import noise_floor
 from andromeda.errors import ConfigError
 
 

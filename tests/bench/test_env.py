@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import re
+import sys
 from datetime import datetime
 
 import numpy
@@ -46,3 +47,80 @@ def test_ram_matches_sysconf():
         pytest.skip("no sysconf or /proc/meminfo on this platform")
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     assert abs(env["ram_gib"] - total) / total < 0.01
+
+
+# ---- what makes timings noisy --------------------------------------------------------------------
+def test_noise_fields_match_their_sources():
+    from pathlib import Path
+
+    env = collect_env()
+    assert env["threads"] == torch.get_num_threads()
+    assert isinstance(env["physical_cores"], int) and 1 <= env["physical_cores"] <= os.cpu_count()
+    if hasattr(os, "getloadavg"):
+        now = os.getloadavg()
+        assert len(env["load_avg"]) == 3 and all(abs(a - b) < 1.0 for a, b in zip(env["load_avg"], now, strict=True))
+    gov = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    assert env["cpu_governor"] == (gov.read_text().strip() if gov.exists() else None)
+    if not torch.cuda.is_available():
+        assert "gpu_telemetry" not in env  # omitted, not an error
+
+
+def test_load_warning_only_when_the_load_exceeds_the_cpus():
+    from andromeda.bench.env import load_warning
+
+    assert load_warning([1.9, 1.0, 1.0], 2) is None
+    assert load_warning(None, 2) is None
+    msg = load_warning([3.5, 1.0, 1.0], 2)
+    assert "3.5" in msg and "2 CPU(s)" in msg and "\n" not in msg
+
+
+class _FakeNvml:
+    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 0, 1, 0
+
+    def __init__(self, fail_init=False):
+        self.fail_init, self.shut = fail_init, False
+
+    def nvmlInit(self):
+        if self.fail_init:
+            raise RuntimeError("NVML Shared Library Not Found")
+
+    def nvmlShutdown(self):
+        self.shut = True
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetClockInfo(self, h, kind):
+        return {0: 1980, 1: 2619}[kind] - 100 * h
+
+    def nvmlDeviceGetMaxClockInfo(self, h, kind):
+        return 1980
+
+    def nvmlDeviceGetTemperature(self, h, kind):
+        return 40 + h
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        if h == 1:
+            raise RuntimeError("Not Supported")
+        return 312_500  # mW
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h):
+        return 700_000
+
+
+def test_gpu_telemetry_reads_nvml_and_leaves_out_what_it_cannot(monkeypatch):
+    from andromeda.bench.env import gpu_telemetry
+
+    fake = _FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    first, second = gpu_telemetry()
+    assert first == {"index": 0, "sm_clock_mhz": 1980, "mem_clock_mhz": 2619, "max_sm_clock_mhz": 1980,
+                     "temperature_c": 40, "power_w": 312.5, "power_limit_w": 700.0}
+    assert second["sm_clock_mhz"] == 1880 and "power_w" not in second and fake.shut
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml(fail_init=True))
+    assert gpu_telemetry() is None  # no driver: no telemetry, no error
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # the `gpu` extra not installed
+    assert gpu_telemetry() is None

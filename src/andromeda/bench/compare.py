@@ -9,8 +9,10 @@ For two sample sets of one metric (docs/comparisons.md has the definitions):
   gain        how many times better the candidate is (> 1 = better), whatever the metric's direction
 and a verdict against thresholds ("faster", "slower", "no significant difference", ...), each with
 a one-line reason. `correct()` applies Holm or Benjamini-Hochberg across many comparisons and
-re-decides with the adjusted p-values. Pairing records (across sources of a run, or across two
-runs) is regress.py's job.
+re-decides with the adjusted p-values. A time or throughput verdict is "inconclusive (noisy)" when
+a side was measured on a busy machine (Comparison.noisy) or a significant difference lies within the
+A/A noise floor (Comparison.noise_floor; bench/noise.py sets both). Pairing records (across sources
+of a run, or across two runs) is regress.py's job.
 
 numpy and scipy only (no torch): the report layer uses these types.
 """
@@ -247,51 +249,6 @@ def adjust_pvalues(pvalues: Sequence[float], method: Correction = "holm") -> lis
     return [float(v) for v in out]
 
 
-@dataclass(frozen=True)
-class NoiseFloor:
-    """An A/A comparison: the ratio and its CI between two sample sets of the same thing."""
-
-    ratio: float
-    ci_low: float
-    ci_high: float
-    width: float  # ci_high - ci_low: ratios closer to 1 than about width/2 are indistinguishable
-    n_a: int
-    n_b: int
-    method: str  # "halves", "interleaved" or "two runs"
-
-
-def noise_floor(
-    samples: Sequence[float],
-    other: Sequence[float] | None = None,
-    *,
-    split: Literal["halves", "interleaved"] = "halves",
-    ci: float = 0.95,
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> NoiseFloor:
-    """Ratio CI between two measurements of the same thing.
-
-    With `other`: samples vs other (e.g. a run against a rerun of itself). Without: the samples
-    split in two, first half vs second half ("halves", which also sees drift over the run) or even
-    vs odd positions ("interleaved"). Needs at least 2 samples per part.
-    """
-    x = _samples(samples, "samples")
-    if other is not None:
-        a, b, method = x, _samples(other, "other"), "two runs"
-    else:
-        if split not in ("halves", "interleaved"):
-            raise ValueError(f"split must be 'halves' or 'interleaved', got {split!r}")
-        if x.size < 4:
-            raise ValueError(f"noise_floor needs at least 4 samples to split, got {x.size}")
-        a, b = (x[: x.size // 2], x[x.size // 2:]) if split == "halves" else (x[0::2], x[1::2])
-        method = split
-    if a.size < 2 or b.size < 2:
-        raise ValueError("noise_floor needs at least 2 samples in each part")
-    low, high = ratio_ci(a, b, ci=ci, n_boot=n_boot, seed=seed)
-    ratio = float(np.median(b) / np.median(a)) if np.median(a) != 0 else math.nan
-    return NoiseFloor(ratio, low, high, high - low, int(a.size), int(b.size), method)
-
-
 # ---- one comparison -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Comparison:
@@ -327,6 +284,8 @@ class Comparison:
     params_ratio: float | None = None  # candidate / baseline parameters (shapes that differ)
     flops_ratio: float | None = None  # candidate / baseline FLOPs of the measured work
     notes: tuple[str, ...] = ()
+    noise_floor: float | None = None  # A/A reach: ratios within 1 + this, either way, are noise (bench/noise.py)
+    noisy: str | None = None  # why a side's timings are not trustworthy (a busy machine), or None
     thresholds: Thresholds = field(default_factory=Thresholds, repr=False, compare=False)
 
     @property
@@ -476,8 +435,21 @@ def decide(comp: Comparison, p: float | None = None) -> Comparison:
         verdict, outcome, tail = worse_word, "worse", ""
     else:
         verdict, outcome, tail = "within threshold", "same", f"; below the {fmt_factor(t)}x threshold"
+    if comp.kind in ("time", "throughput") and (why := _noise(comp, sig)) is not None:
+        verdict, outcome, tail = "inconclusive (noisy)", "inconclusive", f"; {why}"
     return replace(comp, significant=sig, verdict=verdict, outcome=outcome,
                    reason=head + tail + _shape_tail(comp), threshold=t)
+
+
+def _noise(comp: Comparison, sig: bool | None) -> str | None:
+    """Why the verdict is inconclusive (noisy), or None: a side measured on a busy machine, or a significant
+    difference within the A/A noise floor (the ratio, either way, within 1 + noise_floor)."""
+    if comp.noisy:
+        return f"not trusted: {comp.noisy}"
+    h = comp.noise_floor
+    if sig and h is not None and max(comp.ratio, 1.0 / comp.ratio) <= 1.0 + h:
+        return f"within the A/A noise floor (+-{100 * h:.1f}%)"
+    return None
 
 
 def _shape_tail(c: Comparison) -> str:
@@ -507,6 +479,6 @@ def correct(comparisons: Sequence[Comparison], method: Correction = "holm") -> l
 
 
 __all__ = [
-    "Thresholds", "Comparison", "NoiseFloor", "metric_kind", "ratio_ci", "welch_p", "mannwhitney_p",
-    "cohens_d", "adjust_pvalues", "noise_floor", "compare_samples", "decide", "correct", "fmt_factor", "fmt_p",
+    "Thresholds", "Comparison", "metric_kind", "ratio_ci", "welch_p", "mannwhitney_p",
+    "cohens_d", "adjust_pvalues", "compare_samples", "decide", "correct", "fmt_factor", "fmt_p",
 ]

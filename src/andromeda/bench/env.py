@@ -1,8 +1,11 @@
-"""The environment of a run: host, Python, torch/CUDA, devices, package versions, source commit.
+"""The environment of a run: host, Python, torch/CUDA, devices, package versions, source commit, and
+what decides how noisy its timings are: torch's thread count, the physical cores, the load average,
+the CPU frequency governor and, on NVIDIA GPUs, clocks, temperature and power (NVML).
 
-Everything is JSON-serializable; anything that cannot be found is None. Optional packages are
-looked up with importlib.metadata (never imported); external commands run with a timeout and
-fail soft.
+Everything is JSON-serializable; anything that cannot be found is None (GPU telemetry: left out).
+Optional packages are looked up with importlib.metadata (never imported), except NVML's bindings
+(`pynvml`, the `gpu` extra: nvidia-ml-py), imported lazily where present; external commands run with
+a timeout and fail soft.
 """
 
 from __future__ import annotations
@@ -82,6 +85,95 @@ def _cpus_available() -> int | None:
         return os.cpu_count()
 
 
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (hyperthread siblings count once), from
+    /sys topology; the usable logical CPUs where that is not readable."""
+    cpus = _cpus_available() or 1
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return cpus
+    cores = set()
+    for cpu in allowed:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topo.joinpath("physical_package_id").read_text().strip(),
+                       topo.joinpath("core_id").read_text().strip()))
+        except OSError:
+            return cpus
+    return max(1, min(len(cores), cpus))
+
+
+def resolve_threads(setting: str | int | None) -> int:
+    """The manifest's `threads` as a count: "auto" (or None) is the physical cores."""
+    return physical_cores() if setting in (None, "auto") else int(setting)
+
+
+def load_average() -> list[float] | None:
+    """[1 min, 5 min, 15 min] load average, or None where the OS has none."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def load_warning(load: list[float] | None, cpus: int | None) -> str | None:
+    """A one-line warning when the 1-minute load average exceeds the usable CPUs, else None."""
+    if not load or not cpus or load[0] <= cpus:
+        return None
+    return (f"the 1-minute load average is {load[0]:g} on {cpus} CPU(s): other work competes for the CPU, "
+            "so timings are noisy (comparisons of noisy cases are inconclusive)")
+
+
+def cpu_governor() -> str | None:
+    """cpufreq scaling governor of CPU 0 (performance, powersave, ...), or None where there is no cpufreq."""
+    try:
+        return Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def gpu_telemetry() -> list[dict[str, Any]] | None:
+    """Per NVIDIA GPU: SM and memory clocks (MHz), temperature (C), power draw and limit (W), from NVML;
+    None when the bindings (the `gpu` extra: nvidia-ml-py) or the driver are missing. A field NVML
+    will not give is left out."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver, no GPU: no telemetry
+        return None
+    out = []
+    try:
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            reads = {
+                "sm_clock_mhz": lambda h=h: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+                "mem_clock_mhz": lambda h=h: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM),
+                "max_sm_clock_mhz": lambda h=h: pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
+                "temperature_c": lambda h=h: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
+                "power_w": lambda h=h: pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0,
+                "power_limit_w": lambda h=h: pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0,
+            }
+            gpu: dict[str, Any] = {"index": i}
+            for key, read in reads.items():
+                try:
+                    gpu[key] = read()
+                except Exception:  # noqa: BLE001 - a field this GPU or driver does not report
+                    continue
+            out.append(gpu)
+    except Exception:  # noqa: BLE001
+        return out or None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass
+    return out
+
+
 def _gpus() -> dict[str, Any]:
     out: dict[str, Any] = {"gpu_count": 0, "gpu_names": [], "gpu_mem_gib": [], "gpu_capability": [],
                            "driver": None}
@@ -136,7 +228,20 @@ def collect_env() -> dict[str, Any]:
         env[key] = _version(*dists)
     env["andromeda"] = andromeda.__version__
     env["git_commit"] = _source_commit()
+    env.update(noise_env(env["cpu_count_available"]))
     return env
 
 
-__all__ = ["collect_env"]
+def noise_env(cpus: int | None) -> dict[str, Any]:
+    """What makes timings noisy, now: threads, physical cores, load average (and its warning), governor, GPUs."""
+    load = load_average()
+    out: dict[str, Any] = {"threads": torch.get_num_threads(), "physical_cores": physical_cores(),
+                           "load_avg": load, "cpu_governor": cpu_governor(), "load_warning": load_warning(load, cpus)}
+    telemetry = gpu_telemetry() if torch.cuda.is_available() else None
+    if telemetry:
+        out["gpu_telemetry"] = telemetry
+    return out
+
+
+__all__ = ["collect_env", "noise_env", "physical_cores", "resolve_threads", "load_average", "load_warning",
+           "cpu_governor", "gpu_telemetry"]

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
-from andromeda.bench.context import Case
 from andromeda.bench.manifest import Manifest
+
+if TYPE_CHECKING:
+    from andromeda.bench.context import Case
 
 
 def case_id(source: str, scenario: str, params: dict, manifest: Manifest) -> str:
@@ -26,6 +29,8 @@ def case_id(source: str, scenario: str, params: dict, manifest: Manifest) -> str
 
 
 def plan(manifest: Manifest) -> list[Case]:
+    from andromeda.bench.context import Case  # torch: planning is imported where torch may be missing
+
     cases, seen = [], set()
     for source in manifest.models:
         for index, entry in enumerate(manifest.scenarios):

@@ -5,8 +5,9 @@
 - compare_runs(): an OLD and a NEW run, case by case: by case id (same manifest), else by
   (source, scenario, params). Regressions and improvements come with the statistics of compare.py
   and a multiple-comparison correction across every comparison; `exit_code` is the gate:
-  1 on a significant regression beyond the threshold, or on a case that ran in OLD and failed
-  (oom/error) in NEW; 0 otherwise.
+  1 on a significant regression beyond the threshold and the noise floor, or on a case that ran in
+  OLD and failed (oom/error) in NEW; 0 otherwise. A difference within either side's A/A noise floor,
+  or of a case either side measured on a busy machine, is "inconclusive (noisy)" (bench/noise.py).
 
 No torch at import (model facts for the shape check are resolved lazily); never prints or writes.
 """
@@ -20,8 +21,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from andromeda.bench.compare import (
     Comparison,
     Correction,
@@ -30,8 +29,8 @@ from andromeda.bench.compare import (
     correct,
     decide,
     fmt_factor,
-    noise_floor,
 )
+from andromeda.bench.noise import Floors, flag, gate
 from andromeda.bench.records import Record
 from andromeda.errors import AndromedaError, missing_extra
 
@@ -204,6 +203,8 @@ def compare_records(
         return known[src]
 
     base_facts = get_facts(baseline_source)
+    floors = Floors([r for recs in by_source.values() for r in recs.values()], metrics, n_boot=n_boot, seed=seed)
+    run_floor = {s: floors.run(recs.values()) for s, recs in by_source.items()}
     out: list[Comparison] = []
     for cand in cands:
         cand_facts = get_facts(cand)
@@ -234,7 +235,8 @@ def compare_records(
                     comp = decide(replace(comp, params_ratio=params_ratio,
                                           flops_ratio=fc / fb if (fb and fc) else None,
                                           notes=tuple(diffs) or ("model shape unknown",)))
-                out.append(comp)
+                out.append(gate(comp, [floors.case(b_rec, m), floors.case(c_rec, m), run_floor[baseline_source],
+                                       run_floor[cand]], [flag(b_rec, baseline_source), flag(c_rec, cand)]))
     if not out:
         raise AndromedaError(f"no case has {', '.join(metrics)} for both '{baseline_source}' and a candidate "
                              f"({', '.join(cands)}): they ran different scenarios or parameters")
@@ -266,7 +268,7 @@ class RunComparison:
     correction: str = "holm"
     alpha: float = 0.05
     thresholds: Thresholds = field(default_factory=Thresholds)
-    noise_floor_old: float | None = None  # median A/A ratio-CI width (halves) over OLD's cases
+    noise_floor_old: float | None = None  # median A/A reach (noise.NoiseFloor.reach, halves) over OLD's cases
     noise_floor_new: float | None = None
     baseline_source: str | None = None  # set when the sources of one run were compared (compare_sources)
 
@@ -315,8 +317,12 @@ class RunComparison:
         floors = [(n, f) for n, f in zip(names, (self.noise_floor_old, self.noise_floor_new), strict=True)
                   if f is not None]
         if floors:
-            lines.append("A/A noise floor (median ratio-CI width, first vs second half of each case's samples): "
-                         + ", ".join(f"{n} ±{50 * f:.1f}%" for n, f in floors))
+            lines.append("A/A noise floor (median over cases of how far from 1 the ratio CI of a case's first vs "
+                         "second half reaches): " + ", ".join(f"{n} ±{100 * f:.1f}%" for n, f in floors)
+                         + "; differences within it (or within a case's own) are noise")
+        if noisy := sum(c.noisy is not None for c in self.comparisons):
+            lines.append(f"{noisy} comparison(s) of cases measured while other processes competed for the CPU: "
+                         "inconclusive (noisy), never regressions; rerun on a quiet machine to decide them")
         for title, items in (("regressions", self.regressions), ("improvements", self.improvements)):
             lines.append(f"{title}: {len(items)}")
             lines += [f"  {c.candidate_label + ': ' if sources else ''}{c.label} [{c.metric}]: {c.reason}"
@@ -388,20 +394,6 @@ def match_records(old: Sequence[Record], new: Sequence[Record]) -> tuple[list[tu
     return pairs, [r for i, r in enumerate(old) if i not in used], unmatched_new
 
 
-def _run_noise_floor(records: Sequence[Record], metrics: Sequence[str], n_boot: int, seed: int) -> float | None:
-    widths = []
-    for r in records:
-        if r.status != "ok" or _is_fit(r):
-            continue
-        for m in metrics:
-            s = r.samples.get(m)
-            if s and len(s) >= 8 and all(v is not None for v in s):
-                nf = noise_floor(s, n_boot=n_boot, seed=seed)
-                if math.isfinite(nf.width):
-                    widths.append(nf.width)
-    return float(np.median(widths)) if widths else None
-
-
 def compare_runs(
     old: str | Path | Sequence[Record],
     new: str | Path | Sequence[Record],
@@ -430,6 +422,8 @@ def compare_runs(
     if absent:
         raise AndromedaError(f"metric '{absent[0]}' is in neither run; metrics there: "
                              f"{', '.join(sorted(present)[:20])}{' ...' if len(present) > 20 else ''}")
+    floors = Floors([*old_recs, *new_recs], metrics, n_boot=n_boot, seed=seed)
+    floor_old, floor_new = floors.run(old_recs), floors.run(new_recs)
     comps: list[Comparison] = []
     changes: list[StatusChange] = []
     without = 0
@@ -446,9 +440,10 @@ def compare_runs(
             if ov is None or nv is None:
                 continue
             found = True
-            comps.append(compare_samples(ov, nv, m, thresholds=th, alpha=alpha, ci=ci, n_boot=n_boot, seed=seed,
-                                         dtype=n.info.get("dtype"), label=label,
-                                         baseline_label="OLD", candidate_label="NEW"))
+            comp = compare_samples(ov, nv, m, thresholds=th, alpha=alpha, ci=ci, n_boot=n_boot, seed=seed,
+                                   dtype=n.info.get("dtype"), label=label, baseline_label="OLD", candidate_label="NEW")
+            comps.append(gate(comp, [floors.case(o, m), floors.case(n, m), floor_old, floor_new],
+                              [flag(o, "OLD"), flag(n, "NEW")]))
         without += not found
     return RunComparison(
         old=old_name, new=new_name, metrics=metrics, comparisons=correct(comps, correction),
@@ -458,8 +453,7 @@ def compare_runs(
         matched_by_id=sum(h == "case_id" for *_, h in pairs),
         matched_by_params=sum(h == "params" for *_, h in pairs),
         without_metric=without, correction=correction, alpha=alpha, thresholds=th,
-        noise_floor_old=_run_noise_floor(old_recs, metrics, n_boot, seed),
-        noise_floor_new=_run_noise_floor(new_recs, metrics, n_boot, seed),
+        noise_floor_old=floor_old, noise_floor_new=floor_new,
     )
 
 
@@ -480,11 +474,13 @@ def compare_sources(
     comps = compare_records(recs, baseline_source, candidates, metric=metrics, thresholds=th, facts=facts,
                             allow_mismatch=allow_mismatch, correction=correction, alpha=alpha, seed=seed)
     cands = list(dict.fromkeys(c.candidate_label for c in comps))
+    floors = Floors(recs, metrics, seed=seed)
     return RunComparison(
         old=str(run) if isinstance(run, (str, Path)) else "(records)", new=", ".join(cands),
         metrics=metrics, comparisons=comps, matched_by_params=len({(c.label, c.candidate_label) for c in comps}),
         correction=correction, alpha=alpha, thresholds=th,
-        noise_floor_old=_run_noise_floor([r for r in recs if r.source == baseline_source], metrics, 2000, seed),
+        noise_floor_old=floors.run(r for r in recs if r.source == baseline_source),
+        noise_floor_new=floors.run(r for r in recs if r.source in cands),
         baseline_source=baseline_source,
     )
 

@@ -8,6 +8,14 @@ sweep are skipped), an unsupported combination a `skipped` record, any other exc
 
 The run's exit code (RunResult.exit_code) is 3 when any case of the run errored (this invocation's or,
 with --resume, an earlier one's), else 0: oom and skipped are results, not errors.
+
+Noise: torch runs with the manifest's `threads` (default the physical cores) for the whole run, set
+before any model is built and restored afterwards; the environment record holds it with the load
+average (a warning when it exceeds the CPUs). Each case's records carry info["load"], the CPU other
+processes took while it ran (bench/load.py), and info["noisy"] with the reason when that competed with
+the run: comparisons of such cases are inconclusive, never regressions. The plan interleaves the sides
+of a comparison case by case (bench/plan.py), so models are built on their first case and freed after
+their last.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,8 +34,9 @@ import yaml
 
 from andromeda.bench import scenarios, sources
 from andromeda.bench.context import Case, RunContext
-from andromeda.bench.env import collect_env
+from andromeda.bench.env import collect_env, resolve_threads
 from andromeda.bench.flops import device_peak_tflops
+from andromeda.bench.load import LoadProbe, noisy_reason
 from andromeda.bench.manifest import Manifest
 from andromeda.bench.plan import plan
 from andromeda.bench.records import Record, RecordStore
@@ -60,6 +70,7 @@ class RunResult:
     skipped_existing: int = 0
     total: int = 0
     earlier: dict[str, int] = field(default_factory=dict)  # with --resume: statuses of the records already there
+    noisy: int = 0  # cases of this invocation measured while other processes competed for the CPU
 
     @property
     def errors(self) -> int:
@@ -79,6 +90,10 @@ class Progress:
     def note(self, text: str) -> None: ...
     def advance(self) -> None: ...
     def stop(self) -> None: ...
+
+    def warn(self, text: str) -> None:
+        """Something the user must see even without a progress bar: on stderr."""
+        print(f"warning: {text}", file=sys.stderr)
 
 
 def pending_cases(todo: list[Case], done: set[str], ctx: RunContext, progress: Progress, index: int):
@@ -129,8 +144,19 @@ def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device
                                                      sort_keys=False))
 
     dtype = getattr(torch, manifest.dtype)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(resolve_threads(manifest.threads))  # before any model is built or case runs
+    try:
+        return _run(manifest, out, store, dev, dtype, resume, progress, on_record)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(manifest: Manifest, out: Path, store: RecordStore, dev: torch.device, dtype: torch.dtype, resume: bool,
+         progress: Progress | None, on_record: Callable[[Record], None] | None) -> RunResult:
     env = collect_env()
     env["run_device"] = str(dev)
+    env["threads_setting"] = manifest.threads
     peak = device_peak_tflops((env.get("gpu_names") or ["cpu"])[0] if dev.type == "cuda" else "cpu",
                               manifest.dtype, manifest.peak_tflops)
     ctx = RunContext(device=dev, dtype=dtype, timing=manifest.timing.to_config(), env=env,
@@ -144,10 +170,13 @@ def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device
         if r.case_id in planned:
             result.earlier[r.status] = result.earlier.get(r.status, 0) + 1
     progress = progress or Progress()
+    if env.get("load_warning"):
+        progress.warn(env["load_warning"])
     progress.start(len(cases))
 
     def emit(records: list[Record]) -> None:
         store.append(records)
+        result.noisy += any(r.info.get("noisy") for r in records)
         for r in records:
             result.counts[r.status] = result.counts.get(r.status, 0) + 1
             if on_record:
@@ -163,37 +192,47 @@ def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device
         return result
 
     try:
-        index = 0
-        for source in manifest.models:
-            todo = [c for c in cases if c.source == source]
-            pending = [c for c in todo if c.case_id not in done]
-            groups_to_finalize = {c.group for c in pending}
-            bundle = None
-            if pending:
+        _run_in_process(manifest, cases, done, ctx, out, store, progress, emit)
+    finally:
+        progress.stop()
+    if result.noisy:
+        progress.warn(f"{result.noisy} case(s) ran while other processes competed for the CPU (info.noisy in "
+                      "their records): their timings are noisy, and comparisons of them are inconclusive")
+    return result
+
+
+def _run_in_process(manifest: Manifest, cases: list[Case], done: set[str], ctx: RunContext, out: Path,
+                    store: RecordStore, progress: Progress, emit) -> None:
+    """The cases in plan order. A source is built before its first pending case and freed (after its sweeps
+    are finalized) after its last case: once per source, whether its cases run in a block or interleaved."""
+    last = {c.source: i for i, c in enumerate(cases)}
+    bundles: dict[str, object] = {}
+    failed: dict[str, tuple[str, str]] = {}  # source -> (status, message) of a build that failed
+    oom_cases: dict[str, list[Case]] = {}
+    for i, case in enumerate(cases):
+        source = case.source
+        if case.case_id not in done:
+            if source not in bundles and source not in failed:
                 progress.note(f"building {source}")
                 try:
                     torch.manual_seed(manifest.seed)
-                    bundle = sources.build(source, dev, dtype)
+                    bundles[source] = sources.build(source, ctx.device, ctx.dtype)
+                    save_facts(out, source, bundles[source].facts)
                 except Exception as e:  # noqa: BLE001 - a model that cannot be built fails its cases
-                    status, msg = _classify(e)
-                    for c in pending:
-                        ctx.case = c
-                        emit([ctx.record(status=status, message=f"building the model failed: {msg}")])
-                        progress.advance()
-                    index += len(todo)
-                    continue
-                save_facts(out, source, bundle.facts)
-            oom_cases: list[Case] = []
-            for case in pending_cases(todo, done, ctx, progress, index):
-                emit(_run_case(bundle, case, ctx, oom_cases))
-                progress.advance()
-            index += len(todo)
-            _finalize(bundle, todo, groups_to_finalize, ctx, store, emit)
-            del bundle
-            free_memory(dev)
-    finally:
-        progress.stop()
-    return result
+                    failed[source] = _classify(e)
+            progress.case(case, i + 1)
+            ctx.case = case
+            if source in failed:
+                status, msg = failed[source]
+                emit([ctx.record(status=status, message=f"building the model failed: {msg}")])
+            else:
+                emit(_run_case(bundles[source], case, ctx, oom_cases.setdefault(source, [])))
+        progress.advance()
+        if last[source] == i and source not in failed:
+            todo = [c for c in cases if c.source == source]
+            _finalize(bundles.pop(source, None), todo, {c.group for c in todo if c.case_id not in done}, ctx,
+                      store, emit)
+            free_memory(ctx.device)
 
 
 def check_out_dir(out: Path) -> None:
@@ -242,7 +281,8 @@ def _run_case(bundle, case: Case, ctx: RunContext, oom_cases: list[Case]) -> lis
         return ctx.skip(f"not run: a smaller point of this sweep ({big.params}) ran out of memory")
     scenario = scenarios.get(case.scenario)
     try:
-        return scenario.run(bundle, dict(case.params), ctx)
+        probe = LoadProbe(torch.get_num_threads())
+        return with_load(scenario.run(bundle, dict(case.params), ctx), probe.stop())
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - isolation is the point
@@ -255,6 +295,17 @@ def _run_case(bundle, case: Case, ctx: RunContext, oom_cases: list[Case]) -> lis
             for p in bundle.model.parameters():
                 p.grad = None
         free_memory(ctx.device)
+
+
+def with_load(records: list[Record], load: dict) -> list[Record]:
+    """The records with the load their case ran under (info["load"]) and, when other processes competed with
+    it, info["noisy"]: the reason."""
+    reason = noisy_reason(load)
+    for r in records:
+        r.info["load"] = load
+        if reason:
+            r.info["noisy"] = reason
+    return records
 
 
 def _finalize(bundle, todo: list[Case], groups: set[str], ctx: RunContext, store: RecordStore, emit) -> None:

@@ -114,6 +114,10 @@ def _caption(comparisons: Sequence[Comparison]) -> str:
         parts.append(f"p adj.: Mann-Whitney p after {'Holm' if c0.correction == 'holm' else 'Benjamini-Hochberg'} "
                      f"correction over {len(comparisons)} comparisons; significant = p adj. < {c0.alpha:g} "
                      "and a CI that excludes 1.")
+    if any(c.verdict == "inconclusive (noisy)" for c in comparisons):
+        parts.append("inconclusive (noisy): a side ran while other processes competed for the CPU, or the difference "
+                     "lies within the A/A noise floor (ratio within 1 ± half the CI width of a run against itself); "
+                     "never a regression.")
     if len({c.metric for c in comparisons}) == 1:
         parts.append(f"Metric: {c0.metric} ({'lower' if c0.direction == 'lower' else 'higher'} is better).")
     return " ".join(parts)
@@ -279,7 +283,8 @@ def ratio_chart(comparisons: Sequence[Comparison], title: str = "Candidate vs ba
     ax.grid(True, axis="x", alpha=0.3)
     present = [o for o in ("worse", "better", "same", "inconclusive") if any(c.outcome == o for c in shown)]
     names = {"worse": "worse (significant, beyond threshold)", "better": "better (significant, beyond threshold)",
-             "same": "no significant difference / within threshold", "inconclusive": "inconclusive"}
+             "same": "no significant difference / within threshold",
+             "inconclusive": "inconclusive (noisy: busy machine or within the A/A noise floor; or no test)"}
     handles = [Line2D([], [], color=_COLORS[o], marker="o", linewidth=2, label=names[o]) for o in present]
     if band:
         handles.append(Line2D([], [], color="#999999", linestyle="--", label="threshold"))
