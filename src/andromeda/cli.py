@@ -33,16 +33,17 @@ EXIT_CODES = {
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from andromeda.bench.compare_run import compare_run
-    from andromeda.bench.manifest import load_manifest
-    from andromeda.bench.runner import run
-    from andromeda.cli_progress import RichProgress, print_summary
-    from andromeda.report import build_report
+    from andromeda.bench.manifest import load_manifest  # torch-free: a bad manifest fails before torch loads
 
     if args.manifest and args.preset:
         raise AndromedaError("give a manifest file or --preset NAME, not both")
     preset = args.preset or (None if args.manifest else "quick")
     manifest = load_manifest(args.manifest, preset=preset, overrides=args.set)
+
+    from andromeda.bench.compare_run import compare_run
+    from andromeda.bench.runner import run
+    from andromeda.cli_progress import RichProgress, print_summary
+    from andromeda.report import build_report
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or manifest.out or f"runs/{manifest.name}-{stamp}")
     progress = RichProgress()
