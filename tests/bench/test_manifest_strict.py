@@ -54,7 +54,7 @@ _NO_TORCH = textwrap.dedent('''
         assert m.scenarios and m.models, name
     m = load_manifest(sys.argv[1], resolve=False)
     from andromeda.cli import main
-    codes = [main(["run", path, "--out", sys.argv[4]]) for path in sys.argv[2:4]]
+    codes = [main(["run", path, "--out", sys.argv[4]]) for path in (*sys.argv[2:4], sys.argv[1])]
     assert "torch" not in sys.modules
     print("codes", *codes)
 ''')
@@ -70,9 +70,10 @@ def test_manifests_load_and_fail_without_torch(tmp_path):
     r = subprocess.run([sys.executable, "-c", _NO_TORCH, str(good), str(bad), str(missing), str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "codes 2 2" in r.stdout
+    assert "codes 2 2 2" in r.stdout
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 2 and "seed: !!int 'abc'" in lines[0] and "scenarios[0].data" in lines[1], r.stderr
+    assert len(lines) == 3 and "seed: !!int 'abc'" in lines[0] and "scenarios[0].data" in lines[1], r.stderr
+    assert "models[0]: checking an Andromeda model config needs torch" in lines[2], r.stderr  # a good manifest
 
 
 def test_manifest_modules_import_no_torch():
@@ -321,6 +322,20 @@ def test_every_preset_resolves_and_round_trips(name, tmp_path):
     text = yaml.safe_dump(m.model_dump(mode="json", by_alias=True), sort_keys=False)
     (tmp_path / "manifest.yml").write_text(text)
     assert load_manifest(tmp_path / "manifest.yml", resolve=False) == m
+    from andromeda.bench.manifest import dump_manifest
+
+    (tmp_path / "manifest.yml").write_text(dump_manifest(m))
+    assert load_manifest(tmp_path / "manifest.yml", resolve=False) == m
+
+
+def test_dump_manifest_round_trips_strings_that_look_like_numbers(tmp_path):
+    from andromeda.bench.manifest import dump_manifest
+
+    m = validate({"name": "1e5", "description": "yes", "models": ["andromeda:tiny"], "out": "0o17",
+                  "scenarios": [{"scenario": "latency"}]})
+    (tmp_path / "manifest.yml").write_text(dump_manifest(m))
+    assert load_manifest(tmp_path / "manifest.yml", resolve=False) == m
+    assert yaml.safe_load(dump_manifest(m))["name"] == "1e5"
 
 
 def test_config_copies_match_the_modules_they_mirror():

@@ -289,7 +289,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
+            if not re.fullmatch(r"[0-9]{1,9}", part) or int(part) >= len(node):  # not isdigit(): '²' is a digit
                 where = ".".join(parts[:i])
                 raise ConfigError(f"--set '{item}': '{where}' has {len(node)} items; '{part}' is no index")
             part = int(part)
@@ -410,10 +410,16 @@ def _allowed_fields(loc: list[Any]) -> list[str]:
     return [info.alias or name for name, info in cands[0].model_fields.items()]
 
 
+def dump_manifest(manifest: Manifest) -> str:
+    """The manifest as YAML that load_manifest (and yaml.safe_load) read back unchanged: what a run should
+    write as manifest.yml (a string such as '1e5' or 'yes' is quoted, so it stays a string)."""
+    return manifest_yaml.dump(manifest.model_dump(mode="json", by_alias=True))
+
+
 def json_schema() -> dict[str, Any]:
     return Manifest.model_json_schema()
 
 
 __all__ = ["Manifest", "TimingSpec", "ReportSpec", "CompareSpec", "CompareThresholds", "load_manifest", "validate",
-           "check_resources", "read_yaml", "apply_override", "preset_names", "preset_text", "format_error",
-           "json_schema", "FORMATS", "DTYPES"]
+           "check_resources", "read_yaml", "dump_manifest", "apply_override", "preset_names", "preset_text",
+           "format_error", "json_schema", "FORMATS", "DTYPES"]

@@ -228,8 +228,26 @@ class _Builder:
                                     "numbers, booleans, null, lists and mappings")
 
 
+class _Dumper(yaml.SafeDumper):
+    """safe_dump that quotes a string whenever YAML 1.1 (PyYAML, yaml.safe_load) or the core schema (load
+    above) would read it back as something else: 'yes', '1e5', '0o17' stay strings for both."""
+
+    def resolve(self, kind, value, implicit):
+        tag = super().resolve(kind, value, implicit)
+        if kind is ScalarNode and implicit[0] and tag == STR:
+            for core, regex in ((BOOL, _BOOL), (INT, _INT), (FLOAT, _FLOAT), (NULL, _NULL)):
+                if regex.match(value):
+                    return core
+        return tag
+
+
+def dump(data: Any) -> str:
+    """YAML text that load() and yaml.safe_load() both read back as `data` (plain data only)."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+
+
 def _short(tag: str) -> str:
     return "!!" + tag[len(_T):] if tag.startswith(_T) else tag
 
 
-__all__ = ["load", "read_text", "decode", "MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "path_str"]
+__all__ = ["load", "dump", "read_text", "decode", "MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "path_str"]
