@@ -6,6 +6,7 @@ from andromeda.data.loaders import (
     DocumentData,
     Documents,
     SyntheticData,
+    check_data_files,
     load_hf_dataset,
     load_text,
     load_tokens,
@@ -20,6 +21,6 @@ from andromeda.data.windows import Window, plan_windows
 
 __all__ = [
     "DataSource", "Documents", "DocumentData", "SyntheticData", "open_data", "parse_data_spec",
-    "validate_data_spec", "load_tokens", "load_text", "load_hf_dataset", "text_documents", "token_bytes",
-    "MarkovSource", "entropy_rate", "stationary_distribution", "Window", "plan_windows",
+    "validate_data_spec", "check_data_files", "load_tokens", "load_text", "load_hf_dataset", "text_documents",
+    "token_bytes", "MarkovSource", "entropy_rate", "stationary_distribution", "Window", "plan_windows",
 ]
