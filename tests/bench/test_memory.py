@@ -1,4 +1,5 @@
-"""bench.memory: peak RSS catches a 256 MiB allocation; module_bytes counts tied weights once."""
+"""bench.memory: peak RSS catches a 256 MiB allocation; module_bytes counts tied weights once; the CPU tensor
+peak counts torch's allocations and frees; the memory scenario's CPU numbers are tensor memory, not RSS."""
 
 import time
 
@@ -116,3 +117,47 @@ def test_cuda_peak_allocated():
     assert mem.peak_allocated_mib == pytest.approx(mem.start_allocated_mib + 64, abs=1)
     assert mem.peak_reserved_mib >= mem.peak_allocated_mib
     del keep
+
+
+# ---- torch's CPU tensors (the memory scenario's CPU numbers) ---------------------------------------
+def test_cpu_tensor_peak_counts_allocations_and_frees_in_order():
+    from andromeda.bench.memory import track_cpu_tensors
+
+    kept = torch.empty(10)  # allocated before: not counted
+    with track_cpu_tensors() as t:
+        a = torch.empty(1_000_000, dtype=torch.float32)  # 4,000,000 bytes
+        b = torch.empty(250_000, dtype=torch.float64)  # 2,000,000 bytes: 6,000,000 at once
+        del a
+        c = torch.empty(3_000_000, dtype=torch.uint8)  # 2,000,000 + 3,000,000 < the earlier 6,000,000
+        del kept
+    if t.reason is not None:
+        pytest.skip(t.reason)
+    assert t.peak_mib * MIB == pytest.approx(6_000_000, abs=4096)
+    assert t.end_mib * MIB == pytest.approx(5_000_000 - 40, abs=4096)  # b and c remain; `kept` was freed
+    del b, c
+
+
+def test_memory_scenario_on_cpu_reports_tensor_memory_not_process_rss(tmp_path):
+    from andromeda.bench.manifest import validate
+    from andromeda.bench.records import RecordStore
+    from andromeda.bench.runner import run
+    from andromeda.model import Andromeda, from_name
+
+    m = validate({"models": ["andromeda:tiny"], "device": "cpu", "report": {"formats": ["csv"]},
+                  "scenarios": [{"scenario": "memory", "mode": ["inference", "train"], "batch": [1, 4],
+                                 "seq_len": [64], "kv_cache": False}]})
+    run(m, tmp_path / "run")
+    recs = {(r.params["mode"], r.params["batch"]): r for r in RecordStore(tmp_path / "run" / "results.jsonl")}
+    cfg = from_name("tiny")
+    params = sum(p.numel() for p in Andromeda(cfg).parameters())
+    for (mode, batch), r in recs.items():
+        x = r.metrics
+        logits = batch * 64 * cfg.num_tokens * 4  # the output alone, float32
+        assert x["activations_mib"] * MIB >= logits  # every pass allocates at least its logits
+        if mode == "train":  # and a training step its gradients
+            assert x["activations_mib"] * MIB >= logits + 4 * params
+        assert x["peak_mib"] == pytest.approx(x["weights_mib"] + x["activations_mib"])
+        assert x["peak_mib"] < x["rss_peak_mib"] / 10  # not the whole process (the issue: 526.7 MiB)
+        assert "not process RSS" in r.info["peak_mib"]
+    for mode in ("inference", "train"):  # four sequences need more than one
+        assert recs[(mode, 4)].metrics["activations_mib"] > 2 * recs[(mode, 1)].metrics["activations_mib"]

@@ -1,8 +1,19 @@
-"""Peak memory of a block of code: CUDA allocator peaks and the process's peak resident set size.
+"""Peak memory of a block of code: CUDA allocator peaks, torch's CPU tensor peak, and the process's
+peak resident set size.
 
     with track_memory("cuda") as mem:
         model(tokens)
     mem.peak_allocated_mib, mem.delta_peak_allocated_mib, mem.rss_peak_mib, ...
+
+    with track_cpu_tensors() as t:       # CPU: what the block's tensors needed at their worst
+        model(tokens)
+    t.peak_mib, t.end_mib                # above what was allocated at the start; None with t.reason
+
+Process RSS is not a model's memory: it holds the interpreter, torch's libraries and heap pages freed
+earlier and reused (a block that reuses them adds nothing to RSS). track_cpu_tensors() counts torch's
+own CPU allocations and frees instead, in order, from the profiler's memory events: the CPU
+counterpart of the CUDA allocator's delta peak (memory a library allocates outside torch's allocator,
+e.g. a BLAS workspace, is not in it).
 
 CUDA: reset_peak_memory_stats on entry, max_memory_allocated/reserved on exit (after a
 synchronize). Host RSS (every device): on Linux the kernel's peak RSS (VmHWM) is reset by
@@ -14,6 +25,7 @@ VmRSS every ~1 ms instead, which can miss peaks shorter than that. All sizes in 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -198,4 +210,63 @@ def track_memory(
             stats.rss_delta_mib = stats.rss_peak_mib - stats.rss_start_mib
 
 
-__all__ = ["MemoryStats", "track_memory", "module_bytes", "tensor_bytes", "MIB"]
+# ---- torch's CPU tensors -----------------------------------------------------------------------
+@dataclass
+class TensorPeak:
+    peak_mib: float | None = None  # highest CPU tensor memory allocated in the block, above its start
+    end_mib: float | None = None  # still allocated at its end (above the start)
+    reason: str | None = None  # why the fields are None
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """fd 2 to /dev/null for the block (kineto prints a line when the profiler starts and stops)."""
+    try:
+        sys.stderr.flush()
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+@contextlib.contextmanager
+def track_cpu_tensors() -> Iterator[TensorPeak]:
+    """Peak bytes of torch CPU tensors allocated in the block above what was allocated at its start: the
+    running sum of the profiler's allocation (+) and free (-) events, in the order they happened."""
+    from torch.profiler import ProfilerActivity, kineto_available, profile
+
+    stats = TensorPeak()
+    if not kineto_available():
+        stats.reason = "this torch build has no profiler (kineto) to count CPU tensor allocations"
+        yield stats
+        return
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    try:
+        with _quiet_stderr():
+            prof.start()
+    except RuntimeError as e:  # another profiler is running
+        stats.reason = f"the profiler could not start: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        yield stats
+        return
+    try:
+        yield stats
+    finally:
+        with _quiet_stderr():
+            prof.stop()
+        cpu = torch.autograd.DeviceType.CPU
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() == cpu]
+        running = peak = 0
+        for e in sorted(events, key=lambda e: e.start_ns()):  # stable: same-time events keep their order
+            running += e.nbytes()
+            peak = max(peak, running)
+        stats.peak_mib, stats.end_mib = peak / MIB, running / MIB
+
+
+__all__ = ["MemoryStats", "track_memory", "module_bytes", "tensor_bytes", "MIB", "TensorPeak", "track_cpu_tensors"]
