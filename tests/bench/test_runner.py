@@ -208,3 +208,17 @@ def test_hf_source_from_local_checkpoint(tmp_path):
         assert torch.allclose(bundle.logits(tokens), ref(tokens).logits, atol=1e-5)
     assert bundle.facts.params == sum(p.numel() for p in ref.parameters())
     assert (bundle.facts.layers, bundle.facts.kv_heads, bundle.facts.head_dim) == (1, 1, 16)
+
+
+def test_saved_manifest_reads_back_as_written(tmp_path):
+    """The run's manifest.yml keeps strings that YAML 1.2 would read as numbers or bools (a name of '1e5',
+    a description of 'yes') as strings: resuming or rebuilding the report from it sees the same manifest."""
+    p = _manifest(tmp_path, scenario="latency", mode=["forward"], batch=[1], seq_len=[8])
+    m = yaml.safe_load(p.read_text())
+    m.update(name="1e5", description="yes")
+    p.write_text(json.dumps(m))  # JSON is YAML: both strings quoted, as a user would have to write them
+    out = tmp_path / "run"
+    assert main(["run", str(p), "--out", str(out)]) == 0
+    again = load_manifest(out / "manifest.yml")
+    assert again.name == "1e5" and again.description == "yes"
+    assert again == load_manifest(p)

@@ -13,8 +13,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from andromeda.bench.compare import Thresholds
 from andromeda.bench.regress import RunComparison, compare_sources
 from andromeda.errors import AndromedaError
@@ -85,7 +83,9 @@ def compare_run_dir(run_dir: str | Path) -> list[Compared]:
     if not path.is_file():
         return []
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        from andromeda.bench.manifest_yaml import load as load_yaml  # the manifest loader's own strict YAML
+
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
         section = data.get("compare")
     except Exception as e:  # noqa: BLE001 - not YAML, not a mapping: the comparison cannot be rebuilt
         return [Compared("(manifest.yml)", None, {}, f"{path} does not load: {type(e).__name__}: {e}")]

@@ -30,14 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from andromeda.bench import scenarios, sources
 from andromeda.bench.context import Case, RunContext
 from andromeda.bench.env import collect_env, resolve_threads
 from andromeda.bench.flops import device_peak_tflops
 from andromeda.bench.load import LoadProbe, noisy_reason
-from andromeda.bench.manifest import Manifest
+from andromeda.bench.manifest import Manifest, dump_manifest
 from andromeda.bench.plan import plan
 from andromeda.bench.records import Record, RecordStore
 from andromeda.devices import resolve_device
@@ -140,8 +139,8 @@ def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device
     dev = resolve_device(manifest.device)  # a bad --device fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     # by_alias: fields are written as users write them (the attention scenario's `pass`, not `pass_`)
-    (out / "manifest.yml").write_text(yaml.safe_dump(manifest.model_dump(mode="json", by_alias=True),
-                                                     sort_keys=False))
+    # dump_manifest quotes strings YAML 1.2 would read as numbers or bools ('1e5', 'yes'): they read back as written
+    (out / "manifest.yml").write_text(dump_manifest(manifest))
 
     dtype = getattr(torch, manifest.dtype)
     threads_before = torch.get_num_threads()
