@@ -311,7 +311,12 @@ def test_flops_and_sparsity_match_direct_counts():
         pairs = int(keep.sum())
         forward = 4 * p["batch"] * p["heads"] * pairs * p["head_dim"]
         assert r.metrics["pairs"] == pairs
-        assert r.metrics["flops"] == (forward * 3.5 if p["pass"] == "fwd_bwd" else forward)
+        # eager and SDPA's math kernel save the probabilities: backward = 2x forward (dP, dV, dQ, dK)
+        assert r.metrics["flops"] == (forward * 3 if p["pass"] == "fwd_bwd" else forward)
+        dense = 4 * p["batch"] * p["heads"] * (64 * 65 // 2 if p["causal"] else 64 * 64) * p["head_dim"]
+        assert r.metrics["dense_flops"] == (dense * 3 if p["pass"] == "fwd_bwd" else dense)
+        assert r.metrics["effective_tflops"] == pytest.approx(r.metrics["dense_flops"] / (r.metrics["latency_ms"] / 1e3)
+                                                              / 1e12)
         assert r.metrics["tflops"] == pytest.approx(r.metrics["flops"] / (r.metrics["latency_ms"] / 1e3) / 1e12)
         assert r.metrics["sparsity"] == pytest.approx(1 - pairs / (64 * 65 // 2 if p["causal"] else 64 * 64))
         assert r.metrics["max_rel_err"] < TOL[torch.float32]
@@ -319,6 +324,40 @@ def test_flops_and_sparsity_match_direct_counts():
             assert all(r.metrics[f"d{x}_max_rel_err"] < 1e-4 for x in "qkv")
         assert r.info["kernels"] == [p["impl"]] and r.info["reference"] == "float64, every query row"
         assert r.metrics["peak_mib"] > 0 and r.metrics["latency_ms"] > 0
+
+
+@pytest.mark.parametrize("impl,passes", [
+    ("eager", 1 + 2.0),  # forward kept P: backward is dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q
+    ("sdpa_math", 1 + 2.0),
+    ("sdpa_flash", 1 + 2.5),  # fused CPU flash kernel: backward computes S = Q K^T again, then the four
+])
+def test_backward_flops_follow_the_kernel(impl, passes):
+    b, h, d, n = 2, 4, 16, 32  # run_points: 4 query heads on 2 K/V heads; every query head computes its pairs
+    (rec,) = run_points(impl=[impl], pattern=["dense"], seq_len=[n], causal=[True], batch=b, **{"pass": ["fwd_bwd"]})
+    assert rec.status == "ok", rec.message
+    pairs = n * (n + 1) // 2  # causal: query i sees keys 0..i
+    matmul = 2 * b * h * pairs * d  # one (query, key)-pair matmul: scores, or P V
+    # forward: 2 matmuls; recomputing backward: 5 (S again, dP, dV, dQ, dK); saving backward: 4
+    expected = matmul * (2 + (5 if passes == 3.5 else 4))
+    assert rec.metrics["flops"] == expected == 4 * b * h * pairs * d * passes
+    assert rec.metrics["dense_flops"] == expected  # the dense causal pattern: nothing skipped
+    assert ("recomputes" if passes == 3.5 else "saves") in rec.info["backward_flops"]
+
+
+def test_cpu_peak_memory_is_tensor_allocations_not_rss():
+    b, h, hkv, d = 2, 4, 2, 16
+    recs = {}
+    for n in (64, 256):
+        (rec,) = run_points(impl=["eager"], pattern=["dense"], seq_len=[n], causal=[True], batch=b,
+                            **{"pass": ["forward"]})
+        recs[n] = rec
+        inputs = 4 * (b * h * n * d + 2 * b * hkv * n * d) / 2**20  # q, k, v in float32
+        scores = 4 * b * h * n * n / 2**20  # eager materializes the (B, H, N, N) scores
+        assert rec.metrics["added_peak_mib"] >= scores
+        assert rec.metrics["peak_mib"] == pytest.approx(inputs + rec.metrics["added_peak_mib"])
+        assert rec.metrics["peak_mib"] < rec.metrics["rss_peak_mib"] / 10  # RSS holds torch and the interpreter
+        assert "not process RSS" in rec.info["peak_mib"]
+    assert recs[256].metrics["added_peak_mib"] > 4 * recs[64].metrics["added_peak_mib"]  # scores grow as N^2
 
 
 def test_reference_on_a_subset_of_rows():

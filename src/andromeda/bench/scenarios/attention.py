@@ -2,11 +2,18 @@
 
 A case is one implementation at one shape point (pattern, causal, dtype, pass, seq_len). It measures
   latency_ms      ctx.time: CUDA events on GPU, perf_counter after synchronize elsewhere
-  peak_mib        peak memory of one call (CUDA allocator peak, host peak RSS on CPU); added_peak_mib
-                  is that peak minus what was in use before the call (inputs excluded)
-  flops, tflops   4 * B * H * pairs * D forward, x3.5 for forward+backward (backward = 2.5x forward);
-                  pairs = (query, key) pairs the pattern keeps, so a sparse pattern is credited only
-                  with the work it needs
+  peak_mib        peak memory of one call: on CUDA the allocator peak and added_peak_mib that peak minus
+                  what was in use before the call (inputs excluded); on CPU added_peak_mib is the call's
+                  peak torch tensor allocations above its start (profiler events, memory.track_cpu_tensors)
+                  and peak_mib the inputs (q, k, v, and dout for fwd_bwd) + that. Process RSS is
+                  recorded only as rss_peak_mib / rss_delta_mib: it is not the call's memory.
+  flops, tflops   4 * B * H * pairs * D forward; forward+backward adds the backward of the kernel:
+                  2.5x forward where it recomputes the probabilities (flash-style: sdpa_flash,
+                  sdpa_efficient, sdpa_cudnn, flex, triton, flash_attn, xformers), 2x where forward saved
+                  them (eager, sdpa_math): flops.attention_recomputes. pairs = (query, key) pairs the
+                  pattern keeps, so a sparse pattern is credited only with the work it needs
+  effective_tflops  the dense pattern's FLOPs (every causal pair, or all N^2) over the same time: what
+                  a sparse pattern's speed is worth against dense attention, not work done
   sparsity        1 - pairs / pairs of the dense pattern (causal: N(N+1)/2, else N^2)
   block_sparsity  1 - blocks computed / blocks of the dense pattern (block_size x block_size tiles)
   accuracy        max_abs_err, max_rel_err (= max_abs_err / max|ref|) of the output, and of dQ/dK/dV
@@ -16,17 +23,25 @@ The model source of the manifest is not used: the runner needs one, any will do.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from andromeda.bench.attention_impls import Problem, alibi_slopes, check_kernels, cuda_kernels, prepare
-from andromeda.bench.flops import achieved_tflops, mfu
-from andromeda.bench.memory import track_memory
+from andromeda.bench.flops import achieved_tflops, attention_recomputes, mfu
+from andromeda.bench.memory import MIB, tensor_bytes, track_cpu_tensors, track_memory
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.config.attention import AttentionConfig
 from andromeda.bench.sparsity import Pattern, PatternSpec, get_pattern
 from andromeda.errors import UnsupportedError
 
-BACKWARD_FACTOR = 2.5  # attention backward FLOPs / forward FLOPs (ARCHITECTURE.md)
+
+def backward_factor(impl: str, device_type: str, dtype: str) -> float:
+    """Attention backward FLOPs / forward FLOPs of `impl` (ARCHITECTURE.md): 2.5 where its backward recomputes
+    the probabilities (q @ k^T again, then dP, dV, dQ, dK), 2.0 where forward saved them."""
+    return 2.5 if attention_recomputes(impl, device_type, dtype) else 2.0
+
+
 # max_rel_err above this flags the record (gradients: twice this): a wrong kernel, not rounding
 TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 1e-2}
 _REF_ELEMS = 1 << 24  # float64 reference: at most B x rows x N score elements per head (128 MiB)
@@ -168,7 +183,8 @@ class Attention:
 
         timing = ctx.time(fn)
         clear()
-        with track_memory(dev) as mem:
+        tracker = track_cpu_tensors() if dev.type == "cpu" else contextlib.nullcontext()
+        with track_memory(dev) as mem, tracker as tensors:
             fn()
         clear()
         info = {"impl": impl, "how": call.info["how"], "dtype": p["dtype"], "stopped": timing.stopped,
@@ -201,11 +217,17 @@ class Attention:
         if warnings:
             info["warnings"] = warnings
 
-        fwd = 4 * prob.batch * prob.heads * pattern.pairs * prob.head_dim
-        flops = fwd * (1 + BACKWARD_FACTOR) if prob.backward else fwd
+        passes = 1 + backward_factor(impl, dev.type, p["dtype"]) if prob.backward else 1.0
+        per_pair = 4 * prob.batch * prob.heads * prob.head_dim  # scores + PV, forward, per (query, key) pair
+        flops = per_pair * pattern.pairs * passes
+        dense_flops = per_pair * pattern.baseline_pairs * passes
         seconds = timing.median_ms / 1e3
         metrics = {**timing.summary.to_metrics("latency_ms"), "flops": float(flops),
-                   "tflops": achieved_tflops(flops, seconds)}
+                   "tflops": achieved_tflops(flops, seconds), "dense_flops": float(dense_flops),
+                   "effective_tflops": achieved_tflops(dense_flops, seconds)}
+        info["backward_flops"] = (f"{passes - 1:g}x forward ({impl} "
+                                  f"{'recomputes' if passes == 3.5 else 'saves'} the probabilities)"
+                                  if prob.backward else "none (forward only)")
         u = mfu(flops, seconds, ctx.peak_for(p["dtype"]))
         if u is not None:
             metrics["mfu"] = u
@@ -213,7 +235,17 @@ class Attention:
                         "block_sparsity": pattern.block_sparsity})
         if dev.type == "cuda":
             metrics.update(peak_mib=mem.peak_allocated_mib, added_peak_mib=mem.delta_peak_allocated_mib)
-        elif mem.rss_peak_mib is not None:
-            metrics.update(peak_mib=mem.rss_peak_mib, added_peak_mib=mem.rss_delta_mib)
+        elif tensors is not None and tensors.peak_mib is not None:
+            inputs = sum(tensor_bytes(t) for t in ((q, k, v, dout) if prob.backward else (q, k, v))) / MIB
+            metrics.update(peak_mib=inputs + tensors.peak_mib, added_peak_mib=tensors.peak_mib)
+            info["peak_mib"] = ("the inputs + the call's peak torch CPU tensor allocations (added_peak_mib); "
+                                "not process RSS (rss_*)")
+        else:  # never the process RSS under this name
+            why = tensors.reason if tensors is not None else "no allocator peak on this device"
+            info["peak_mib"] = f"not measured on {dev.type}: {why}; process RSS is rss_*"
+        if mem.rss_peak_mib is not None:
+            metrics.update(rss_peak_mib=mem.rss_peak_mib)
+            if mem.rss_delta_mib is not None:
+                metrics["rss_delta_mib"] = mem.rss_delta_mib
         metrics.update(acc)
         return ctx.record(metrics, samples={"latency_ms": timing.samples_ms}, info=info)
