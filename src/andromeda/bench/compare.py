@@ -93,8 +93,8 @@ def metric_kind(metric: str, direction: Direction | None = None) -> tuple[Kind, 
     """(kind, direction) from a metric name; `direction` overrides the name's.
 
     accuracy (*abs_diff*, *abs_err*): lower; memory (*_mib, *_gib, *_bytes, *bytes_per_token*): lower;
-    throughput (*_per_s, *tflops, *mfu): higher; time (*_ms, *_s, *_us, ms_per_*): lower;
-    loss/perplexity: lower ("other"). Any other name needs `direction`.
+    throughput (*_per_s, *tflops, *tflops_per_rank, *mfu, *mfu_measured_peak, *hfu): higher;
+    time (*_ms, *_s, *_us, ms_per_*): lower; loss/perplexity: lower ("other"). Any other name needs `direction`.
     """
     m = metric.lower()
     inferred: tuple[Kind, Direction] | None
@@ -102,7 +102,7 @@ def metric_kind(metric: str, direction: Direction | None = None) -> tuple[Kind, 
         inferred = ("accuracy", "lower")
     elif m.endswith(("_mib", "_gib", "_bytes")) or "bytes_per_token" in m:
         inferred = ("memory", "lower")
-    elif m.endswith(("_per_s", "tflops", "mfu")):
+    elif m.endswith(("_per_s", "tflops", "tflops_per_rank", "mfu", "mfu_measured_peak", "hfu")):
         inferred = ("throughput", "higher")
     elif m.endswith(("_ms", "_s", "_us", "_ns")) or m.startswith("ms_per_") or "_ms_per_" in m:
         inferred = ("time", "lower")
@@ -118,7 +118,7 @@ def metric_kind(metric: str, direction: Direction | None = None) -> tuple[Kind, 
     if inferred is None:
         raise ConfigError(
             f"metric '{metric}': cannot tell from its name whether lower or higher is better "
-            "(lower: *_ms, *_s, *_mib, *_bytes, *abs_diff*; higher: *_per_s, *tflops, *mfu); pass a direction"
+            "(lower: *_ms, *_s, *_mib, *_bytes, *abs_diff*; higher: *_per_s, *tflops, *mfu, *hfu); pass a direction"
         )
     return inferred
 

@@ -16,7 +16,13 @@ One record per case. A step ends when its slowest rank ends (the ranks meet in c
 the step time of step i is the max over ranks, and
   tokens_per_s          global tokens per step / that step time (median over steps, bootstrap CI)
   tokens_per_s_per_rank tokens_per_s / ranks
-  tflops, tflops_per_rank, mfu   from the analytic FLOPs of each rank's batch (bench/flops.py)
+  tflops, tflops_per_rank, mfu   from the analytic model FLOPs of each rank's batch (bench/flops.py;
+                        attention backward per the model's kernel: 2.5x forward where it recomputes,
+                        2x where it saved the probabilities)
+  hardware_tflops, hardware_tflops_per_rank, hfu   with activation_checkpointing: the same plus the
+                        blocks' forward that the recompute runs again (flops.recomputed_forward_flops)
+  peak_mib              the CUDA allocator's peak (max over ranks); off CUDA the process's peak RSS,
+                        recorded as rss_peak_mib (it is not the model's memory)
   step_ms_max_over_min_ranks, step_ms_cv_ranks, forward_ms_*_ranks  spread of the per-rank
                         medians (CV with the population std); stragglers: the ranks whose median
                         step time is more than straggler_threshold above the median of the
@@ -157,11 +163,14 @@ class DataParallel:
         if p["activation_checkpointing"]:
             enable_activation_checkpointing(bundle.model)
         bundle.model.train()
-        module, loss_fn = wrap(bundle, p["strategy"], ctx.device)
+        _, loss_fn = wrap(bundle, p["strategy"], ctx.device)  # DDP's module holds bundle.model's parameters
+        # activation_checkpointing in the TrainConfig only tells the Trainer to count the recompute (HFU): it was
+        # enabled above (train_step, called here, does not enable it; Trainer.run would). The Trainer gets the
+        # unwrapped model (the same parameters as DDP's) so that it sees the attention kernel and the blocks.
         cfg = TrainConfig(steps=p["warmup"] + p["steps"] + p["profile_steps"], batch=per_rank, seq_len=p["seq_len"],
                           lr=p["lr"], warmup_steps=0, grad_clip=p["grad_clip"], precision=p["precision"],
-                          eval_every=0, seed=ctx.seed)
-        trainer = Trainer(module, cfg, lambda i: pool[i % _POOL], loss_fn=loss_fn, device=ctx.device,
+                          activation_checkpointing=p["activation_checkpointing"], eval_every=0, seed=ctx.seed)
+        trainer = Trainer(bundle.model, cfg, lambda i: pool[i % _POOL], loss_fn=loss_fn, device=ctx.device,
                           facts=bundle.facts, peak_tflops=ctx.peak_for_precision(p["precision"]))
         for _ in range(p["warmup"]):
             trainer.train_step()
@@ -169,15 +178,20 @@ class DataParallel:
         hist = [trainer.train_step() for _ in range(p["steps"])]
         metrics = {"step_ms": float(np.median([h["step_ms"] for h in hist])),
                    "tokens_per_s": float(np.median([h["tokens_per_s"] for h in hist]))}
-        peak = [h.get("peak_allocated_mib", h.get("peak_rss_mib")) for h in hist]
+        key = "peak_allocated_mib" if ctx.device.type == "cuda" else "peak_rss_mib"
+        peak = [h.get(key) for h in hist]
         if all(v is not None for v in peak):
-            metrics["peak_mib"] = float(max(peak))
+            metrics["peak_mib" if ctx.device.type == "cuda" else "rss_peak_mib"] = float(max(peak))
         if p["profile_steps"]:
             barrier(ctx.device)
             metrics.update(profile_comm(trainer, p["profile_steps"], ctx.device))
         samples = {k: [h[k] for h in hist] for k in _PHASES}
         info = {"tokens_per_step": cfg.tokens_per_step, "flops_per_step": trainer.flops_per_step,
-                "backend": d.backend, "memory": "CUDA allocator peak" if ctx.device.type == "cuda" else "peak RSS"}
+                "hardware_flops_per_step": trainer.hardware_flops_per_step,
+                "attention_backward": "recomputes (2.5x forward)" if trainer.attention_recompute
+                else "saved probabilities (2x forward)",
+                "backend": d.backend, "memory": "peak_mib: CUDA allocator peak" if ctx.device.type == "cuda" else
+                "peak_mib not measured off CUDA; rss_peak_mib: the process's peak RSS (not the model's memory)"}
         params = {"ranks": world, "batch_per_rank": per_rank, "global_batch": per_rank * world}
         return [ctx.record(metrics, samples=samples, info=info, params=params)]
 
@@ -201,6 +215,12 @@ class DataParallel:
             m["tflops"] = m["tflops_per_rank"] * world
             if (peak := ctx.peak_for_precision(p["precision"])):
                 m["mfu"] = m["tflops_per_rank"] / peak
+        hardware = rec.info.get("hardware_flops_per_step")
+        if hardware:  # activation checkpointing: the recomputed forward counted (HFU)
+            m["hardware_tflops_per_rank"] = hardware / (m["step_ms"] / 1e3) / 1e12
+            m["hardware_tflops"] = m["hardware_tflops_per_rank"] * world
+            if (peak := ctx.peak_for_precision(p["precision"])):
+                m["hfu"] = m["hardware_tflops_per_rank"] / peak
         balance, slow = load_balance([r.samples["step_ms"] for r in ranks], p["straggler_threshold"], "step_ms")
         m.update(balance)
         fwd = rank_spread([float(np.median(r.samples["forward_ms"])) for r in ranks])
@@ -210,8 +230,9 @@ class DataParallel:
             m["comm_share"] = float(np.median(shares))
             m["comm_share_max"] = float(max(shares))
             m["comm_ms"] = float(np.median([r.metrics["comm_ms"] for r in ranks]))
-        if all("peak_mib" in r.metrics for r in ranks):
-            m["peak_mib"] = float(max(r.metrics["peak_mib"] for r in ranks))
+        for name in ("peak_mib", "rss_peak_mib"):
+            if all(name in r.metrics for r in ranks):
+                m[name] = float(max(r.metrics[name] for r in ranks))
         nccl = ctx.device.type == "cuda" and rec.info["backend"] == "nccl"
         what = "NCCL kernels on the device" if nccl else "gloo:<op> profiler events (enqueue to completion)"
         info = {**rec.info, "stragglers": slow,

@@ -2,11 +2,14 @@
 
 One record per logged step (params {step}): loss (mean over the steps since the last record),
 learning rate, gradient norm, tokens/s, step-time split (forward, backward, optimizer; measured
-between device synchronizations), peak memory, MFU when the device's peak is known, and the
-validation metrics at validation steps. Then one final record (params {step, final: true}) with
-the summary: final train loss, validation perplexity and bits per byte, the entropy floor and
-val_ppl_over_floor when the data is synthetic, median tokens/s and MFU, total time; its samples
-hold the loss of every step.
+between device synchronizations), peak memory (peak_allocated_mib on CUDA, the process's peak RSS
+peak_rss_mib elsewhere), TFLOP/s and MFU when the device's peak is known (model FLOPs, backward per
+the attention kernel), with activation checkpointing also hardware_tflops and HFU (the recomputed
+forward counted), and the validation metrics at validation steps. Then one final record (params
+{step, final: true}) with the summary: final train loss, validation perplexity and bits per byte, the
+entropy floor and val_ppl_over_floor when the data is synthetic, median tokens/s, MFU and HFU, total
+time; its samples hold the loss of every step. The final peak_mib is the CUDA allocator's peak; on
+other devices it is left out (info["peak_mib"] says why) and the process's peak RSS is rss_peak_mib.
 
 Each case starts from the model as built and leaves it so (the weights are restored after
 training), so sweep points and later scenarios do not see each other's training. With
@@ -34,7 +37,8 @@ from andromeda.errors import ConfigError
 from andromeda.train.loop import TrainConfig, Trainer, adamw8bit_unavailable
 
 # per-step fields summarized per logged interval: by median (times, rates) or by max (memory)
-_MEDIAN = ("step_ms", "forward_ms", "backward_ms", "optimizer_ms", "data_ms", "tflops", "mfu")
+_MEDIAN = ("step_ms", "forward_ms", "backward_ms", "optimizer_ms", "data_ms", "tflops", "mfu", "hardware_tflops",
+           "hfu")
 _MAX = ("peak_allocated_mib", "peak_rss_mib")
 
 
@@ -162,10 +166,21 @@ def _summary(result, facts: dict, mem, cfg: TrainConfig, ctx) -> tuple[dict[str,
                        "set peak_tflops in the manifest")
     if all("tflops" in h for h in timed):
         m["tflops"] = float(np.median([h["tflops"] for h in timed]))
+    if cfg.activation_checkpointing:  # hardware FLOPs: the checkpointed blocks' forward runs again in backward
+        if all("hardware_tflops" in h for h in timed):
+            m["hardware_tflops"] = float(np.median([h["hardware_tflops"] for h in timed]))
+        if all("hfu" in h for h in timed):
+            m.update(summarize([h["hfu"] for h in timed]).to_metrics("hfu"))
+        else:
+            info["hfu"] = (f"not computed: the peak TFLOP/s of {ctx.device.type} is unknown; "
+                           "set peak_tflops in the manifest")
     if ctx.device.type == "cuda" and mem.peak_allocated_mib is not None:
         m["peak_mib"] = mem.peak_allocated_mib
-    elif mem.rss_peak_mib is not None:
-        m["peak_mib"] = mem.rss_peak_mib
+    else:  # never the process RSS under this name
+        info["peak_mib"] = (f"not measured on {ctx.device.type}: no allocator peak over a training run; "
+                            "the process's peak RSS is rss_peak_mib")
+    if mem.rss_peak_mib is not None:
+        m["rss_peak_mib"] = mem.rss_peak_mib
     if result.evals:
         last = result.evals[-1]
         m.update({k: v for k, v in last.items() if k != "step"})
