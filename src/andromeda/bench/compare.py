@@ -35,6 +35,7 @@ Outcome = Literal["better", "worse", "same", "inconclusive"]
 Correction = Literal["holm", "bh", "none"]
 CORRECTIONS: tuple[str, ...] = ("holm", "bh", "none")
 _CORRECTION_NAMES = {"holm": "Holm", "bh": "BH"}
+WORK_RTOL = 0.02  # ARCHITECTURE.md: a baseline does the same work within 2%, or the reason states the difference
 _CHUNK_ELEMS = 4_000_000  # bootstrap index arrays are drawn in chunks of at most this many elements
 
 
@@ -281,8 +282,16 @@ class Comparison:
     baseline_label: str = ""
     candidate_label: str = ""
     dtype: str | None = None
-    params_ratio: float | None = None  # candidate / baseline parameters (shapes that differ)
-    flops_ratio: float | None = None  # candidate / baseline FLOPs of the measured work
+    # the work of each side (bench/work.py; set for sources of one run): parameters, FLOPs per token of
+    # the measured work, their ratios (candidate / baseline) and the ratio at equal work (time: ratio /
+    # flops_ratio, throughput: ratio x flops_ratio; None for other kinds)
+    baseline_params: int | None = None
+    candidate_params: int | None = None
+    baseline_flops_per_token: float | None = None
+    candidate_flops_per_token: float | None = None
+    params_ratio: float | None = None
+    flops_ratio: float | None = None
+    work_ratio: float | None = None
     notes: tuple[str, ...] = ()
     noise_floor: float | None = None  # A/A reach: ratios within 1 + this, either way, are noise (bench/noise.py)
     noisy: str | None = None  # why a side's timings are not trustworthy (a busy machine), or None
@@ -453,8 +462,12 @@ def _noise(comp: Comparison, sig: bool | None) -> str | None:
 
 
 def _shape_tail(c: Comparison) -> str:
+    """The work beside the verdict where it differs: a ratio beyond WORK_RTOL, or shape notes."""
+    if not (c.notes or any(r and abs(r - 1) > WORK_RTOL for r in (c.params_ratio, c.flops_ratio))):
+        return ""
     extra = [f"params {fmt_factor(c.params_ratio)}x" if c.params_ratio else None,
-             f"FLOPs {fmt_factor(c.flops_ratio)}x" if c.flops_ratio else None]
+             f"FLOPs {fmt_factor(c.flops_ratio)}x" if c.flops_ratio else None,
+             f"ratio at equal work {fmt_factor(c.work_ratio)}" if c.work_ratio else None]
     tail = ", ".join(e for e in extra if e)
     return f" ({tail})" if tail else ""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +27,11 @@ from andromeda.bench.compare import (
     Thresholds,
     compare_samples,
     correct,
-    decide,
     fmt_factor,
 )
 from andromeda.bench.noise import Floors, flag, gate
 from andromeda.bench.records import Record
+from andromeda.bench.work import with_work
 from andromeda.errors import AndromedaError, missing_extra
 
 if TYPE_CHECKING:
@@ -138,20 +138,6 @@ def shape_differences(base: ModelFacts, cand: ModelFacts, params_rtol: float = P
     return out
 
 
-def _record_flops(rec: Record, facts: ModelFacts | None) -> float | None:
-    v = rec.metrics.get("flops")
-    if v is not None and math.isfinite(float(v)) and v > 0:
-        return float(v)
-    batch, seq = rec.params.get("batch"), rec.params.get("seq_len")
-    if facts is None or not isinstance(batch, int) or not isinstance(seq, int):
-        return None
-    try:  # flops.py reaches torch through the model config; without torch the ratio is not shown
-        from andromeda.bench.flops import forward_flops
-    except ImportError:
-        return None
-    return forward_flops(facts, batch, seq).total
-
-
 # ---- sources of one run ---------------------------------------------------------------------------
 def compare_records(
     records: Iterable[Record],
@@ -172,9 +158,10 @@ def compare_records(
 
     Uses Record.samples[metric] (raw samples), else the single value Record.metrics[metric]; only
     `ok` records, fit records left out. Model shapes (params, dim, layers, heads; from `facts`, else
-    source_facts()) must agree unless allow_mismatch; then each comparison carries the parameter and
-    FLOP ratios next to its own. candidates: default every other source. The correction runs
-    across every comparison returned.
+    source_facts()) must agree unless allow_mismatch. Every comparison carries both sides' parameters
+    and FLOPs per token, their ratios and the ratio at equal work (bench/work.py); its reason states
+    them where they differ by more than 2% or the shapes differ. candidates: default every other
+    source. The correction runs across every comparison returned.
     """
     metrics = _as_list(metric)
     by_source: dict[str, dict[tuple[str, str], Record]] = {}
@@ -216,7 +203,6 @@ def compare_records(
                 "would mix model size with implementation speed; pass allow_mismatch (--allow-mismatch) "
                 "to compare them anyway, with parameter and FLOP ratios shown"
             )
-        params_ratio = cand_facts.params / base_facts.params if diffs else None
         for key, b_rec in by_source[baseline_source].items():
             c_rec = by_source[cand].get(key)
             if c_rec is None:
@@ -230,11 +216,8 @@ def compare_records(
                     dtype=c_rec.info.get("dtype"), label=describe_case(b_rec.scenario, b_rec.params),
                     baseline_label=baseline_source, candidate_label=cand,
                 )
-                if diffs or unknown:
-                    fb, fc = _record_flops(b_rec, base_facts), _record_flops(c_rec, cand_facts)
-                    comp = decide(replace(comp, params_ratio=params_ratio,
-                                          flops_ratio=fc / fb if (fb and fc) else None,
-                                          notes=tuple(diffs) or ("model shape unknown",)))
+                comp = with_work(comp, b_rec, c_rec, base_facts, cand_facts,  # both sides' work, always
+                                 tuple(diffs) or (("model shape unknown",) if unknown else ()))
                 out.append(gate(comp, [floors.case(b_rec, m), floors.case(c_rec, m), run_floor[baseline_source],
                                        run_floor[cand]], [flag(b_rec, baseline_source), flag(c_rec, cand)]))
     if not out:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -128,14 +129,116 @@ def andromeda_config(source: str):
     return resolve_config(name, overrides)
 
 
-def llama_config_for(cfg) -> dict[str, Any]:
-    """A Llama config of the same shape as an Andromeda config (dim, depth, heads, KV heads, FFN size)."""
+# ---- hf:matched: a Llama doing the same work ------------------------------------------------------
+MATCH_RTOL = 0.02  # ARCHITECTURE.md (Floors): a baseline's parameters and FLOPs per token within 2%
+MATCH_TARGET = 0.01  # what the width search aims for first (regress.py's shape check allows 1% in parameters)
+MATCH_ALIGN = (64, 32, 16, 8, 4, 2, 1)  # FFN widths tried, coarsest first: a ragged width would slow the Llama
+
+
+@dataclass(frozen=True)
+class MatchedFFN:
+    """The Llama FFN width of hf:matched:<preset> and how close the Llama comes to the Andromeda model."""
+
+    intermediate_size: int
+    align: int  # the width is a multiple of this (1: no alignment reached the target)
+    params_ratio: float  # Llama / Andromeda parameters
+    flops_ratio: float  # Llama / Andromeda forward FLOPs per token (at one token; see matched_ffn)
+
+    @property
+    def within(self) -> bool:
+        return max(abs(self.params_ratio - 1), abs(self.flops_ratio - 1)) <= MATCH_RTOL
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"intermediate_size": self.intermediate_size, "align": self.align,
+                "params_ratio": self.params_ratio, "flops_ratio": self.flops_ratio, "within_2pct": self.within}
+
+
+def llama_params(cfg, intermediate_size: int) -> int:
+    """Parameters of the Llama llama_config_for(cfg) builds with this FFN width (Llama has no biases):
+    embeddings V*d; per layer q (d x H*D), k and v (d x Hkv*D each), o (H*D x d), gate and up (d x I
+    each), down (I x d), two RMSNorm gains (d each); the final RMSNorm (d); an untied head (V*d)."""
+    d, hd, v = cfg.dim, cfg.dim_head, cfg.num_tokens
+    layer = 2 * d * cfg.heads * hd + 2 * d * cfg.n_kv_heads * hd + 3 * d * intermediate_size + 2 * d
+    return v * d + cfg.depth * layer + d + (0 if cfg.tie_embeddings else v * d)
+
+
+def llama_facts(cfg, intermediate_size: int):
+    """ModelFacts of that Llama, analytic (the shape fields are the Andromeda model's, the FFN gated)."""
+    from dataclasses import replace
+
+    from andromeda.bench.facts import facts_from_config
+
+    facts = facts_from_config(cfg)
+    params = llama_params(cfg, intermediate_size)
+    return replace(facts, params=params, non_embedding_params=params - cfg.num_tokens * cfg.dim,
+                   ff_hidden=intermediate_size, ff_glu=True, abs_pos_emb=False)
+
+
+def measure_match(cfg, intermediate_size: int, align: int = 1) -> MatchedFFN:
+    """The ratios of the Llama with this FFN width to the Andromeda model of cfg."""
+    from andromeda.bench.facts import facts_from_config
+    from andromeda.bench.flops import forward_flops
+
+    facts = facts_from_config(cfg)
+    return MatchedFFN(intermediate_size, align, llama_params(cfg, intermediate_size) / facts.params,
+                      forward_flops(llama_facts(cfg, intermediate_size), 1, 1).total
+                      / forward_flops(facts, 1, 1).total)
+
+
+def matched_ffn(cfg) -> MatchedFFN:
+    """The Llama FFN width doing the Andromeda model's work: parameters and forward FLOPs per token both
+    as close as the width allows.
+
+    The FFN is the only matmul that differs (attention, projections and the head have the same shapes),
+    so the width near (Andromeda's FFN matrices x ff_hidden) / 3 matches both: 2/3 of ff_hidden for
+    Andromeda's two ungated matrices. FLOPs per token are compared at one token, where the FFN's share is
+    largest; the attention FLOPs are the same on both sides, so the ratio at any longer sequence is
+    closer to 1. Widths: the multiple of 64 (then 32, 16, ... 1) nearest that target whose worse ratio
+    is within MATCH_TARGET; else the best width found."""
+    target = cfg.ff_hidden * (3 if cfg.ff_glu else 2) / 3
+
+    def worst(m: MatchedFFN) -> float:
+        return max(abs(m.params_ratio - 1), abs(m.flops_ratio - 1))
+
+    best = None
+    for align in MATCH_ALIGN:
+        low = max(align, int(target // align) * align)
+        m = min((measure_match(cfg, w, align) for w in (low, low + align)), key=worst)
+        if worst(m) <= MATCH_TARGET:
+            return m
+        best = m if best is None or worst(m) < worst(best) else best
+    return best
+
+
+def llama_config_for(cfg, intermediate_size: int | None = None) -> dict[str, Any]:
+    """A Llama config of an Andromeda config's shape (vocab, dim, depth, heads, KV heads, head dim,
+    positions, tied embeddings or not) with the FFN width of matched_ffn(cfg), or the one given."""
+    width = matched_ffn(cfg).intermediate_size if intermediate_size is None else intermediate_size
     return dict(
         vocab_size=cfg.num_tokens, hidden_size=cfg.dim, num_hidden_layers=cfg.depth,
         num_attention_heads=cfg.heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.dim_head,
-        intermediate_size=cfg.ff_hidden, max_position_embeddings=cfg.max_seq_len,
+        intermediate_size=width, max_position_embeddings=cfg.max_seq_len,
         tie_word_embeddings=cfg.tie_embeddings,
     )
+
+
+def matched_llama(source: str, cfg, hf_keys: dict[str, Any]) -> tuple[dict[str, Any], MatchedFFN]:
+    """hf:matched:'s Llama config keys (?intermediate_size=N sets the width by hand) and its match.
+
+    ConfigError when no width brings both ratios within MATCH_RTOL (e.g. a learned position table that a
+    Llama has no counterpart of); ?intermediate_size=N builds it anyway, the ratios stated beside the
+    comparison's numbers."""
+    if "intermediate_size" in hf_keys and isinstance(hf_keys["intermediate_size"], int):
+        match = measure_match(cfg, hf_keys["intermediate_size"])
+    else:
+        match = matched_ffn(cfg)
+        if not match.within:
+            raise ConfigError(
+                f"models: '{source}': no Llama FFN width does the Andromeda model's work within "
+                f"{100 * MATCH_RTOL:g}% (best: intermediate_size={match.intermediate_size}, params "
+                f"{match.params_ratio:.3f}x, FLOPs/token {match.flops_ratio:.3f}x); "
+                "set ?intermediate_size=N to build it anyway")
+    return {**llama_config_for(cfg, match.intermediate_size), **hf_keys}, match
 
 
 def xt_unsupported(cfg) -> str | None:
@@ -211,8 +314,9 @@ def _check_hf(source: str, name: str, overrides: dict) -> None:
         shape, hf_keys = split_matched(overrides)
         cfg = config.from_name(name.split(":", 1)[1], **shape)
         _check_params(cfg, source)
+        base, _ = matched_llama(source, cfg, hf_keys)
         if hf_keys:
-            check_hf_keys(source, "llama", hf_keys, base=llama_config_for(cfg))
+            check_hf_keys(source, "llama", hf_keys, base=base)
         else:
             _transformers()
         return
@@ -327,4 +431,5 @@ def hf_config(auto_config, model_type: str, kw: dict[str, Any]):
 
 __all__ = ["KINDS", "COMPILE_KEY", "COMPILE_MODES", "parse_source", "compile_mode", "check_syntax", "check_source",
            "resolve_config", "split_matched", "andromeda_config", "llama_config_for", "xt_unsupported",
+           "MATCH_RTOL", "MatchedFFN", "matched_ffn", "measure_match", "matched_llama", "llama_params", "llama_facts",
            "check_checkpoint_dir", "check_hf_model_type", "check_hf_keys", "hf_config", "is_path"]

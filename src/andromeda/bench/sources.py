@@ -4,8 +4,10 @@
   andromeda:<checkpoint dir>[?...]        an Andromeda checkpoint (config.json + weights), e.g. from training
   hf:<local dir>                          a Hugging Face causal LM from a local checkpoint
   hf:<model_type>[?key=value&...]         a HF causal LM with random weights from a config (e.g. hf:llama?...)
-  hf:matched:<preset>[?...]               a Llama of the same shape as an Andromeda preset, random weights
-                                          (Andromeda fields, e.g. max_seq_len, shape it; other keys go to its config)
+  hf:matched:<preset>[?...]               a Llama doing the work of an Andromeda preset, random weights: its
+                                          shape, with the (gated) FFN width that brings parameters and FLOPs
+                                          per token within 2% (source_spec.matched_ffn); Andromeda fields,
+                                          e.g. max_seq_len, shape it; other keys go to its config
   xt:<preset>[?field=value&...]           the x-transformers model with the same flags as an Andromeda preset
 
 Any source takes ?compile=true|default|max-autotune|... : the same model with its forward under
@@ -35,6 +37,7 @@ from andromeda.bench.source_spec import (  # noqa: F401 - the parsing half lives
     compile_mode,
     hf_config,
     llama_config_for,
+    matched_llama,
     parse_source,
     resolve_config,
     split_matched,
@@ -104,6 +107,7 @@ def _build_hf(source: str, name: str, overrides: dict) -> ModelBundle:
         raise missing_extra("transformers", "hf") from e
     tokenizer = ByteTokenizer()
     path = Path(name)
+    match = None
     if path.exists():
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, **overrides)
         if (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists():
@@ -111,9 +115,9 @@ def _build_hf(source: str, name: str, overrides: dict) -> ModelBundle:
 
             tokenizer = HFTokenizer(path)
     else:
-        if name.startswith("matched:"):
+        if name.startswith("matched:"):  # the FFN width that does the preset's work (source_spec.matched_ffn)
             shape, hf_keys = split_matched(overrides)
-            kw = {**llama_config_for(from_name(name.split(":", 1)[1], **shape)), **hf_keys}
+            kw, match = matched_llama(source, from_name(name.split(":", 1)[1], **shape), hf_keys)
             model_type = "llama"
         else:
             model_type, kw = name, overrides
@@ -136,8 +140,10 @@ def _build_hf(source: str, name: str, overrides: dict) -> ModelBundle:
         return model.generate(prompt, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
                               use_cache=use_cache, pad_token_id=0)
 
-    return ModelBundle(source, model, tokenizer, facts, logits=logits, generate=generate,
-                       info={"transformers": transformers.__version__, "model_type": c.model_type})
+    info = {"transformers": transformers.__version__, "model_type": c.model_type}
+    if match is not None:  # how close the Llama's work is to the Andromeda model's
+        info["matched"] = match.to_dict()
+    return ModelBundle(source, model, tokenizer, facts, logits=logits, generate=generate, info=info)
 
 
 def _hf_facts(c, model: nn.Module) -> ModelFacts:
@@ -200,7 +206,8 @@ def describe() -> dict[str, str]:
         "andromeda:<preset>[?field=value&...]": "Andromeda preset with config overrides",
         "hf:<local dir>": "Hugging Face causal LM from a local checkpoint (extra [hf])",
         "hf:<model_type>[?key=value&...]": "HF causal LM with random weights from a config (extra [hf])",
-        "hf:matched:<preset>": "Llama of the same shape as an Andromeda preset, random weights (extra [hf])",
+        "hf:matched:<preset>": ("Llama doing an Andromeda preset's work (params, FLOPs/token within 2%), "
+                                "random weights (extra [hf])"),
         "xt:<preset>[?field=value&...]": "x-transformers model with the preset's flags (extra [xt])",
     }
 
