@@ -47,6 +47,14 @@ _UNITS = [
     ("_pct", "%"),
     ("tflops", "TFLOP/s"),
 ]
+# Metrics whose name alone would mislead (a name, or the end of one after "_": prefill_8192_mfu), longest
+# first: (stem, label, unit). MFU has two denominators; effective rates count FLOPs the kernel skipped.
+_LABELS = [
+    ("mfu_measured_peak", "MFU (measured matmul peak)", ""),
+    ("effective_tflops", "effective TFLOP/s (dense causal FLOPs / time)", "TFLOP/s"),
+    ("mfu", "MFU (datasheet peak)", ""),
+    ("hfu", "HFU", ""),
+]
 _WORDS = {
     "ttft": "TTFT",
     "tpot": "TPOT",
@@ -115,6 +123,9 @@ def split_metric(name: str) -> tuple[str, str, str]:
         if stem.endswith("_" + q) and len(stem) > len(q) + 1:
             stem, qual = stem[: -len(q) - 1], _QUALIFIERS[q]
             break
+    for key, label, unit in _LABELS:
+        if stem == key or stem.endswith("_" + key):
+            return f"{_words(stem[: -len(key)])} {label}".strip(), qual, unit
     if "_bytes_per_token" in stem:
         return _words(stem.replace("_bytes_per_token", "")), qual, "B/tok"
     for suffix, unit in _UNITS:
@@ -131,7 +142,7 @@ def metric_header(name: str, with_ci: bool = False) -> str:
     """Column header with units: 'latency p95 (ms)'; a CV has no unit: 'latency CV'."""
     label, qual, unit = split_metric(name)
     text = f"{label} {qual}".strip()
-    if unit and qual != "CV":
+    if unit and qual != "CV" and unit not in label:  # "effective TFLOP/s (...)" names its unit already
         text += f" ({unit})"
     if with_ci:
         text += " [CI]"
