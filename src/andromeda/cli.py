@@ -40,10 +40,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     preset = args.preset or (None if args.manifest else "quick")
     manifest = load_manifest(args.manifest, preset=preset, overrides=args.set)
 
+    try:
+        import torch  # noqa: F401  (the run needs it; the manifest above did not)
+    except ImportError as e:
+        raise AndromedaError(f"andromeda run needs torch, which failed to import ({e}); install it as the "
+                             "README says (pip install torch==2.13.0 on a CPU machine)") from None
     from andromeda.bench.compare_run import compare_run
     from andromeda.bench.runner import run
     from andromeda.cli_progress import RichProgress, print_summary
     from andromeda.report import build_report
+
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or manifest.out or f"runs/{manifest.name}-{stamp}")
     progress = RichProgress()

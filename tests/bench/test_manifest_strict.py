@@ -52,6 +52,8 @@ _NO_TORCH = textwrap.dedent('''
     for name in preset_names():
         m = load_manifest(preset=name, resolve=False)
         assert m.scenarios and m.models, name
+        if not any(s.startswith("hf:") for s in m.models):  # andromeda: configs are checked without torch
+            load_manifest(preset=name)
     m = load_manifest(sys.argv[1], resolve=False)
     from andromeda.cli import main
     codes = [main(["run", path, "--out", sys.argv[4]]) for path in (*sys.argv[2:4], sys.argv[1])]
@@ -73,7 +75,7 @@ def test_manifests_load_and_fail_without_torch(tmp_path):
     assert "codes 2 2 2" in r.stdout
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 3 and "seed: !!int 'abc'" in lines[0] and "scenarios[0].data" in lines[1], r.stderr
-    assert "models[0]: checking an Andromeda model config needs torch" in lines[2], r.stderr  # a good manifest
+    assert "andromeda run needs torch" in lines[2], r.stderr  # a good manifest, andromeda: models checked
 
 
 def test_manifest_modules_import_no_torch():
@@ -360,3 +362,19 @@ def test_every_config_has_its_run_code():
     assert set(runners) == set(scenarios.names())
     for name in scenarios.names():
         assert scenarios.get(name).Config is scenarios.config.get_config(name)
+
+
+def test_andromeda_model_keys_are_checked_without_torch(tmp_path):
+    """A misspelled field of an andromeda: source is one line with a did-you-mean, before torch loads."""
+    bad = tmp_path / "bad.yml"
+    bad.write_text("models: ['andromeda:tiny?dpth=2']\nscenarios: [{scenario: latency}]\n")
+    code = _NO_TORCH.split("from andromeda.bench.manifest")[0] + textwrap.dedent('''
+        from andromeda.cli import main
+        print("code", main(["run", sys.argv[1], "--out", sys.argv[2]]))
+        assert "torch" not in sys.modules
+    ''')
+    r = subprocess.run([sys.executable, "-c", code, str(bad), str(tmp_path / "o")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "code 2" in r.stdout, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "models[0]" in lines[0] and "depth" in lines[0], r.stderr

@@ -154,3 +154,12 @@ def test_flex_cached_mask_from_inference_mode_serves_later_calls(flex_calls):
     with torch.no_grad():
         assert torch.equal(m(tokens), first)
     assert flex_calls == [77] * 2 * m.cfg.depth
+
+
+def test_config_names_every_registered_backend():
+    """ModelConfig checks attn_backend against a torch-free list (manifests validate before torch loads):
+    it must name exactly the registry's backends."""
+    from andromeda.model import backends
+    from andromeda.model.config import ATTN_BACKENDS
+
+    assert sorted(ATTN_BACKENDS) == sorted(backends.names())
