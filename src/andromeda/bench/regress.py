@@ -97,7 +97,15 @@ def source_facts(source: str) -> ModelFacts:
         import torch
 
         from andromeda.bench.facts import facts_from_config
-        from andromeda.bench.sources import _build_xt, _hf_facts, andromeda_config, llama_config_for, parse_source
+        from andromeda.bench.sources import (
+            _build_xt,
+            _hf_facts,
+            andromeda_config,
+            hf_config,
+            matched_llama,
+            parse_source,
+            split_matched,
+        )
         from andromeda.model import from_name
 
         kind, name, overrides = parse_source(source)
@@ -112,9 +120,10 @@ def source_facts(source: str) -> ModelFacts:
             raise missing_extra("transformers", "hf") from e
         if Path(name).exists():
             config = AutoConfig.from_pretrained(name, local_files_only=True)
-        elif name.startswith("matched:"):
-            config = AutoConfig.for_model("llama", **{**llama_config_for(from_name(name.split(":", 1)[1])),
-                                                      **overrides})
+        elif name.startswith("matched:"):  # as sources.build makes it: Andromeda fields shape it
+            shape, hf_keys = split_matched(overrides)
+            kw, _ = matched_llama(source, from_name(name.split(":", 1)[1], **shape), hf_keys)
+            config = hf_config(AutoConfig, "llama", kw)
         else:
             config = AutoConfig.for_model(name, **overrides)
         with torch.device("meta"):

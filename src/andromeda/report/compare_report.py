@@ -21,7 +21,7 @@ from jinja2 import Environment, StrictUndefined, select_autoescape
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from andromeda.bench.compare import Comparison, fmt_factor
+from andromeda.bench.compare import Comparison
 from andromeda.bench.records import json_safe
 from andromeda.bench.regress import RunComparison
 from andromeda.errors import AndromedaError
@@ -76,9 +76,11 @@ def display_columns(comparisons: Sequence[Comparison]) -> list[tuple[str, str]]:
         cols.append(("p_adjusted", "p adj."))
     cols.append(("cohens_d", "d"))
     if any(c.params_ratio for c in comparisons):
-        cols.append(("params_ratio", "params ratio"))
+        cols.append(("params_ratio", "params ratio (cand. / base)"))
     if any(c.flops_ratio for c in comparisons):
-        cols.append(("flops_ratio", "FLOPs ratio"))
+        cols.append(("flops_ratio", "FLOPs/token ratio (cand. / base)"))
+    if any(c.work_ratio for c in comparisons):
+        cols.append(("work_ratio", "ratio at equal work"))
     cols.append(("verdict", "verdict"))
     return cols
 
@@ -92,10 +94,23 @@ def cell(c: Comparison, key: str) -> str:
         return _p(getattr(c, key))
     if key == "cohens_d":
         return f"{c.cohens_d + 0.0:.2f}".replace("-0.00", "0.00") if math.isfinite(c.cohens_d) else MISSING
-    if key in ("params_ratio", "flops_ratio"):
+    if key in ("params_ratio", "flops_ratio"):  # the ratio, then both sides' numbers
         v = getattr(c, key)
-        return f"{fmt_factor(v)}x" if v else MISSING
+        side = "params" if key == "params_ratio" else "flops_per_token"
+        b, n = getattr(c, f"baseline_{side}"), getattr(c, f"candidate_{side}")
+        sides = f" ({_si(n)} / {_si(b)})" if (b and n) else ""
+        return f"{v:.3f}x{sides}" if v else MISSING
+    if key == "work_ratio":
+        return f"{c.work_ratio:.3f}" if c.work_ratio else MISSING
     return str(getattr(c, key))
+
+
+def _si(x: float) -> str:
+    """149516544 -> '150M', 2461066240 -> '2.46G', 640.0 -> '640'."""
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:.3g}"
 
 
 def comparison_frame(comparisons: Sequence[Comparison]) -> pd.DataFrame:
@@ -118,6 +133,11 @@ def _caption(comparisons: Sequence[Comparison]) -> str:
         parts.append("inconclusive (noisy): a side ran while other processes competed for the CPU, or the difference "
                      "lies within the A/A noise floor (ratio within 1 ± half the CI width of a run against itself); "
                      "never a regression.")
+    if any(c.work_ratio for c in comparisons):
+        parts.append("Work: params and FLOPs per token of the measured work, candidate / baseline (candidate's "
+                     "and baseline's numbers in brackets); ratio at equal work = a time ratio / the FLOPs ratio "
+                     "(time per FLOP), a throughput ratio x it (FLOP/s). A baseline matches within 2%, or the "
+                     "verdict's reason states the difference.")
     if len({c.metric for c in comparisons}) == 1:
         parts.append(f"Metric: {c0.metric} ({'lower' if c0.direction == 'lower' else 'higher'} is better).")
     return " ".join(parts)
