@@ -19,14 +19,16 @@ from andromeda.errors import AndromedaError
 
 EXIT_CODES = {
     "run": "0 every case ran (oom and skipped are results, not errors); 1 a comparison gate of the manifest's "
-           "compare: section failed (a candidate significantly worse than its baseline, or no comparison could "
+           "compare: section failed (a candidate significantly worse than its baseline beyond the noise floor, "
+           "or no comparison could "
            "be made); 2 a user error before running (bad option, manifest or path); 3 some cases errored "
            "(3 wins over 1)",
     "train": "0 every case ran (oom and skipped are results, not errors); 2 a user error before running (bad "
              "option, manifest or path); 3 some cases errored",
     "report": "0 the report was written; 2 a user error (no such run, a malformed record, a bad option)",
-    "compare": "0 no significant regression; 1 a significant regression beyond the threshold, or a case that "
-               "ran in OLD and fails in NEW; 2 a user error (runs that do not match, a bad option)",
+    "compare": "0 no significant regression (differences within either run's noise floor, or of a case flagged "
+               "noisy, are inconclusive); 1 a significant regression beyond the threshold and the noise floor, or "
+               "a case that ran in OLD and fails in NEW; 2 a user error (runs that do not match, a bad option)",
     "claims": "0 the claims report was written; 2 a user error",
     "other": "0 done; 2 a user error",
 }
@@ -322,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--candidate", action="append", metavar="SOURCE",
                    help="with --baseline: a source to compare (repeatable; default every other source)")
     c.add_argument("--allow-mismatch", action="store_true",
-                   help="with --baseline: compare models of different shapes (parameter and FLOP ratios shown)")
+                   help="with --baseline: compare models of different shapes (every comparison shows both sides' "
+                        "parameters and FLOPs per token and the ratio at equal work)")
     c.add_argument("--out", help="write compare.{md,html,tex,csv,json,png} into this directory")
     c.add_argument("--formats", help="comma-separated subset of md,html,tex,csv,json,png")
     c.set_defaults(func=_cmd_compare)
