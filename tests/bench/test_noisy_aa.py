@@ -38,6 +38,7 @@ def _quick(out) -> int:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux CPU affinity")
+@pytest.mark.real_load
 def test_quick_preset_aa_under_load_reports_no_regression(tmp_path, capsys):
     start = time.perf_counter()
     assert _quick(tmp_path / "a") == 0
