@@ -248,22 +248,29 @@ def xt_unsupported(cfg) -> str | None:
     return None
 
 
-def check_checkpoint_dir(path: Path, *, weights: bool = True) -> dict[str, Any]:
-    """An Andromeda checkpoint directory: config.json (a mapping) and weights; its saved config."""
-    hint = f"an Andromeda checkpoint is a directory with {CHECKPOINT_CONFIG} and {CHECKPOINT_WEIGHTS[0]}"
+def _read_config_dir(path: Path, config_name: str, hint: str, *, what: str, prefix: str = "") -> dict[str, Any]:
+    """The JSON mapping in `path`/`config_name`, or a one-line ConfigError saying what is missing (`what` names
+    the directory's kind, `prefix` the source kind before a path)."""
     if not path.exists():
-        raise ConfigError(f"checkpoint directory '{path}' does not exist")
+        raise ConfigError(f"{what} '{path}' does not exist; {hint}")
     if not path.is_dir():
-        raise ConfigError(f"'{path}' is a file; {hint}")
-    cfg_file = path / CHECKPOINT_CONFIG
+        raise ConfigError(f"{prefix}'{path}' is a file; {hint}")
+    cfg_file = path / config_name
     if not cfg_file.is_file():
-        raise ConfigError(f"'{path}' has no {CHECKPOINT_CONFIG}; {hint}")
+        raise ConfigError(f"{prefix}'{path}' has no {config_name}; {hint}")
     try:
         saved = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"'{cfg_file}' is not readable JSON ({type(e).__name__}); {hint}") from None
+        raise ConfigError(f"{prefix}'{cfg_file}' is not readable JSON ({type(e).__name__}); {hint}") from None
     if not isinstance(saved, dict):
-        raise ConfigError(f"'{cfg_file}' holds {type(saved).__name__}, not a model config mapping")
+        raise ConfigError(f"{prefix}'{cfg_file}' holds {type(saved).__name__}, not a model config mapping")
+    return saved
+
+
+def check_checkpoint_dir(path: Path, *, weights: bool = True) -> dict[str, Any]:
+    """An Andromeda checkpoint directory: config.json (a mapping) and weights; its saved config."""
+    hint = f"an Andromeda checkpoint is a directory with {CHECKPOINT_CONFIG} and {CHECKPOINT_WEIGHTS[0]}"
+    saved = _read_config_dir(path, CHECKPOINT_CONFIG, hint, what="checkpoint directory")
     if weights and not any((path / w).is_file() for w in CHECKPOINT_WEIGHTS):
         raise ConfigError(f"'{path}' has no weights ({' or '.join(CHECKPOINT_WEIGHTS)}); {hint}")
     if weights and (path / CHECKPOINT_EMBEDDING).is_file():
@@ -332,19 +339,9 @@ def _check_hf(source: str, name: str, overrides: dict) -> None:
 
 def _check_hf_dir(path: Path) -> str:
     hint = "a Hugging Face checkpoint directory holds config.json and weights (save_pretrained writes them)"
-    if not path.exists():
-        raise ConfigError(f"hf: directory '{path}' does not exist; {hint}")
-    if not path.is_dir():
-        raise ConfigError(f"hf: '{path}' is a file; {hint}")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise ConfigError(f"hf: '{path}' has no config.json; {hint}")
-    try:
-        saved = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"hf: '{cfg_file}' is not readable JSON ({type(e).__name__})") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("model_type"), str):
-        raise ConfigError(f"hf: '{cfg_file}' names no model_type")
+    saved = _read_config_dir(path, "config.json", hint, what="hf: directory", prefix="hf: ")
+    if not isinstance(saved.get("model_type"), str):
+        raise ConfigError(f"hf: '{path / 'config.json'}' names no model_type")
     if not any(any(path.glob(pattern)) for pattern in HF_WEIGHTS):
         raise ConfigError(f"hf: '{path}' holds no weights (*.safetensors or pytorch_model.bin); {hint}")
     return saved["model_type"]
