@@ -4,13 +4,10 @@ Triton decides at import whether @triton.jit interprets, so the CPU cases run in
 with TRITON_INTERPRET=1 (tests/model/interp_fused_decode_cases.py); on CUDA they run in bf16 as well.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from interp_child import run_interpreter_cases
 from reference64 import Reference64
 
 from andromeda.errors import ConfigError, UnsupportedError
@@ -79,11 +76,7 @@ def drive(m, device, tol, dtype=torch.float32, max_len=32):
 
 
 def test_fused_step_matches_in_interpreter():
-    child = Path(__file__).with_name("interp_fused_decode_cases.py")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(child)],
-                       env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert f"{len(INTERP_CONFIGS) + 8} passed" in r.stdout
+    run_interpreter_cases("interp_fused_decode_cases.py", len(INTERP_CONFIGS) + 8)
 
 
 def test_auto_picks_the_torch_step_where_the_fused_one_cannot_run(monkeypatch):

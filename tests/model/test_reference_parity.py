@@ -15,14 +15,11 @@ interpreter in a child process (interp_reference_cases.py) and on CUDA in the te
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import zlib
-from pathlib import Path
 
 import pytest
 import torch
+from interp_child import run_interpreter_cases
 from reference64 import Reference64, randomize
 
 from andromeda.model import Andromeda, from_name
@@ -228,8 +225,4 @@ INTERP = dict(full=list(CONFIGS), chunked=CAUSAL, grads=["spec", "gqa_rotary_glu
 
 def test_triton_and_fused_decode_match_float64_reference_in_interpreter():
     pytest.importorskip("triton")
-    child = Path(__file__).with_name("interp_reference_cases.py")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(child)],
-                       env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert f"{sum(map(len, INTERP.values()))} passed" in r.stdout, r.stdout[-2000:]
+    run_interpreter_cases("interp_reference_cases.py", sum(map(len, INTERP.values())))

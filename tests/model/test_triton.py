@@ -4,13 +4,9 @@ Triton decides at import whether @triton.jit interprets, so the interpreter case
 pytest started with TRITON_INTERPRET=1 (tests/model/interp_triton_cases.py).
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from interp_child import run_interpreter_cases
 
 from andromeda.model import backends
 from andromeda.model.positional import head_slopes
@@ -73,11 +69,8 @@ def _check(case, device, dtype, tol, slopes=None, gain=1.0):
 
 
 def test_triton_matches_eager_in_interpreter():
-    child = Path(__file__).with_name("interp_triton_cases.py")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(child)],
-                       env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert f"{len(CASES) * len(INTERP_CONFIGS) + 7} passed" in r.stdout  # + the fallback and 6 skipping tests
+    # the cases at every launch setting, plus the fallback test and the 6 skipping tests
+    run_interpreter_cases("interp_triton_cases.py", len(CASES) * len(INTERP_CONFIGS) + 7)
 
 
 @pytest.mark.cuda

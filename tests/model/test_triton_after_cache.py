@@ -14,13 +14,10 @@ short caches take the same path; a tiny model's chunk after caches of 1007 and 1
 threshold. On CUDA the sweep is L = 1000 .. 1100 at the launch settings the GPU picks, kernel and model.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from interp_child import run_interpreter_cases
 
 pytest.importorskip("triton")
 
@@ -92,11 +89,7 @@ def model_after_cache(cache_len: int, chunk: int, device, dtype=torch.float32):
 
 
 def test_after_cache_sweep_in_interpreter():
-    child = Path(__file__).with_name("interp_after_cache_cases.py")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(child)],
-                       env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert f"{len(CHUNKS) + 2} passed" in r.stdout
+    run_interpreter_cases("interp_after_cache_cases.py", len(CHUNKS) + 2, timeout=900)
 
 
 @pytest.mark.cuda
