@@ -124,3 +124,21 @@ def test_gpu_telemetry_reads_nvml_and_leaves_out_what_it_cannot(monkeypatch):
     assert gpu_telemetry() is None  # no driver: no telemetry, no error
     monkeypatch.setitem(sys.modules, "pynvml", None)  # the `gpu` extra not installed
     assert gpu_telemetry() is None
+
+
+def test_threads_and_their_settings_are_recorded(tmp_path):
+    """A child process started with OMP_NUM_THREADS=1 and 3 inter-op threads: its environment record says
+    so (torch reads OMP_NUM_THREADS at start-up; the inter-op pool is set before any parallel work)."""
+    import subprocess
+
+    code = ("import json, torch; torch.set_num_interop_threads(3)\n"
+            "from andromeda.bench.env import collect_env\n"
+            "e = collect_env(); print(json.dumps({k: e[k] for k in "
+            "('threads', 'interop_threads', 'omp_num_threads', 'thread_env')}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["threads"] == 1 and got["interop_threads"] == 3 and got["omp_num_threads"] == "1"
+    assert got["thread_env"] == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": None, "OPENBLAS_NUM_THREADS": None}

@@ -2,6 +2,12 @@
 what decides how noisy its timings are: torch's thread count, the physical cores, the load average,
 the CPU frequency governor and, on NVIDIA GPUs, clocks, temperature and power (NVML).
 
+Threads, so that a CPU result can be reproduced: `threads` (torch.get_num_threads(), the intra-op
+pool a forward pass runs on), `interop_threads` (torch.get_num_interop_threads()) and the
+environment variables the OpenMP / BLAS runtimes read at start-up (`thread_env`: OMP_NUM_THREADS,
+MKL_NUM_THREADS, OPENBLAS_NUM_THREADS; None when unset). `omp_num_threads` repeats OMP_NUM_THREADS
+at the top level, where comparisons of environments look.
+
 Everything is JSON-serializable; anything that cannot be found is None (GPU telemetry: left out).
 Optional packages are looked up with importlib.metadata (never imported), except NVML's bindings
 (`pynvml`, the `gpu` extra: nvidia-ml-py), imported lazily where present; external commands run with
@@ -232,10 +238,21 @@ def collect_env() -> dict[str, Any]:
     return env
 
 
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_env() -> dict[str, Any]:
+    """torch's intra-op and inter-op thread counts and the thread environment variables (None when unset)."""
+    env = {name: os.environ.get(name) for name in THREAD_ENV_VARS}
+    return {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+            "omp_num_threads": env["OMP_NUM_THREADS"], "thread_env": env}
+
+
 def noise_env(cpus: int | None) -> dict[str, Any]:
-    """What makes timings noisy, now: threads, physical cores, load average (and its warning), governor, GPUs."""
+    """What makes timings noisy, now: threads (and their settings), physical cores, load average (and its
+    warning), governor, GPUs."""
     load = load_average()
-    out: dict[str, Any] = {"threads": torch.get_num_threads(), "physical_cores": physical_cores(),
+    out: dict[str, Any] = {**thread_env(), "physical_cores": physical_cores(),
                            "load_avg": load, "cpu_governor": cpu_governor(), "load_warning": load_warning(load, cpus)}
     telemetry = gpu_telemetry() if torch.cuda.is_available() else None
     if telemetry:
@@ -243,5 +260,6 @@ def noise_env(cpus: int | None) -> dict[str, Any]:
     return out
 
 
-__all__ = ["collect_env", "noise_env", "physical_cores", "resolve_threads", "load_average", "load_warning",
+__all__ = ["collect_env", "noise_env", "thread_env", "THREAD_ENV_VARS", "physical_cores", "resolve_threads",
+           "load_average", "load_warning",
            "cpu_governor", "gpu_telemetry"]
