@@ -53,21 +53,39 @@ def test_ppl_is_exp_of_mean_token_nll(tiny):
     assert m["ppl_ci_low"] <= m["ppl"] <= m["ppl_ci_high"]
 
 
-@pytest.mark.parametrize("stride", [None, 5])
+@pytest.mark.parametrize("stride", [None, 5, 12])
 def test_windows_score_each_token_once_with_its_context(tiny, stride):
-    w, n = 12, 40
+    L, n = 12, 40  # seq_len: tokens fed per window
     docs = _docs([n], seed=1)
     t = docs.tokens[0]
-    m, info = evaluate(tiny, docs, seq_len=w, stride=stride, batch=4)
+    m, info = evaluate(tiny, docs, seq_len=L, stride=stride, batch=4)
     total = 0.0
-    step = w - 1 if stride is None else stride  # non-overlapping: window ends advance by w - 1
-    for p in range(1, n):  # independent of the window planner: the window that scores p, its start
-        end = min(n, w + step * math.ceil(max(0, p + 1 - w) / step))  # ends: w, w+step, ..., n
-        begin = max(0, end - w)
-        total += _nll_after(tiny.model, t[begin:p], int(t[p]))
+    for p in range(1, n):  # independent of the window planner: the last target of p's window, and its context
+        if stride is None:  # targets in blocks of L: 1..L, L+1..2L, ...
+            last = min(n - 1, L * math.ceil(p / L))
+        else:  # the first window's L targets, then blocks of `stride`
+            last = L if p <= L else min(n - 1, L + stride * math.ceil((p - L) / stride))
+        total += _nll_after(tiny.model, t[max(0, last - L) : p], int(t[p]))  # the window feeds the L before `last`
     assert m["tokens_scored"] == n - 1
+    assert m["windows"] == (4 if stride in (None, 12) else 1 + math.ceil((n - 1 - L) / stride))
     assert m["cross_entropy_nats"] == pytest.approx(total / (n - 1), rel=1e-5)
-    assert info["ci_unit"] == "window"
+    assert info["ci_unit"] == "window" and info["seq_len"] == L
+
+
+def test_the_documented_picture_of_the_windows():
+    """The windows drawn in data/windows.py (and docs/quality.md): BOS + ten tokens, seq_len 4."""
+    from andromeda.data import plan_windows
+
+    def fed_and_scored(stride):
+        return [(list(range(w.begin, w.end - 1)), list(range(w.score_from, w.end)))
+                for w in plan_windows([11], 4, stride)]
+
+    assert fed_and_scored(None) == fed_and_scored(4) == [
+        ([0, 1, 2, 3], [1, 2, 3, 4]), ([4, 5, 6, 7], [5, 6, 7, 8]), ([6, 7, 8, 9], [9, 10])]
+    assert fed_and_scored(2) == [([0, 1, 2, 3], [1, 2, 3, 4]), ([2, 3, 4, 5], [5, 6]), ([4, 5, 6, 7], [7, 8]),
+                                 ([6, 7, 8, 9], [9, 10])]
+    with pytest.raises(ConfigError, match=r"stride must be between 1 and seq_len \(4\)"):
+        plan_windows([11], 4, 5)
 
 
 def test_hf_model_matches_transformers_loss():

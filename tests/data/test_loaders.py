@@ -116,22 +116,23 @@ def test_synthetic_source_spec():
 
 
 @pytest.mark.parametrize("n,w,s", [(10, 4, None), (10, 4, 1), (10, 4, 3), (37, 8, 5), (3, 8, None),
-                                   (2, 2, None), (100, 16, 7), (257, 64, 63)])
+                                   (2, 2, None), (100, 16, 7), (257, 64, 63), (257, 64, 64), (9, 1, None)])
 def test_windows_score_every_token_once(n, w, s):
     windows = plan_windows([n, 1, n // 2 + 2], w, s)
     count = collections.Counter((x.doc, p) for x in windows for p in range(x.score_from, x.end))
     expected = {(d, p) for d, m in enumerate([n, 1, n // 2 + 2]) for p in range(1, m)}
     assert set(count) == expected and set(count.values()) == {1}
-    for x in windows:
-        assert x.length <= w and x.begin < x.score_from  # every target has context inside its window
-        if s is not None and x.score_from > w - 1:  # past the first window: at least w - s of context
-            assert x.score_from - x.begin >= w - s
+    for x in windows:  # w tokens fed at most; every target has context inside its window
+        assert x.end - 1 - x.begin == x.length <= w and x.begin < x.score_from
+        if x.score_from > w:  # past the first window: at least w - s + 1 tokens of context (s = w: one)
+            assert x.score_from - x.begin >= w - (w if s is None else s) + 1
+            assert x.length == w  # a window past the first feeds all w tokens
 
 
 def test_windows_budget_and_stride_limits():
     windows = plan_windows([50, 50], 8, 3, max_targets=60)
     assert sum(x.n_targets for x in windows) == 60
     with pytest.raises(ConfigError, match="stride"):
-        plan_windows([50], 8, 8)
-    with pytest.raises(ConfigError):
-        plan_windows([50], 1)
+        plan_windows([50], 8, 9)
+    with pytest.raises(ConfigError, match="seq_len"):
+        plan_windows([50], 0)

@@ -17,10 +17,12 @@ from andromeda.data.loaders import (
     validate_data_spec,
 )
 from andromeda.data.synthetic import MarkovSource, entropy_rate, stationary_distribution
+from andromeda.data.text import BUILTIN_TEXTS, WORD_COUNTS, count_words, python_docs, read_text
 from andromeda.data.windows import Window, plan_windows
 
 __all__ = [
     "DataSource", "Documents", "DocumentData", "SyntheticData", "open_data", "parse_data_spec",
     "validate_data_spec", "check_data_files", "load_tokens", "load_text", "load_hf_dataset", "text_documents",
     "token_bytes", "MarkovSource", "entropy_rate", "stationary_distribution", "Window", "plan_windows",
+    "BUILTIN_TEXTS", "WORD_COUNTS", "count_words", "python_docs", "read_text",
 ]

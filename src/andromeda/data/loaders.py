@@ -6,6 +6,7 @@ A data source is named by a string, like a model source:
   npy:<path.npy>                token ids; 1-D (one document) or 2-D (one document per row); memory-mapped
   bin:<path.bin>[?dtype=uint16] raw token ids (uint16 or uint32, as nanoGPT writes them); memory-mapped
   text:<file or dir>[?docs=file|line]   UTF-8 text, tokenized with the model's tokenizer
+  text:python-docs[?docs=file|line]     the standard library's documentation topics, built in (data/text.py)
   datasets:<path>[?split=train&column=text]  a local dataset: a save_to_disk directory or a
                                  .json/.jsonl/.csv/.parquet/.txt file (needs `pip install datasets`)
 
@@ -30,6 +31,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from andromeda.data.synthetic import MarkovSource
+from andromeda.data.text import BUILTIN_TEXTS, count_words, encode_texts, read_text, split_lines
 from andromeda.errors import AndromedaError, ConfigError
 
 KINDS = ("synthetic", "npy", "bin", "text", "datasets")
@@ -55,6 +57,11 @@ class Documents:
     n_words: list[int] | None = None  # whitespace-separated words of each document's text
     bos: bool = False  # each document starts with a BOS token that stands for no text
     info: dict[str, Any] = field(default_factory=dict)
+    n_words_lm_eval: list[int] | None = None  # words as lm-evaluation-harness counts them (data/text.py)
+
+    def words(self, how: str = "whitespace") -> list[int] | None:
+        """Words of each document, counted as `how` says ("whitespace" or "lm-eval"), or None if unknown."""
+        return self.n_words if how == "whitespace" else self.n_words_lm_eval
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -66,7 +73,7 @@ class Documents:
     def subset(self, idx: list[int]) -> Documents:
         pick = lambda xs: None if xs is None else [xs[i] for i in idx]
         return Documents([self.tokens[i] for i in idx], pick(self.n_bytes), pick(self.n_words), self.bos,
-                         dict(self.info))
+                         dict(self.info), pick(self.n_words_lm_eval))
 
 
 # ---- parsing ----------------------------------------------------------------------------------
@@ -138,7 +145,7 @@ def check_data_files(spec: str) -> None:
     the run's work): a .npy file with NumPy's header, a whole number of uint16/uint32 tokens in a .bin,
     a non-empty text file or a directory with .txt/.md files, a datasets directory or data file."""
     kind, rest, opts = parse_data_spec(spec)
-    if kind == "synthetic":
+    if kind == "synthetic" or (kind == "text" and rest in BUILTIN_TEXTS):
         return
     p = Path(rest)
     if not p.exists():
@@ -214,45 +221,40 @@ def _is_byte_tokenizer(tokenizer: Any) -> bool:
     return tokenizer is None or isinstance(tokenizer, ByteTokenizer)
 
 
-def _encode(tokenizer: Any, texts: list[str], add_bos: bool) -> tuple[list[np.ndarray], bool]:
-    if tokenizer is None:
-        from andromeda.model.tokenizer import ByteTokenizer
-
-        tokenizer = ByteTokenizer()
-    bos = add_bos and getattr(tokenizer, "bos_id", None) is not None
-    docs = [np.asarray(tokenizer.encode(t, add_bos=bos), dtype=np.int64) for t in texts]
-    return docs, bos
-
-
 def text_documents(texts: list[str], tokenizer: Any = None, *, add_bos: bool = True,
                    info: dict[str, Any] | None = None) -> Documents:
-    """Tokenize texts with the model's tokenizer; count each text's UTF-8 bytes and words.
+    """Tokenize texts with the model's tokenizer; count each text's UTF-8 bytes and words (both ways).
 
-    add_bos: start each document with the tokenizer's BOS (when it has one), so that every
-    token of the text is scored and bits per byte covers all of its bytes.
+    add_bos: start each document with the tokenizer's BOS (or its EOS where it has no BOS, as
+    lm-evaluation-harness does), so that every token of the text is scored and bits per byte covers
+    all of its bytes.
     """
     texts = [t for t in texts if t]
-    docs, bos = _encode(tokenizer, texts, add_bos)
-    return Documents(docs, [len(t.encode("utf-8")) for t in texts], [len(t.split()) for t in texts], bos,
-                     dict(info or {}))
+    docs, bos = encode_texts(tokenizer, texts, add_bos)
+    return Documents(docs, [len(t.encode("utf-8")) for t in texts], [count_words(t) for t in texts], bos,
+                     dict(info or {}), [count_words(t, "lm-eval") for t in texts])
 
 
 def load_text(path: str | Path, tokenizer: Any = None, *, docs: str = "file", add_bos: bool = True) -> Documents:
-    """A UTF-8 text file, or a directory of .txt/.md files (sorted by name): one document per file,
-    or per non-empty line with docs="line"."""
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in (".txt", ".md"))
-        if not files:
-            raise AndromedaError(f"data: no .txt or .md files under '{p}'")
-    elif p.is_file():
-        files = [p]
+    """A UTF-8 text file, or a directory of .txt/.md files (sorted by name), read as bytes (no newline
+    translation): one document per file, or per non-blank line (without its LF or CRLF) with docs="line".
+    A name of BUILTIN_TEXTS ("python-docs") is that built-in text, one document per topic."""
+    if str(path) in BUILTIN_TEXTS:
+        texts, info = BUILTIN_TEXTS[str(path)](), {"builtin": str(path)}
     else:
-        raise AndromedaError(f"data: text path '{p}' does not exist")
-    texts = [f.read_text(encoding="utf-8") for f in files]
+        p = Path(path)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in (".txt", ".md"))
+            if not files:
+                raise AndromedaError(f"data: no .txt or .md files under '{p}'")
+        elif p.is_file():
+            files = [p]
+        else:
+            raise AndromedaError(f"data: text path '{p}' does not exist")
+        texts, info = [read_text(f) for f in files], {"files": len(files)}
     if docs == "line":
-        texts = [line for t in texts for line in t.splitlines() if line.strip()]
-    return text_documents(texts, tokenizer, add_bos=add_bos, info={"files": len(files)})
+        texts = [line for t in texts for line in split_lines(t)]
+    return text_documents(texts, tokenizer, add_bos=add_bos, info=info)
 
 
 def load_hf_dataset(path: str | Path, tokenizer: Any = None, *, split: str = "train", column: str = "text",

@@ -1,15 +1,20 @@
 """perplexity: token perplexity and cross-entropy, bits per byte, byte and word perplexity, with a
 bootstrap CI; and the same through a KV cache, full precision or quantized (int8/int4).
 
-Windows (data/windows.py) score every token of a document after its first exactly once: either
-non-overlapping (context restarts each window) or sliding with a stride (each target keeps at
-least seq_len - stride tokens of context, the Hugging Face strided evaluation). Context tokens
-carry the label -100.
+Windows (data/windows.py, with a picture) feed `seq_len` tokens and score every token of a document
+after its first exactly once: non-overlapping (stride null: lm-evaluation-harness's rolling
+log-likelihood) or sliding with a stride (every target past the first window keeps at least
+seq_len - stride + 1 tokens of context). Positions whose next token is not a target carry the
+label -100. `seq_len: model` is the model's context length (max_seq_len).
 
   ppl              exp(total NLL / scored tokens): token-level, depends on the tokenizer
   bits_per_byte    total NLL in bits / UTF-8 bytes of the scored text: tokenizer-independent
   byte_ppl         2 ** bits_per_byte
-  word_ppl         exp(total NLL / whitespace words), over documents scored whole (text sources)
+  word_ppl         exp(total NLL / words), over documents scored whole (text sources); words counted
+                   as `words` says: whitespace (len(text.split())) or lm-eval (len(re.split(r"\\s+", text)))
+
+Nothing is cut unless `max_tokens` is set; then the record says how many documents and tokens were
+scored of how many (tokens_total, documents_total, documents_whole) and carries a warning.
 
 The CI is a percentile bootstrap (bench.stats.bootstrap_ci) of the ratio total NLL / tokens over
 documents (or over windows when there is one document): `ci_unit`.
@@ -39,7 +44,7 @@ from andromeda.bench.scenarios.common import check_length
 from andromeda.bench.scenarios.config.perplexity import CacheMode, PerplexityConfig
 from andromeda.bench.stats import bootstrap_ci
 from andromeda.data.loaders import DataSource, Documents, open_data, token_bytes
-from andromeda.data.windows import Window, plan_windows
+from andromeda.data.windows import Window, plan_windows, targets_of
 from andromeda.errors import ConfigError, UnsupportedError
 
 IGNORE = -100
@@ -66,21 +71,21 @@ class Scores:
 
 
 def window_batch(docs: Documents, windows: Sequence[Window], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded tokens (B, N) and labels (B, N): -100 for context and padding."""
+    """Right-padded tokens fed (B, N) and the label of each fed position (B, N): the next token where it
+    is a target, -100 for context and padding."""
     n = max(w.length for w in windows)
     tokens = torch.full((len(windows), n), pad_id, dtype=torch.long)
     labels = torch.full((len(windows), n), IGNORE, dtype=torch.long)
     for i, w in enumerate(windows):
-        seg = torch.as_tensor(np.asarray(docs.tokens[w.doc][w.begin : w.end], dtype=np.int64))
-        tokens[i, : w.length] = seg
-        labels[i, w.score_from - w.begin : w.length] = seg[w.score_from - w.begin :]
+        seg = torch.as_tensor(np.asarray(docs.tokens[w.doc][w.begin : w.end], dtype=np.int64))  # fed + 1
+        tokens[i, : w.length] = seg[:-1]
+        labels[i, w.score_from - 1 - w.begin : w.length] = seg[w.score_from - w.begin :]
     return tokens, labels
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B, N, V) logits, (B, N) labels -> (B, N-1) NLL (nats) of each next token, 0 where ignored."""
-    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE,
-                           reduction="none")
+    """(B, N, V) logits, (B, N) labels of the next token -> (B, N) NLL (nats), 0 where ignored."""
+    return F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
 
 
 def _bytes_of(windows: Sequence[Window], docs: Documents, tokenizer: Any) -> np.ndarray:
@@ -138,7 +143,7 @@ def score_windows(logits_fn: Callable[[torch.Tensor], torch.Tensor], docs: Docum
     with torch.inference_mode():
         for idx in _batches(windows, batch, by_length=False):
             tokens, labels = window_batch(docs, [windows[i] for i in idx], pad_id)
-            per_token = token_nll(logits_fn(tokens.to(device)), labels.to(device))  # (B, N-1)
+            per_token = token_nll(logits_fn(tokens.to(device)), labels.to(device))  # (B, N)
             nll[idx] = _row_sums(per_token)
     _sync(device)
     return Scores(list(windows), nll, targets, _bytes_of(windows, docs, tokenizer), time.perf_counter() - t0)
@@ -193,8 +198,8 @@ def score_windows_cached(bundle, docs: Documents, windows: Sequence[Window], *, 
             logits = torch.cat(parts, dim=1)  # (B, N, V)
             nll[idx] = _row_sums(token_nll(logits, labels))
             out.ref_nll[idx] = _row_sums(token_nll(ref, labels))
-            scored = labels[:, 1:] != IGNORE  # (B, N-1): positions whose prediction is scored
-            diff = (logits[:, :-1] - ref[:, :-1]).abs()[scored]  # (scored, V)
+            scored = labels != IGNORE  # (B, N): positions whose prediction is scored
+            diff = (logits - ref).abs()[scored]  # (scored, V)
             if diff.numel():
                 out.logit_max_abs_diff = max(out.logit_max_abs_diff, float(diff.max()))
                 out.logit_sum_abs_diff += float(diff.sum(dim=-1).cpu().double().sum())
@@ -205,7 +210,7 @@ def score_windows_cached(bundle, docs: Documents, windows: Sequence[Window], *, 
 
 
 def _row_sums(per_token: torch.Tensor) -> np.ndarray:
-    """(B, N-1) NLLs -> (B,) float64 sums, added on the CPU (MPS has no float64)."""
+    """(B, N) NLLs -> (B,) float64 sums, added on the CPU (MPS has no float64)."""
     return per_token.detach().cpu().double().sum(dim=1).numpy()
 
 
@@ -242,8 +247,8 @@ def _ratio_ci(num: np.ndarray, den: np.ndarray, ci: float, n_boot: int, seed: in
 
 
 def perplexity_metrics(scores: Scores, docs: Documents, *, tokenizer: Any = None, ci: float = 0.95,
-                       n_boot: int = 2000, seed: int = 0,
-                       ci_unit: str = "auto") -> tuple[dict[str, float], dict[str, Any]]:
+                       n_boot: int = 2000, seed: int = 0, ci_unit: str = "auto",
+                       words: str = "whitespace") -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics and info from window scores. Every metric here is computed, none estimated from another."""
     n_tok = int(scores.targets.sum())
     if n_tok == 0:
@@ -272,12 +277,14 @@ def perplexity_metrics(scores: Scores, docs: Documents, *, tokenizer: Any = None
         if len(nll_u) >= 2:
             lo, hi = _ratio_ci(nll_u / LN2, byt_u.astype(np.float64), ci, n_boot, seed)
             m.update(bits_per_byte_ci_low=lo, bits_per_byte_ci_high=hi)
-    if docs.n_words is not None:
+    counts = docs.words(words)
+    if counts is not None:
         whole = sorted(_whole_docs(docs, scores.windows))
-        words = sum(docs.n_words[d] for d in whole)
-        if words:
+        n_words = sum(counts[d] for d in whole)
+        info["words"] = words
+        if n_words:
             doc_nll = sum(float(a) for w, a in zip(scores.windows, scores.nll, strict=True) if w.doc in whole)
-            m.update(word_ppl=math.exp(doc_nll / words), words_scored=float(words))
+            m.update(word_ppl=math.exp(doc_nll / n_words), words_scored=float(n_words))
             if not docs.bos:
                 info["word_ppl"] = "each document's first token has no context and is not scored"
     if scores.seconds > 0:
@@ -324,9 +331,12 @@ def check_vocab(bundle, docs: Documents, windows: Sequence[Window]) -> None:
 def evaluate(bundle, docs: Documents, *, seq_len: int, stride: int | None = None, batch: int = 8,
              max_tokens: int | None = None, device: torch.device | str = "cpu", cache: CacheMode = "off",
              group_size: int = 64, cache_window: int = 0, decode_chunk: int = 1, ci: float = 0.95,
-             n_boot: int = 2000, seed: int = 0, ci_unit: str = "auto") -> tuple[dict[str, float], dict[str, Any]]:
-    """Perplexity metrics of a model bundle on documents (see the module docstring)."""
-    windows = plan_windows([len(t) for t in docs.tokens], seq_len, stride, max_tokens)
+             n_boot: int = 2000, seed: int = 0, ci_unit: str = "auto",
+             words: str = "whitespace") -> tuple[dict[str, float], dict[str, Any]]:
+    """Perplexity metrics of a model bundle on documents (see the module docstring): seq_len tokens fed
+    per window, every target scored once, all of them unless max_tokens stops the evaluation early."""
+    lengths = [len(t) for t in docs.tokens]
+    windows = plan_windows(lengths, seq_len, stride, max_tokens)
     if not windows:
         raise ConfigError("perplexity: the data has no document of two or more tokens")
     check_vocab(bundle, docs, windows)
@@ -339,9 +349,30 @@ def evaluate(bundle, docs: Documents, *, seq_len: int, stride: int | None = None
                                       group_size=group_size, window=cache_window, chunk=decode_chunk,
                                       tokenizer=tok)
     metrics, info = perplexity_metrics(scores, docs, tokenizer=tok, ci=ci, n_boot=n_boot, seed=seed,
-                                       ci_unit=ci_unit)
-    info["windows"] = "non-overlapping" if stride is None else f"sliding, stride {stride}"
+                                       ci_unit=ci_unit, words=words)
+    info["windows"] = "non-overlapping" if stride is None or stride == seq_len else f"sliding, stride {stride}"
+    info["seq_len"] = seq_len
+    metrics.update(coverage(docs, windows, lengths))
+    if metrics["tokens_scored"] < metrics["tokens_total"]:
+        info["truncated"] = True
+        info["warnings"] = [truncation_warning(metrics, max_tokens)]
     return metrics, info
+
+
+def coverage(docs: Documents, windows: Sequence[Window], lengths: Sequence[int]) -> dict[str, float]:
+    """What the data holds and how much of it the windows score: tokens_total (targets in all documents),
+    documents_total, documents_whole (every target scored)."""
+    return {"tokens_total": float(targets_of(lengths)),
+            "documents_total": float(sum(1 for n in lengths if n >= 2)),
+            "documents_whole": float(len(_whole_docs(docs, windows)))}
+
+
+def truncation_warning(m: dict[str, float], max_tokens: int | None) -> str:
+    partial = int(m["documents"] - m["documents_whole"])
+    return (f"max_tokens {max_tokens} stopped the evaluation early: {int(m['tokens_scored'])} of "
+            f"{int(m['tokens_total'])} tokens scored, {int(m['documents_whole'])} of {int(m['documents_total'])} "
+            f"documents whole{f' and {partial} in part' if partial else ''}; word_ppl covers whole documents only. "
+            "Set max_tokens: null to score everything")
 
 
 # ---- the scenario ------------------------------------------------------------------------------
@@ -350,16 +381,19 @@ class Perplexity:
     Config = PerplexityConfig
 
     def run(self, bundle, p, ctx):
-        seq = p["seq_len"]
+        seq = bundle.facts.max_seq_len if p["seq_len"] == "model" else p["seq_len"]
         if (reason := check_length(bundle, seq)) is not None:
             return ctx.skip(reason)
+        if p["stride"] is not None and p["stride"] > seq:
+            raise ConfigError(f"stride: {p['stride']} is more than seq_len ({seq}, the model's context); "
+                              f"use a stride from 1 to {seq}, or null for non-overlapping windows")
         data = open_cached(p["data"], bundle.tokenizer, p["add_bos"])
         docs = data.documents(p["split"])
         metrics, info = evaluate(
             bundle, docs, seq_len=seq, stride=p["stride"], batch=p["batch"], max_tokens=p["max_tokens"],
             device=ctx.device, cache=p["cache"], group_size=p["group_size"], cache_window=p["cache_window"],
             decode_chunk=p["decode_chunk"],
-            ci=p["ci"], n_boot=p["n_boot"], seed=ctx.seed, ci_unit=p["ci_unit"],
+            ci=p["ci"], n_boot=p["n_boot"], seed=ctx.seed, ci_unit=p["ci_unit"], words=p["words"],
         )
         info.update(data=data.spec, data_kind=data.kind)
         return [ctx.record(metrics, info=info)]
@@ -367,5 +401,6 @@ class Perplexity:
 
 __all__ = [
     "PerplexityConfig", "Perplexity", "Scores", "evaluate", "score_windows", "score_windows_cached",
-    "perplexity_metrics", "window_batch", "token_nll", "open_cached", "check_vocab",
+    "perplexity_metrics", "window_batch", "token_nll", "open_cached", "check_vocab", "coverage",
+    "truncation_warning",
 ]
