@@ -32,7 +32,8 @@ class RunContext:
     peak_tflops: float | None = None
     seed: int = 0
     case: Case | None = None
-    progress: Callable[[str], None] = lambda msg: None
+    progress: Callable[[str], None] = lambda msg: None  # the live status line (replaced by the next one)
+    log: Callable[[str], None] = lambda msg: None  # a line the user keeps on screen (a training step's loss)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def peak_for(self, dtype: str) -> float | None:

@@ -142,6 +142,15 @@ class Manifest(StrictModel):
     report: ReportSpec = ReportSpec()
     compare: CompareSpec | Annotated[list[CompareSpec], Field(max_length=100)] | None = None  # a list: several
     launcher: LauncherSpec | None = None  # run every case across processes through torchrun (bench/launch.py)
+    sized_for: Literal["any", "cpu", "gpu"] = "any"
+    cpu_counterpart: str | None = None
+
+    @model_validator(mode="after")
+    def _counterpart(self) -> Manifest:
+        if self.cpu_counterpart is not None and self.cpu_counterpart not in preset_names():
+            raise ValueError(f"cpu_counterpart: '{self.cpu_counterpart}' is not a preset; available: "
+                             f"{', '.join(preset_names())}")
+        return self
 
     @model_validator(mode="after")
     def _launcher(self) -> Manifest:

@@ -26,12 +26,14 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from andromeda.bench import scenarios, sources
+from andromeda.bench.capture import LOG_NAME, library_output_to, logged_lines
 from andromeda.bench.context import Case, RunContext
 from andromeda.bench.env import collect_env, resolve_threads
 from andromeda.bench.flops import device_peak_tflops
@@ -70,6 +72,10 @@ class RunResult:
     total: int = 0
     earlier: dict[str, int] = field(default_factory=dict)  # with --resume: statuses of the records already there
     noisy: int = 0  # cases of this invocation measured while other processes competed for the CPU
+    cases_run: int = 0  # cases run by this invocation (a case writes one record or many)
+    case_counts: dict[str, int] = field(default_factory=dict)  # this invocation's cases by status (CASE_ORDER)
+    log_path: Path | None = None  # where library warnings went (capture_output=True)
+    log_lines: int = 0  # lines the libraries wrote there during this invocation
 
     @property
     def errors(self) -> int:
@@ -81,8 +87,24 @@ class RunResult:
         return EXIT_ERRORS if self.errors else 0
 
 
+# a case's status: the first of these among its records (a case with one error record is an errored case)
+CASE_ORDER = ("error", "oom", "ok", "skipped")
+
+
+def case_status(statuses: list[str]) -> str:
+    return next((s for s in CASE_ORDER if s in statuses), statuses[0] if statuses else "ok")
+
+
 class Progress:
-    """The runner's view of progress; the CLI plugs a rich progress bar in."""
+    """The runner's view of progress; the CLI plugs a rich progress bar in.
+
+    `stream` is where the user's terminal is: the runner attaches it (attach) before start, so that what
+    the user must see reaches the terminal while library output goes to the run's log."""
+
+    stream = None
+
+    def attach(self, stream) -> None:
+        self.stream = stream
 
     def start(self, total: int) -> None: ...
     def case(self, case: Case, index: int) -> None: ...
@@ -90,9 +112,13 @@ class Progress:
     def advance(self) -> None: ...
     def stop(self) -> None: ...
 
+    def log(self, text: str) -> None:
+        """A line worth keeping on screen (a training step's loss): by default, the live note."""
+        self.note(text)
+
     def warn(self, text: str) -> None:
         """Something the user must see even without a progress bar: on stderr."""
-        print(f"warning: {text}", file=sys.stderr)
+        print(f"warning: {text}", file=self.stream or sys.stderr)
 
 
 def pending_cases(todo: list[Case], done: set[str], ctx: RunContext, progress: Progress, index: int):
@@ -125,9 +151,23 @@ def _dominated(case: Case, oom_cases: list[Case]) -> Case | None:
     return None
 
 
+def check_sized_for(manifest: Manifest, dev: torch.device, force: bool) -> None:
+    """ConfigError (one line) when a manifest sized for a GPU would run on a CPU without --force."""
+    if manifest.sized_for != "gpu" or dev.type != "cpu" or force:
+        return
+    instead = (f"run its CPU counterpart, the preset '{manifest.cpu_counterpart}' (--preset "
+               f"{manifest.cpu_counterpart}), " if manifest.cpu_counterpart else "run it on a GPU (--device cuda), ")
+    raise ConfigError(f"'{manifest.name}' is sized for a GPU (sized_for: gpu) and this run's device is cpu, where it "
+                      f"would take hours; {instead}or pass --force to run it here anyway")
+
+
 def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device: str | None = None,
         progress: Progress | None = None,
-        on_record: Callable[[Record], None] | None = None) -> RunResult:
+        on_record: Callable[[Record], None] | None = None, force: bool = False,
+        capture_output: bool = False) -> RunResult:
+    """Run every case of `manifest` into `out_dir`. force: run a GPU-sized manifest on a CPU. capture_output:
+    library output (warnings, loggers, C++ messages on stderr) goes to <out>/run.log, not the terminal
+    (bench/capture.py); the progress is attached to the terminal."""
     out = Path(out_dir)
     check_out_dir(out)
     store = RecordStore(out / RESULTS)
@@ -137,6 +177,7 @@ def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device
         )
     manifest = manifest.model_copy(update={"device": device}) if device else manifest
     dev = resolve_device(manifest.device)  # a bad --device fails here, before anything is written
+    check_sized_for(manifest, dev, force)
     out.mkdir(parents=True, exist_ok=True)
     # by_alias: fields are written as users write them (the attention scenario's `pass`, not `pass_`)
     # dump_manifest quotes strings YAML 1.2 would read as numbers or bools ('1e5', 'yes'): they read back as written
@@ -145,10 +186,20 @@ def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device
     dtype = getattr(torch, manifest.dtype)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(resolve_threads(manifest.threads))  # before any model is built or case runs
+    log_path = out / LOG_NAME
+    start = log_path.stat().st_size if log_path.is_file() else 0
+    progress = progress or Progress()
+    capture = library_output_to(log_path) if capture_output else nullcontext(None)
     try:
-        return _run(manifest, out, store, dev, dtype, resume, progress, on_record)
+        with capture as terminal:
+            if terminal is not None:
+                progress.attach(terminal)
+            result = _run(manifest, out, store, dev, dtype, resume, progress, on_record)
     finally:
         torch.set_num_threads(threads_before)
+    if capture_output:
+        result.log_path, result.log_lines = log_path, len(logged_lines(log_path, start))
+    return result
 
 
 def _run(manifest: Manifest, out: Path, store: RecordStore, dev: torch.device, dtype: torch.dtype, resume: bool,
@@ -159,7 +210,7 @@ def _run(manifest: Manifest, out: Path, store: RecordStore, dev: torch.device, d
     peak = device_peak_tflops((env.get("gpu_names") or ["cpu"])[0] if dev.type == "cuda" else "cpu",
                               manifest.dtype, manifest.peak_tflops)
     ctx = RunContext(device=dev, dtype=dtype, timing=manifest.timing.to_config(), env=env,
-                     peak_tflops=peak, seed=manifest.seed)
+                     peak_tflops=peak, seed=manifest.seed, progress=progress.note, log=progress.log)
     cases = plan(manifest)
     existing = store.read() if resume else []
     done = {r.case_id for r in existing}
@@ -168,18 +219,26 @@ def _run(manifest: Manifest, out: Path, store: RecordStore, dev: torch.device, d
     for r in existing:
         if r.case_id in planned:
             result.earlier[r.status] = result.earlier.get(r.status, 0) + 1
-    progress = progress or Progress()
     if env.get("load_warning"):
         progress.warn(env["load_warning"])
     progress.start(len(cases))
+
+    by_case: dict[str, list[str]] = {}
 
     def emit(records: list[Record]) -> None:
         store.append(records)
         result.noisy += any(r.info.get("noisy") for r in records)
         for r in records:
             result.counts[r.status] = result.counts.get(r.status, 0) + 1
+            if r.case_id in planned:  # a sweep's fit record shares its last case's id
+                by_case.setdefault(r.case_id, []).append(r.status)
             if on_record:
                 on_record(r)
+        result.cases_run = len(by_case)
+        result.case_counts = {}
+        for statuses in by_case.values():
+            st = case_status(statuses)
+            result.case_counts[st] = result.case_counts.get(st, 0) + 1
 
     if manifest.launcher is not None:  # every case through torchrun, across processes (bench/launch.py)
         from andromeda.bench.launch import run_launched

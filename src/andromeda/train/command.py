@@ -14,10 +14,14 @@ DEFAULT_PRESET = "train-quick"
 
 
 def train_command(manifest: str | None = None, *, preset: str | None = None, out: str | None = None,
-                  resume: bool = False, device: str | None = None, overrides: list[str] | None = None) -> int:
+                  resume: bool = False, device: str | None = None, overrides: list[str] | None = None,
+                  force: bool = False, resume_hint=None) -> int:
+    """Train, print a line per logged step (step/total, loss, tokens/s, MFU or TFLOP/s, ETA) and, at the end,
+    each case's final losses, perplexity and bits per byte against the data's floor where it is known."""
     from andromeda.bench.manifest import load_manifest
-    from andromeda.bench.runner import run
-    from andromeda.cli_progress import RichProgress, print_summary
+    from andromeda.bench.records import RecordStore
+    from andromeda.bench.runner import RESULTS, run
+    from andromeda.cli_progress import RichProgress, print_log_note, print_summary, print_training_summary
     from andromeda.report import build_report
 
     if manifest and preset:
@@ -30,13 +34,17 @@ def train_command(manifest: str | None = None, *, preset: str | None = None, out
     out_dir = Path(out or m.out or f"runs/{m.name}-{stamp}")
     m = with_checkpoints(m, out_dir / "checkpoints")
     try:
-        result = run(m, out_dir, resume=resume, device=device, progress=RichProgress())
+        result = run(m, out_dir, resume=resume, device=device, progress=RichProgress(), force=force,
+                     capture_output=True)
     except KeyboardInterrupt:
+        again = resume_hint(out_dir) if resume_hint else f"andromeda train --out {out_dir} --resume (with the " \
+                                                            "same manifest or preset)"
         print(f"interrupted: finished cases are in {out_dir / 'results.jsonl'}, training state in "
-              f"{out_dir / 'checkpoints'}; continue with: andromeda train ... --out {out_dir} --resume",
-              file=sys.stderr)
+              f"{out_dir / 'checkpoints'}; continue with: {again}", file=sys.stderr)
         return 130
     print_summary(result)
+    print_log_note(result)
+    print_training_summary(RecordStore(out_dir / RESULTS).read())
     paths = build_report(out_dir, m.report.formats)
     html = paths.get("html")
     print(f"report: {html[0] if html else out_dir}")

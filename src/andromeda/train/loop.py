@@ -31,6 +31,7 @@ from torch import nn
 from andromeda.bench.flops import recomputed_forward_flops, train_step_flops
 from andromeda.bench.timing import Stopwatch
 from andromeda.errors import ConfigError, UnsupportedError
+from andromeda.train.progress import progress_line
 from andromeda.train.state import load_state, save_state
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -405,7 +406,7 @@ class Trainer:
         finally:
             self.model.train(was_training)
         self.evals.append({"step": self.step, **{k: float(v) for k, v in out.items()}})
-        self.log(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in out.items()))
+        self.log(f"step {self.step}/{self.cfg.steps} validation: " + ", ".join(f"{k} {v:.4g}" for k, v in out.items()))
 
     def run(self, until: int | None = None) -> TrainResult:
         """Train to step `until` (default cfg.steps), validating and checkpointing on schedule.
@@ -426,11 +427,11 @@ class Trainer:
                                              "lower lr or use fp32/bf16")
                 self.history.append(rec)
                 last = self.step == cfg.steps
+                if self.step % cfg.log_every == 0 or last:
+                    since = self.step - (self.step - 1) % cfg.log_every  # the first step after the last line
+                    self.log(progress_line([h for h in self.history if h["step"] >= since], cfg.steps))
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
                     self._validate()
-                if self.step % cfg.log_every == 0:
-                    self.log(f"step {self.step}/{cfg.steps}: loss {rec['loss']:.4f}, "
-                             f"{rec['tokens_per_s']:.0f} tokens/s")
                 if cfg.checkpoint_dir and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last):
                     self.save()
         finally:

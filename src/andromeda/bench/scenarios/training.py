@@ -117,7 +117,7 @@ class Training:
             return out
 
         trainer = Trainer(model, cfg, batches, loss_fn=bundle.loss, evaluate=validate, device=ctx.device,
-                          facts=bundle.facts, peak_tflops=ctx.peak_for_precision(p["precision"]), log=ctx.progress)
+                          facts=bundle.facts, peak_tflops=ctx.peak_for_precision(p["precision"]), log=ctx.log)
         try:
             trainer.resume()
             with track_memory(ctx.device) as mem:
