@@ -3,15 +3,27 @@
 Shape: causal, 24 heads, head dim 128, bf16; Andromeda's own attention has 1 KV head and ALiBi on
 12 of 24 heads (triton, flex); cuDNN and flash SDPA run plain causal MHA of the same shape (no ALiBi to
 do), their K/V expanded to 24 heads once per measurement, outside the timed call.
-TFLOP/s are effective rates (`effective_tflops`): the dense causal FLOPs (`dense_causal_flops`: forward
-4*B*H*D*N(N+1)/2, backward 2.5x forward) over the time. Our kernel does less on its ALiBi heads (forward
-and backward skip key blocks too far back to count: under 2^-32 of a row's softmax sum), so its
-effective rate is above its arithmetic rate; set triton_flash.SKIP_FAR = False for the kernel's raw
-arithmetic rate. (The actual rate needs the kernel's computed-block count, not reported yet.)
+
+Two rates per row:
+- `effective_tflops`: the dense causal FLOPs (`dense_causal_flops`: forward 4*B*H*D*N(N+1)/2, forward+backward
+  3.5x that) over the time, the same work counted for every implementation;
+- `actual_tflops` (our kernel): the FLOPs of the tiles the kernel really computed (`computed_flops`, from its
+  tile count in a separate untimed call: model.backends.block_count; whole tiles, masked entries of diagonal
+  tiles included, and the backward's recomputation) over the same time: its arithmetic rate. The kernel
+  skips, on ALiBi heads, key blocks too far back to count (under 2^-32 of a row's softmax sum), so its
+  effective rate can exceed its actual one (and the datasheet peak); `computed_share` is computed over
+  dense causal FLOPs. cuDNN, flash SDPA and FlexAttention report no tile count (they skip no causal pair):
+  their effective rate is their pair-arithmetic rate.
+
+Inputs: `random` (unit normal q, k, v: key norms ~sqrt(128)) or `model` (q, k, v as the `andromeda` preset's
+first attention layer computes them at its positions: QK-norm, rotary/xPos, its own ALiBi slopes and
+scale; random-initialized weights, so this is the model at initialization). Our kernel's skipping depends
+on the key norms, so the two can differ; the others' time does not depend on the values.
 Floors (same run): bf16 matmul rate and copy bandwidth, beside the datasheet's; the JSON leads with the
 git commit, device and versions (andromeda.bench.floors.provenance).
 
-    python benchmarks/attention_kernels.py [--lengths 2048,8192,32768] [--tokens 32768] [--json out.json]
+    python benchmarks/attention_kernels.py [--lengths 2048,8192,32768] [--tokens 32768] [--inputs random,model]
+                                           [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from andromeda.bench import floors as bench_floors
 from andromeda.bench.env import collect_env
 from andromeda.bench.timing import TimingConfig, time_fn
 from andromeda.model.backends import get, triton_flash
+from andromeda.model.backends.block_count import count_blocks
 from andromeda.model.positional import head_slopes
 
 H, HKV, D, ALIBI_HEADS = 24, 1, 128, 12
@@ -61,11 +74,49 @@ def expand_kv(q, k, v):
     return q, k.expand(-1, H, -1, -1).contiguous(), v.expand(-1, H, -1, -1).contiguous()
 
 
-def impls(device: str = "cuda"):
+class _Captured(Exception):
+    """Raised by the capturing backend to stop the model's forward once layer 0's attention inputs exist."""
+
+
+def model_source(n: int, preset: str = "andromeda") -> str:
+    """The model source speed_targets times: room for n tokens, xPos interpolated by 2 (32K within range)."""
+    return f"andromeda:{preset}?max_seq_len={max(n + 1024, 33792)}&pos_interpolation_factor=2"
+
+
+def model_inputs(b: int, n: int, preset: str = "andromeda", layer: int = 0, device: str = "cuda"):
+    """(q, k, v, slopes, scale) as the preset's attention `layer` computes them for b x n random tokens
+    (random-initialized weights): q (b, heads, n, dim_head), k and v (b, kv_heads, n, dim_head)."""
+    from andromeda.bench.sources import build
+
+    torch.manual_seed(n)
+    bundle = build(model_source(n, preset), torch.device(device), torch.bfloat16)
+    model, got = bundle.model, {}
+    attn = model.blocks[layer].attn
+
+    def capture(q, k, v, *, causal, scale, alibi_slopes):
+        got.update(q=q, k=k, v=v, slopes=alibi_slopes, scale=scale)
+        raise _Captured
+
+    attn.backend = lambda device, dtype: capture
+    tokens = torch.randint(0, model.cfg.num_tokens, (b, n), device=device)
+    try:
+        with torch.no_grad():
+            model(tokens)
+    except _Captured:
+        pass
+    q, k, v = (got[x].contiguous() for x in "qkv")
+    del bundle, model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return q, k, v, got["slopes"], got["scale"]
+
+
+def impls(device: str = "cuda", slopes: torch.Tensor | None = None, scale: float | None = None):
     """name -> attention call (q, k, v) -> out. A call with a `prepare` attribute takes its inputs through it
-    once, before timing (measure, accuracy): the SDPA baselines' K/V expansion is not part of their time."""
-    slopes = head_slopes(H, ALIBI_HEADS).to(device)
-    scale = D**-0.5
+    once, before timing (measure, accuracy): the SDPA baselines' K/V expansion is not part of their time.
+    slopes, scale: ALiBi slopes and softmax scale (default: ALiBi on the first 12 heads, D^-0.5)."""
+    slopes = head_slopes(H, ALIBI_HEADS).to(device) if slopes is None else slopes
+    scale = D**-0.5 if scale is None else scale
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     def cudnn(q, k, v):  # (B, H, N, D) each: MHA, expanded by prepare
@@ -86,15 +137,17 @@ def impls(device: str = "cuda"):
     }
 
 
-def inputs(fn, b: int, n: int):
-    """q, k, v for `fn` (make(), then fn.prepare where it has one), as leaf tensors."""
-    q, k, v = make(b, n)
+def inputs(fn, b: int, n: int, qkv=None):
+    """q, k, v for `fn` (make(), or the given qkv, then fn.prepare where it has one), as leaf tensors."""
+    q, k, v = make(b, n) if qkv is None else (t.detach() for t in qkv)
     prepare = getattr(fn, "prepare", None)
     return (q, k, v) if prepare is None else prepare(q, k, v)
 
 
-def measure(fn, b, n, backward: bool):
-    q, k, v = inputs(fn, b, n)
+def measure(fn, b, n, backward: bool, qkv=None):
+    """Median time of fn forward (or forward+backward) on b x n, its effective rate and, for a kernel that
+    reports its tiles (ours), the FLOPs it computed and its actual rate."""
+    q, k, v = inputs(fn, b, n, qkv)
     if backward:
         q, k, v = (t.requires_grad_() for t in (q, k, v))
         grad = torch.randn(b, H, n, D, device="cuda", dtype=torch.bfloat16)
@@ -111,8 +164,16 @@ def measure(fn, b, n, backward: bool):
     cfg = TimingConfig(warmup=3, min_runs=10, max_runs=100, budget_s=3.0, target_rel_ci=0.01)
     t = time_fn(run, "cuda", cfg)
     work = flops(b, n) * (3.5 if backward else 1.0)
-    return {"ms": t.median_ms, "cv": t.summary.cv, "dense_causal_flops": work,
-            "effective_tflops": work / (t.median_ms / 1e3) / 1e12}
+    seconds = t.median_ms / 1e3
+    out = {"ms": t.median_ms, "cv": t.summary.cv, "dense_causal_flops": work, "effective_tflops": work / seconds / 1e12}
+    with count_blocks() as count:  # untimed: the same call, its kernels adding up the tiles they compute
+        run()
+    torch.cuda.synchronize()
+    if count.parts:
+        computed = sum(count.flops().values())
+        out.update(computed_flops=computed, actual_tflops=computed / seconds / 1e12, computed_share=computed / work,
+                   computed_tiles=count.tiles())
+    return out
 
 
 def accuracy(fn, n=2048):
@@ -158,6 +219,7 @@ def main() -> None:
     ap.add_argument("--lengths", default="2048,8192,32768")
     ap.add_argument("--tokens", type=int, default=32768, help="batch = tokens // length")
     ap.add_argument("--configs", action="store_true", help="also sweep Triton block configs (fwd 8K/32K, bwd 8K)")
+    ap.add_argument("--inputs", default="random", help="random, model, or both (comma-separated); see the docstring")
     ap.add_argument("--json")
     args = ap.parse_args()
     rows = []
@@ -166,15 +228,21 @@ def main() -> None:
         rows.append({"impl": name, "rel_err_vs_fp32_eager_2k": accuracy(table[name])})
     for n in (int(x) for x in args.lengths.split(",")):
         b = max(1, args.tokens // n)
-        for name, fn in table.items():
-            for backward in (False, True):
-                try:
-                    r = measure(fn, b, n, backward)
-                except Exception as e:  # noqa: BLE001 - report and go on
-                    r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
-                rows.append({"impl": name, "n": n, "batch": b, "pass": "fwd+bwd" if backward else "fwd", **r})
-                print(rows[-1], flush=True)
-                torch.cuda.empty_cache()
+        for source in args.inputs.split(","):
+            qkv, fns = None, table
+            if source == "model":
+                *qkv, slopes, scale = model_inputs(b, n)
+                fns = impls(slopes=slopes, scale=scale)
+            for name, fn in fns.items():
+                for backward in (False, True):
+                    try:
+                        r = measure(fn, b, n, backward, qkv)
+                    except Exception as e:  # noqa: BLE001 - report and go on
+                        r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+                    rows.append({"impl": name, "inputs": source, "n": n, "batch": b,
+                                 "pass": "fwd+bwd" if backward else "fwd", **r})
+                    print(rows[-1], flush=True)
+                    torch.cuda.empty_cache()
     sweep, bwd_sweep = [], []
     if args.configs:
         fn = table["triton (ALiBi, MQA)"]
@@ -186,14 +254,16 @@ def main() -> None:
     print(f"floors ({fl['device']}): matmul {fl['matmul_bf16_tflops']:.0f} TFLOP/s "
           f"(datasheet {fl['datasheet_bf16_tflops']}), copy {fl['copy_gb_per_s']:.0f} GB/s "
           f"(datasheet {fl['datasheet_gb_per_s']})")
-    print("effective TFLOP/s: dense causal FLOPs over time (our kernel skips far ALiBi blocks; cuDNN/flash do not)")
-    print(f"{'impl':32s} {'N':>6s} {'pass':>8s} {'ms':>9s} {'eff TF/s':>8s} {'CV':>6s}")
+    print("effective TFLOP/s: dense causal FLOPs over time; actual: FLOPs of the tiles computed over time (ours only)")
+    print(f"{'impl':32s} {'inputs':>6s} {'N':>6s} {'pass':>8s} {'ms':>9s} {'eff TF/s':>8s} {'act TF/s':>8s} "
+          f"{'CV':>6s}")
     for r in rows:
         if "n" in r and "ms" in r:
-            print(f"{r['impl']:32s} {r['n']:6d} {r['pass']:>8s} {r['ms']:9.3f} {r['effective_tflops']:8.1f} "
-                  f"{r['cv']:6.3f}")
+            act = f"{r['actual_tflops']:8.1f}" if "actual_tflops" in r else f"{'-':>8s}"
+            print(f"{r['impl']:32s} {r['inputs']:>6s} {r['n']:6d} {r['pass']:>8s} {r['ms']:9.3f} "
+                  f"{r['effective_tflops']:8.1f} {act} {r['cv']:6.3f}")
         elif "n" in r:
-            print(f"{r['impl']:32s} {r['n']:6d} {r['pass']:>8s} {r['error']}")
+            print(f"{r['impl']:32s} {r['inputs']:>6s} {r['n']:6d} {r['pass']:>8s} {r['error']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

@@ -126,9 +126,11 @@ def test_main_writes_every_field_with_stubbed_timings(st, monkeypatch, tmp_path)
     monkeypatch.setattr(st, "build", lambda source, device, dtype: sources.build(
         source.replace("andromeda?", "tiny?").replace(f"max_seq_len={ms.LONG}", "max_seq_len=64"),
         torch.device("cpu"), dtype))
-    monkeypatch.setattr(ak, "impls", lambda: {name: None for name in st.ATTN.values()})
-    monkeypatch.setattr(ak, "measure", lambda fn, b, n, backward: {"ms": 1.0, "cv": 0.01, "dense_causal_flops": 1e12,
-                                                                   "effective_tflops": 1000.0})
+    monkeypatch.setattr(ak, "impls", lambda **kw: {name: None for name in st.ATTN.values()})
+    monkeypatch.setattr(ak, "model_inputs", lambda b, n: (None, None, None, None, 1.0))
+    monkeypatch.setattr(ak, "measure", lambda fn, b, n, backward, qkv=None: {
+        "ms": 1.0, "cv": 0.01, "dense_causal_flops": 1e12, "effective_tflops": 1000.0, "computed_flops": 5e11,
+        "actual_tflops": 500.0, "computed_share": 0.5})
     monkeypatch.setattr(ms, "prefill_ms", lambda bundle, n, compiled=None: 0.001 * n / 1024)
     monkeypatch.setattr(ms, "andromeda_tpot_ms", lambda model, mode: 0.5)
     monkeypatch.setattr(ms, "hf_tpot_ms", lambda model: 1.5)
@@ -148,4 +150,22 @@ def test_main_writes_every_field_with_stubbed_timings(st, monkeypatch, tmp_path)
         assert m[f"{tag}_prefill_8192_mfu"] == pytest.approx(m[f"{tag}_prefill_8192_mfu_measured_peak"] * 700 / 989.5)
     assert "andromeda_torch_step_tpot_of_floor" in m and "andromeda_compiled_prefill_32768_mfu" in m
     assert res["attention"]["cudnn_fwdbwd_32768"]["effective_tflops"] == 1000.0
+    assert res["attention"]["triton_model_qk_fwdbwd_32768"]["actual_tflops"] == 500.0
+    rows = {r["target"]: r for r in res["verdicts"]}
+    assert rows["attention fwd 8K vs cuDNN (effective)"]["also"] == "ours 500 actual TFLOP/s, 50% of dense computed"
     assert len(res["verdicts"]) == 6 + 4 + 4 + 2
+
+
+def test_model_inputs_are_the_models_attention_inputs(st):
+    """benchmarks/attention_kernels.model_inputs on the tiny preset (CPU): q, k, v in the model's head layout,
+    its ALiBi slopes (head_slopes of its heads, divided by the interpolation factor 2 the source sets) and scale."""
+    import torch
+
+    from andromeda.model import from_name
+    from andromeda.model.positional import head_slopes
+
+    cfg = from_name("tiny")
+    q, k, v, slopes, scale = st.ak.model_inputs(2, 48, preset="tiny", device="cpu")
+    assert q.shape == (2, cfg.heads, 48, cfg.dim_head) and k.shape == v.shape == (2, cfg.n_kv_heads, 48, cfg.dim_head)
+    torch.testing.assert_close(slopes, head_slopes(cfg.heads, cfg.n_alibi_heads) / 2)
+    assert scale == cfg.attn_scale

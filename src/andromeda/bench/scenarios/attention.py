@@ -14,6 +14,10 @@ A case is one implementation at one shape point (pattern, causal, dtype, pass, s
                   pattern keeps, so a sparse pattern is credited only with the work it needs
   effective_tflops  the dense pattern's FLOPs (every causal pair, or all N^2) over the same time: what
                   a sparse pattern's speed is worth against dense attention, not work done
+  computed_flops, actual_tflops  (our triton kernel, which reports its tiles: model.backends.block_count)
+                  the FLOPs of the tiles the kernel computed, counted in a separate untimed call, and over
+                  the time: its arithmetic rate (whole tiles, masked diagonal entries and the backward's
+                  recomputation included; below `flops` where it skips far ALiBi keys, above it otherwise)
   sparsity        1 - pairs / pairs of the dense pattern (causal: N(N+1)/2, else N^2)
   block_sparsity  1 - blocks computed / blocks of the dense pattern (block_size x block_size tiles)
   accuracy        max_abs_err, max_rel_err (= max_abs_err / max|ref|) of the output, and of dQ/dK/dV
@@ -34,6 +38,7 @@ from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.config.attention import AttentionConfig
 from andromeda.bench.sparsity import Pattern, PatternSpec, get_pattern
 from andromeda.errors import UnsupportedError
+from andromeda.model.backends.block_count import count_blocks
 
 
 def backward_factor(impl: str, device_type: str, dtype: str) -> float:
@@ -187,6 +192,11 @@ class Attention:
         with track_memory(dev) as mem, tracker as tensors:
             fn()
         clear()
+        count = None
+        if impl == "triton":  # its tiles, in a call of its own (the counters would add to the memory measured)
+            with count_blocks() as count:
+                fn()
+            clear()
         info = {"impl": impl, "how": call.info["how"], "dtype": p["dtype"], "stopped": timing.stopped,
                 "noisy": timing.summary.noisy}
         info.update({k_: v_ for k_, v_ in call.info.items() if k_ != "how"})
@@ -228,6 +238,10 @@ class Attention:
         info["backward_flops"] = (f"{passes - 1:g}x forward ({impl} "
                                   f"{'recomputes' if passes == 3.5 else 'saves'} the probabilities)"
                                   if prob.backward else "none (forward only)")
+        if count is not None and count.parts:
+            computed = sum(count.flops().values())
+            metrics.update(computed_flops=float(computed), actual_tflops=achieved_tflops(computed, seconds))
+            info["computed_tiles"] = count.tiles()
         u = mfu(flops, seconds, ctx.peak_for(p["dtype"]))
         if u is not None:
             metrics["mfu"] = u

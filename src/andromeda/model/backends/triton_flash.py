@@ -38,7 +38,7 @@ import weakref
 
 import torch
 
-from andromeda.model.backends import register
+from andromeda.model.backends import block_count, register
 
 LOG2E = 1.4426950408889634
 
@@ -326,6 +326,14 @@ def _forward_sm90(q, k, v, slopes, out, lse, runs, scale: float, skip: bool) -> 
         _cached_launch(gk.flash_fwd_sm90, (tiles, b * hr), (*descs, slopes, lo, lse, n, h, g, scale * LOG2E, head0, hr),
                        dict(ALIBI=ab, SKIP=skip and ab, STAGES=SM90["STAGES"], BLOCK_M=bm, BLOCK_N=bn, D=d,
                             LOADER_REGS=SM90["LOADER_REGS"], CONSUMER_REGS=SM90["CONSUMER_REGS"]), 4)
+        count = block_count.active()
+        if count is not None:  # the kernel runs key blocks LO[tile] .. (q0 + TILE) / BLOCK_N of each tile
+            ends = (torch.arange(1, tiles + 1, device=q.device) * 2 * bm) // bn
+            if skip and ab:
+                firsts = lo.view(b, h, tiles)[:, head0:head0 + hr].to(torch.int64)
+                count.add("forward", (ends - firsts).sum(), 2 * bm, bn, d)
+            else:
+                count.add("forward", int(ends.sum()) * b * hr, 2 * bm, bn, d)
     return knorm
 
 
@@ -353,14 +361,15 @@ class _FlashAttention(torch.autograd.Function):
             tma = _use_tma(cfg, q, k, v)
             bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
             descs = (_desc(q, bm, tma), _desc(k, bn, tma), _desc(v, bn, tma))
+            cnt = _counter("forward", q, bm, bn)
             for head0, hr, ab in runs:
                 fwd[(b * hr, triton_cdiv(nq, bm))](
-                    *descs, q, k, v, slopes, knorm, out, lse,
+                    *descs, q, k, v, slopes, knorm, out, lse, lse if cnt is None else cnt,
                     q.stride(1), q.stride(2), k.stride(1), k.stride(2), out.stride(1), out.stride(2),
                     h, h // hkv, nq, nk, nk - nq, scale * LOG2E, head0, hr, nkn,
                     _skip_threshold(nk),
                     ALIBI=ab, CAUSAL=causal, SKIP=skip and ab, KNB=KNORM_BLOCK, IEEE=q.dtype == torch.float32,
-                    **_bounds(nq, nk), D=d, **{**cfg, "TMA": tma})
+                    COUNT=cnt is not None, **_bounds(nq, nk), D=d, **{**cfg, "TMA": tma})
 
         _launch("fwd", q.device, q.dtype, d, run)
         ctx.save_for_backward(q, k, v, slopes, out, lse, knorm)
@@ -396,19 +405,21 @@ class _FlashAttention(torch.autograd.Function):
 
         def run_dkdv(cfg):
             descs, kw = operands(cfg)
+            cnt = _counter("dkdv", q, cfg["BLOCK_M"], cfg["BLOCK_N"])
             for head0, hr, ab in ctx.runs:
                 dkdv[(b * hr // hc, triton_cdiv(nk, cfg["BLOCK_N"]))](
-                    *descs, q, k, v, slopes, dout, lse, delta, dk, dv, u, *common, dk.stride(1), dk.stride(2),
-                    h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr, skip_t,
-                    ALIBI=ab, SKIP=ctx.skip and ab, HC=hc, **kw)
+                    *descs, q, k, v, slopes, dout, lse, delta, dk, dv, u, lse if cnt is None else cnt, *common,
+                    dk.stride(1), dk.stride(2), h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr,
+                    skip_t, ALIBI=ab, SKIP=ctx.skip and ab, HC=hc, COUNT=cnt is not None, **kw)
 
         def run_dq(cfg):
             descs, kw = operands(cfg)
+            cnt = _counter("dq", q, cfg["BLOCK_M"], cfg["BLOCK_N"])
             for head0, hr, ab in ctx.runs:
                 dqk[(b * hr, triton_cdiv(nq, cfg["BLOCK_M"]))](
-                    *descs, q, k, v, slopes, dout, out, lse, delta, dq, knorm, u, *common,
-                    h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr, ctx.nkn, skip_t,
-                    ALIBI=ab, SKIP=ctx.skip and ab, KNB=KNORM_BLOCK, **kw)
+                    *descs, q, k, v, slopes, dout, out, lse, delta, dq, knorm, u, lse if cnt is None else cnt,
+                    *common, h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr, ctx.nkn, skip_t,
+                    ALIBI=ab, SKIP=ctx.skip and ab, KNB=KNORM_BLOCK, COUNT=cnt is not None, **kw)
 
         _launch("dq", q.device, q.dtype, d, run_dq)  # first: it writes delta (and u)
         _launch("bwd", q.device, q.dtype, d, run_dkdv)
@@ -416,6 +427,12 @@ class _FlashAttention(torch.autograd.Function):
             dk = dk.view(b, hkv, g // hc, nk, d).sum(2).to(k.dtype)
             dv = dv.view(b, hkv, g // hc, nk, d).sum(2).to(v.dtype)
         return dq, dk, dv, None, None, None, None, None
+
+
+def _counter(kernel: str, q: torch.Tensor, rows: int, keys: int) -> torch.Tensor | None:
+    """The tile counter of one launch while block_count.count_blocks() is active, else None."""
+    count = block_count.active()
+    return None if count is None else count.counter(kernel, q.device, rows, keys, q.shape[-1])
 
 
 def triton_cdiv(a: int, b: int) -> int:

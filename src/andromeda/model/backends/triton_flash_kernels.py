@@ -219,15 +219,16 @@ def alibi_first_block(Q, K, S, KN, LO, s_qbh, s_qn, s_kbh, s_kn, H, G, N, qk_sca
 
 
 @triton.jit
-def flash_fwd(qd, kd, vd, Q, K, V, S, KN, Out, L, s_qbh, s_qn, s_kbh, s_kn, s_obh, s_on,
+def flash_fwd(qd, kd, vd, Q, K, V, S, KN, Out, L, CNT, s_qbh, s_qn, s_kbh, s_kn, s_obh, s_on,
         H, G, NQ, NK, OFF, qk_scale, HEAD0, HR, NKN, SKIP_T,
         ALIBI: tl.constexpr, CAUSAL: tl.constexpr, SKIP: tl.constexpr, KNB: tl.constexpr, IEEE: tl.constexpr,
-        TMA: tl.constexpr,
+        TMA: tl.constexpr, COUNT: tl.constexpr,
         WS: tl.constexpr, INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """SKIP (causal ALiBi only): the diagonal blocks run first, then key blocks too far back to matter are
     skipped (`_first_needed_key`, with threshold SKIP_T); KN (B*H_kv, NKN) holds the largest norm of keys
-    0 .. (c + 1) * KNB - 1 of each KV head at [kv head, c]."""
+    0 .. (c + 1) * KNB - 1 of each KV head at [kv head, c]. COUNT: the program adds the number of
+    (BLOCK_M x BLOCK_N) tiles it computed to CNT[0] (int64; triton_flash.count_blocks)."""
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # longest causal rows first: a shorter tail
     bh, b, h = _head(HEAD0, HR, H, 1)
     kbh = b * (H // G) + h // G
@@ -255,9 +256,13 @@ def flash_fwd(qd, kd, vd, Q, K, V, S, KN, Out, L, s_qbh, s_qn, s_kbh, s_kn, s_ob
         lo = _first_needed_key(q, m_i, kn, q0, slope, qk_scale, SKIP_T, diag, BLOCK_N)
         acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, diag, q_pos, q0, slope, qk_scale, NK,
                                   s_kbh, s_kn, ALIBI, CAUSAL, False, IEEE, TMA, WS, INTERP, NK_C, BLOCK_N, D)
+        if COUNT:
+            tl.atomic_add(CNT, (tl.cdiv(hi - diag, BLOCK_N) + (diag - lo) // BLOCK_N).to(tl.int64))
     else:
         acc, l_i, m_i = _fwd_spans(acc, l_i, m_i, q, kd, vd, K, V, kbh, full, hi, q_pos, q0, slope, qk_scale, NK,
                                    s_kbh, s_kn, ALIBI, CAUSAL, IEEE, TMA, WS, INTERP, NK_C, BLOCK_N, D)
+        if COUNT:
+            tl.atomic_add(CNT, tl.cdiv(hi, BLOCK_N).to(tl.int64))
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     out = acc / l_i[:, None]
     tl.store(Out + bh * s_obh + offs_m[:, None] * s_on + tl.arange(0, D)[None, :],
@@ -304,9 +309,10 @@ def _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, lo, hi, offs_n, slope, q
 
 
 @triton.jit
-def flash_bwd_dkdv(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DK, DV, U, s_qbh, s_qn, s_kbh, s_kn, s_dbh, s_dn,
+def flash_bwd_dkdv(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DK, DV, U, CNT, s_qbh, s_qn, s_kbh, s_kn, s_dbh, s_dn,
              H, G, NQ, NK, OFF, qk_scale, scale, HEAD0, HR, SKIP_T,
              ALIBI: tl.constexpr, CAUSAL: tl.constexpr, SKIP: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
+             COUNT: tl.constexpr,
               INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HC: tl.constexpr):
     """dK, dV of one key block, summed over HC query heads of one KV group (heads h0 .. h0 + HC, HC dividing
@@ -314,7 +320,7 @@ def flash_bwd_dkdv(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DK, DV, U, s_qbh, s_q
     stream past. Q, DO: (B*H, NQ, D); K, V: (B*H_kv, NK, D); DK, DV: (B*H/HC, NK, D), one slice per
     program's heads, which the caller sums per group (HC = 1, G = 1: the gradients themselves). SKIP (causal
     ALiBi): each head's query blocks stop where the block's probabilities fall below 2^-SKIP_T
-    (`_dkdv_last_query`)."""
+    (`_dkdv_last_query`). COUNT: the program adds the (BLOCK_M x BLOCK_N) tiles it computed to CNT[0]."""
     pid_n = tl.program_id(1)  # the first key blocks have the most queries: they start first
     _, b, h0 = _head(HEAD0, HR, H, HC)
     kbh = b * (H // G) + h0 // G
@@ -341,6 +347,9 @@ def flash_bwd_dkdv(qd, kd, vd, dod, Q, K, V, S, DO, L, DL, DK, DV, U, s_qbh, s_q
             hi = _dkdv_last_query(tl.load(U + bh), n0 + BLOCK_N - 1, OFF, NQ, slope, SKIP_T, full, BLOCK_M)
         dk, dv = _dkdv_span(dk, dv, k, v, qd, dod, Q, DO, L, DL, bh, full, hi, offs_n, slope, qk_scale, NQ, OFF,
                             s_qbh, s_qn, ALIBI, CAUSAL, False, IEEE, TMA, INTERP, NQ_C, BLOCK_M, D)
+        if COUNT:
+            tl.atomic_add(CNT, (tl.cdiv(tl.maximum(full - lo, 0), BLOCK_M)
+                                + tl.cdiv(tl.maximum(hi - full, 0), BLOCK_M)).to(tl.int64))
     out = (b * (H // HC) + h0 // HC) * s_dbh + offs_n[:, None] * s_dn + tl.arange(0, D)[None, :]
     kv_mask = offs_n[:, None] < NK
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
@@ -403,14 +412,16 @@ def _dkdv_last_query(u, n_last, OFF, NQ, slope, skip_t, full, BLOCK_M: tl.conste
 
 
 @triton.jit
-def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, OUT, L, DL, DQ, KN, U, s_qbh, s_qn, s_kbh, s_kn, H, G, NQ, NK,
-            OFF, qk_scale, scale, HEAD0, HR, NKN, SKIP_T,
+def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, OUT, L, DL, DQ, KN, U, CNT, s_qbh, s_qn, s_kbh, s_kn, H, G, NQ,
+            NK, OFF, qk_scale, scale, HEAD0, HR, NKN, SKIP_T,
             ALIBI: tl.constexpr, CAUSAL: tl.constexpr, SKIP: tl.constexpr, KNB: tl.constexpr, IEEE: tl.constexpr,
-            TMA: tl.constexpr, INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
+            TMA: tl.constexpr, COUNT: tl.constexpr, INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr,
+            D: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dQ of one query block, and its rows' rowsum(dO * O) into DL. SKIP (causal ALiBi): key blocks whose
     probabilities are below 2^-SKIP_T are skipped (`_dq_first_key`), and the block's largest
-    |q_i| |k|max c - lse_i goes into U[head] (atomic max; the dK/dV kernel bounds its query range by it)."""
+    |q_i| |k|max c - lse_i goes into U[head] (atomic max; the dK/dV kernel bounds its query range by it).
+    COUNT: the program adds the (BLOCK_M x BLOCK_N) tiles it computed to CNT[0]."""
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     bh, b, h = _head(HEAD0, HR, H, 1)
     kbh = b * (H // G) + h // G
@@ -442,5 +453,8 @@ def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, OUT, L, DL, DQ, KN, U, s_qbh, 
                   qk_scale, NK, s_kbh, s_kn, ALIBI, CAUSAL, False, IEEE, TMA, INTERP, NK_C, BLOCK_N, D)
     dq = _dq_span(dq, q, do, lse, delta, kd, vd, K, V, kbh, full, hi, q0 + tl.arange(0, BLOCK_M), q0, slope,
                   qk_scale, NK, s_kbh, s_kn, ALIBI, CAUSAL, True, IEEE, TMA, INTERP, NK_C, BLOCK_N, D)
+    if COUNT:
+        tl.atomic_add(CNT, (tl.cdiv(tl.maximum(full - lo, 0), BLOCK_N)
+                            + tl.cdiv(tl.maximum(hi - full, 0), BLOCK_N)).to(tl.int64))
     tl.store(DQ + bh * s_qbh + offs_m[:, None] * s_qn + tl.arange(0, D)[None, :],
              (dq * scale).to(DQ.dtype.element_ty), mask=offs_m[:, None] < NQ)
