@@ -13,24 +13,11 @@ import torch
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 from the start of the process", allow_module_level=True)
 
+from test_block_count import pairs_with_work  # noqa: E402  (same directory: on sys.path)
+
 from andromeda.model import backends  # noqa: E402
 from andromeda.model.backends import triton_flash  # noqa: E402
 from andromeda.model.backends.block_count import count_blocks  # noqa: E402
-
-
-def pairs_with_work(nq: int, nk: int, rows: int, keys: int, causal: bool, by_keys: bool = False) -> int:
-    """(query tile of `rows`, key block of `keys`) pairs holding at least one unmasked (i, j), by brute force.
-    Queries are the last nq of nk positions. by_keys: tiles are cut from the key side (the dK/dV kernel's key
-    blocks of `keys`, its query blocks of `rows`), which gives the same pairs on a different grid."""
-    off = nk - nq
-    total = 0
-    for t0 in range(0, nq, rows):
-        q_pos = [off + i for i in range(t0, min(t0 + rows, nq))]
-        for n0 in range(0, nk, keys):
-            k_pos = range(n0, min(n0 + keys, nk))
-            total += any(j <= i or not causal for i in q_pos for j in k_pos)
-    return total
-
 
 CASES = [  # heads, nq, nk, causal, forward blocks, backward (dK/dV) blocks
     (2, 40, 40, True, (16, 16), (16, 16)),
