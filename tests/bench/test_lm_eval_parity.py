@@ -15,12 +15,11 @@ And, where lm-eval is installed, against lm-eval itself (HFLM.loglikelihood_roll
 import math
 import re
 
-import numpy as np
 import pytest
 import torch
 
 from andromeda.bench import sources
-from andromeda.bench.scenarios.perplexity import evaluate, open_cached
+from andromeda.bench.scenarios.perplexity import evaluate
 from andromeda.data import python_docs, text_documents
 
 pytest.importorskip("transformers")
@@ -146,14 +145,3 @@ def test_lm_eval_itself_agrees(gpt2_dir):
     for key, value in theirs.items():
         assert m[key] == pytest.approx(value, rel=1e-6), key
     assert -sum(lls) == pytest.approx(m["cross_entropy_nats"] * m["tokens_scored"], rel=1e-6)
-
-
-def test_python_docs_source_is_the_pydoc_topics():
-    from pydoc_data.topics import topics
-
-    docs = open_cached("text:python-docs", None).documents()
-    assert len(docs) == len(topics) and docs.bos
-    ordered = [topics[k] for k in sorted(topics)]
-    assert docs.n_bytes == [len(t.encode("utf-8")) for t in ordered]
-    assert [bytes(d[1:].tolist()) for d in docs.tokens[:3]] == [t.encode("utf-8") for t in ordered[:3]]
-    assert np.all(docs.tokens[0][:1] == 256)  # BOS of the byte tokenizer

@@ -247,3 +247,51 @@ def test_ratio_ci_is_the_bootstrap_of_the_mean_when_denominators_are_equal():
     lo, hi = _ratio_ci(num, np.full(25, 8.0), 0.9, 500, seed=4)
     ref = bootstrap_ci(num / 8.0, np.mean, ci=0.9, n_boot=500, seed=4)  # same resamples, same seed
     assert (lo, hi) == pytest.approx(ref, rel=1e-12)
+
+
+def test_a_cut_evaluation_is_recorded_and_warned_in_the_report(tmp_path):
+    from andromeda.report import build_report
+
+    data = "synthetic:markov?val_docs=4&doc_len=64"  # 4 documents of 63 targets each: 252 in all
+    recs = _run(tmp_path, [{"scenario": "perplexity", "data": data, "seq_len": [32], "max_tokens": 100},
+                           {"scenario": "perplexity", "data": data, "seq_len": [16]}])
+    cut, whole = recs
+    assert cut.metrics["tokens_scored"] == 100 and cut.metrics["tokens_total"] == 4 * 63
+    assert cut.metrics["documents_total"] == 4 and cut.metrics["documents_whole"] == 1  # 63 + 37 of the second
+    assert cut.metrics["documents"] == 2 and cut.info["truncated"] is True
+    assert cut.info["warnings"] == ["max_tokens 100 stopped the evaluation early: 100 of 252 tokens scored, 1 of 4 "
+                                    "documents whole and 1 in part; word_ppl covers whole documents only. Set "
+                                    "max_tokens: null to score everything"]
+    # the default scores everything, and says nothing
+    assert whole.params["max_tokens"] is None and "warnings" not in whole.info
+    assert whole.metrics["tokens_scored"] == whole.metrics["tokens_total"] == 252
+    assert whole.metrics["documents_whole"] == 4
+    build_report(tmp_path / "run", ["md"])
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert report.count("max_tokens 100 stopped the evaluation early") == 1
+
+
+def test_python_docs_bits_per_byte_through_the_cli_and_the_python_function(tmp_path):
+    """`andromeda run` on text:python-docs and, in Python, open_data + evaluate on the model built the same way."""
+    from andromeda.cli import main
+    from andromeda.data import open_data
+
+    spec = {"name": "docs", "models": ["andromeda:tiny"], "device": "cpu", "seed": 7, "report": {"formats": ["csv"]},
+            "scenarios": [{"scenario": "perplexity", "data": "text:python-docs", "split": "val", "seq_len": [128],
+                           "words": "lm-eval"}]}
+    (tmp_path / "m.yml").write_text(yaml.safe_dump(spec))
+    assert main(["run", str(tmp_path / "m.yml"), "--out", str(tmp_path / "run")]) == 0
+    (rec,) = RecordStore(tmp_path / "run" / "results.jsonl").read()
+
+    torch.manual_seed(7)
+    bundle = sources.build("andromeda:tiny", CPU, torch.float32)
+    docs = open_data("text:python-docs", bundle.tokenizer).documents("val")
+    m, info = evaluate(bundle, docs, seq_len=128, words="lm-eval")
+    assert rec.metrics["bits_per_byte"] == pytest.approx(m["bits_per_byte"], rel=1e-6)
+    assert rec.metrics["word_ppl"] == pytest.approx(m["word_ppl"], rel=1e-6)
+    # bits per byte of whole documents: over the UTF-8 bytes of the topics' text (BOS stands for none)
+    from pydoc_data.topics import topics
+
+    val = [topics[k] for k in sorted(topics)][-len(docs):]
+    assert rec.metrics["bytes_scored"] == sum(len(t.encode("utf-8")) for t in val) == rec.metrics["tokens_scored"]
+    assert rec.info["words"] == "lm-eval" and rec.info["data"] == "text:python-docs"
