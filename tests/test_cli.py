@@ -91,11 +91,33 @@ def test_run_exits_1_when_its_compare_gate_fails(tmp_path, monkeypatch, capsys, 
     base, cand = "andromeda:tiny", "andromeda:tiny?depth=1"
     _planted_latency(monkeypatch, {base: 1.0, cand: candidate_ms})
     p = _manifest(tmp_path, models=(base, cand), seq_len=[8],
-                  compare={"baseline": base, "metrics": ["latency_ms"], "allow_mismatch": True})
+                  compare={"baseline": base, "metrics": ["latency_ms"], "allow_mismatch": True, "gate": True})
     assert main(["run", str(p), "--out", str(tmp_path / "run")]) == code
     verdict = json.loads((tmp_path / "run" / "compare" / "compare.json").read_text())
     assert verdict["regressions"] == (1 if code else 0) and verdict["exit_code"] == code
-    assert ("the comparison gate failed" in capsys.readouterr().err) == bool(code)
+    assert verdict["kind"] == "gate"
+    out, err = capsys.readouterr()
+    assert ("the comparison gate failed" in err) == bool(code)
+    assert ("result: FAIL" if code else "result: PASS") in out
+
+
+@pytest.mark.parametrize("candidate_ms,word", [(2.0, "slower"), (0.5, "faster")])
+def test_a_comparison_of_models_says_faster_or_slower_and_fails_nothing(tmp_path, monkeypatch, capsys,
+                                                                         candidate_ms, word):
+    base, cand = "andromeda:tiny", "andromeda:tiny?depth=1"
+    _planted_latency(monkeypatch, {base: 1.0, cand: candidate_ms})
+    p = _manifest(tmp_path, models=(base, cand), seq_len=[8, 16],
+                  compare={"baseline": base, "metrics": ["latency_ms"], "allow_mismatch": True})
+    assert main(["run", str(p), "--out", str(tmp_path / "run")]) == 0
+    out, err = capsys.readouterr()
+    assert "FAIL" not in out + err and "PASS" not in out and "regression" not in out + err
+    factor = max(candidate_ms, 1 / candidate_ms)  # the planted samples are the baseline's times x candidate_ms
+    assert f"verdict vs {base}: {cand} {factor:.2f}x {word} (95% CI" in out
+    assert f"{word}: 2" in out  # both cases, listed under the word that says what they are
+    data = json.loads((tmp_path / "run" / "compare" / "compare.json").read_text())
+    assert data["kind"] == "models" and data["exit_code"] == 0
+    [summary] = data["by_candidate"]
+    assert summary["n"] == 2 and summary["factor"] == pytest.approx(factor, rel=1e-9)
 
 
 def test_cases_errored_wins_over_a_failed_gate(tmp_path, monkeypatch):

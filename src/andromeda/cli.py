@@ -197,7 +197,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_claims(args: argparse.Namespace) -> int:
     from andromeda.bench.claims import check_claims
-    from andromeda.report.compare_report import write_claims_report
+    from andromeda.report.claims_report import write_claims_report
 
     result = check_claims(args.claims, device=args.device, peak_tflops=args.peak_tflops,
                           max_preset=args.max_preset, measure=not args.no_measure)

@@ -34,9 +34,14 @@ def test_compare_preset_runs_with_verdicts(tmp_path, capsys):
                  "--set", "scenarios.0.mode=[forward]", "--set", "scenarios.0.batch=[1]",
                  "--set", "scenarios.0.seq_len=[64]", "--set", "timing.min_runs=10"])
     printed = capsys.readouterr().out
-    assert "comparison:" in printed and "result:" in printed
+    # a comparison of models: faster / slower per candidate, never a gate's FAIL or "regressions"
+    assert "comparison:" in printed and "verdict vs andromeda:tiny: " in printed
+    assert "FAIL" not in printed and "PASS" not in printed and "regression" not in printed
     data = json.loads((out / "compare" / "compare.json").read_text())
-    assert code == data["exit_code"] == (1 if data["regressions"] else 0)  # the gate is the run's exit code
+    assert code == data["exit_code"] == 0 and data["kind"] == "models"
+    assert {c["candidate"] for c in data["by_candidate"]} == {"hf:matched:tiny", "xt:tiny",
+                                                              "andromeda:tiny?compile=default"}
+    assert all(c["word"] in ("faster", "slower") and c["n"] == 1 for c in data["by_candidate"])
     comps = data["comparisons"]
     candidates = {c["candidate_label"] for c in comps}
     assert candidates == {"hf:matched:tiny", "xt:tiny", "andromeda:tiny?compile=default"}

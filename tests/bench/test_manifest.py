@@ -124,7 +124,8 @@ def test_sweep_is_cartesian_and_ids_stable():
 
 
 def test_set_overrides_apply():
-    m = load_manifest(preset="quick", overrides=["timing.budget_s=0.1", 'models=["andromeda:tiny?depth=1"]'])
+    m = load_manifest(preset="quick", overrides=["timing.budget_s=0.1", 'models=["andromeda:tiny?depth=1"]',
+                                                 "compare=null"])
     assert m.timing.budget_s == 0.1 and m.models == ["andromeda:tiny?depth=1"]
 
 

@@ -151,9 +151,15 @@ def test_compare_records_pairs_sources_and_refuses_other_shapes(tmp_path, capsys
         assert c.verdict == "slower"
     run = _run(tmp_path, "run", recs)
     assert main(["compare", str(run), "--baseline", "andromeda:tiny", "--candidate", deeper]) == 2
+    capsys.readouterr()
     code = main(["compare", str(run), "--baseline", "andromeda:tiny", "--candidate", deeper, "--allow-mismatch",
                  "--out", str(tmp_path / "out"), "--formats", "md,tex"])
-    assert code == 1  # the deeper model is slower than the baseline
+    text = capsys.readouterr().out
+    assert code == 0  # a comparison of models: the deeper model is slower, which fails nothing ...
+    assert f"verdict vs andromeda:tiny: {deeper} 1." in text and "x slower (95% CI" in text
+    assert "FAIL" not in text and "regression" not in text and f"slower: {len(POINTS)}" in text
+    gate = ["compare", str(run), "--baseline", "andromeda:tiny", "--candidate", deeper, "--allow-mismatch", "--gate"]
+    assert main(gate) == 1 and "result: FAIL" in capsys.readouterr().out  # ... unless asked to be a gate
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["compare.md", "compare.tex"]
     tex = (tmp_path / "out" / "compare.tex").read_text()
     assert "\\begin{tabular}" in tex and "params ratio" in tex

@@ -56,7 +56,7 @@ def test_report_rebuilds_a_runs_comparison_without_torch(tmp_path, monkeypatch):
     monkeypatch.setattr(latency.Latency, "run", planted)
     m = {"name": "cmp", "models": [base, cand], "device": "cpu", "report": {"formats": ["csv"]},
          "scenarios": [{"scenario": "latency", "batch": [1], "seq_len": [8]}],
-         "compare": {"baseline": base, "allow_mismatch": True}}
+         "compare": {"baseline": base, "allow_mismatch": True, "gate": True}}
     (tmp_path / "m.yml").write_text(yaml.safe_dump(m))
     run = tmp_path / "run"
     assert main(["run", str(tmp_path / "m.yml"), "--out", str(run)]) == 1  # the candidate is 2x slower

@@ -32,15 +32,17 @@ class Compared:
     result: RunComparison | None
     paths: dict[str, list[Path]] = field(default_factory=dict)
     error: str | None = None
+    gate: bool = False  # the compare: entry's gate: a comparison of models (False) fails nothing
 
     @property
     def failed(self) -> bool:
-        """The gate did not pass: a candidate significantly worse (or newly failing), or no comparison made."""
-        return self.result is None or self.result.exit_code != 0
+        """A gate that did not pass: a candidate significantly worse (or newly failing), or no comparison made.
+        A comparison of models never fails."""
+        return self.gate and (self.result is None or self.result.exit_code != 0)
 
 
 def gate_exit_code(compared: list[Compared]) -> int:
-    """1 when any comparison's gate failed (or could not be evaluated), else 0."""
+    """1 when any gate (a compare: entry with gate: true) failed or could not be evaluated, else 0."""
     return EXIT_GATE if any(c.failed for c in compared) else 0
 
 
@@ -61,14 +63,15 @@ def compare_run(run_dir: str | Path, manifest: Manifest | SimpleNamespace) -> li
                 thresholds=Thresholds(speedup=t.speedup, memory=t.memory, max_abs_diff=t.max_abs_diff,
                                       max_abs_diff_by_dtype=dict(t.max_abs_diff_by_dtype)),
                 allow_mismatch=spec.allow_mismatch, facts=facts, correction=spec.correction, alpha=spec.alpha,
-                seed=manifest.seed,
+                seed=manifest.seed, gate=spec.gate,
             )
         except AndromedaError as e:
-            done.append(Compared(spec.baseline, None, {}, str(e)))
+            done.append(Compared(spec.baseline, None, {}, str(e), gate=spec.gate))
             continue
         out = compare_dir(run_dir, spec.baseline, i if len(specs) > 1 else None)
-        paths = write_compare_report(result, out, title=f"{manifest.name}: candidates vs {spec.baseline}")
-        done.append(Compared(spec.baseline, result, paths))
+        what = "regression gate" if spec.gate else "models"
+        paths = write_compare_report(result, out, title=f"{manifest.name}: {what} against {spec.baseline}")
+        done.append(Compared(spec.baseline, result, paths, gate=spec.gate))
     return done
 
 

@@ -100,6 +100,7 @@ class CompareSpec(StrictModel):
     candidates: NonEmpty(str, 1000) | None = None  # None: every other model
     metrics: NonEmpty(str, 100) = ["latency_ms"]
     allow_mismatch: bool = False  # compare models of different shapes (parameter and FLOP ratios shown)
+    gate: bool = False
     correction: Literal["holm", "bh", "none"] = "holm"
     alpha: Float(0.0, 1.0, lo_open=True, hi_open=True) = 0.05
     thresholds: CompareThresholds = CompareThresholds()
@@ -169,7 +170,8 @@ class Manifest(StrictModel):
         for j, c in enumerate(self.comparisons):
             where = f"compare[{j}]" if many else "compare"
             if c.baseline not in self.models:
-                raise ValueError(f"{where}.baseline: '{c.baseline}' is not one of models: {', '.join(self.models)}")
+                raise ValueError(f"{where}.baseline: '{c.baseline}' is not one of models: {', '.join(self.models)}; "
+                                 f"set {where}.baseline to one of them, or drop the comparison (compare: null)")
             for i, cand in enumerate(c.candidates or []):
                 if cand not in self.models or cand == c.baseline:
                     raise ValueError(f"{where}.candidates[{i}]: '{cand}' must be one of models and not the baseline")

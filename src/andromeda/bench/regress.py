@@ -1,7 +1,8 @@
 """Matching records and gating on them.
 
 - compare_records(): the sources of one run against a baseline source, case by case (same scenario
-  and params); refuses models of different shapes unless allow_mismatch.
+  and params); refuses models of different shapes unless allow_mismatch. compare_sources() packages it as
+  a comparison of models (faster / slower, never a failure) or, with gate=True, as a gate.
 - compare_runs(): an OLD and a NEW run, case by case: by case id (same manifest), else by
   (source, scenario, params). Regressions and improvements come with the statistics of compare.py
   and a multiple-comparison correction across every comparison; `exit_code` is the gate:
@@ -27,8 +28,8 @@ from andromeda.bench.compare import (
     Thresholds,
     compare_samples,
     correct,
-    fmt_factor,
 )
+from andromeda.bench.compare_summary import by_candidate
 from andromeda.bench.noise import Floors, flag, gate
 from andromeda.bench.records import Record
 from andromeda.bench.work import with_work
@@ -263,6 +264,7 @@ class RunComparison:
     noise_floor_old: float | None = None  # median A/A reach (noise.NoiseFloor.reach, halves) over OLD's cases
     noise_floor_new: float | None = None
     baseline_source: str | None = None  # set when the sources of one run were compared (compare_sources)
+    gate: bool = True  # exit 1 on a regression; False for a comparison of models (compare_sources without gate)
 
     @property
     def regressions(self) -> list[Comparison]:
@@ -278,7 +280,7 @@ class RunComparison:
 
     @property
     def exit_code(self) -> int:
-        return 1 if (self.regressions or self.failures) else 0
+        return 1 if self.gate and (self.regressions or self.failures) else 0
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -293,50 +295,15 @@ class RunComparison:
         return f"{', '.join(self.metrics)}: NEW vs OLD"
 
     def summary_lines(self) -> list[str]:
-        th = self.thresholds
-        corr = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "no"}[self.correction]
-        sources = self.baseline_source is not None
-        if sources:
-            lines = [f"{self.old}: {self.new} vs baseline {self.baseline_source}",
-                     f"{self.matched_by_params} (candidate, case) pairs matched by scenario and params"]
-        else:
-            how = f"{self.matched_by_id} by case id, {self.matched_by_params} by source+scenario+params"
-            lines = [f"OLD {self.old}  ->  NEW {self.new}",
-                     f"{self.matched_by_id + self.matched_by_params} cases matched ({how})"]
-        lines[-1] += (f"; {len(self.comparisons)} comparisons of {', '.join(self.metrics)}; {corr} correction, "
-                      f"alpha {self.alpha:g}; thresholds {fmt_factor(th.speedup)}x speed, {100 * th.memory:g}% memory")
-        names = ("baseline", "") if sources else ("OLD", "NEW")
-        floors = [(n, f) for n, f in zip(names, (self.noise_floor_old, self.noise_floor_new), strict=True)
-                  if f is not None]
-        if floors:
-            lines.append("A/A noise floor (median over cases of how far from 1 the ratio CI of a case's first vs "
-                         "second half reaches): " + ", ".join(f"{n} ±{100 * f:.1f}%" for n, f in floors)
-                         + "; differences within it (or within a case's own) are noise")
-        if noisy := sum(c.noisy is not None for c in self.comparisons):
-            lines.append(f"{noisy} comparison(s) of cases measured while other processes competed for the CPU: "
-                         "inconclusive (noisy), never regressions; rerun on a quiet machine to decide them")
-        for title, items in (("regressions", self.regressions), ("improvements", self.improvements)):
-            lines.append(f"{title}: {len(items)}")
-            lines += [f"  {c.candidate_label + ': ' if sources else ''}{c.label} [{c.metric}]: {c.reason}"
-                      for c in items]
-        if self.status_changes:
-            lines.append(f"status changes: {len(self.status_changes)}")
-            lines += [f"  {s.label}: {s.old} -> {s.new}" + (f" ({s.message})" if s.message else "")
-                      for s in self.status_changes]
-        shown = {c.verdict for c in (*self.regressions, *self.improvements)}
-        rest = {k: v for k, v in self.counts().items() if k not in shown}
-        if rest:
-            lines.append("other: " + ", ".join(f"{v} {k}" for k, v in rest.items()))
-        if self.unmatched_old or self.unmatched_new:
-            lines.append(f"unmatched: {len(self.unmatched_old)} only in OLD, {len(self.unmatched_new)} only in NEW")
-        if self.without_metric:
-            lines.append(f"{self.without_metric} matched case(s) lack {', '.join(self.metrics)}")
-        n_reg, n_fail = len(self.regressions), len(self.failures)
-        worse = "significant regression(s) beyond threshold" if not sources else "comparison(s) significantly worse"
-        verdict = "PASS" if self.exit_code == 0 else (
-            f"FAIL ({n_reg} {worse}" + (f", {n_fail} case(s) newly failing" if n_fail else "") + ")")
-        lines.append(f"result: {verdict}")
-        return lines
+        """The comparison as text, framed as a gate or as a comparison of models (bench/compare_summary.py)."""
+        from andromeda.bench.compare_summary import summary_lines
+
+        return summary_lines(self)
+
+    @property
+    def kind(self) -> str:
+        """'gate' (OLD vs NEW, or models with gate: true): PASS / FAIL; 'models': faster / slower, never fails."""
+        return "gate" if self.gate else "models"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -347,7 +314,8 @@ class RunComparison:
             "matched_by_id": self.matched_by_id, "matched_by_params": self.matched_by_params,
             "without_metric": self.without_metric,
             "noise_floor_old": self.noise_floor_old, "noise_floor_new": self.noise_floor_new,
-            "counts": self.counts(), "exit_code": self.exit_code,
+            "counts": self.counts(), "exit_code": self.exit_code, "kind": self.kind,
+            "by_candidate": [c.to_dict() for c in by_candidate(self.comparisons)],
             "regressions": len(self.regressions), "improvements": len(self.improvements),
             "comparisons": [c.to_dict() for c in self.comparisons],
             "status_changes": [asdict(s) for s in self.status_changes],
@@ -457,9 +425,10 @@ def compare_sources(
     metric: str | Sequence[str] = "latency_ms",
     thresholds: Thresholds | None = None,
     allow_mismatch: bool = False, facts: Mapping[str, ModelFacts | None] | None = None,
-    correction: Correction = "holm", alpha: float = 0.05, seed: int = 0,
+    correction: Correction = "holm", alpha: float = 0.05, seed: int = 0, gate: bool = False,
 ) -> RunComparison:
-    """compare_records() over one run, packaged like compare_runs() (same report, same gate)."""
+    """compare_records() over one run, packaged like compare_runs(): a comparison of models (faster / slower,
+    exit code 0), or with `gate` a gate like compare_runs()'s."""
     metrics = _as_list(metric)
     th = thresholds or Thresholds()
     recs = load_run(run) if isinstance(run, (str, Path)) else list(run)
@@ -473,7 +442,7 @@ def compare_sources(
         correction=correction, alpha=alpha, thresholds=th,
         noise_floor_old=floors.run(r for r in recs if r.source == baseline_source),
         noise_floor_new=floors.run(r for r in recs if r.source in cands),
-        baseline_source=baseline_source,
+        baseline_source=baseline_source, gate=gate,
     )
 
 
@@ -484,17 +453,20 @@ def compare(
     baseline: str | None = None,
     candidates: Sequence[str] | None = None,
     allow_mismatch: bool = False,
+    gate: bool = False,
     **kw: Any,
 ) -> RunComparison:
-    """`andromeda compare`: two runs (OLD NEW), or the sources of one run against `baseline`."""
+    """`andromeda compare`: two runs (OLD NEW, a regression gate), or the sources of one run against `baseline`
+    (a comparison of models; a gate too with `gate`)."""
     if baseline is not None:
         if new is not None:
             raise AndromedaError("--baseline compares the sources of one run: give one run, not two")
-        return compare_sources(old, baseline, candidates or None, allow_mismatch=allow_mismatch, **kw)
+        return compare_sources(old, baseline, candidates or None, allow_mismatch=allow_mismatch, gate=gate, **kw)
     if new is None:
         raise AndromedaError("give two runs (OLD NEW), or one run and --baseline SOURCE")
-    if candidates or allow_mismatch:
-        raise AndromedaError("--candidate and --allow-mismatch go with --baseline (the sources of one run)")
+    if candidates or allow_mismatch or gate:
+        raise AndromedaError("--candidate, --allow-mismatch and --gate go with --baseline (the sources of one run; "
+                             "two runs are always a gate)")
     return compare_runs(old, new, **kw)
 
 

@@ -7,6 +7,9 @@ A new scenario adds its charts in `chart_specs.py` (or any module imported befor
         ...
 
 Scenarios without specs get tables only. `key=True` charts also go into the summary panel.
+Every chart is finished the same way (_style): a linear axis whose plotted values are all positive and span
+more than a decade (max / min > 10) becomes a log axis, log ticks read as plain numbers, and the legend
+sits outside the data (right of the axes; a lone chart is widened to make room).
 pyplot is never imported: figures are built on `Figure` + `FigureCanvasAgg`, so no global backend
 state changes and no display is needed.
 """
@@ -18,6 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -31,7 +35,9 @@ from andromeda.report.tables import safe_name
 
 Draw = Callable[[Axes, pd.DataFrame, Sequence[Record]], bool]
 FIGSIZE = (6.4, 4.2)
-DPI = 110
+DPI = 130
+DECADE = 10.0  # an axis whose positive values span more than this factor is drawn on a log scale
+LEGEND_FONT = 8
 SUMMARY_NAME = "summary"
 
 
@@ -90,7 +96,39 @@ class _PlainLog(Formatter):
         return fmt_number(float(x), 3) if self.inner(x, pos) else ""
 
 
-def _style(ax: Axes, title: str, resize: bool = False) -> None:
+def _plotted(ax: Axes, which: str) -> np.ndarray:
+    """The finite x or y values of the lines drawn in data coordinates (markers along an edge left out)."""
+    vals = []
+    for line in ax.get_lines():
+        if line.get_transform() != ax.transData:
+            continue
+        try:
+            v = np.asarray(line.get_xdata() if which == "x" else line.get_ydata(), dtype=float)
+        except (TypeError, ValueError):  # categorical data
+            continue
+        vals.append(v[np.isfinite(v)])
+    return np.concatenate(vals) if vals else np.array([])
+
+
+def log_where_a_decade(ax: Axes) -> list[str]:
+    """Switch each linear axis whose plotted values are all > 0 and span more than DECADE to a log scale;
+    return the axes switched ('x', 'y')."""
+    switched = []
+    for which, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+        if axis.get_scale() != "linear" or axis.get_major_formatter().__class__.__name__ == "StrCategoryFormatter":
+            continue
+        v = _plotted(ax, which)
+        if v.size >= 2 and v.min() > 0 and v.max() / v.min() > DECADE:
+            (ax.set_xlim if which == "x" else ax.set_ylim)(v.min(), v.max(), auto=True)  # no 0 bound on a log axis
+            (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+            ax.relim()
+            ax.autoscale_view()
+            switched.append(which)
+    return switched
+
+
+def _style(ax: Axes, title: str, resize: bool = False, legend_below: bool = False) -> None:
+    log_where_a_decade(ax)
     for axis in (ax.xaxis, ax.yaxis):
         if axis.get_scale() == "log" and not isinstance(axis.get_major_formatter(), _PlainLog):
             axis.set_major_formatter(_PlainLog(axis.get_major_formatter()))
@@ -98,13 +136,16 @@ def _style(ax: Axes, title: str, resize: bool = False) -> None:
     ax.set_title(title, fontsize=11)
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
-    handles = ax.get_legend_handles_labels()[0]
-    if len(handles) > 6:  # many lines: keep the legend off the data, and widen a lone chart to make room
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles and legend_below:  # outside the data, under the axes (panels of the summary figure)
+        ax.legend(fontsize=LEGEND_FONT - 1, loc="upper center", bbox_to_anchor=(0.5, -0.16), borderaxespad=0,
+                  ncol=2 if len(handles) > 3 else 1, frameon=False)
+    elif handles:  # outside the data, right of the axes; widen a lone chart by the legend's width
+        ax.legend(fontsize=LEGEND_FONT, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         if resize:
-            ax.figure.set_size_inches(FIGSIZE[0] + 3.6, max(FIGSIZE[1], 0.15 * len(handles) + 1.0))
-    elif handles:
-        ax.legend(fontsize=7, framealpha=0.85)
+            longest = max(len(lb) for lb in labels)
+            width = 0.6 + 0.075 * longest * LEGEND_FONT / 8
+            ax.figure.set_size_inches(FIGSIZE[0] + width, max(FIGSIZE[1], 0.18 * len(handles) + 1.0))
 
 
 def _load_chart_specs() -> None:
@@ -153,10 +194,10 @@ def render_charts(records: Sequence[Record]) -> tuple[list[Chart], list[str]]:
 def _summary(keyed: list[tuple[ChartSpec, pd.DataFrame, Sequence[Record]]]) -> bytes:
     ncols = 2 if len(keyed) > 1 else 1
     nrows = math.ceil(len(keyed) / ncols)
-    fig = Figure(figsize=(FIGSIZE[0] * ncols, FIGSIZE[1] * nrows), layout="constrained")
+    fig = Figure(figsize=(FIGSIZE[0] * ncols, (FIGSIZE[1] + 1.2) * nrows), layout="constrained")  # legends below
     for i, (spec, df, recs) in enumerate(keyed):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         spec.draw(ax, df, recs)
-        _style(ax, f"{spec.scenario}: {spec.title}")
+        _style(ax, f"{spec.scenario}: {spec.title}", legend_below=True)
     fig.suptitle("Andromeda benchmark summary", fontsize=13)
     return _png(fig)

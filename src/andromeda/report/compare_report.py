@@ -1,10 +1,11 @@
 """Comparison and claims reports: Markdown, HTML, LaTeX, CSV and JSON tables, and a ratio-with-CI chart.
 
 Reads Comparison / RunComparison objects (andromeda.bench.compare, andromeda.bench.regress) and the
-claims JSON (ClaimsResult.to_dict()); pandas, matplotlib and jinja2 only, never torch.
+pandas, matplotlib and jinja2 only, never torch. A comparison of models reads faster / slower with a
+per-candidate geometric mean; a regression gate reads PASS / FAIL (bench/compare_summary.py).
 
 write_compare_report(result, out_dir): compare.{md,html,tex,csv,json,png}
-write_claims_report(data, out_dir):    claims.{md,json}
+(The claims report is report/claims_report.py.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from andromeda.bench.compare import Comparison
-from andromeda.bench.records import json_safe
 from andromeda.bench.regress import RunComparison
 from andromeda.errors import AndromedaError
 from andromeda.report.format import MISSING, fmt_number, latex_escape, latex_number, unit_of
@@ -194,23 +194,40 @@ body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;ma
 padding:0 1rem}
 table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}th,td{border-bottom:1px solid #ddd;padding:.3rem .5rem}
 th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tr.worse td{background:#fdecea}tr.better td{background:#eaf7ee}.reason{color:#555}
+tr.worse td{background:#fdecea}tr.better td{background:#eaf7ee}.reason{color:#555;min-width:22rem}
+td{vertical-align:top}td:first-child{min-width:16rem}
 pre{background:#f7f7f7;padding:.8rem;white-space:pre-wrap}.result-pass{color:#1e8449}.result-fail{color:#c0392b}
-img{max-width:100%}
+.result-models{color:#1d2a44}img{max-width:100%}.scroll{overflow-x:auto}
 </style></head><body>
 <h1>{{ title }}</h1>
-<p class="{{ 'result-pass' if passed else 'result-fail' }}"><strong>{{ result_line }}</strong></p>
+<p class="{{ result_class }}"><strong>{{ result_line }}</strong></p>
+{% if candidates %}<h2>Per candidate</h2>
+<div class="scroll"><table class="verdicts"><thead><tr><th>candidate</th><th>metric</th>
+<th>verdict (geometric mean)</th><th class="num">cases</th><th>cases by verdict</th></tr></thead><tbody>
+{% for c in candidates %}<tr><td>{{ c.candidate }}</td><td>{{ c.metric }}</td><td>{{ c.headline }}</td>
+<td class="num">{{ c.n }}</td><td>{{ c.outcomes }}</td></tr>{% endfor %}
+</tbody></table></div>{% endif %}
 <pre>{{ summary }}</pre>
 {% if chart %}<img alt="ratio with CI per comparison" src="{{ chart }}">{% endif %}
 <p>{{ caption }}</p>
-<table><thead><tr>{% for h in heads %}<th>{{ h }}</th>{% endfor %}<th>reason</th></tr></thead><tbody>
+<div class="scroll"><table><thead><tr>
+{% for h in heads %}<th>{{ h }}</th>{% endfor %}<th>reason</th></tr></thead><tbody>
 {% for r in rows %}<tr class="{{ r.outcome }}">
 {% for v, num in r.cells %}<td{% if num %} class="num"{% endif %}>{{ v }}</td>{% endfor %}
 <td class="reason">{{ r.reason }}</td></tr>
-{% endfor %}</tbody></table>
+{% endfor %}</tbody></table></div>
 {% if changes %}<h2>Status changes</h2><ul>{% for s in changes %}<li>{{ s }}</li>{% endfor %}</ul>{% endif %}
 </body></html>
 """
+
+
+def candidate_rows(result: RunComparison) -> list[dict[str, Any]]:
+    """The per-candidate verdicts (bench/compare_summary.py) as table rows."""
+    from andromeda.bench.compare_summary import by_candidate
+
+    return [{"candidate": c.candidate, "metric": c.metric, "headline": c.headline(), "n": c.n,
+             "outcomes": ", ".join(f"{v} {k}" for k, v in sorted(c.outcomes.items(), key=lambda kv: -kv[1]))}
+            for c in by_candidate(result.comparisons)]
 
 
 def comparisons_html(result: RunComparison, chart: bytes | None = None, title: str = "Comparison") -> str:
@@ -219,8 +236,10 @@ def comparisons_html(result: RunComparison, chart: bytes | None = None, title: s
     text_keys = {"label", "candidate_label", "metric", "verdict"}
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True), undefined=StrictUndefined)
     summary = result.summary_lines()
+    kind = "result-models" if result.kind == "models" else "result-pass" if result.exit_code == 0 else "result-fail"
     return env.from_string(_HTML).render(
-        title=title, result_line=summary[-1], passed=result.exit_code == 0, summary="\n".join(summary[:-1]),
+        title=title, result_line=summary[-1], result_class=kind, summary="\n".join(summary[:-1]),
+        candidates=candidate_rows(result) if result.kind == "models" else [],
         chart=data_uri(chart) if chart else None, caption=_caption(rows) if rows else "",
         heads=[h for _, h in cols],
         rows=[{"outcome": c.outcome, "reason": c.reason,
@@ -231,8 +250,30 @@ def comparisons_html(result: RunComparison, chart: bytes | None = None, title: s
 
 
 # ---- chart ----------------------------------------------------------------------------------------
-_NICE_TICKS = (0.1, 0.2, 0.25, 0.33, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0,
-               50.0, 100.0)
+_NICE_MANTISSAS = (1.0, 1.1, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
+MIN_TICK_GAP = 0.09  # ticks at least this share of the axis apart (in log space): labels never overlap
+
+
+def ratio_ticks(lo: float, hi: float, fixed: Sequence[float] = (1.0,), min_gap: float = MIN_TICK_GAP) -> list[float]:
+    """Ticks for a log axis from lo to hi: the fixed ones inside it (1 and the threshold band) first, then round
+    numbers (powers of 10, then 2 and 5 times them, then other round mantissas, then 1 +- small steps for a
+    narrow axis), each kept only if it lies at least `min_gap` of the axis's log width from every kept tick,
+    so labels cannot overlap however wide a noisy CI makes the axis."""
+    gap = min_gap * math.log(hi / lo)
+    kept: list[float] = []
+    for f in fixed:
+        if lo <= f <= hi and all(abs(math.log(f / g)) >= gap for g in kept):
+            kept.append(f)
+    cands: list[tuple[int, float]] = []
+    for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1):
+        for m in _NICE_MANTISSAS:
+            cands.append((0 if m == 1 else 1 if m in (2.0, 5.0) else 2, round(m * 10.0 ** k, 12)))
+    for j, step in enumerate((0.1, 0.05, 0.02, 0.01, 0.005)):
+        cands += [(3 + j, round(1 + i * step, 12)) for i in range(-10, 11) if i]
+    for _, _, c in sorted((r, abs(math.log(c)), c) for r, c in cands if lo <= c <= hi):
+        if all(abs(math.log(c / g)) >= gap for g in kept):
+            kept.append(c)
+    return sorted(kept)
 
 
 def _short_labels(labels: list[str]) -> tuple[list[str], str]:
@@ -285,10 +326,7 @@ def ratio_chart(comparisons: Sequence[Comparison], title: str = "Candidate vs ba
     lo = min(lows + [band[0] if band else 1.0]) / 1.08
     hi = max(highs + [band[1] if band else 1.0]) * 1.08
     ax.set_xlim(lo, hi)
-    fixed = {1.0, *(band or ())}
-    ticks = sorted(fixed | {t for t in _NICE_TICKS if lo <= t <= hi
-                            and all(abs(math.log(t / f)) > math.log(1.08) for f in fixed)})
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_locator(FixedLocator(ratio_ticks(lo, hi, [1.0, *(band or ())])))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}x"))
     ax.set_ylim(-0.7, n - 0.3)
@@ -302,7 +340,8 @@ def ratio_chart(comparisons: Sequence[Comparison], title: str = "Candidate vs ba
         ax.set_title(shared, fontsize=9)
     ax.grid(True, axis="x", alpha=0.3)
     present = [o for o in ("worse", "better", "same", "inconclusive") if any(c.outcome == o for c in shown)]
-    names = {"worse": "worse (significant, beyond threshold)", "better": "better (significant, beyond threshold)",
+    good, bad = ("faster", "slower") if kinds <= {"time", "throughput"} else ("better", "worse")
+    names = {"worse": f"{bad} (significant, beyond threshold)", "better": f"{good} (significant, beyond threshold)",
              "same": "no significant difference / within threshold",
              "inconclusive": "inconclusive (noisy: busy machine or within the A/A noise floor; or no test)"}
     handles = [Line2D([], [], color=_COLORS[o], marker="o", linewidth=2, label=names[o]) for o in present]
@@ -317,7 +356,13 @@ def ratio_chart(comparisons: Sequence[Comparison], title: str = "Candidate vs ba
 # ---- whole reports --------------------------------------------------------------------------------
 def comparisons_markdown(result: RunComparison, chart_name: str | None = None, title: str = "Comparison") -> str:
     summary = result.summary_lines()
-    out = [f"# {title}", "", f"**{summary[-1]}**", "", "```", *summary[:-1], "```", ""]
+    out = [f"# {title}", "", f"**{summary[-1]}**", ""]
+    if result.kind == "models" and (rows := candidate_rows(result)):
+        out += ["| candidate | metric | verdict (geometric mean) | cases | cases by verdict |",
+                "|---|---|---|---:|---|"]
+        out += [f"| {_md_esc(r['candidate'])} | {r['metric']} | {r['headline']} | {r['n']} | {r['outcomes']} |"
+                for r in rows] + [""]
+    out += ["```", *summary[:-1], "```", ""]
     if chart_name:
         out += [f"![ratio with CI per comparison]({chart_name})", ""]
     if result.comparisons:
@@ -368,103 +413,8 @@ def write_compare_report(result: RunComparison, out_dir: str | Path, formats: It
     return written
 
 
-# ---- claims ---------------------------------------------------------------------------------------
-def _bytes(b: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if b >= scale:
-            return f"{b / scale:.3g} {unit}"
-    return f"{b:.0f} B"
-
-
-def _ms(ms: Any) -> str:
-    if ms is None or not math.isfinite(ms):
-        return MISSING
-    return f"{ms:.3g} ms" if ms < 999.5 else f"{ms / 1e3:.3g} s"
-
-
-def claims_markdown(data: dict[str, Any]) -> str:
-    """claims.md from ClaimsResult.to_dict()."""
-    b = data["basis"]
-    where = {"datasheet": f"{b['device']} datasheet", "measured": f"measured on {b['device']}"}
-    rate = f"{b['peak_tflops']:.4g} TFLOP/s ({where.get(b['peak_source'], b['peak_source'])})"
-    out = ["# Andromeda spec claims, checked", "",
-           f"Generated {data['generated']} from {data['claims_file']}.", "",
-           f"Basis: peak matmul rate {rate}; memory {b['memory_bytes'] / 1e9:.3g} GB.", ""]
-    if b.get("note"):
-        out += [f"> {b['note']}.", ""]
-    out += ["| claim | preset | verdict | why |", "|:---|:---|:---|:---|"]
-    out += [f"| {_md_esc(c['text'])} | {c['preset']} | **{c['verdict']}** | {_md_esc(c['reason'])} |"
-            for c in data["claims"]]
-    out.append("")
-    for c in data["claims"]:
-        d = c["details"]
-        out += [f"## {c['text']}", "", f"Source: {c['where']}. Checked on preset `{c['preset']}`: **{c['verdict']}**.",
-                "", c["reason"] + ".", ""]
-        if c["kind"] == "latency":
-            out += [f"Forward FLOPs (causal, logits at the last position): {d['flops']:.4g}; floor "
-                    f"{_ms(d['floor_ms'])} at 100% of peak, i.e. the claim needs {100 * d['required_mfu']:.0f}% "
-                    f"of peak. At most {d['max_tokens_at_peak']:,} tokens fit in {_ms(d['max_ms'])} at peak, "
-                    f"{d['max_tokens_plausible']:,} at {100 * d['plausible_mfu']:g}% of peak.", "",
-                    "| preset | params | floor | needed share of peak | floor meets | meets at "
-                    f"{100 * d['plausible_mfu']:g}% of peak | measured |", "|:---|---:|---:|---:|:---|:---|---:|"]
-            for s in d["presets"]:
-                out.append(f"| {s['preset']} | {s['params']:,} | {_ms(s['floor_ms'])} | "
-                           f"{100 * s['required_mfu']:.0f}% | {'yes' if s['meets_floor'] else 'no'} | "
-                           f"{'yes' if s['meets_plausible'] else 'no'} | {_ms(s.get('measured_ms'))} |")
-            best = [f"largest preset whose floor meets the claim: {d['largest_preset_floor'] or 'none'}",
-                    f"at {100 * d['plausible_mfu']:g}% of peak: {d['largest_preset_plausible'] or 'none'}"]
-            if "largest_preset_measured" in d:
-                best.append(f"measured: {d['largest_preset_measured']}")
-            out += ["", "Largest configuration that meets it: " + "; ".join(best) + ".", ""]
-        elif c["kind"] == "memory":
-            pub = f"{d['reference_published_params']:,.0f}" if d["reference_published_params"] else MISSING
-            out += [f"Reference: {d['reference']} ({d['citation']}); shape {d['reference_shape']}, "
-                    f"{d['reference_params']:,} parameters from that shape (published: {pub}).", "",
-                    "| basis | Andromeda | reference | factor | claim met |", "|:---|---:|---:|---:|:---|"]
-            for x in d["bases"]:
-                fmt = (lambda v: f"{v:,.0f} B") if x["unit"] == "B/token" else _bytes
-                out.append(f"| {x['basis']} | {fmt(x['andromeda'])} | {fmt(x['reference'])} | "
-                           f"{x['factor']:.3g}x | {'yes' if x['met'] else 'no'} |")
-            cross = d["crossover_tokens"]
-            if cross is None:
-                reach = f"Weights + KV cache never reach {d['factor']:g}x, at any context length."
-            elif cross == 0:
-                reach = f"Weights + KV cache are {d['factor']:g}x smaller or more at every context length."
-            else:
-                reach = f"Weights + KV cache reach {d['factor']:g}x from {cross:,} tokens of context (batch 1)."
-            out += ["", reach,
-                    f"The KV-cache advantage comes from multi-query attention ({d['andromeda_kv_heads']} KV head): "
-                    f"with one KV head per query head it would be {d['andromeda_kv_per_token_if_mha']:,.0f} B/token.",
-                    ""]
-        elif c["kind"] == "context":
-            out += ["| tokens | memory floor | time floor | fits |", "|---:|---:|---:|:---|"]
-            out += [f"| {p['tokens']:,} | {_bytes(p['memory_floor_bytes'])} | {_ms(p['floor_ms'])} | "
-                    f"{'yes' if p['fits'] else 'no'} |" for p in d["points"]]
-            gb = d["device_memory_bytes"] / 1e9
-            out += ["", f"Memory floor: the weights, the hidden states and one layer's K/V, the least any "
-                        f"forward must hold (a real one needs more). By that floor up to "
-                        f"{d['max_tokens_memory_floor']:,} tokens fit in {gb:.3g} GB; "
-                        f"the preset was trained for {d['trained_max_seq_len']:,}.", ""]
-        for m in d.get("measurements", []):
-            out.append(f"- measured {m['preset']} at {m['tokens']:,} tokens x {m['batch']}: {m['status']}"
-                       + (f", median {_ms(m['median_ms'])} (CI {_ms(m['ci_low_ms'])} to {_ms(m['ci_high_ms'])})"
-                          if m["status"] == "ok" else f" ({m['message']})"))
-        if d.get("measurements"):
-            out.append("")
-    return "\n".join(out)
-
-
-def write_claims_report(data: dict[str, Any], out_dir: str | Path) -> dict[str, list[Path]]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    md, js = out / "claims.md", out / "claims.json"
-    md.write_text(claims_markdown(data), encoding="utf-8")
-    js.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False, default=str) + "\n", encoding="utf-8")
-    return {"md": [md], "json": [js]}
-
-
 __all__ = [
-    "COMPARE_FORMATS", "write_compare_report", "write_claims_report", "comparisons_markdown",
-    "comparisons_markdown_table", "comparisons_latex", "comparisons_html", "comparison_frame", "ratio_chart",
-    "claims_markdown", "ordered",
+    "COMPARE_FORMATS", "write_compare_report", "comparisons_markdown", "comparisons_markdown_table",
+    "comparisons_latex", "comparisons_html", "comparison_frame", "ratio_chart", "ratio_ticks", "ordered",
+    "candidate_rows",
 ]

@@ -11,6 +11,7 @@ from andromeda.bench.records import STATUSES, Record
 from andromeda.report.charts import SUMMARY_NAME, Chart, render_charts
 from andromeda.report.checks import find_warnings, make_warning, problems
 from andromeda.report.format import fmt_value
+from andromeda.report.headline import ComparisonLink, Headline, comparison_links, headline
 from andromeda.report.load import (
     by_scenario,
     flatten,
@@ -44,6 +45,8 @@ class ReportData:
     problems: list[dict[str, Any]]
     summary_chart: Chart | None = None
     charts: list[Chart] = field(default_factory=list)
+    headline: Headline | None = None  # the first screen: per model, the key numbers and the best of each
+    comparisons: list[ComparisonLink] = field(default_factory=list)  # <run>/compare/**/compare.html
     statuses: tuple[str, ...] = STATUSES
 
     def to_json(self) -> dict[str, Any]:
@@ -94,4 +97,6 @@ def collect(run_dir: Path, with_charts: bool) -> ReportData:
         problems=problems(records),
         summary_chart=next((c for c in charts if c.name == SUMMARY_NAME), None),
         charts=charts,
+        headline=headline(records),
+        comparisons=comparison_links(run_dir),
     )
