@@ -14,7 +14,7 @@ The formulas, with p the position divided by pos_interpolation_factor:
              of two m < n, then every other slope of 2m.
   rotary     pair (x_k, x_{k + r/2}) of the first r features turned by the angle p * theta^(-2k/r).
   xPos       the rotated part of q_i . k_j weighted by zeta_k^((p_i - p_j) / scale_base) per pair k,
-             zeta_k = (2k + 0.4 r) / (1.4 r) (only the distance counts: the model's fixed centre cancels).
+             zeta_k = (2k + 0.4 r) / (1.4 r), computed from each pair's distance (the model's centres cancel).
   QK-norm    q / |q| (times per-head gains with dim scale), logit scale qk_norm_scale instead of D^-1/2.
   shift      features split into s + 1 chunks of dim // (s + 1); chunk c comes from position t - c (zeros
              before the start), features past the chunks stay.
@@ -160,20 +160,22 @@ class Reference64:
         group = h // hkv  # query head i reads KV head i // group
         k = k.repeat_interleave(group, dim=1)  # (B, H, N, D)
         v = v.repeat_interleave(group, dim=1)
-        pos = torch.arange(n, dtype=F64)
+        pos = torch.arange(n, dtype=F64) + self.start
         p = pos / c["pos_interpolation_factor"]
         r = self.rot_dim
         if r:
             q, k = self.rotate(q, p), self.rotate(k, p)
-            if c["rotary_xpos"]:
-                # pair k of q_i . k_j weighted by zeta_k^((p_i - p_j) / base) = zeta_k^((p_i - m) / base) on q times
-                # zeta_k^(-(p_j - m) / base) on k for any centre m; here m is the sequence's middle (float64
-                # holds either factor exactly enough: |log zeta| < 1.3, |p - m| / base small)
-                zeta = torch.tensor([(2 * kk + 0.4 * r) / (1.4 * r) for kk in range(r // 2)] * 2, dtype=F64)
-                up = zeta[None, :] ** ((p - p.mean()) / c["xpos_scale_base"])[:, None]  # (N, r)
-                q = torch.cat([q[..., :r] * up, q[..., r:]], dim=-1)
-                k = torch.cat([k[..., :r] / up, k[..., r:]], dim=-1)
-        scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, N, N)
+        if r and c["rotary_xpos"]:
+            # feature k of q_i . k_j (pairs share zeta) weighted by zeta_k^((p_i - p_j) / base), computed per
+            # (i, j) from the distance itself, so positions far from 0 cost nothing in range
+            zeta = torch.tensor([(2 * kk + 0.4 * r) / (1.4 * r) for kk in range(r // 2)] * 2, dtype=F64)
+            rel = (p[:, None] - p[None, :]) / c["xpos_scale_base"]  # (N, N)
+            scores = q[..., r:] @ k[..., r:].transpose(-1, -2)
+            for f in range(r):
+                scores = scores + (q[..., f, None] * k[..., f, None].transpose(-1, -2)) * zeta[f] ** rel
+            scores = scores * scale
+        else:
+            scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, N, N)
         dist = pos[:, None] - pos[None, :]  # i - j
         if not c["causal"]:
             dist = dist.abs()
@@ -200,11 +202,13 @@ class Reference64:
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.w["embed.token.weight"][tokens]  # (B, N, dim)
         if self.c["use_abs_pos_emb"]:
-            x = x + self.w["embed.pos.weight"][: tokens.shape[1]][None]
+            x = x + self.w["embed.pos.weight"][self.start: self.start + tokens.shape[1]][None]
         return x
 
-    def __call__(self, tokens: torch.Tensor, embedded: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens (B, N) -> logits (B, N, V); `embedded` (B, N, dim) replaces the token embedding."""
+    def __call__(self, tokens: torch.Tensor, embedded: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
+        """tokens (B, N) at positions start .. start + N - 1 -> logits (B, N, V); `embedded` (B, N, dim)
+        replaces the token embedding."""
+        self.start = start
         tokens = tokens.cpu()
         x = self.embed(tokens) if embedded is None else embedded.to("cpu", F64)
         for i in range(self.c["depth"]):

@@ -8,9 +8,11 @@ from torch import nn
 from andromeda.model import backends
 from andromeda.model.config import ModelConfig
 from andromeda.model.norms import QKNorm
-from andromeda.model.positional import apply_rotary
+from andromeda.model.positional import RelativeXPos, apply_rotary
 
-Rope = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]  # cos, sin, xpos scale: (N, rot_dim)
+# cos, sin (N, rot_dim) and xPos: None, a query scale table (N, rot_dim) whose inverse scales keys (a fixed
+# centre: cached paths), or a RelativeXPos (a whole sequence without a cache: exact at any position)
+Rope = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | RelativeXPos | None"]
 
 
 class Attention(nn.Module):
@@ -33,10 +35,8 @@ class Attention(nn.Module):
             self._backends[key] = backends.select(spec, device, self.cfg.attn_backend)
         return self._backends[key]
 
-    def project_qk(
-        self, x: torch.Tensor, rope: Rope | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q (B, H, N, D), k and v (B, H_kv, N, D) after QK-norm and rotary/xPos."""
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, N, D), k and v (B, H_kv, N, D) after QK-norm, before rotary."""
         b, n, _ = x.shape
         d = self.cfg.dim_head
         q = self.to_q(x).view(b, n, -1, d).transpose(1, 2)  # (B, H, N, D)
@@ -44,11 +44,38 @@ class Attention(nn.Module):
         v = self.to_v(x).view(b, n, -1, d).transpose(1, 2)  # (B, H_kv, N, D)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            cos, sin, xscale = rope
-            q = apply_rotary(q, cos, sin, xscale)
-            k = apply_rotary(k, cos, sin, None if xscale is None else xscale.reciprocal())
         return q, k, v
+
+    def project_qk(
+        self, x: torch.Tensor, rope: Rope | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, N, D), k and v (B, H_kv, N, D) after QK-norm and rotary/xPos (a RelativeXPos relative to the
+        first position, exact while the sequence fits one of its chunks)."""
+        q, k, v = self._project(x)
+        if rope is not None:
+            cos, sin, xpos = rope
+            if isinstance(xpos, RelativeXPos):
+                n = xpos.length
+                q = apply_rotary(q, cos, sin, xpos.scale(0, n, 0))
+                k = apply_rotary(k, cos, sin, xpos.scale(0, n, 0, keys=True))
+            else:
+                q = apply_rotary(q, cos, sin, xpos)
+                k = apply_rotary(k, cos, sin, None if xpos is None else xpos.reciprocal())
+        return q, k, v
+
+    def _attend_chunks(self, x: torch.Tensor, rope: Rope, alibi_slopes: torch.Tensor | None) -> torch.Tensor:
+        """Causal attention with xPos relative to each chunk of queries (positional.RelativeXPos): queries
+        [a, b) against keys [0, b), the chunk's queries being the last b - a of them. (B, H, N, D)."""
+        cos, sin, xpos = rope
+        q, k, v = self._project(x)
+        backend = self.backend(x.device, q.dtype)
+        outs = []
+        for a, b in xpos.bounds():
+            qc = apply_rotary(q[:, :, a:b], cos[a:b], sin[a:b], xpos.scale(a, b, a))
+            kc = apply_rotary(k[:, :, :b], cos[:b], sin[:b], xpos.scale(0, b, a, keys=True))
+            outs.append(backend(qc, kc, v[:, :, :b], causal=True, scale=self.cfg.attn_scale,
+                                alibi_slopes=alibi_slopes))
+        return torch.cat(outs, dim=2)
 
     def forward(
         self,
@@ -59,6 +86,9 @@ class Attention(nn.Module):
         layer: int = 0,
     ) -> torch.Tensor:
         b, n, _ = x.shape
+        if rope is not None and isinstance(rope[2], RelativeXPos) and len(rope[2].bounds()) > 1:
+            out = self._attend_chunks(x, rope, alibi_slopes)  # (B, H, N, D)
+            return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
         q, k, v = self.project_qk(x, rope)
         attend = getattr(cache, "attend", None)
         if attend is not None:  # a static-shape decode step (model/decode.py): its own masked attention

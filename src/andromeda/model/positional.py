@@ -6,6 +6,7 @@ Angles are computed in float64 and stored in float32, so positions past 10^5 kee
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -62,6 +63,57 @@ def xpos_max_position(scale_base: float, interpolation_factor: float = 1.0) -> f
     about 55 * base interpolated positions; past it attention would turn to inf/NaN.
     """
     return scale_base * math.log(1e30) / math.log(1.4 / 0.4) * interpolation_factor
+
+
+def xpos_chunk(scale_base: float, interpolation_factor: float = 1.0) -> int:
+    """Queries per chunk of `RelativeXPos`: the longest span whose scales stay finite in float32 (a chunk's
+    masked pairs carry up to 3.5^(span / base), as in xpos_max_position), rounded down to a multiple of 256
+    positions where it is that long."""
+    span = int(xpos_max_position(scale_base, interpolation_factor))
+    return span // 256 * 256 if span >= 256 else max(span, 1)
+
+
+@dataclass(frozen=True)
+class RelativeXPos:
+    """xPos for a whole sequence (no cache), exact at any position: applied per chunk of queries.
+
+    Pair k of q_i . k_j must carry zeta_k^((p_i - p_j) / base) (at most 1 for j <= i). A fixed centre c
+    splits it into zeta^((p_i - c)/base) on q and zeta^(-(p_j - c)/base) on k, and the key factor overflows
+    float32 once p_j - c passes ~55 bases. Here each chunk of queries [a, b) takes its own reference
+    r = p_a: queries carry zeta^((p_i - r)/base) <= 1 and keys zeta^((r - p_j)/base), <= 1 for keys before
+    the chunk (far keys underflow towards 0, as their true weight does) and at most 3.5^(chunk/base) inside
+    it, which `xpos_chunk` keeps finite. The product is the same zeta^((p_i - p_j)/base) for every pair.
+
+    power: (N,) float64 interpolated positions / base; log_zeta: (rot_dim,) float64, ln zeta per rotated
+    feature (pairs duplicated, as the rotary tables); chunk: queries per chunk."""
+
+    power: torch.Tensor
+    log_zeta: torch.Tensor
+    chunk: int
+
+    @property
+    def length(self) -> int:
+        return self.power.numel()
+
+    def bounds(self) -> list[tuple[int, int]]:
+        """The chunks' [a, b) query ranges."""
+        return [(a, min(a + self.chunk, self.length)) for a in range(0, self.length, self.chunk)]
+
+    def scale(self, a: int, b: int, ref: int, keys: bool = False) -> torch.Tensor:
+        """(b - a, rot_dim) float32 factors of positions a..b-1 relative to position index `ref`:
+        zeta^(power - power[ref]) for queries, zeta^(power[ref] - power) for keys (computed as such, never as
+        a reciprocal, so a far key's factor underflows instead of a query's overflowing)."""
+        rel = self.power[a:b] - self.power[ref]
+        return torch.exp((-rel if keys else rel)[:, None] * self.log_zeta[None, :]).float()
+
+
+def relative_xpos(positions: torch.Tensor, rot_dim: int, scale_base: float,
+                  interpolation_factor: float = 1.0) -> RelativeXPos:
+    """The RelativeXPos of (N,) integer positions."""
+    pos = positions.to(torch.float64) / interpolation_factor
+    log_zeta = xpos_zeta(rot_dim).log().to(pos.device)
+    return RelativeXPos(pos / scale_base, torch.cat([log_zeta, log_zeta]),
+                        xpos_chunk(scale_base, interpolation_factor))
 
 
 def rotary_tables(

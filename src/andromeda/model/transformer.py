@@ -16,7 +16,7 @@ from andromeda.model.decode import GraphedDecoder, decode_step
 from andromeda.model.embedding import TokenEmbedding
 from andromeda.model.layers import Block
 from andromeda.model.norms import deepnorm_beta, make_norm
-from andromeda.model.positional import head_slopes, rotary_tables, xpos_max_position
+from andromeda.model.positional import head_slopes, relative_xpos, rotary_tables, xpos_max_position
 from andromeda.model.sampling import sample_next
 
 IGNORE_INDEX = -100
@@ -107,38 +107,45 @@ class Andromeda(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------
     def xpos_max_position(self) -> float:
-        """The last position xPos can reach with every score finite in float32 (positional.xpos_max_position)."""
+        """The last position cached xPos can reach with every score finite in float32 (its keys are stored
+        scaled about a fixed centre: positional.xpos_max_position). A forward without a cache has no limit."""
         return xpos_max_position(self.cfg.xpos_scale_base, self.cfg.pos_interpolation_factor)
 
-    def check_positions(self, last: int) -> None:
-        """Refuse a last position the config cannot represent (from Python ints: no device sync)."""
+    def check_positions(self, last: int, cached: bool = True) -> None:
+        """Refuse a last position the config cannot represent (from Python ints: no device sync). `cached`:
+        the positions go through a KV cache (a forward without one applies xPos relatively, at any position)."""
         cfg = self.cfg
         if cfg.use_abs_pos_emb and last >= cfg.max_seq_len:
             raise ConfigError(
                 f"input: position {last} is past max_seq_len {cfg.max_seq_len}, which absolute position "
                 "embeddings cannot represent; shorten the input"
             )
-        if cfg.rotary_xpos and last > self.xpos_max_position():
+        if cached and cfg.rotary_xpos and last > self.xpos_max_position():
             need = last / self.xpos_max_position() * cfg.pos_interpolation_factor
             raise ConfigError(
-                f"input: position {last} is past xPos's float32 range for this config "
+                f"input: position {last} is past the float32 range of xPos through a KV cache for this config "
                 f"(last finite position {int(self.xpos_max_position())}); set pos_interpolation_factor "
-                f">= {math.ceil(need * 10) / 10} or shorten the input"
+                f">= {math.ceil(need * 10) / 10}, shorten the input, or run it without a cache"
             )
 
-    def rope(self, positions: torch.Tensor):
+    def rope(self, positions: torch.Tensor, relative: bool = False):
+        """cos, sin and the xPos part for `positions`: a fixed-centre scale table (what the KV cache stores keys
+        by), or with `relative` a positional.RelativeXPos (a whole sequence without a cache)."""
         cfg = self.cfg
         if not cfg.use_rotary:
             return None
-        return rotary_tables(
+        cos, sin, scale = rotary_tables(
             positions,
             cfg.rot_dim,
             theta=cfg.rotary_theta,
             interpolation_factor=cfg.pos_interpolation_factor,
-            xpos=cfg.rotary_xpos,
+            xpos=cfg.rotary_xpos and not relative,
             xpos_scale_base=cfg.xpos_scale_base,
             xpos_offset=cfg.xpos_offset,
         )
+        if relative and cfg.rotary_xpos:
+            scale = relative_xpos(positions, cfg.rot_dim, cfg.xpos_scale_base, cfg.pos_interpolation_factor)
+        return cos, sin, scale
 
     def forward(
         self,
@@ -146,19 +153,25 @@ class Andromeda(nn.Module):
         *,
         cache: KVCache | None = None,
         logits: Literal["all", "last", "none"] = "all",
+        start: int = 0,
     ) -> torch.Tensor:
         """tokens (B, N) -> logits (B, N, V), (B, 1, V) for "last", or hidden states (B, N, dim) for "none".
 
-        With a cache, the tokens continue the cached sequence and the cache advances by N.
+        With a cache, the tokens continue the cached sequence and the cache advances by N. Without one, they
+        sit at positions start .. start + N - 1 (an earlier context that is not there), and xPos is applied
+        relative to chunks of queries (positional.RelativeXPos): exact at any position.
         """
         if tokens.dim() != 2:
             raise ConfigError(f"input: tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
+        if start < 0 or (start and cache is not None):
+            raise ConfigError(f"input: start must be >= 0 and is for a forward without a cache (with one, positions "
+                              f"continue the cache's length), got start={start}")
         n = tokens.shape[1]
-        start = cache.length if cache is not None else 0
-        self.check_positions(start + n - 1)
+        start = cache.length if cache is not None else start
+        self.check_positions(start + n - 1, cached=cache is not None)
         positions = torch.arange(start, start + n, device=tokens.device)
         x = self.emb_drop(self.embed(tokens, positions))  # (B, N, dim)
-        rope = self.rope(positions)
+        rope = self.rope(positions, relative=cache is None)
         for i, blk in enumerate(self.blocks):
             x = blk(x, rope, self.alibi_slopes, cache, i)
         if cache is not None:
