@@ -62,13 +62,20 @@ def _check_nproc(v: Any) -> Any:
 class LauncherSpec(StrictModel):
     """How cases are launched across processes (the manifest's `launcher:`)."""
 
-    type: Literal["torchrun"] = "torchrun"
-    nproc: Annotated[int | Literal["auto"], BeforeValidator(_check_nproc)] = "auto"  # processes per node
-    nodes: Int(1, PROCS_MAX) = 1
-    rdzv_endpoint: Annotated[str | None, Field(validate_default=True)] = None  # host:port; needed when nodes > 1
-    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
-    timeout_s: Float(0.0, TIMEOUT_MAX_S, lo_open=True) = 1800.0  # per case: torchrun is stopped after this long
-    cpu_threads: Int(1, PROCS_MAX) = 1  # CPU runs: threads per rank (OMP_NUM_THREADS), one core per rank
+    type: Literal["torchrun"] = Field("torchrun", description=(
+        "The launcher: torchrun (python -m torch.distributed.run), one launch per case."))
+    nproc: Annotated[int | Literal["auto"], BeforeValidator(_check_nproc)] = Field("auto", description=(
+        "Processes per node, or auto (every GPU; 1 on a CPU)."))
+    nodes: Int(1, PROCS_MAX) = Field(1, description=(
+        "Nodes the launch spans; more than 1 needs rdzv_endpoint and the same command on every node."))
+    rdzv_endpoint: Annotated[str | None, Field(validate_default=True)] = Field(None, description=(
+        "host:port of the rendezvous; needed when nodes > 1."))
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description=(
+        "Process-group backend: auto (nccl on CUDA, gloo on CPU), nccl or gloo."))
+    timeout_s: Float(0.0, TIMEOUT_MAX_S, lo_open=True) = Field(1800.0, description=(
+        "Seconds a case may take; torchrun is stopped after this long and the case is an error."))
+    cpu_threads: Int(1, PROCS_MAX) = Field(1, description=(
+        "CPU runs: torch threads per rank (OMP_NUM_THREADS); one core per rank by default."))
 
     @field_validator("rdzv_endpoint")
     @classmethod

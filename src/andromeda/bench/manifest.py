@@ -51,14 +51,23 @@ _NAME = re.compile(r"[\w+\-][\w.+\- ]{0,99}")
 
 
 class TimingSpec(StrictModel):
-    warmup: Warmup = 2
-    warmup_s: Seconds = 0.0
-    min_runs: Runs = 5
-    max_runs: Runs = 100
-    budget_s: Float(0.0, SECONDS_MAX, lo_open=True) = 1.0
-    target_rel_ci: Float(0.0, 1.0, lo_open=True) | None = 0.02
-    flush_l2: bool = False
-    cuda_graph: bool = False
+    warmup: Warmup = Field(2, description=(
+        "Untimed calls before timing starts (compilation, caches, allocator warm-up)."))
+    warmup_s: Seconds = Field(0.0, description=(
+        "Also keep warming up until this many seconds have passed (0 = only the warmup count)."))
+    min_runs: Runs = Field(5, description="Timed calls at least, whatever the budget.")
+    max_runs: Runs = Field(100, description="Timed calls at most (>= min_runs).")
+    budget_s: Float(0.0, SECONDS_MAX, lo_open=True) = Field(1.0, description=(
+        "Seconds of timed calls per measurement: timing stops when the median's CI is narrow enough or "
+        "this is spent."))
+    target_rel_ci: Float(0.0, 1.0, lo_open=True) | None = Field(0.02, description=(
+        "Stop early once the median's bootstrap CI is narrower than this fraction of it (0.02 = +-2%); "
+        "null = always spend the budget."))
+    flush_l2: bool = Field(False, description=(
+        "CUDA: write a buffer larger than the L2 cache before each timed call, so inputs come from HBM "
+        "(as triton's do_bench)."))
+    cuda_graph: bool = Field(False, description=(
+        "CUDA: time the call replayed from a captured CUDA graph (no Python launch overhead)."))
 
     @model_validator(mode="after")
     def _runs(self) -> TimingSpec:
@@ -73,7 +82,8 @@ class TimingSpec(StrictModel):
 
 
 class ReportSpec(StrictModel):
-    formats: NonEmpty(Literal[FORMATS], 6) = list(FORMATS)  # type: ignore[valid-type]
+    formats: NonEmpty(Literal[FORMATS], 6) = Field(list(FORMATS), description=(
+        "Artifacts to write: csv, json, png, md, html, tex (default: all)."))
 
 
 def _check_each(items: list[str], check, strip: str = "") -> list[str]:
@@ -87,23 +97,39 @@ def _check_each(items: list[str], check, strip: str = "") -> list[str]:
 
 
 class CompareThresholds(StrictModel):
-    speedup: Float(1.0, 1e6) = 1.2  # a significant time/throughput change must reach this factor
-    memory: NonNegFloat = 0.05  # relative change a memory metric must exceed
-    max_abs_diff: NonNegFloat = 1e-5
-    max_abs_diff_by_dtype: dict[Literal[DTYPES], NonNegFloat] = {}  # type: ignore[valid-type]
+    speedup: Float(1.0, 1e6) = Field(1.2, description=(
+        "Factor a significant time or throughput change must reach, either way, to be called faster or "
+        "slower (1.2 = 1.2x)."))
+    memory: NonNegFloat = Field(0.05, description=(
+        "Relative change a memory metric must exceed to be called more or less memory (0.05 = 5%)."))
+    max_abs_diff: NonNegFloat = Field(1e-5, description="Tolerance of *abs_diff (output difference) metrics.")
+    max_abs_diff_by_dtype: dict[Literal[DTYPES], NonNegFloat] = Field({}, description=(
+        "Per-dtype tolerance of *abs_diff metrics, e.g. {bfloat16: 0.02}; overrides max_abs_diff for that"
+        " dtype."))
 
 
 class CompareSpec(StrictModel):
     """Candidates against a baseline, all from this manifest's models, with verdicts."""
 
-    baseline: str
-    candidates: NonEmpty(str, 1000) | None = None  # None: every other model
-    metrics: NonEmpty(str, 100) = ["latency_ms"]
-    allow_mismatch: bool = False  # compare models of different shapes (parameter and FLOP ratios shown)
-    gate: bool = False
-    correction: Literal["holm", "bh", "none"] = "holm"
-    alpha: Float(0.0, 1.0, lo_open=True, hi_open=True) = 0.05
-    thresholds: CompareThresholds = CompareThresholds()
+    baseline: str = Field(description="The model source the others are compared with; one of models.")
+    candidates: NonEmpty(str, 1000) | None = Field(None, description=(
+        "Models to compare with the baseline (default: every other model)."))
+    metrics: NonEmpty(str, 100) = Field(["latency_ms"], description=(
+        "Metrics to compare, e.g. [latency_ms, peak_mib]; the name says which way is better (ms: lower, "
+        "tokens_per_s: higher)."))
+    allow_mismatch: bool = Field(False, description=(
+        "Compare models of different shapes; every comparison still shows both sides' parameters, FLOPs "
+        "per token and the ratio at equal work."))
+    gate: bool = Field(False, description=(
+        "false: a comparison of models (faster / slower per case and per candidate, never fails the run);"
+        " true: a regression gate, the run exits 1 when a candidate is significantly worse beyond the "
+        "threshold and the noise floor."))
+    correction: Literal["holm", "bh", "none"] = Field("holm", description=(
+        "Multiple-comparison correction across all comparisons: holm, bh (Benjamini-Hochberg) or none."))
+    alpha: Float(0.0, 1.0, lo_open=True, hi_open=True) = Field(0.05, description=(
+        "Significance level of the (corrected) Mann-Whitney p-values."))
+    thresholds: CompareThresholds = Field(CompareThresholds(), description=(
+        "What counts as a real difference: speedup factor, memory fraction, output tolerance."))
 
     @field_validator("metrics")
     @classmethod
@@ -127,24 +153,42 @@ ScenarioEntry = Annotated[
 
 
 class Manifest(StrictModel):
-    name: Annotated[str, AfterValidator(_check_name)] = "run"
-    description: Annotated[str, Field(max_length=10_000)] = ""
-    models: NonEmpty(str, 1000)
-    scenarios: NonEmpty(ScenarioEntry, 1000)
-    device: str = "auto"
-    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
-    seed: Seed = 0
-    out: str | None = None
-    peak_tflops: Float(0.0, PEAK_TFLOPS_MAX, lo_open=True) | None = None  # override the device table for MFU
+    name: Annotated[str, AfterValidator(_check_name)] = Field("run", description=(
+        "Run name: the default output folder is runs/<name>-<time>."))
+    description: Annotated[str, Field(max_length=10_000)] = Field("", description=(
+        "What this manifest measures, in a sentence (andromeda list shows it for presets)."))
+    models: NonEmpty(str, 1000) = Field(description=(
+        "Model sources to measure: andromeda:<preset>[?field=value], andromeda:<checkpoint dir>, hf:<dir "
+        "| model_type | matched:<preset>>, xt:<preset> (andromeda list shows the forms)."))
+    scenarios: NonEmpty(ScenarioEntry, 1000) = Field(description=(
+        "What to measure, one entry per scenario with its sweep (lists are swept as a cartesian product);"
+        " every model runs every entry."))
+    device: str = Field("auto", description=(
+        "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps; --device overrides it."))
+    dtype: Literal[DTYPES] = Field("float32", description="Model dtype: float32, bfloat16 or float16.")
+    seed: Seed = Field(0, description="Seed of model initialization, inputs and bootstrap resampling.")
+    out: str | None = Field(None, description="Run directory (default runs/<name>-<time>); --out overrides it.")
+    peak_tflops: Float(0.0, PEAK_TFLOPS_MAX, lo_open=True) | None = Field(None, description=(
+        "Peak TFLOP/s that MFU is computed against, instead of the device's datasheet value."))
     # torch's intra-op threads, fixed for the whole run before any case; auto: the physical cores this process
     # may use (bench/env.py). A launcher's ranks take launcher.cpu_threads instead.
-    threads: Literal["auto"] | int = "auto"
-    timing: TimingSpec = TimingSpec()
-    report: ReportSpec = ReportSpec()
-    compare: CompareSpec | Annotated[list[CompareSpec], Field(max_length=100)] | None = None  # a list: several
-    launcher: LauncherSpec | None = None  # run every case across processes through torchrun (bench/launch.py)
-    sized_for: Literal["any", "cpu", "gpu"] = "any"
-    cpu_counterpart: str | None = None
+    threads: Literal["auto"] | int = Field("auto", description=(
+        "Torch intra-op threads for the whole run: auto = the physical cores this process may use, or a "
+        "count."))
+    timing: TimingSpec = Field(TimingSpec(), description=(
+        "How each timed metric is measured: warm-up, repetitions, time budget, target CI."))
+    report: ReportSpec = Field(ReportSpec(), description="Which report artifacts to write.")
+    compare: CompareSpec | Annotated[list[CompareSpec], Field(max_length=100)] | None = Field(None, description=(
+        "Candidates against a baseline, from this manifest's models, with verdicts in <out>/compare/ (a "
+        "list: several baselines)."))
+    launcher: LauncherSpec | None = Field(None, description=(
+        "Run every case across processes through torchrun (DDP, FSDP2, collectives); null = in this "
+        "process."))
+    sized_for: Literal["any", "cpu", "gpu"] = Field("any", description=(
+        "The device this manifest is sized for: cpu (seconds to minutes there), gpu (hours on a CPU: "
+        "refused there without --force), any."))
+    cpu_counterpart: str | None = Field(None, description=(
+        "With sized_for: gpu, the preset to run on a CPU instead (named in the refusal)."))
 
     @model_validator(mode="after")
     def _counterpart(self) -> Manifest:

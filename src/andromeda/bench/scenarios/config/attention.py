@@ -24,27 +24,42 @@ LAYOUT_MAX = 1024  # block_sparse layout: at most this many rows and columns
 class AttentionConfig(ScenarioConfig):
     model_config = ConfigDict(**STRICT, populate_by_name=True)
     SWEEP = ("dtype", "causal", "pattern", "seq_len", "pass_", "impl")  # impls of one shape run back to back
-    scenario: Literal["attention"] = "attention"
-    impl: NonEmpty(Impl) = ["eager", "sdpa_math", "flex"]
-    pattern: NonEmpty(PatternName) = ["dense"]
-    seq_len: NonEmpty(Tokens) = [256]
-    batch: Batch = 1
-    heads: Heads = 4
-    kv_heads: Heads = 4  # = heads: MHA; a divisor: GQA; 1: MQA
-    head_dim: Heads = 32
-    dtype: NonEmpty(DType) = ["float32"]
-    causal: NonEmpty(bool) = [True]
-    alibi: bool = False  # ALiBi slopes on every head
-    pass_: NonEmpty(Pass) = Field(default=["forward"], alias="pass")
-    window: Tokens = 256  # sliding_window / dilated: keys per side; bigbird: local band (window // block_size blocks)
-    dilation: Tokens = 2
-    global_tokens: Int(0, TOKENS_MAX) = 0  # bigbird
-    random_blocks: Int(0, 65_536) = 0  # bigbird: random key blocks per query block
-    block_size: Int(1, 65_536) = 128  # FlexAttention block; bigbird's block; the unit of block_sparsity
-    layout: NonEmpty(NonEmpty(Literal[0, 1], LAYOUT_MAX), LAYOUT_MAX) | None = None  # block_sparse: L x L
-    dense_mask_max_len: Tokens = 4096  # eager/SDPA take a sparse pattern or ALiBi as a dense mask up to this N
-    ref_rows: Tokens = 256  # float64 reference on at most this many query rows (all rows when N is smaller)
-    profile_kernels: bool = True  # CUDA: record the kernel names torch.profiler sees
+    scenario: Literal["attention"] = Field("attention", description=(
+        "The scenario: attention (attention kernels alone: speed, memory, accuracy against a float64 "
+        "reference)."))
+    impl: NonEmpty(Impl) = Field(["eager", "sdpa_math", "flex"], description=(
+        "Attention implementations to measure (swept): eager, sdpa_math, sdpa_flash, sdpa_efficient, "
+        "sdpa_cudnn, flex, triton, flash_attn, xformers."))
+    pattern: NonEmpty(PatternName) = Field(["dense"], description=(
+        "Attention patterns (swept): dense, sliding_window, dilated, bigbird, block_sparse."))
+    seq_len: NonEmpty(Tokens) = Field([256], description="Sequence lengths N (swept), in tokens.")
+    batch: Batch = Field(1, description="Sequences per call.")
+    heads: Heads = Field(4, description="Query heads H.")
+    kv_heads: Heads = Field(4, description="Key/value heads: = heads is MHA, a divisor of heads GQA, 1 MQA.")
+    head_dim: Heads = Field(32, description="Features per head D.")
+    dtype: NonEmpty(DType) = Field(["float32"], description="Input dtypes (swept): float32, bfloat16, float16.")
+    causal: NonEmpty(bool) = Field([True], description="Causal masking (swept): [true], [false] or both.")
+    alibi: bool = Field(False, description=(
+        "Add ALiBi slopes on every head (kernels that cannot take them are skipped)."))
+    pass_: NonEmpty(Pass) = Field(description=(
+        "What is timed (swept): forward or fwd_bwd (forward + backward)."), default=["forward"], alias="pass")
+    window: Tokens = Field(256, description=(
+        "sliding_window / dilated: keys per side; bigbird: the local band (window // block_size blocks)."))
+    dilation: Tokens = Field(2, description="dilated: keep every dilation-th key within the window.")
+    global_tokens: Int(0, TOKENS_MAX) = Field(0, description=(
+        "bigbird: tokens every query attends to and that attend to everything."))
+    random_blocks: Int(0, 65_536) = Field(0, description="bigbird: random key blocks per query block.")
+    block_size: Int(1, 65_536) = Field(128, description=(
+        "FlexAttention's block size; bigbird's block; the unit of block-sparsity figures."))
+    layout: NonEmpty(NonEmpty(Literal[0, 1], LAYOUT_MAX), LAYOUT_MAX) | None = Field(None, description=(
+        "block_sparse: an L x L matrix of 0/1 blocks, stretched over N x N."))
+    dense_mask_max_len: Tokens = Field(4096, description=(
+        "eager and SDPA take a sparse pattern or ALiBi as a dense mask up to this N; longer points are "
+        "skipped for them."))
+    ref_rows: Tokens = Field(256, description=(
+        "The float64 reference is computed on at most this many query rows (all when N is smaller)."))
+    profile_kernels: bool = Field(True, description=(
+        "CUDA: record the kernel names torch.profiler sees for each implementation."))
 
     @model_validator(mode="after")
     def _check(self) -> AttentionConfig:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+from pydantic import Field
+
 from andromeda.bench.fields import Batch, Int, NonEmpty, NonNegFloat, PosFloat, Steps, Tokens2, Warmup
 from andromeda.bench.scenarios.config import Ranks, ScenarioConfig, register_config
 
@@ -13,20 +15,31 @@ from andromeda.bench.scenarios.config import Ranks, ScenarioConfig, register_con
 class DataParallelConfig(ScenarioConfig):
     SWEEP = ("strategy", "scaling", "ranks")
     NEEDS_LAUNCHER: ClassVar[bool] = True
-    scenario: Literal["data_parallel"] = "data_parallel"
-    strategy: NonEmpty(Literal["ddp", "fsdp"]) = ["ddp"]
-    scaling: NonEmpty(Literal["weak", "strong"]) = ["weak"]
-    ranks: Ranks = ["all"]  # processes per case; "all" = the launcher's nproc x nodes
-    batch: Batch = 8  # sequences per rank (weak) or in total (strong)
-    seq_len: Tokens2 = 128  # a training sequence: at least one token of context and one target
-    warmup: Warmup = 2  # untimed steps
-    steps: Steps = 10  # timed steps
-    lr: PosFloat = 1e-4
-    grad_clip: PosFloat | None = 1.0
-    precision: Literal["fp32", "bf16"] = "fp32"  # autocast dtype of forward and loss
-    activation_checkpointing: bool = False
-    profile_steps: Int(0, 1_000) = 2  # steps under torch.profiler for the communication share; 0 = none
-    straggler_threshold: NonNegFloat = 0.1  # 0.1 = a rank 10% slower than the others
+    scenario: Literal["data_parallel"] = Field("data_parallel", description=(
+        "The scenario: data_parallel (training tokens/s with DDP or FSDP2 across processes)."))
+    strategy: NonEmpty(Literal["ddp", "fsdp"]) = Field(["ddp"], description=(
+        "Data-parallel strategies (swept): ddp, fsdp (FSDP2, fully_shard)."))
+    scaling: NonEmpty(Literal["weak", "strong"]) = Field(["weak"], description=(
+        "weak: batch per rank; strong: batch in total, split over the ranks (swept)."))
+    ranks: Ranks = Field(["all"], description=(
+        "Processes per case (swept), or all (the launcher's nproc x nodes); points past the GPUs present "
+        "are skipped."))
+    batch: Batch = Field(8, description="Sequences per rank (weak scaling) or in total (strong scaling).")
+    seq_len: Tokens2 = Field(128, description=(
+        "Tokens per training sequence (at least 2: one of context, one target)."))
+    warmup: Warmup = Field(2, description="Untimed training steps.")
+    steps: Steps = Field(10, description="Timed training steps.")
+    lr: PosFloat = Field(1e-4, description="AdamW learning rate.")
+    grad_clip: PosFloat | None = Field(1.0, description="Max global gradient norm; null = no clipping.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description=(
+        "Autocast dtype of forward and loss: fp32 or bf16."))
+    activation_checkpointing: bool = Field(False, description=(
+        "Recompute each block's activations in backward (less memory, more compute)."))
+    profile_steps: Int(0, 1_000) = Field(2, description=(
+        "Steps run under torch.profiler to measure the communication share of a step; 0 = none."))
+    straggler_threshold: NonNegFloat = Field(0.1, description=(
+        "A rank whose median step time is this fraction above the others' median is a straggler (0.1 = "
+        "10%)."))
 
 
 __all__ = ["DataParallelConfig"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+from pydantic import Field
+
 from andromeda.bench.fields import Batch, NonNegFloat, Runs, Tokens, Warmup
 from andromeda.bench.scenarios.config import Ranks, ScenarioConfig, register_config
 
@@ -12,14 +14,17 @@ from andromeda.bench.scenarios.config import Ranks, ScenarioConfig, register_con
 class LoadBalanceConfig(ScenarioConfig):
     SWEEP = ("ranks",)
     NEEDS_LAUNCHER: ClassVar[bool] = True
-    scenario: Literal["load_balance"] = "load_balance"
-    ranks: Ranks = ["all"]
-    mode: Literal["forward", "fwd_bwd"] = "fwd_bwd"
-    batch: Batch = 4  # sequences per rank
-    seq_len: Tokens = 128
-    warmup: Warmup = 2
-    iters: Runs = 10
-    straggler_threshold: NonNegFloat = 0.1
+    scenario: Literal["load_balance"] = Field("load_balance", description=(
+        "The scenario: load_balance (each rank's compute alone: spread and stragglers)."))
+    ranks: Ranks = Field(["all"], description=(
+        "Process counts to run at (swept), or all (the launcher's nproc x nodes)."))
+    mode: Literal["forward", "fwd_bwd"] = Field("fwd_bwd", description="What each rank times: forward or fwd_bwd.")
+    batch: Batch = Field(4, description="Sequences per rank.")
+    seq_len: Tokens = Field(128, description="Tokens per sequence.")
+    warmup: Warmup = Field(2, description="Untimed calls per rank.")
+    iters: Runs = Field(10, description="Timed calls per rank.")
+    straggler_threshold: NonNegFloat = Field(0.1, description=(
+        "A rank whose median time is this fraction above the others' median is a straggler (0.1 = 10%)."))
 
 
 __all__ = ["LoadBalanceConfig"]

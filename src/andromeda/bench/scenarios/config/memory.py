@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from andromeda.bench.fields import TOKENS_MAX, Batch, Heads, Int, NonEmpty, Tokens
 from andromeda.bench.scenarios.config import CacheKind, ScenarioConfig, register_config
 
@@ -14,14 +16,19 @@ Mode = Literal["inference", "train"]
 @register_config
 class MemoryConfig(ScenarioConfig):
     SWEEP = ("mode", "batch", "seq_len", "cache")
-    scenario: Literal["memory"] = "memory"
-    mode: NonEmpty(Mode) = ["inference"]
-    batch: NonEmpty(Batch) = [1]
-    seq_len: NonEmpty(Tokens) = [128, 256]
-    kv_cache: bool = True  # also measure a filled KV cache (inference mode)
-    cache: NonEmpty(CacheKind) = ["full"]  # that cache: model dtype, int8 or int4
-    cache_group_size: Heads = 64  # int8/int4: features per scale
-    cache_window: Int(0, TOKENS_MAX) = 0  # int8/int4: recent positions kept in full precision
+    scenario: Literal["memory"] = Field("memory", description=(
+        "The scenario: memory (peak memory of inference and training steps, and of a filled KV cache)."))
+    mode: NonEmpty(Mode) = Field(["inference"], description=(
+        "Steps measured (swept): inference or train (forward + backward)."))
+    batch: NonEmpty(Batch) = Field([1], description="Sequences per batch (swept).")
+    seq_len: NonEmpty(Tokens) = Field([128, 256], description="Tokens per sequence (swept).")
+    kv_cache: bool = Field(True, description=(
+        "Also measure a filled KV cache in inference mode (bytes per token, beside the formula)."))
+    cache: NonEmpty(CacheKind) = Field(["full"], description=(
+        "KV caches measured (swept): full (model dtype), int8, int4."))
+    cache_group_size: Heads = Field(64, description="int8 / int4 caches: features per quantization scale.")
+    cache_window: Int(0, TOKENS_MAX) = Field(0, description=(
+        "int8 / int4 caches: recent positions kept in full precision."))
 
 
 __all__ = ["MemoryConfig", "Mode"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from andromeda.bench.fields import BATCH_MAX, Batch, Int, NonEmpty, Tokens
 from andromeda.bench.scenarios.config import ScenarioConfig, register_config
@@ -14,13 +14,17 @@ from andromeda.bench.scenarios.config import ScenarioConfig, register_config
 @register_config
 class ScalingConfig(ScenarioConfig):
     SWEEP = ("size",)
-    scenario: Literal["scaling"] = "scaling"
-    axis: Literal["seq_len", "batch"] = "seq_len"
-    size: NonEmpty(Tokens) = [128, 256, 512, 1024]  # values of the swept axis
-    batch: Batch = 1  # fixed batch when sweeping seq_len
-    seq_len: Tokens = 128  # fixed length when sweeping batch
-    bisect_oom: bool = True
-    bisect_steps: Int(1, 64) = 6
+    scenario: Literal["scaling"] = Field("scaling", description=(
+        "The scenario: scaling (latency over length or batch, with a fit a + bN + cN^2 and the OOM "
+        "boundary)."))
+    axis: Literal["seq_len", "batch"] = Field("seq_len", description="The swept axis: seq_len or batch.")
+    size: NonEmpty(Tokens) = Field([128, 256, 512, 1024], description="Values of the swept axis.")
+    batch: Batch = Field(1, description="Fixed batch when sweeping seq_len.")
+    seq_len: Tokens = Field(128, description="Fixed length when sweeping batch.")
+    bisect_oom: bool = Field(True, description=(
+        "After an OOM, bisect between the last point that fit and the first that did not to find the "
+        "boundary."))
+    bisect_steps: Int(1, 64) = Field(6, description="Bisection steps at most.")
 
     @model_validator(mode="after")
     def _check(self) -> ScalingConfig:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from andromeda.bench import source_spec
 from andromeda.bench.fields import Batch, StrictModel, Tokens, Tokens2
@@ -17,8 +17,9 @@ from andromeda.errors import AndromedaError
 
 
 class ModelRef(StrictModel):
-    source: str
-    checkpoint: str | None = None  # an Andromeda checkpoint directory loaded into the built source
+    source: str = Field(description="A model source, as in models: (andromeda:<preset>, hf:..., xt:...).")
+    checkpoint: str | None = Field(None, description=(
+        "An Andromeda checkpoint directory whose weights are loaded into the built source."))
 
     @field_validator("source")
     @classmethod
@@ -54,18 +55,22 @@ class ModelRef(StrictModel):
 
 @register_config
 class TeacherStudentConfig(ScenarioConfig):
-    scenario: Literal["teacher_student"] = "teacher_student"
-    teacher: str | ModelRef
-    student: str | ModelRef | None = None  # null: the manifest model being run
-    data: str = "synthetic:markov"
-    seq_len: Tokens2 = 256  # perplexity window
-    stride: Tokens | None = None
-    batch: Batch = 8  # windows per forward pass, and the prefill batch
-    max_tokens: MaxTokens | None = 16384
-    add_bos: bool = True
-    prompt_len: Tokens = 32  # decode: prompt, then gen_len greedy steps
-    gen_len: Tokens = 32
-    decode_batch: Batch = 1
+    scenario: Literal["teacher_student"] = Field("teacher_student", description=(
+        "The scenario: teacher_student (a student's perplexity, agreement and decode speed against a "
+        "teacher)."))
+    teacher: str | ModelRef = Field(description="The teacher: a model source, or {source, checkpoint}.")
+    student: str | ModelRef | None = Field(None, description=(
+        "The student: a model source or {source, checkpoint}; null = the manifest model being run."))
+    data: str = Field("synthetic:markov", description=(
+        "Data source the perplexities and agreement are measured on (e.g. synthetic:markov, text:<file>)."))
+    seq_len: Tokens2 = Field(256, description="Perplexity window in tokens.")
+    stride: Tokens | None = Field(None, description="Tokens between window starts; null = non-overlapping windows.")
+    batch: Batch = Field(8, description="Windows per forward pass, and the prefill batch.")
+    max_tokens: MaxTokens | None = Field(16384, description="Tokens scored at most; null = all of the split.")
+    add_bos: bool = Field(True, description="Start each document with the tokenizer's BOS token.")
+    prompt_len: Tokens = Field(32, description="Decode: prompt tokens before generation.")
+    gen_len: Tokens = Field(32, description="Decode: greedy steps after the prompt.")
+    decode_batch: Batch = Field(1, description="Decode: sequences generated at once.")
 
     @field_validator("data")
     @classmethod

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from andromeda.bench.fields import Batch, NonEmpty, Tokens
 from andromeda.bench.scenarios.config import ScenarioConfig, register_config
 
@@ -11,10 +13,13 @@ from andromeda.bench.scenarios.config import ScenarioConfig, register_config
 @register_config
 class ThroughputConfig(ScenarioConfig):
     SWEEP = ("batch", "seq_len")
-    scenario: Literal["throughput"] = "throughput"
-    mode: Literal["inference", "train"] = "inference"
-    batch: NonEmpty(Batch) = [1, 2, 4, 8]
-    seq_len: NonEmpty(Tokens) = [128]
+    scenario: Literal["throughput"] = Field("throughput", description=(
+        "The scenario: throughput (tokens/s over batch sizes until OOM)."))
+    mode: Literal["inference", "train"] = Field("inference", description=(
+        "inference (forward, no grad) or train (forward + backward)."))
+    batch: NonEmpty(Batch) = Field([1, 2, 4, 8], description=(
+        "Batch sizes (swept); larger ones are skipped after an OOM."))
+    seq_len: NonEmpty(Tokens) = Field([128], description="Tokens per sequence (swept).")
 
 
 __all__ = ["ThroughputConfig"]
