@@ -303,11 +303,11 @@ def combination_cases() -> list[tuple]:
         return m
 
     return [
-        ("perplexity-seq_len-1", entry("perplexity", seq_len=[1]), "scenarios[0].seq_len[0]"),
-        ("perplexity-stride-eq-window", entry("perplexity", seq_len=[16], stride=[16]), "scenarios[0].stride[0]"),
+        ("perplexity-seq_len-0", entry("perplexity", seq_len=[0]), "scenarios[0].seq_len[0]"),
+        ("perplexity-stride-past-window", entry("perplexity", seq_len=[16], stride=[17]), "scenarios[0].stride[0]"),
         ("perplexity-stride-past-shortest", entry("perplexity", seq_len=[16, 64], stride=[None, 32]),
          "scenarios[0].stride[1]"),
-        ("teacher-stride-eq-window", entry("teacher_student", seq_len=16, stride=16), "scenarios[0].stride"),
+        ("teacher-stride-past-window", entry("teacher_student", seq_len=16, stride=17), "scenarios[0].stride"),
         ("teacher-seq_len-1", entry("teacher_student", seq_len=1), "scenarios[0].seq_len"),
         ("training-seq_len-1", entry("training", seq_len=1), "scenarios[0].seq_len"),
         ("training-eval-seq_len-1", entry("training", eval_seq_len=1), "scenarios[0].eval_seq_len"),

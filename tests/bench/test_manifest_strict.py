@@ -159,11 +159,12 @@ def test_scenario_numbers_are_strict(tmp_path, capsys, entry, fragment):
 
 # ---- combinations that would fail every case --------------------------------------------------------
 @pytest.mark.parametrize("entry,fragment", [
-    ({"scenario": "perplexity", "seq_len": [1]}, "scenarios[0].seq_len[0]: Input should be greater than or equal to 2"),
-    ({"scenario": "perplexity", "seq_len": [64], "stride": [64]}, "scenarios[0].stride[0]: 64 must be below seq_len"),
+    ({"scenario": "perplexity", "seq_len": [0]}, "scenarios[0].seq_len[0]: must be an integer from 1 to 1_048_576 or "
+     "'model'"),
+    ({"scenario": "perplexity", "seq_len": [64], "stride": [65]}, "scenarios[0].stride[0]: 65 is more than seq_len"),
     ({"scenario": "perplexity", "seq_len": [64, 256], "stride": [None, 128]}, "scenarios[0].stride[1]"),
     ({"scenario": "teacher_student", "teacher": "andromeda:tiny", "seq_len": 32, "stride": 40},
-     "scenarios[0].stride: 40 must be below seq_len (32)"),
+     "scenarios[0].stride: 40 is more than seq_len (32)"),
     ({"scenario": "training", "seq_len": 1}, "scenarios[0].seq_len"),
     ({"scenario": "latency", "batch": list(range(1, 401)), "seq_len": list(range(1, 401))},
      "the sweeps plan 160,000 cases"),
