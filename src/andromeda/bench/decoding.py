@@ -1,8 +1,12 @@
 """Token-by-token decoding driven uniformly over model kinds, for the generation scenario.
 
 prefill(prompt) and step(token) return the next-token logits (B, V). With use_cache the model
-keeps keys and values (Andromeda's static KV cache, HF's past_key_values); without, every step
-recomputes the whole prefix, which is what the cache saves.
+keeps keys and values (Andromeda's static KV cache, HF's past_key_values) and a step feeds the model
+the new token alone: the decoder keeps no token history, so a step's work beyond the model's own is
+the same at every position (an Andromeda step grows only by attention over the cache; HF's default
+DynamicCache also appends each new key and value to its tensors, which transformers does in
+torch.cat). Without the cache, every step recomputes the whole prefix, which is what the cache
+saves; the prefix is written into a buffer of max_len tokens in place, never concatenated.
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ class Decoder:
 
             self.graph = GraphedDecoder(bundle.model, self.cache, kernels=kernels)
         self.past = None
-        self.tokens: torch.Tensor | None = None
+        self.max_len = max_len
+        self.prefix: torch.Tensor | None = None  # without the cache: (B, max_len) tokens so far, filled to `filled`
+        self.filled = 0
         # HF models that take logits_to_keep compute the LM head at the last position only, as Andromeda's
         # logits="last" does: a prefill pays for one row of logits, not prompt_len rows
         self.hf_last = ({"logits_to_keep": 1} if self.kind == "hf"
@@ -57,20 +63,28 @@ class Decoder:
 
     @torch.inference_mode()
     def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
-        self.tokens = prompt
+        if not self.use_cache:
+            b, n = prompt.shape
+            self.prefix = torch.empty(b, max(self.max_len, n), dtype=prompt.dtype, device=prompt.device)
+            self.prefix[:, :n] = prompt
+            self.filled = n
         return self._forward(prompt)
 
     @torch.inference_mode()
     def step(self, token: torch.Tensor) -> torch.Tensor:
         if self.graph is not None:  # the returned logits are the graph's buffer, valid until the next step
             return self.graph.step(token, clone=False)
-        self.tokens = torch.cat([self.tokens, token], dim=1)
+        if not self.use_cache:
+            if self.filled >= self.prefix.shape[1]:
+                raise ValueError(f"decoding: more than max_len = {self.prefix.shape[1]} tokens")
+            self.prefix[:, self.filled : self.filled + 1] = token
+            self.filled += 1
         return self._forward(token)
 
     def _forward(self, new: torch.Tensor) -> torch.Tensor:
         model = self.bundle.model
         if not self.use_cache:
-            return self.bundle.logits(self.tokens)[:, -1]
+            return self.bundle.logits(self.prefix[:, : self.filled])[:, -1]
         if self.kind == "andromeda":
             return model(new, cache=self.cache, logits="last")[:, -1]
         out = model(input_ids=new, past_key_values=self.past, use_cache=True, **self.hf_last)

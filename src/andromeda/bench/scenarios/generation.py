@@ -1,7 +1,11 @@
 """generation: prefill, time to first token, time per output token, decode and end-to-end rates.
 
-One sample = one whole generation (prefill + gen_len greedy steps), repeated `runs` times after
-one warm-up generation; every step of every run is a sample of the time per output token. Each
+One sample = one whole generation (prefill + gen_len greedy steps), after `timing.warmup` warm-up
+generations (at least one). With `runs: null` (the default) generations are timed as latency times a
+call: at least `timing.min_runs`, then until the medians of prefill and end-to-end time are both
+stable (their 95% bootstrap CI narrower than `timing.target_rel_ci` of the median) or `timing.budget_s`
+has been spent measuring, at most `timing.max_runs` (`info.stopped` says which); `runs: N` times
+exactly N. Every step of every run is a sample of the time per output token. Each
 step is timed on its own (perf_counter between device synchronizations), so the per-position
 decode latency curve is measured, not derived. With use_cache false every step recomputes the
 prefix: what the cache saves. With cuda_graph (Andromeda, CUDA, full cache) each step replays one
@@ -12,14 +16,43 @@ decode_kernels picks that step's kernels: "torch", "triton" (our fused batch-1 k
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from andromeda.bench.decoding import Decoder
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.common import random_tokens
 from andromeda.bench.scenarios.config.generation import GenerationConfig
-from andromeda.bench.stats import summarize
+from andromeda.bench.stats import relative_ci_width, summarize
 from andromeda.bench.timing import Stopwatch
+from andromeda.bench.timing_config import TimingConfig
+
+_CHECK_EVERY = 5  # stability is checked after min_runs and then every 5 runs, as bench/timing.py does
+_CHECK_BOOT = 500
+
+
+def repeat_generations(generate_once, timing: TimingConfig, runs: int | None) -> tuple[list, str]:
+    """Warm-up generations, then measured ones: exactly `runs`, or per `timing` (see the module docstring).
+    Returns (the measured runs, why measuring stopped: "runs", "stable", "budget" or "max_runs")."""
+    for _ in range(max(1, timing.warmup)):  # allocator, kernels, compilation (UnsupportedError: a skip)
+        generate_once()
+    if runs is not None:
+        return [generate_once() for _ in range(runs)], "runs"
+    out: list = []
+    t0 = time.perf_counter()
+    while len(out) < timing.max_runs:
+        out.append(generate_once())
+        n = len(out)
+        if n < timing.min_runs:
+            continue
+        if (timing.target_rel_ci is not None and n >= 2 and (n - timing.min_runs) % _CHECK_EVERY == 0
+                and all(relative_ci_width([r[k] for r in out], n_boot=_CHECK_BOOT) < timing.target_rel_ci
+                        for k in (0, 5))):
+            return out, "stable"
+        if time.perf_counter() - t0 >= timing.budget_s:
+            return out, "budget"
+    return out, "max_runs"
 
 
 @register("generation")
@@ -48,10 +81,9 @@ class Generation:
                 with Stopwatch(ctx.device) as sw:
                     nxt = dec.step(nxt).argmax(-1, keepdim=True)
                 steps.append(sw.elapsed_ms)
-            return prefill, first, steps, dec.cache_bytes(), dec.kernels
+            return prefill, first, steps, dec.cache_bytes(), dec.kernels, first + sum(steps)
 
-        generate_once()  # warm-up: allocator, kernels, compilation (UnsupportedError: a skipped record)
-        runs = [generate_once() for _ in range(p["runs"])]
+        runs, stopped = repeat_generations(generate_once, ctx.timing, p["runs"])
         prefill = [r[0] for r in runs]
         ttft = [r[1] for r in runs]
         total = [r[1] + sum(r[2]) for r in runs]
@@ -71,7 +103,7 @@ class Generation:
         samples = {"decode_step_ms": per_position, "prefill_ms": prefill, "ttft_ms": ttft, "e2e_ms": total}
         if G > 1:
             samples["tpot_ms"] = step_matrix.flatten().tolist()  # every step of every run: what comparisons test
-        info = {"runs": len(runs)}
+        info = {"runs": len(runs), "stopped": stopped}
         if runs[-1][4] is not None:
             info["decode_kernels"], info["decode_kernels_reason"] = runs[-1][4]
         return [ctx.record(metrics, samples=samples, info=info)]

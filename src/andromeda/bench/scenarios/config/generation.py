@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from andromeda.bench.fields import TOKENS_MAX, Batch, Heads, Int, NonEmpty, Runs, Tokens
 from andromeda.bench.scenarios.config import CacheKind, ScenarioConfig, register_config
@@ -13,19 +13,29 @@ from andromeda.bench.scenarios.config import CacheKind, ScenarioConfig, register
 @register_config
 class GenerationConfig(ScenarioConfig):
     SWEEP = ("prompt_len", "gen_len", "batch", "use_cache", "cache", "cuda_graph", "decode_kernels")
-    scenario: Literal["generation"] = "generation"
-    prompt_len: NonEmpty(Tokens) = [32]
-    gen_len: NonEmpty(Tokens) = [32]
-    batch: NonEmpty(Batch) = [1]
-    use_cache: NonEmpty(bool) = [True]
-    runs: Runs = 3  # whole generations measured (each gives gen_len - 1 step samples)
-    cache: NonEmpty(CacheKind) = ["full"]  # KV cache: model dtype, int8 or int4
-    cache_group_size: Heads = 64  # int8/int4: features per scale
-    cache_window: Int(0, TOKENS_MAX) = 0  # int8/int4: recent positions kept in full precision
-    # Andromeda decode steps as one replayed CUDA graph (captured before the prefill, untimed); CUDA, full cache
-    cuda_graph: NonEmpty(bool) = [False]
-    # the graphed step's kernels (cuda_graph only): torch ops, our fused Triton kernels, or triton where it can run
-    decode_kernels: NonEmpty(Literal["auto", "torch", "triton"]) = ["auto"]
+    scenario: Literal["generation"] = Field("generation", description=(
+        "Prefill, time to first token, time per output token and decode rates of greedy generation."))
+    prompt_len: NonEmpty(Tokens) = Field([32], description="Prompt tokens (random ids), prefilled in one pass.")
+    gen_len: NonEmpty(Tokens) = Field([32], description="Tokens generated after the prompt (greedy).")
+    batch: NonEmpty(Batch) = Field([1], description="Sequences generated together.")
+    use_cache: NonEmpty(bool) = Field([True], description=(
+        "true: each step feeds the new token and reuses the KV cache; false: each step recomputes the "
+        "whole prefix (what the cache saves)."))
+    runs: Runs | None = Field(None, description=(
+        "Whole generations measured. null: as latency is timed, per the manifest's timing section "
+        "(at least min_runs, until the prefill and end-to-end medians are stable within target_rel_ci or "
+        "budget_s is spent, at most max_runs); a number: exactly that many."))
+    cache: NonEmpty(CacheKind) = Field(["full"], description="KV cache: the model's dtype, or int8 / int4 "
+                                       "(Andromeda models).")
+    cache_group_size: Heads = Field(64, description="int8/int4 caches: features per quantization scale.")
+    cache_window: Int(0, TOKENS_MAX) = Field(0, description="int8/int4 caches: recent positions kept in full "
+                                             "precision.")
+    cuda_graph: NonEmpty(bool) = Field([False], description=(
+        "Andromeda decode steps as one replayed CUDA graph (captured before the prefill, untimed); CUDA and a "
+        "full-precision cache only."))
+    decode_kernels: NonEmpty(Literal["auto", "torch", "triton"]) = Field(["auto"], description=(
+        "The graphed step's kernels (cuda_graph only): torch ops, our fused Triton kernels, or triton where "
+        "it can run (auto)."))
 
     @model_validator(mode="after")
     def _check(self) -> GenerationConfig:
