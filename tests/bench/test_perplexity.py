@@ -218,7 +218,7 @@ def test_checkpoint_of_another_shape_is_refused(tmp_path):
                          "teacher": {"source": "andromeda:tiny", "checkpoint": str(tmp_path / "ck")}}])
 
 
-@pytest.mark.parametrize("name", ["quality-quick", "train-quick"])
+@pytest.mark.parametrize("name", ["quality-quick", "train-quick", "quality-docs", "train-docs"])
 def test_quality_presets_validate_and_plan(name):
     from andromeda.bench.manifest import load_manifest
     from andromeda.bench.plan import plan
