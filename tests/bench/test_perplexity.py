@@ -254,7 +254,7 @@ def test_a_cut_evaluation_is_recorded_and_warned_in_the_report(tmp_path):
 
     data = "synthetic:markov?val_docs=4&doc_len=64"  # 4 documents of 63 targets each: 252 in all
     recs = _run(tmp_path, [{"scenario": "perplexity", "data": data, "seq_len": [32], "max_tokens": 100},
-                           {"scenario": "perplexity", "data": data, "seq_len": [16]}])
+                           {"scenario": "perplexity", "data": data, "seq_len": ["model"]}])
     cut, whole = recs
     assert cut.metrics["tokens_scored"] == 100 and cut.metrics["tokens_total"] == 4 * 63
     assert cut.metrics["documents_total"] == 4 and cut.metrics["documents_whole"] == 1  # 63 + 37 of the second
@@ -266,6 +266,8 @@ def test_a_cut_evaluation_is_recorded_and_warned_in_the_report(tmp_path):
     assert whole.params["max_tokens"] is None and "warnings" not in whole.info
     assert whole.metrics["tokens_scored"] == whole.metrics["tokens_total"] == 252
     assert whole.metrics["documents_whole"] == 4
+    # seq_len: model is the model's whole context (andromeda:tiny: 256 tokens), which the length check allows
+    assert whole.info["seq_len"] == 256 and whole.metrics["windows"] == 4  # one window a document
     build_report(tmp_path / "run", ["md"])
     report = (tmp_path / "run" / "report.md").read_text()
     assert report.count("max_tokens 100 stopped the evaluation early") == 1
