@@ -106,3 +106,23 @@ def test_attention_scenario_records_the_tiles_our_kernel_computed():
     for r in (fwd, both):
         want = r.metrics["computed_flops"] / (r.metrics["latency_ms"] / 1e3) / 1e12
         assert abs(r.metrics["actual_tflops"] - want) <= 1e-9 * want
+
+
+def test_a_backward_on_another_thread_counts_into_its_forwards_count(monkeypatch):
+    """On CUDA autograd runs the backward on its own thread, where count_blocks()'s context is not set: the
+    backward's tiles must still land in the BlockCount its forward ran under (they did not: an H100 run
+    reported 19% of dense causal work for forward+backward, the forward's tiles alone)."""
+    import threading
+
+    cfg = dict(BLOCK_M=16, BLOCK_N=16, TMA=False)
+    monkeypatch.setattr(triton_flash, "CONFIG_OVERRIDE", {"fwd": cfg, "bwd": cfg})
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(1, 2, 32, 16, generator=g).requires_grad_()
+    k, v = (torch.randn(1, 1, 32, 16, generator=g).requires_grad_() for _ in range(2))
+    with count_blocks() as count:
+        out = backends.get("triton")(q, k, v, causal=True, scale=0.25, alibi_slopes=None)
+    worker = threading.Thread(target=lambda: out.backward(torch.ones_like(out)))
+    worker.start()
+    worker.join()
+    pairs = 2 * pairs_with_work(32, 32, 16, 16, True)
+    assert count.tiles() == {"forward": pairs, "dq": pairs, "dkdv": pairs}

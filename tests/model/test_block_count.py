@@ -45,7 +45,7 @@ def test_forward_tiles_on_cuda_without_skipping(monkeypatch, sm90_forward):
 
 
 def test_block_counts_in_interpreter():
-    run_interpreter_cases("interp_block_count_cases.py", 6)
+    run_interpreter_cases("interp_block_count_cases.py", 7)
 
 
 def test_flops_per_tile_follow_each_kernels_matrix_products():

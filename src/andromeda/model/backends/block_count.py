@@ -64,7 +64,8 @@ def active() -> BlockCount | None:
 
 @contextlib.contextmanager
 def count_blocks() -> Iterator[BlockCount]:
-    """Count the tiles of every triton-backend attention launch inside the block."""
+    """Count the tiles of every triton-backend attention launch inside the block, and of the backward of a
+    forward that ran inside it (wherever autograd runs that backward)."""
     count = BlockCount()
     token = _ACTIVE.set(count)
     try:

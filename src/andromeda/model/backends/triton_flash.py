@@ -348,6 +348,9 @@ class _FlashAttention(torch.autograd.Function):
         lse = torch.empty(b, h, nq, device=q.device, dtype=torch.float32)  # base-2 log-sum-exp
 
         skip = causal and SKIP_FAR and nk >= SKIP_MIN_KEYS and any(ab for _, _, ab in runs)
+        # the backward counts into the forward's BlockCount: autograd may run it on another thread (CUDA),
+        # where the context variable that count_blocks() set is not visible
+        ctx.count = block_count.active()
         if _sm90_fits(q, k, v, causal, scale):
             knorm = _forward_sm90(q, k, v, slopes, out, lse, runs, scale, skip)
             ctx.save_for_backward(q, k, v, slopes, out, lse, knorm)
@@ -405,7 +408,7 @@ class _FlashAttention(torch.autograd.Function):
 
         def run_dkdv(cfg):
             descs, kw = operands(cfg)
-            cnt = _counter("dkdv", q, cfg["BLOCK_M"], cfg["BLOCK_N"])
+            cnt = _counter("dkdv", q, cfg["BLOCK_M"], cfg["BLOCK_N"], ctx.count)
             for head0, hr, ab in ctx.runs:
                 dkdv[(b * hr // hc, triton_cdiv(nk, cfg["BLOCK_N"]))](
                     *descs, q, k, v, slopes, dout, lse, delta, dk, dv, u, lse if cnt is None else cnt, *common,
@@ -414,7 +417,7 @@ class _FlashAttention(torch.autograd.Function):
 
         def run_dq(cfg):
             descs, kw = operands(cfg)
-            cnt = _counter("dq", q, cfg["BLOCK_M"], cfg["BLOCK_N"])
+            cnt = _counter("dq", q, cfg["BLOCK_M"], cfg["BLOCK_N"], ctx.count)
             for head0, hr, ab in ctx.runs:
                 dqk[(b * hr, triton_cdiv(nq, cfg["BLOCK_M"]))](
                     *descs, q, k, v, slopes, dout, out, lse, delta, dq, knorm, u, lse if cnt is None else cnt,
@@ -429,9 +432,11 @@ class _FlashAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None
 
 
-def _counter(kernel: str, q: torch.Tensor, rows: int, keys: int) -> torch.Tensor | None:
-    """The tile counter of one launch while block_count.count_blocks() is active, else None."""
-    count = block_count.active()
+def _counter(kernel: str, q: torch.Tensor, rows: int, keys: int,
+             count: block_count.BlockCount | None = None) -> torch.Tensor | None:
+    """The tile counter of one launch into `count` (default: the active block_count.count_blocks()), or None
+    when not counting."""
+    count = count if count is not None else block_count.active()
     return None if count is None else count.counter(kernel, q.device, rows, keys, q.shape[-1])
 
 
