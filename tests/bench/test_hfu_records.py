@@ -120,3 +120,28 @@ def test_data_parallel_records_hfu_when_it_checkpoints(tmp_path):
     assert m["hfu"] == pytest.approx(hardware / step_s / 1e12 / PEAK, rel=1e-9)
     assert m["mfu"] == pytest.approx(model / step_s / 1e12 / PEAK, rel=1e-9)
     assert "peak_mib" not in m and m["rss_peak_mib"] > 0  # off CUDA the peak is the RSS, named as such
+
+
+@pytest.mark.parametrize("cap", [64, None])
+def test_training_records_what_validation_scored(cap):
+    """eval_max_tokens cuts each validation: the record says how much of the split (2 documents of 64 tokens)
+    was scored and, when cut, warns; with no cap everything is scored and nothing warns."""
+    from andromeda.bench.scenarios.config.training import TrainingConfig
+    from andromeda.bench.scenarios.training import Training
+
+    config = TrainingConfig.model_validate({
+        "scenario": "training", "data": "synthetic:markov?n_symbols=16&successors=3&val_docs=2&doc_len=64",
+        "steps": 2, "batch": B, "seq_len": N, "warmup_steps": 1, "log_every": 2, "eval_every": 0,
+        "eval_max_tokens": cap})
+    (p,) = config.points()
+    bundle = build(SOURCE, torch.device("cpu"), torch.float32)
+    final = Training().run(bundle, p, _ctx("training", p))[-1]
+    got = final.info["validation_scored"]
+    assert got["documents_total"] == 2 and 2 * 63 <= got["tokens_total"] <= 2 * 64
+    if cap is None:
+        assert got["tokens_scored"] == got["tokens_total"] and got["documents_whole"] == 2
+        assert "warnings" not in final.info
+    else:
+        assert got["tokens_scored"] == cap < got["tokens_total"]
+        warned = final.info["warnings"]
+        assert any(w.startswith("validation: max_tokens 64 stopped the evaluation early") for w in warned)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,9 +109,14 @@ class Training:
         def batches(position: int) -> torch.Tensor:
             return torch.from_numpy(data.train_batch(cfg.batch, cfg.seq_len, position, ctx.seed))
 
+        scored: dict[str, Any] = {}  # what the last validation scored of the split (eval_max_tokens may cut it)
+
         def validate() -> dict[str, float]:
-            m, _ = evaluate(bundle, val, seq_len=eval_len, batch=max(1, cfg.batch // 2),
-                            max_tokens=p["eval_max_tokens"], device=ctx.device, n_boot=200, seed=ctx.seed)
+            m, vinfo = evaluate(bundle, val, seq_len=eval_len, batch=max(1, cfg.batch // 2),
+                                max_tokens=p["eval_max_tokens"], device=ctx.device, n_boot=200, seed=ctx.seed)
+            scored.clear()
+            scored.update({k: int(m[k]) for k in ("tokens_scored", "tokens_total", "documents_whole",
+                                                    "documents_total")}, warnings=vinfo.get("warnings", []))
             out = {"val_loss": m["cross_entropy_nats"], "val_ppl": m["ppl"]}
             if "bits_per_byte" in m:
                 out["val_bits_per_byte"] = m["bits_per_byte"]
@@ -129,6 +135,12 @@ class Training:
         records = [ctx.record(m, params={"step": step}) for step, m in step_records(
             result.history, result.evals, cfg.log_every)]
         final, info = _summary(result, data.facts, mem, cfg, ctx)
+        if scored:  # a validation cut short by eval_max_tokens says so in the record and the report
+            cut = scored.pop("warnings")
+            info["validation_scored"] = scored
+            if cut:
+                old = info.get("warnings", [])
+                info["warnings"] = ([old] if isinstance(old, str) else old) + [f"validation: {w}" for w in cut]
         info.update(data=data.spec, resumed_from=result.resumed_from, **result.info)
         if saved:
             info["model_checkpoint"] = str(saved)
