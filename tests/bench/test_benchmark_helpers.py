@@ -125,8 +125,9 @@ def test_attention_kernels_main_with_stubbed_timings(bench, monkeypatch, tmp_pat
     monkeypatch.setattr(ak, "impls", lambda: {n: None for n in ("triton (ALiBi, MQA)", "flex (ALiBi, MQA)",
                                                                 "cuDNN SDPA (plain causal MHA)")})
     monkeypatch.setattr(ak, "accuracy", lambda fn: 1e-3)
-    monkeypatch.setattr(ak, "measure", lambda fn, b, n, backward: {
-        "ms": 2.0, "cv": 0.01, "dense_causal_flops": ak.flops(b, n), "effective_tflops": ak.flops(b, n) / 2e-3 / 1e12})
+    monkeypatch.setattr(ak, "measure", lambda fn, b, n, backward, qkv=None: {
+        "ms": 2.0, "cv": 0.01, "dense_causal_flops": ak.flops(b, n), "effective_tflops": ak.flops(b, n) / 2e-3 / 1e12,
+        "computed_flops": 1e12, "actual_tflops": 500.0, "computed_share": 0.5})
     monkeypatch.setattr(ak, "floors", lambda: {"matmul_bf16_tflops": 700.0, "copy_gb_per_s": 3000.0,
                                                **ak.bench_floors.datasheet("NVIDIA H100 80GB HBM3")})
     out = tmp_path / "attn.json"
@@ -137,3 +138,4 @@ def test_attention_kernels_main_with_stubbed_timings(bench, monkeypatch, tmp_pat
     assert res["floors"]["datasheet_gb_per_s"] == 3350.0
     row = next(r for r in res["rows"] if r.get("n") == 2048 and r["pass"] == "fwd")
     assert row["batch"] == 16 and row["dense_causal_flops"] == 16 * 24 * (2048 * 2049 // 2) * 4 * 128
+    assert row["inputs"] == "random" and row["actual_tflops"] == 500.0
