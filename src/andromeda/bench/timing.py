@@ -8,7 +8,7 @@ accelerators: the device is synchronized before each clock read. Raw samples are
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -140,6 +140,21 @@ def _host_timer(call: Callable[[], object], device: torch.device, setup: Setup) 
     return run
 
 
+def stop_reason(series: Sequence[Sequence[float]], cfg: TimingConfig, elapsed_s: float) -> Stopped | None:
+    """Why to stop measuring after the latest sample, or None to take another: from min_runs on, "stable" once
+    the bootstrap CI of every series' median (checked at min_runs and every _CHECK_EVERY runs after) is
+    narrower than target_rel_ci of it, "budget" once the measuring has taken budget_s; "max_runs" at max_runs.
+    series: the sample lists judged (equal lengths): time_fn's times, or several metrics of one run."""
+    n = len(series[0])
+    if n >= cfg.min_runs:
+        if (cfg.target_rel_ci is not None and n >= 2 and (n - cfg.min_runs) % _CHECK_EVERY == 0
+                and all(relative_ci_width(s, n_boot=_CHECK_BOOT) < cfg.target_rel_ci for s in series)):
+            return "stable"
+        if elapsed_s >= cfg.budget_s:
+            return "budget"
+    return "max_runs" if n >= cfg.max_runs else None
+
+
 def time_fn(
     fn: Callable[[], object],
     device: torch.device | str = "cpu",
@@ -174,26 +189,14 @@ def time_fn(
     timer = _cuda_timer(call, dev, flush, setup) if is_cuda else _host_timer(call, dev, setup)
 
     samples: list[float] = []
-    stopped: Stopped = "max_runs"
     t_start = time.perf_counter()
-    while len(samples) < cfg.max_runs:
+    while True:
         samples.append(timer())
-        n = len(samples)
-        if n < cfg.min_runs:
-            continue
-        if (
-            cfg.target_rel_ci is not None
-            and n >= 2
-            and (n - cfg.min_runs) % _CHECK_EVERY == 0
-            and relative_ci_width(samples, n_boot=_CHECK_BOOT) < cfg.target_rel_ci
-        ):
-            stopped = "stable"
-            break
-        if time.perf_counter() - t_start >= cfg.budget_s:
-            stopped = "budget"
+        stopped = stop_reason([samples], cfg, time.perf_counter() - t_start)
+        if stopped is not None:
             break
     del flush
     return Timing(samples_ms=samples, summary=summarize(samples), warmup_runs=warmup_runs, stopped=stopped)
 
 
-__all__ = ["TimingConfig", "Timing", "time_fn", "cuda_sync", "Stopwatch"]
+__all__ = ["TimingConfig", "Timing", "time_fn", "stop_reason", "cuda_sync", "Stopwatch"]

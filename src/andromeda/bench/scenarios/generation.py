@@ -24,12 +24,9 @@ from andromeda.bench.decoding import Decoder
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.common import random_tokens
 from andromeda.bench.scenarios.config.generation import GenerationConfig
-from andromeda.bench.stats import relative_ci_width, summarize
-from andromeda.bench.timing import Stopwatch
+from andromeda.bench.stats import summarize
+from andromeda.bench.timing import Stopwatch, stop_reason
 from andromeda.bench.timing_config import TimingConfig
-
-_CHECK_EVERY = 5  # stability is checked after min_runs and then every 5 runs, as bench/timing.py does
-_CHECK_BOOT = 500
 
 
 def repeat_generations(generate_once, timing: TimingConfig, runs: int | None) -> tuple[list, str]:
@@ -41,18 +38,11 @@ def repeat_generations(generate_once, timing: TimingConfig, runs: int | None) ->
         return [generate_once() for _ in range(runs)], "runs"
     out: list = []
     t0 = time.perf_counter()
-    while len(out) < timing.max_runs:
+    while True:  # latency's stopping rule, on prefill and end-to-end time together
         out.append(generate_once())
-        n = len(out)
-        if n < timing.min_runs:
-            continue
-        if (timing.target_rel_ci is not None and n >= 2 and (n - timing.min_runs) % _CHECK_EVERY == 0
-                and all(relative_ci_width([r[k] for r in out], n_boot=_CHECK_BOOT) < timing.target_rel_ci
-                        for k in (0, 5))):
-            return out, "stable"
-        if time.perf_counter() - t0 >= timing.budget_s:
-            return out, "budget"
-    return out, "max_runs"
+        stopped = stop_reason([[r[k] for r in out] for k in (0, 5)], timing, time.perf_counter() - t0)
+        if stopped is not None:
+            return out, stopped
 
 
 @register("generation")
