@@ -86,7 +86,7 @@ class Attention(nn.Module):
         layer: int = 0,
     ) -> torch.Tensor:
         b, n, _ = x.shape
-        if rope is not None and isinstance(rope[2], RelativeXPos) and len(rope[2].bounds()) > 1:
+        if rope is not None and isinstance(rope[2], RelativeXPos) and rope[2].length > rope[2].chunk:
             out = self._attend_chunks(x, rope, alibi_slopes)  # (B, H, N, D)
             return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
         q, k, v = self.project_qk(x, rope)
