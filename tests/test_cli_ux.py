@@ -12,10 +12,10 @@ from importlib import resources
 import pytest
 import yaml
 
-from andromeda.bench.records import RecordStore
 from andromeda.cli import main
 from andromeda.cli_parser import build_parser
 from andromeda.cli_progress import case_description, summary_rows
+from andromeda.records import RecordStore
 
 TIMING = {"warmup": 1, "min_runs": 3, "max_runs": 5, "budget_s": 0.2, "target_rel_ci": None}
 

@@ -17,7 +17,6 @@ import torch
 from andromeda.bench.attention_impls import Problem, check_kernels, prepare, unsupported
 from andromeda.bench.context import Case, RunContext
 from andromeda.bench.manifest import load_manifest, validate
-from andromeda.bench.records import RecordStore
 from andromeda.bench.runner import run
 from andromeda.bench.scenarios import get as get_scenario
 from andromeda.bench.sparsity import PATTERNS, PatternSpec, get_pattern
@@ -26,6 +25,7 @@ from andromeda.errors import ConfigError
 from andromeda.model import backends
 from andromeda.model.backends import AttentionSpec
 from andromeda.model.positional import alibi_slopes
+from andromeda.records import RecordStore
 
 CPU = torch.device("cpu")
 CPU_IMPLS = ("eager", "sdpa_flash", "sdpa_math", "flex")  # the implementations a CPU runs

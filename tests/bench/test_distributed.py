@@ -25,11 +25,11 @@ from andromeda.bench.launch import (
     torchrun_command,
 )
 from andromeda.bench.manifest import validate
-from andromeda.bench.records import RecordStore
 from andromeda.bench.scenarios.data_parallel import union_us
 from andromeda.bench.timing import TimingConfig
 from andromeda.cli import main
 from andromeda.errors import ConfigError
+from andromeda.records import RecordStore
 
 WORKER = Path(__file__).with_name("dist_grads_worker.py")
 

@@ -3,8 +3,8 @@
 from andromeda.bench import sources
 from andromeda.bench.manifest import validate
 from andromeda.bench.plan import plan
-from andromeda.bench.records import RecordStore
 from andromeda.bench.runner import run
+from andromeda.records import RecordStore
 
 A, B, C = "andromeda:tiny", "andromeda:tiny?depth=1", "andromeda:tiny?dim=32"
 LATENCY = {"scenario": "latency", "mode": ["forward"], "seq_len": [16, 32]}

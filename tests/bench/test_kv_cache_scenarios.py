@@ -4,9 +4,9 @@ import pytest
 
 from andromeda.bench.facts import facts_from_config, kv_cache_bytes_per_token, quantized_kv_bytes_per_token
 from andromeda.bench.manifest import validate
-from andromeda.bench.records import RecordStore
 from andromeda.bench.runner import run
 from andromeda.model import from_name
+from andromeda.records import RecordStore
 
 
 def test_quantized_bytes_formula_by_hand():

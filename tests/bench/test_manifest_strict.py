@@ -109,7 +109,7 @@ def test_yaml_failures_are_one_line(tmp_path, capsys, content, fragment):
 
 
 def test_core_schema_scalars():
-    from andromeda.bench.manifest_yaml import load
+    from andromeda.schema.strict_yaml import load
 
     data = load("a: 1e-4\nb: yes\nc: off\nd: 2024-01-01\ne: 0x10\nf: 1_000\ng: ~\nh: .inf\ni: 012\n", "t")
     assert data == {"a": 1e-4, "b": "yes", "c": "off", "d": "2024-01-01", "e": 16, "f": "1_000", "g": None,

@@ -6,12 +6,12 @@ import pytest
 from andromeda.bench.compare import compare_samples
 from andromeda.bench.facts import ModelFacts, facts_from_config
 from andromeda.bench.flops import forward_flops
-from andromeda.bench.records import Record
 from andromeda.bench.source_spec import check_source, llama_config_for, matched_ffn
 from andromeda.bench.work import flops_per_token, with_work, work_ratio
 from andromeda.errors import ConfigError
 from andromeda.model import from_name
 from andromeda.model.config import PRESETS
+from andromeda.records import Record
 from andromeda.report.compare_report import comparisons_markdown_table
 
 # preset (with overrides) -> the Llama FFN width expected: 2/3 of Andromeda's, a multiple of 64 where that

@@ -17,9 +17,9 @@ import pytest
 from andromeda.bench.compare import compare_samples
 from andromeda.bench.load import LoadProbe, busy_seconds, noisy_reason
 from andromeda.bench.noise import Floors, NoiseFloor, gate
-from andromeda.bench.records import Record
 from andromeda.bench.regress import compare_runs
 from andromeda.cli import main
+from andromeda.records import Record
 
 CV5 = math.sqrt(math.log(1 + 0.05**2))  # lognormal sigma of a 5% coefficient of variation
 
@@ -98,7 +98,7 @@ def test_a_run_that_drifted_has_a_wide_floor_and_its_differences_are_inconclusiv
 
 
 def test_busy_flags_make_the_cli_gate_pass(tmp_path, capsys):
-    from andromeda.bench.records import RecordStore
+    from andromeda.records import RecordStore
 
     rng = np.random.default_rng(3)
     cases = ["n16", "n32", "n64"]

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from andromeda.bench.records import RecordStore
 from andromeda.cli import main
+from andromeda.records import RecordStore
 
 SMALL = [
     "timing.warmup=1", "timing.min_runs=8", "timing.max_runs=8", "timing.budget_s=0.02",

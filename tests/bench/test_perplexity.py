@@ -10,10 +10,10 @@ import torch
 import yaml
 
 from andromeda.bench import sources
-from andromeda.bench.records import RecordStore
 from andromeda.bench.scenarios.perplexity import evaluate
 from andromeda.data import Documents, text_documents
 from andromeda.errors import ConfigError
+from andromeda.records import RecordStore
 
 CPU = torch.device("cpu")
 HF_LLAMA = ("hf:llama?hidden_size=64&num_hidden_layers=2&num_attention_heads=4&num_key_value_heads=1"

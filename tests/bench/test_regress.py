@@ -11,11 +11,11 @@ import pytest
 from andromeda.bench.compare import adjust_pvalues, mannwhitney_p
 from andromeda.bench.facts import facts_from_config
 from andromeda.bench.flops import forward_flops
-from andromeda.bench.records import Record, RecordStore
 from andromeda.bench.regress import compare_records, compare_runs, match_records
 from andromeda.cli import main
 from andromeda.errors import AndromedaError
 from andromeda.model import from_name
+from andromeda.records import Record, RecordStore
 
 SIGMA = math.sqrt(math.log(1 + 0.05**2))  # lognormal noise with a CV of 5%
 POINTS = [(b, n) for b in (1, 4) for n in (64, 128, 256)]

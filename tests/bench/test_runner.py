@@ -13,9 +13,9 @@ import yaml
 
 from andromeda.bench.manifest import load_manifest, validate
 from andromeda.bench.plan import plan
-from andromeda.bench.records import RecordStore
 from andromeda.bench.runner import run
 from andromeda.cli import main
+from andromeda.records import RecordStore
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ from torch import nn
 from andromeda.bench.context import Case, RunContext
 from andromeda.bench.facts import ModelFacts
 from andromeda.bench.manifest import load_manifest
-from andromeda.bench.records import RecordStore
 from andromeda.bench.runner import run
 from andromeda.bench.scenarios.diagnostics import DiagnosticsConfig, DiagnosticsScenario
 from andromeda.bench.sources import ModelBundle
 from andromeda.bench.timing import TimingConfig
 from andromeda.diagnostics import Diagnostics
 from andromeda.model import ByteTokenizer
+from andromeda.records import RecordStore
 from andromeda.report.build import build_report
 
 HF = ("hf:llama?hidden_size=64&num_hidden_layers=2&num_attention_heads=4&num_key_value_heads=1"

@@ -14,7 +14,7 @@ import random
 import numpy as np
 import pytest
 
-from andromeda.bench.records import Record, RecordStore
+from andromeda.records import Record, RecordStore
 
 ENV = {
     "device": "NVIDIA H100 80GB HBM3",

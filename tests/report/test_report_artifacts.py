@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from andromeda.bench.records import STATUSES, RecordStore
 from andromeda.errors import AndromedaError
+from andromeda.records import STATUSES, RecordStore
 from andromeda.report import FORMATS, build_report
 
 FIXED = ["case_id", "scenario", "source", "status", "message"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from andromeda.bench.records import Record, RecordStore
+from andromeda.records import Record, RecordStore
 from andromeda.report import build_report
 from andromeda.report.charts import CHARTS, register
 from andromeda.report.format import fmt_ci, fmt_number, latex_number, metric_header

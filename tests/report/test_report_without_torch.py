@@ -8,8 +8,8 @@ import textwrap
 
 import yaml
 
-from andromeda.bench.records import Record, RecordStore
 from andromeda.cli import main
+from andromeda.records import Record, RecordStore
 
 NO_TORCH = textwrap.dedent("""
     import sys

@@ -1,6 +1,6 @@
 """Scenarios with kinds of records get one table per kind instead of one wide, mostly empty table."""
 
-from andromeda.bench.records import Record
+from andromeda.records import Record
 from andromeda.report.tables import scenario_tables
 
 

@@ -148,8 +148,8 @@ def test_training_scenario_resumes_from_its_checkpoint(tmp_path):
     import yaml
 
     from andromeda.bench.manifest import load_manifest
-    from andromeda.bench.records import RecordStore
     from andromeda.bench.runner import run
+    from andromeda.records import RecordStore
 
     m = {"name": "t", "models": ["andromeda:tiny"], "device": "cpu", "report": {"formats": ["csv"]},
          "scenarios": [{"scenario": "training", "data": "synthetic:markov?n_symbols=16&successors=3&val_docs=2"
@@ -169,8 +169,8 @@ def test_training_scenario_resumes_from_its_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_train_quick_reaches_the_entropy_floor(tmp_path):
-    from andromeda.bench.records import RecordStore
     from andromeda.cli import main
+    from andromeda.records import RecordStore
 
     out = tmp_path / "run"
     assert main(["train", "--device", "cpu", "--out", str(out)]) == 0

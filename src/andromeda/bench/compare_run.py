@@ -86,7 +86,7 @@ def compare_run_dir(run_dir: str | Path) -> list[Compared]:
     if not path.is_file():
         return []
     try:
-        from andromeda.bench.manifest_yaml import load as load_yaml  # the manifest loader's own strict YAML
+        from andromeda.schema.strict_yaml import load as load_yaml  # the manifest loader's own strict YAML
 
         data = load_yaml(path.read_text(encoding="utf-8"), str(path))
         section = data.get("compare")

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from andromeda.bench.records import Record
 from andromeda.bench.timing import Timing, TimingConfig, time_fn
+from andromeda.records import Record
 
 
 @dataclass

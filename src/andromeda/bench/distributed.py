@@ -33,8 +33,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator
 
-from andromeda.bench.records import Record
 from andromeda.errors import ConfigError
+from andromeda.records import Record
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"

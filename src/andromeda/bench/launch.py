@@ -38,8 +38,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator
 
 from andromeda.bench.distributed import JOB_FILE, RESULT_FILE
-from andromeda.bench.fields import Float, Int, StrictModel, show
 from andromeda.errors import ConfigError
+from andromeda.schema.fields import Float, Int, StrictModel, show
 
 LAUNCH_DIR = "launch"
 LOG_FILE = "torchrun.log"
@@ -199,7 +199,7 @@ def _worker_env(device_type: str, threads: int) -> dict[str, str]:
 def launch_case(case, ctx, spec: LauncherSpec, nproc: int, job_dir: Path, *, backend: str, seed: int,
                 dtype: str) -> list[Any]:
     """Run one case through torchrun; its merged records (as Records), or one failure record."""
-    from andromeda.bench.records import Record
+    from andromeda.records import Record
 
     job_dir.mkdir(parents=True, exist_ok=True)
     for stale in (*job_dir.glob("error-rank*.json"), job_dir / RESULT_FILE):

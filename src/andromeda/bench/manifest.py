@@ -2,10 +2,10 @@
 
 Loading has three steps, each with a one-line error that names the field (the CLI prints it, exit 2):
   1. text   the file is UTF-8, at most 1 MiB, plain YAML in the core schema: no tags beyond it, no
-            duplicate keys, no nesting past 32 levels (bench/manifest_yaml.py). Nothing is ever
+            duplicate keys, no nesting past 32 levels (schema/strict_yaml.py). Nothing is ever
             constructed from a tag: a manifest holds data, never code.
   2. schema every field has its type (strict: no bool for a number, no string for a number), its range
-            (every count and time bounded, see bench/fields.py), its allowed values; unknown keys are
+            (every count and time bounded, see schema/fields.py), its allowed values; unknown keys are
             refused with the allowed ones; combinations that would fail every case are refused.
   3. resources (load_manifest(resolve=True), what a run needs): the files, directories and checkpoints
             the manifest names exist and are of the right kind; every model source builds (Andromeda
@@ -25,8 +25,12 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 
-from andromeda.bench import manifest_yaml, source_spec
-from andromeda.bench.fields import (
+from andromeda.bench import source_spec
+from andromeda.bench.launch import LauncherSpec, check_manifest
+from andromeda.bench.scenarios import config as scenario_configs
+from andromeda.errors import AndromedaError, ConfigError
+from andromeda.schema import strict_yaml
+from andromeda.schema.fields import (
     CASES_MAX,
     SECONDS_MAX,
     Float,
@@ -39,9 +43,6 @@ from andromeda.bench.fields import (
     Warmup,
     show,
 )
-from andromeda.bench.launch import LauncherSpec, check_manifest
-from andromeda.bench.scenarios import config as scenario_configs
-from andromeda.errors import AndromedaError, ConfigError
 
 FORMATS = ("csv", "json", "png", "md", "html", "tex")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -282,7 +283,7 @@ def _load(path, preset, overrides, resolve) -> Manifest:
         if not p.is_file():
             raise ConfigError(f"manifest '{p}' does not exist (or is not a file)")
         label = str(p)
-        text = manifest_yaml.read_text(p, label)
+        text = strict_yaml.read_text(p, label)
     data = read_yaml(text, label)
     if data is None:
         raise ConfigError(f"{label}: the file is empty; a manifest is a mapping with at least models: and scenarios:")
@@ -303,7 +304,7 @@ def _yaml_kind(data: Any) -> str:
 
 def read_yaml(text: str, label: str) -> Any:
     """Plain YAML (core schema, data only), with a one-line error that names the field and line."""
-    return manifest_yaml.load(text, label)
+    return strict_yaml.load(text, label)
 
 
 def validate(data: dict[str, Any], label: str = "manifest") -> Manifest:
@@ -338,7 +339,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set '{item}': use key.path=value, e.g. timing.budget_s=0.5")
-    value = manifest_yaml.load(raw, f"--set '{item}'")
+    value = strict_yaml.load(raw, f"--set '{item}'")
     parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts):
@@ -468,7 +469,7 @@ def _allowed_fields(loc: list[Any]) -> list[str]:
 def dump_manifest(manifest: Manifest) -> str:
     """The manifest as YAML that load_manifest (and yaml.safe_load) read back unchanged: what a run should
     write as manifest.yml (a string such as '1e5' or 'yes' is quoted, so it stays a string)."""
-    return manifest_yaml.dump(manifest.model_dump(mode="json", by_alias=True))
+    return strict_yaml.dump(manifest.model_dump(mode="json", by_alias=True))
 
 
 def json_schema() -> dict[str, Any]:

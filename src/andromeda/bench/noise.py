@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 
 from andromeda.bench.compare import Comparison, _samples, decide, ratio_ci
-from andromeda.bench.records import Record
+from andromeda.records import Record
 
 MIN_SAMPLES = 8  # a case's own A/A floor needs 4+ samples per half
 NOISE_KINDS = ("time", "throughput")  # the metrics a busy CPU distorts

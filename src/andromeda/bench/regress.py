@@ -31,14 +31,13 @@ from andromeda.bench.compare import (
 )
 from andromeda.bench.compare_summary import by_candidate
 from andromeda.bench.noise import Floors, flag, gate
-from andromeda.bench.records import Record
 from andromeda.bench.work import with_work
 from andromeda.errors import AndromedaError, missing_extra
+from andromeda.records import Record, load_records
 
 if TYPE_CHECKING:
     from andromeda.bench.facts import ModelFacts
 
-RESULTS = "results.jsonl"
 SHAPE_FIELDS = ("params", "dim", "layers", "heads")  # facts that must agree unless allow_mismatch
 PARAMS_RTOL = 0.01  # parameter counts may differ this much (norm gains, biases: implementation details)
 FAILED = ("oom", "error")
@@ -72,8 +71,6 @@ def metric_values(record: Record, metric: str) -> list[float] | None:
 
 def load_run(path: str | Path) -> list[Record]:
     """Records of a run directory (its results.jsonl) or of a .jsonl file."""
-    from andromeda.report.load import load_records
-
     return load_records(Path(path), allow_file=True)
 
 

@@ -40,11 +40,10 @@ from andromeda.bench.flops import device_peak_tflops
 from andromeda.bench.load import LoadProbe, noisy_reason
 from andromeda.bench.manifest import Manifest, dump_manifest
 from andromeda.bench.plan import plan
-from andromeda.bench.records import Record, RecordStore
 from andromeda.devices import resolve_device
 from andromeda.errors import AndromedaError, ConfigError, UnsupportedError
+from andromeda.records import RESULTS, Record, RecordStore
 
-RESULTS = "results.jsonl"
 FACTS = "facts.json"  # each built source's ModelFacts, so comparisons can check shapes without torch
 EXIT_ERRORS = 3  # some case errored
 

@@ -28,7 +28,7 @@ from andromeda.bench.compare import Comparison, Kind, decide
 
 if TYPE_CHECKING:
     from andromeda.bench.facts import ModelFacts
-    from andromeda.bench.records import Record
+    from andromeda.records import Record
 
 DECODE_PREFIXES = ("tpot", "decode")  # metrics of one generated token after a prompt
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from andromeda.bench.records import Record
+from andromeda.records import Record
 from andromeda.report.charts import register
 from andromeda.report.format import fmt_number, fmt_value, metric_header
 

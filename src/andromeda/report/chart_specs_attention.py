@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from andromeda.bench.records import Record
+from andromeda.records import Record
 from andromeda.report.chart_specs import AXIS_LABELS, _has, _mark_oom, _ok, _xy
 from andromeda.report.charts import register
 from andromeda.report.format import fmt_value

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm, PowerNorm
 
-from andromeda.bench.records import Record
+from andromeda.records import Record
 from andromeda.report.charts import register
 from andromeda.report.format import fmt_value
 

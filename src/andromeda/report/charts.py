@@ -28,7 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import Formatter
 
-from andromeda.bench.records import Record
+from andromeda.records import Record
 from andromeda.report.format import fmt_number
 from andromeda.report.load import by_scenario, frame
 from andromeda.report.tables import safe_name

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from andromeda.bench.records import Record
+from andromeda.records import Record
 from andromeda.report.format import fmt_number
 from andromeda.report.load import describe
 

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from andromeda.bench.records import json_safe
+from andromeda.records import json_safe
 from andromeda.report.compare_report import _md_esc
 from andromeda.report.format import MISSING
 

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from andromeda.bench.records import STATUSES, Record
+from andromeda.records import STATUSES, Record, load_scan
 from andromeda.report.charts import SUMMARY_NAME, Chart, render_charts
 from andromeda.report.checks import find_warnings, make_warning, problems
 from andromeda.report.format import fmt_value
@@ -15,7 +15,6 @@ from andromeda.report.headline import ComparisonLink, Headline, comparison_links
 from andromeda.report.load import (
     by_scenario,
     flatten,
-    load_scan,
     merged_env,
     read_manifest,
     summary,

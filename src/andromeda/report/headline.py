@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from andromeda.bench.records import Record
+from andromeda.records import Record
 from andromeda.report.format import fmt_number
 
 

@@ -1,4 +1,4 @@
-"""Records -> pandas: read results.jsonl, flatten params/metrics/info into columns, summarize.
+"""Records -> pandas: flatten params/metrics/info into columns, summarize (records.load_scan reads results.jsonl).
 
 Column layout (docs/report-format.md): the fixed columns, then `params.<name>`, `metrics.<name>`,
 `info.<name>`, each group in order of first appearance in the records. Metric columns are float64
@@ -14,36 +14,11 @@ from typing import Any
 
 import pandas as pd
 
-from andromeda.bench.records import STATUSES, Record, RecordStore, Scan
-from andromeda.errors import AndromedaError
+from andromeda.records import STATUSES, Record
 
-RESULTS = "results.jsonl"
 MANIFEST = "manifest.yml"
 FIXED_COLUMNS = ("case_id", "scenario", "source", "status", "message")
 GROUPS = ("params", "metrics", "info")
-
-
-def load_records(run_dir: Path, *, allow_file: bool = False) -> list[Record]:
-    """Records of a run directory's results.jsonl (or, with allow_file, of a .jsonl file itself)."""
-    return load_scan(run_dir, allow_file=allow_file).records
-
-
-def load_scan(run_dir: Path, *, allow_file: bool = False) -> Scan:
-    """load_records(), with the count of lines cut short by a crash and of records left out with them."""
-    run_dir = Path(run_dir)
-    if allow_file and run_dir.is_file():
-        path = run_dir
-    elif not run_dir.is_dir():
-        what = "run not found" if allow_file else "run directory not found"
-        raise AndromedaError(f"{what}: {run_dir}")
-    else:
-        path = run_dir / RESULTS
-    if not path.is_file():
-        raise AndromedaError(f"no {RESULTS} in {run_dir}: run a benchmark into this directory first")
-    scan = RecordStore(path).scan()  # RecordError (an AndromedaError) names the line and field
-    if not scan.records:
-        raise AndromedaError(f"{path} holds no records")
-    return scan
 
 
 def read_manifest(run_dir: Path) -> str | None:

@@ -19,9 +19,9 @@ def train_command(manifest: str | None = None, *, preset: str | None = None, out
     """Train, print a line per logged step (step/total, loss, tokens/s, MFU or TFLOP/s, ETA) and, at the end,
     each case's final losses, perplexity and bits per byte against the data's floor where it is known."""
     from andromeda.bench.manifest import load_manifest
-    from andromeda.bench.records import RecordStore
     from andromeda.bench.runner import RESULTS, run
     from andromeda.cli_progress import RichProgress, print_log_note, print_summary, print_training_summary
+    from andromeda.records import RecordStore
     from andromeda.report import build_report
 
     if manifest and preset:

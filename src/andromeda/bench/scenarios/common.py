@@ -1,5 +1,5 @@
 """Pieces several scenarios' run code shares: random inputs, FLOP metrics, train steps (typed config
-fields are in bench/fields.py and scenarios/config/)."""
+fields are in schema/fields.py and scenarios/config/)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ A manifest is validated with these alone, so `andromeda run` refuses a bad manif
 imported and `andromeda report` reads a run's manifest.yml where torch is not installed.
 
 A config is a strict pydantic model (unknown keys, coercions and non-finite floats refused; every
-number bounded, see bench/fields.py) registered with @register_config. Its list-valued SWEEP fields
+number bounded, see schema/fields.py) registered with @register_config. Its list-valued SWEEP fields
 are sweep axes (a cartesian product); `check` holds whole-entry rules (a combination that would fail
 every case at run time is refused here); `check_resources` checks the files and models it names.
 """
@@ -19,7 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator
 
-from andromeda.bench.fields import STRICT, StrictModel, show
+from andromeda.schema.fields import STRICT, StrictModel, show
 
 RANKS_MAX = 65_536
 

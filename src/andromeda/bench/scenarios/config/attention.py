@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from andromeda.bench.fields import STRICT, TOKENS_MAX, Batch, Heads, Int, NonEmpty, Tokens
 from andromeda.bench.scenarios.config import DType, ScenarioConfig, register_config
+from andromeda.schema.fields import STRICT, TOKENS_MAX, Batch, Heads, Int, NonEmpty, Tokens
 
 # bench/attention_impls.IMPLS and bench/sparsity.PATTERNS (those modules import torch; a test keeps them equal)
 IMPLS = ("eager", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "flex", "triton", "flash_attn",

@@ -6,8 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from andromeda.bench.fields import Float, NonEmpty, Runs, Warmup
 from andromeda.bench.scenarios.config import DType, Ranks, ScenarioConfig, register_config
+from andromeda.schema.fields import Float, NonEmpty, Runs, Warmup
 
 Op = Literal["all_reduce", "all_gather"]
 SIZE_MIB_MAX = 262_144.0  # 256 GiB: more than any one device holds

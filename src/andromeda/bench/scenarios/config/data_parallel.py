@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from andromeda.bench.fields import Batch, Int, NonEmpty, NonNegFloat, PosFloat, Steps, Tokens2, Warmup
 from andromeda.bench.scenarios.config import Ranks, ScenarioConfig, register_config
+from andromeda.schema.fields import Batch, Int, NonEmpty, NonNegFloat, PosFloat, Steps, Tokens2, Warmup
 
 
 @register_config

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from andromeda.bench.fields import Batch, Float, Fraction, Int, NonEmpty, PosFloat, Tokens, Tokens2
 from andromeda.bench.scenarios.config import ScenarioConfig, register_config
+from andromeda.schema.fields import Batch, Float, Fraction, Int, NonEmpty, PosFloat, Tokens, Tokens2
 
 Probe = Literal["params", "activations", "gradients", "attention", "inputs", "sensitivity", "robustness",
                 "ambiguity"]

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from andromeda.bench.fields import TOKENS_MAX, Batch, Heads, Int, NonEmpty, Runs, Tokens
 from andromeda.bench.scenarios.config import CacheKind, ScenarioConfig, register_config
+from andromeda.schema.fields import TOKENS_MAX, Batch, Heads, Int, NonEmpty, Runs, Tokens
 
 
 @register_config

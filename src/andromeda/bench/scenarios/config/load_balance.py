@@ -6,8 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from andromeda.bench.fields import Batch, NonNegFloat, Runs, Tokens, Warmup
 from andromeda.bench.scenarios.config import Ranks, ScenarioConfig, register_config
+from andromeda.schema.fields import Batch, NonNegFloat, Runs, Tokens, Warmup
 
 
 @register_config

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from andromeda.bench.fields import TOKENS_MAX, Batch, Heads, Int, NonEmpty, Tokens
 from andromeda.bench.scenarios.config import CacheKind, ScenarioConfig, register_config
+from andromeda.schema.fields import TOKENS_MAX, Batch, Heads, Int, NonEmpty, Tokens
 
 Mode = Literal["inference", "train"]
 

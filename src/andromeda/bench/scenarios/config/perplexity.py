@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from andromeda.bench.fields import TOKENS_MAX, Batch, Float, Heads, Int, NonEmpty, Tokens, show
 from andromeda.bench.scenarios.config import ScenarioConfig, register_config
 from andromeda.data.loaders import check_data_files, validate_data_spec
+from andromeda.schema.fields import TOKENS_MAX, Batch, Float, Heads, Int, NonEmpty, Tokens, show
 
 CacheMode = Literal["off", "full", "int8", "int4"]
 WordCount = Literal["whitespace", "lm-eval"]  # data/text.py WORD_COUNTS

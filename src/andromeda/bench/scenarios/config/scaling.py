@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from andromeda.bench.fields import BATCH_MAX, Batch, Int, NonEmpty, Tokens
 from andromeda.bench.scenarios.config import ScenarioConfig, register_config
+from andromeda.schema.fields import BATCH_MAX, Batch, Int, NonEmpty, Tokens
 
 
 @register_config

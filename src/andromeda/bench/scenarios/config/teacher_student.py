@@ -9,11 +9,11 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from andromeda.bench import source_spec
-from andromeda.bench.fields import Batch, StrictModel, Tokens, Tokens2
 from andromeda.bench.scenarios.config import ScenarioConfig, register_config
 from andromeda.bench.scenarios.config.perplexity import MaxTokens, check_strides
 from andromeda.data.loaders import check_data_files, validate_data_spec
 from andromeda.errors import AndromedaError
+from andromeda.schema.fields import Batch, StrictModel, Tokens, Tokens2
 
 
 class ModelRef(StrictModel):

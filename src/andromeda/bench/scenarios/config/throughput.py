@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from andromeda.bench.fields import Batch, NonEmpty, Tokens
 from andromeda.bench.scenarios.config import ScenarioConfig, register_config
+from andromeda.schema.fields import Batch, NonEmpty, Tokens
 
 
 @register_config

@@ -8,7 +8,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from andromeda.bench.fields import (
+from andromeda.bench.scenarios.config import ScenarioConfig, register_config
+from andromeda.data.loaders import check_data_files, validate_data_spec
+from andromeda.schema.fields import (
     Batch,
     Float,
     Fraction,
@@ -20,8 +22,6 @@ from andromeda.bench.fields import (
     StepsOr0,
     Tokens2,
 )
-from andromeda.bench.scenarios.config import ScenarioConfig, register_config
-from andromeda.data.loaders import check_data_files, validate_data_spec
 
 Beta = Float(0.0, 1.0, hi_open=True)
 

@@ -1,6 +1,7 @@
-"""Record: the unit of measured data, and the JSONL store the runner appends to.
+"""Record: the unit of measured data, the JSONL store the runner appends to, and reading a run's records.
 
-Pure Python (no torch): the report layer reads records on machines without torch.
+Pure Python (no torch): scenarios write records, the report layer and the comparisons read them, on
+machines without torch too.
 
 One JSON object per line. A case may produce several records (e.g. one per decode position
 bucket); all records of a case are written together and flushed before the next case starts,
@@ -25,6 +26,7 @@ from typing import Any, Literal
 
 from andromeda.errors import AndromedaError
 
+RESULTS = "results.jsonl"  # a run directory's records
 Status = Literal["ok", "oom", "error", "skipped"]
 STATUSES: tuple[str, ...] = ("ok", "oom", "error", "skipped")
 
@@ -203,3 +205,26 @@ class RecordStore:
 
     def case_ids(self) -> set[str]:
         return {r.case_id for r in self}
+
+
+def load_records(run_dir: Path, *, allow_file: bool = False) -> list[Record]:
+    """Records of a run directory's results.jsonl (or, with allow_file, of a .jsonl file itself)."""
+    return load_scan(run_dir, allow_file=allow_file).records
+
+
+def load_scan(run_dir: Path, *, allow_file: bool = False) -> Scan:
+    """load_records(), with the count of lines cut short by a crash and of records left out with them."""
+    run_dir = Path(run_dir)
+    if allow_file and run_dir.is_file():
+        path = run_dir
+    elif not run_dir.is_dir():
+        what = "run not found" if allow_file else "run directory not found"
+        raise AndromedaError(f"{what}: {run_dir}")
+    else:
+        path = run_dir / RESULTS
+    if not path.is_file():
+        raise AndromedaError(f"no {RESULTS} in {run_dir}: run a benchmark into this directory first")
+    scan = RecordStore(path).scan()  # RecordError (an AndromedaError) names the line and field
+    if not scan.records:
+        raise AndromedaError(f"{path} holds no records")
+    return scan

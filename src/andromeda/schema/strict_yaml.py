@@ -1,4 +1,4 @@
-"""Manifest YAML: plain data in the YAML 1.2 core schema, every failure one line that names the field.
+"""Strict YAML for manifests and claims files: plain data in the YAML 1.2 core schema, one-line errors naming the field.
 
 What a manifest may hold: mappings with string keys, lists, strings, integers, finite or non-finite
 floats (the manifest schema refuses the latter), booleans and null, anchors, aliases and `<<` merge
@@ -25,8 +25,8 @@ from yaml.reader import Reader
 from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
-from andromeda.bench.fields import show
 from andromeda.errors import ConfigError
+from andromeda.schema.fields import show
 
 MAX_BYTES = 1 << 20  # a manifest is at most 1 MiB
 MAX_DEPTH = 32  # mappings and lists nested at most this deep (a manifest needs about 5)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from andromeda.bench.records import Record, RecordError, RecordStore
+from andromeda.records import Record, RecordError, RecordStore
 
 
 def _rec(case_id: str, i: int = 0) -> Record:
