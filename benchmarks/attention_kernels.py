@@ -20,7 +20,7 @@ first attention layer computes them at its positions: QK-norm, rotary/xPos, its 
 scale; random-initialized weights, so this is the model at initialization). Our kernel's skipping depends
 on the key norms, so the two can differ; the others' time does not depend on the values.
 Floors (same run): bf16 matmul rate and copy bandwidth, beside the datasheet's; the JSON leads with the
-git commit, device and versions (andromeda.bench.floors.provenance).
+git commit, device and versions (andromeda.measure.floors.provenance).
 
     python benchmarks/attention_kernels.py [--lengths 2048,8192,32768] [--tokens 32768] [--inputs random,model]
                                            [--json out.json]
@@ -34,9 +34,9 @@ import json
 import torch
 import torch.nn.functional as F
 
-from andromeda.bench import floors as bench_floors
-from andromeda.bench.env import collect_env
-from andromeda.bench.timing import TimingConfig, time_fn
+from andromeda.measure import floors as bench_floors
+from andromeda.measure.env import collect_env
+from andromeda.measure.timing import TimingConfig, time_fn
 from andromeda.model.backends import get, triton_flash
 from andromeda.model.backends.block_count import count_blocks
 from andromeda.model.positional import head_slopes

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 
 import model_speed as ms  # noqa: E402
 
-from andromeda.bench import floors  # noqa: E402
-from andromeda.bench.env import collect_env  # noqa: E402
 from andromeda.bench.sources import build  # noqa: E402
-from andromeda.bench.timing import TimingConfig, time_fn  # noqa: E402
+from andromeda.measure import floors  # noqa: E402
+from andromeda.measure.env import collect_env  # noqa: E402
+from andromeda.measure.timing import TimingConfig, time_fn  # noqa: E402
 from andromeda.model import fused_decode  # noqa: E402
 
 STREAM_BYTES = 384 * 2**20

@@ -5,7 +5,7 @@ one do not flatter the other): build the model, then measure one forward + backw
 inside `Diagnostics.capture()` with everything on (activation and activation-gradient statistics,
 parameter-gradient statistics, attention statistics and heatmap for every layer and head, and the
 gradients through the attention). CUDA: peak allocated minus allocated before the pass. CPU: peak
-RSS minus RSS before the pass (bench.memory.track_memory), with glibc's mmap threshold fixed
+RSS minus RSS before the pass (measure.memory.track_memory), with glibc's mmap threshold fixed
 (MMAP_THRESHOLD) so that RSS follows the live tensors.
 
     python benchmarks/diagnostics_memory.py                        # small preset, 4096 tokens, best device
@@ -42,9 +42,9 @@ def measure(mode: str, preset: str, overrides: dict, seq: int, batch: int, devic
     """One measurement in this process (call it in a fresh one)."""
     import torch
 
-    from andromeda.bench.memory import track_memory
     from andromeda.devices import resolve_device
     from andromeda.diagnostics import Diagnostics
+    from andromeda.measure.memory import track_memory
     from andromeda.model import Andromeda, from_name
 
     dev = resolve_device(device)

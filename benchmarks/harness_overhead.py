@@ -16,8 +16,8 @@ import statistics
 
 import torch
 
-from andromeda.bench.env import collect_env
-from andromeda.bench.timing import TimingConfig, time_fn
+from andromeda.measure.env import collect_env
+from andromeda.measure.timing import TimingConfig, time_fn
 from andromeda.model import Andromeda, from_name
 
 

@@ -3,7 +3,7 @@
 torch.profiler over (a) a batch-1 prefill of `--prefill` tokens and (b) `--steps` CUDA-graph decode steps
 after a 4K-token prompt; prints the GPU time per kernel class (attention, matmul, elementwise/norm,
 other), the kernel count per step, and the wall time the GPU was busy vs the step's wall time. The JSON
-leads with the git commit, device, versions and this run's floors (andromeda.bench.floors.provenance).
+leads with the git commit, device, versions and this run's floors (andromeda.measure.floors.provenance).
 
     python benchmarks/profile_model.py [--preset andromeda] [--prefill 32768] [--compile]
         [--kernels auto|torch|triton] [--no-pdl] [--json out.json]
@@ -18,8 +18,8 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from andromeda.bench import floors
-from andromeda.bench.env import collect_env
+from andromeda.measure import floors
+from andromeda.measure.env import collect_env
 from andromeda.model import Andromeda, GraphedDecoder, from_name
 
 CLASSES = (("attention", ("_fwd", "flash", "fmha", "attention", "sdpa", "attn_")),

@@ -10,7 +10,7 @@ def _seed():
 @pytest.fixture(autouse=True)
 def _quiet_machine(request, monkeypatch):
     """Runs inside tests see a quiet machine: no case is flagged noisy for the load other processes put on
-    the CPU (bench/load.py), so a test that plants samples to make a gate fail or pass gets the same verdict
+    the CPU (measure/host_load.py), so a test that plants samples to make a gate fail or pass gets the same verdict
     on an idle and on a busy machine. Tests of the flagging itself are marked real_load."""
     if request.node.get_closest_marker("real_load"):
         return

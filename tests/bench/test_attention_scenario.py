@@ -20,8 +20,8 @@ from andromeda.bench.manifest import load_manifest, validate
 from andromeda.bench.runner import run
 from andromeda.bench.scenarios import get as get_scenario
 from andromeda.bench.sparsity import PATTERNS, PatternSpec, get_pattern
-from andromeda.bench.timing import TimingConfig
 from andromeda.errors import ConfigError
+from andromeda.measure.timing import TimingConfig
 from andromeda.model import backends
 from andromeda.model.backends import AttentionSpec
 from andromeda.model.positional import alibi_slopes

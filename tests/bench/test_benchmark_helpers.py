@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from andromeda.bench.facts import facts_from_config
+from andromeda.measure.facts import facts_from_config
 from andromeda.model import Andromeda, from_name
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"

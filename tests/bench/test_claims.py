@@ -19,9 +19,9 @@ from andromeda.bench.claims import (
     preset_facts,
     presets_by_size,
 )
-from andromeda.bench.facts import facts_from_config, kv_cache_bytes_per_token
 from andromeda.cli import main
 from andromeda.errors import ConfigError
+from andromeda.measure.facts import facts_from_config, kv_cache_bytes_per_token
 from andromeda.model import ModelConfig
 
 H100_BF16 = 989.5  # TFLOP/s, dense, NVIDIA H100 SXM datasheet

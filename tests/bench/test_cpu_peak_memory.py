@@ -8,7 +8,7 @@ import torch
 
 from andromeda.bench.context import Case, RunContext
 from andromeda.bench.sources import build
-from andromeda.bench.timing import TimingConfig
+from andromeda.measure.timing import TimingConfig
 
 MIB = 2**20
 VOCAB = 320  # the tiny preset's

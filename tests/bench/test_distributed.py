@@ -15,7 +15,6 @@ import torch
 import yaml
 
 from andromeda.bench import sources
-from andromeda.bench.balance import algbw_gbps, bus_factor, busbw_gbps, rank_spread, scaling_efficiency, stragglers
 from andromeda.bench.context import Case, RunContext
 from andromeda.bench.launch import (
     LauncherSpec,
@@ -26,9 +25,10 @@ from andromeda.bench.launch import (
 )
 from andromeda.bench.manifest import validate
 from andromeda.bench.scenarios.data_parallel import union_us
-from andromeda.bench.timing import TimingConfig
 from andromeda.cli import main
 from andromeda.errors import ConfigError
+from andromeda.measure.balance import algbw_gbps, bus_factor, busbw_gbps, rank_spread, scaling_efficiency, stragglers
+from andromeda.measure.timing import TimingConfig
 from andromeda.records import RecordStore
 
 WORKER = Path(__file__).with_name("dist_grads_worker.py")

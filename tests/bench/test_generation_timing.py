@@ -4,7 +4,7 @@ max_runs) or exactly `runs` times; counted, never timed against a tolerance."""
 import yaml
 
 from andromeda.bench.scenarios.generation import repeat_generations
-from andromeda.bench.timing_config import TimingConfig
+from andromeda.measure.timing_config import TimingConfig
 
 
 def _fake(values):

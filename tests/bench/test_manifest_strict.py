@@ -80,7 +80,7 @@ def test_manifests_load_and_fail_without_torch(tmp_path):
 
 def test_manifest_modules_import_no_torch():
     code = ("import sys; import andromeda.bench.manifest, andromeda.bench.plan, andromeda.bench.source_spec, "
-            "andromeda.bench.timing_config; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+            "andromeda.measure.timing_config; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
 

@@ -4,11 +4,11 @@ of sources carries both sides' work and the ratio at equal work. Hand computatio
 import pytest
 
 from andromeda.bench.compare import compare_samples
-from andromeda.bench.facts import ModelFacts, facts_from_config
-from andromeda.bench.flops import forward_flops
 from andromeda.bench.source_spec import check_source, llama_config_for, matched_ffn
 from andromeda.bench.work import flops_per_token, with_work, work_ratio
 from andromeda.errors import ConfigError
+from andromeda.measure.facts import ModelFacts, facts_from_config
+from andromeda.measure.flops import forward_flops
 from andromeda.model import from_name
 from andromeda.model.config import PRESETS
 from andromeda.records import Record

@@ -241,7 +241,7 @@ def test_manifest_errors_name_the_field(capsys):
 
 def test_ratio_ci_is_the_bootstrap_of_the_mean_when_denominators_are_equal():
     from andromeda.bench.scenarios.perplexity import _ratio_ci
-    from andromeda.bench.stats import bootstrap_ci
+    from andromeda.measure.stats import bootstrap_ci
 
     num = np.random.default_rng(0).gamma(2.0, 3.0, 25)
     lo, hi = _ratio_ci(num, np.full(25, 8.0), 0.9, 500, seed=4)

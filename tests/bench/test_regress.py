@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from andromeda.bench.compare import adjust_pvalues, mannwhitney_p
-from andromeda.bench.facts import facts_from_config
-from andromeda.bench.flops import forward_flops
 from andromeda.bench.regress import compare_records, compare_runs, match_records
 from andromeda.cli import main
 from andromeda.errors import AndromedaError
+from andromeda.measure.facts import facts_from_config
+from andromeda.measure.flops import forward_flops
 from andromeda.model import from_name
 from andromeda.records import Record, RecordStore
 

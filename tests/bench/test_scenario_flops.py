@@ -7,7 +7,7 @@ import torch
 
 from andromeda.bench.context import Case, RunContext
 from andromeda.bench.sources import build
-from andromeda.bench.timing import TimingConfig
+from andromeda.measure.timing import TimingConfig
 
 B, N = 2, 16
 # tiny-sized, non-causal (every pair counts), no ALiBi/xPos so eager, sdpa and flex all run it

@@ -78,7 +78,7 @@ def test_unknown_device_judges_mfu_on_the_measured_rate(st):
 
 def test_prefill_and_decode_fields_by_hand(st):
     """The record fields speed_targets writes: both MFU readings, both floors, both shares."""
-    from andromeda.bench.facts import facts_from_config
+    from andromeda.measure.facts import facts_from_config
     from andromeda.model import from_name
 
     f = facts_from_config(from_name("tiny"))  # dim 64, 2 layers, 4 heads of 16, 1 KV head, FFN 256, vocab 320

@@ -43,7 +43,7 @@ def test_auto_is_the_physical_cores_lscpu_counts():
     import shutil
     import subprocess
 
-    from andromeda.bench.env import physical_cores, resolve_threads
+    from andromeda.measure.env import physical_cores, resolve_threads
 
     if shutil.which("lscpu") is None or len(os.sched_getaffinity(0)) != os.cpu_count():
         pytest.skip("needs lscpu and an unrestricted CPU affinity")

@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 from andromeda.bench.context import Case, RunContext
-from andromeda.bench.facts import ModelFacts
 from andromeda.bench.manifest import load_manifest
 from andromeda.bench.runner import run
 from andromeda.bench.scenarios.diagnostics import DiagnosticsConfig, DiagnosticsScenario
 from andromeda.bench.sources import ModelBundle
-from andromeda.bench.timing import TimingConfig
 from andromeda.diagnostics import Diagnostics
+from andromeda.measure.facts import ModelFacts
+from andromeda.measure.timing import TimingConfig
 from andromeda.model import ByteTokenizer
 from andromeda.records import RecordStore
 from andromeda.report.build import build_report

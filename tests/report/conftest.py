@@ -38,7 +38,7 @@ def _rec(scenario: str, source: str, params: dict, status: str = "ok", **kw) -> 
 
 
 def _stats(prefix: str, samples: list[float]) -> dict[str, float]:
-    """What bench.stats reports for a timed metric: median and its CI, spread, percentiles, n."""
+    """What measure.stats reports for a timed metric: median and its CI, spread, percentiles, n."""
     x = np.asarray(samples)
     med = float(np.median(x))
     q = {

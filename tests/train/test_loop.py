@@ -129,7 +129,7 @@ def test_step_records_and_validation_schedule():
         evals.append(1)
         return {"val_loss": 1.0, "val_ppl": math.e}
 
-    from andromeda.bench.facts import facts_from_config
+    from andromeda.measure.facts import facts_from_config
 
     m = _model()
     res = Trainer(m, _cfg(steps=5, eval_every=2), _batches(), evaluate=evaluate, facts=facts_from_config(m.cfg)).run()

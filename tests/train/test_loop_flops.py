@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from andromeda.bench.facts import facts_from_config
+from andromeda.measure.facts import facts_from_config
 from andromeda.model import Andromeda, ModelConfig, lm_loss
 from andromeda.train import TrainConfig, Trainer
 from andromeda.train.loop import enable_activation_checkpointing

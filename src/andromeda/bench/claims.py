@@ -25,9 +25,9 @@ from typing import Annotated, Any, Literal, Union
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from andromeda.bench.facts import ModelFacts, facts_from_config, kv_cache_bytes_per_token
-from andromeda.bench.flops import PEAK_TFLOPS, device_peak_tflops, forward_flops
 from andromeda.errors import ConfigError
+from andromeda.measure.facts import ModelFacts, facts_from_config, kv_cache_bytes_per_token
+from andromeda.measure.flops import PEAK_TFLOPS, device_peak_tflops, forward_flops
 from andromeda.model.config import PRESETS, ModelConfig, from_name
 from andromeda.model.positional import xpos_max_position
 
@@ -204,8 +204,8 @@ class Basis:
 
 def measure_matmul_tflops(device: torch.device, n: int = 8192, dtype: torch.dtype = torch.bfloat16) -> float:
     """Best achieved rate of an n x n x n matmul over a few timed runs, in TFLOP/s: the peak a floor uses."""
-    from andromeda.bench.floors import matmul_tflops
-    from andromeda.bench.timing import TimingConfig
+    from andromeda.measure.floors import matmul_tflops
+    from andromeda.measure.timing import TimingConfig
 
     cfg = TimingConfig(warmup=3, min_runs=10, max_runs=30, budget_s=1.0, target_rel_ci=None)
     return matmul_tflops(device, n, dtype, timing=cfg, best=True)
@@ -263,8 +263,8 @@ def measure_forward(preset: str, tokens: int, batch: int, device: torch.device,
     dtype: default bf16 on CUDA (the rate the floors use), float32 elsewhere (CPUs are slow in bf16).
     """
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    from andromeda.bench.runner import free_memory, is_oom
-    from andromeda.bench.timing import TimingConfig, time_fn
+    from andromeda.measure.memory import free_memory, is_oom
+    from andromeda.measure.timing import TimingConfig, time_fn
     from andromeda.model import Andromeda
 
     cfg = from_name(preset, max_seq_len=max(PRESETS[preset]["max_seq_len"], tokens))

@@ -119,7 +119,7 @@ def recorded_facts(run_dir: str | Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     try:
-        from andromeda.bench.facts import ModelFacts as make
+        from andromeda.measure.facts import ModelFacts as make
     except ImportError:  # no torch: the comparison needs the shape fields only
         make = SimpleNamespace
     out = {}

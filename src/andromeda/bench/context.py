@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from andromeda.bench.timing import Timing, TimingConfig, time_fn
+from andromeda.measure.timing import Timing, TimingConfig, time_fn
 from andromeda.records import Record
 
 
@@ -43,7 +43,7 @@ class RunContext:
             return None
         if dtype == str(self.dtype).removeprefix("torch."):
             return self.peak_tflops
-        from andromeda.bench.flops import device_peak_tflops
+        from andromeda.measure.flops import device_peak_tflops
 
         names = self.env.get("gpu_names") or []
         return device_peak_tflops(names[0], dtype) if names else None

@@ -144,7 +144,7 @@ def run_worker(job_dir: Path) -> None:
 
     from andromeda.bench import scenarios, sources
     from andromeda.bench.context import Case, RunContext
-    from andromeda.bench.timing import TimingConfig
+    from andromeda.measure.timing import TimingConfig
 
     job = json.loads((job_dir / JOB_FILE).read_text())
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -77,7 +77,7 @@ class TimingSpec(StrictModel):
         return self
 
     def to_config(self):
-        from andromeda.bench.timing_config import TimingConfig
+        from andromeda.measure.timing_config import TimingConfig
 
         return TimingConfig(**self.model_dump())
 
@@ -172,7 +172,7 @@ class Manifest(StrictModel):
     peak_tflops: Float(0.0, PEAK_TFLOPS_MAX, lo_open=True) | None = Field(None, description=(
         "Peak TFLOP/s that MFU is computed against, instead of the device's datasheet value."))
     # torch's intra-op threads, fixed for the whole run before any case; auto: the physical cores this process
-    # may use (bench/env.py). A launcher's ranks take launcher.cpu_threads instead.
+    # may use (measure/env.py). A launcher's ranks take launcher.cpu_threads instead.
     threads: Literal["auto"] | int = Field("auto", description=(
         "Torch intra-op threads for the whole run: auto = the physical cores this process may use, or a "
         "count."))

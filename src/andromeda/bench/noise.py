@@ -9,7 +9,7 @@
   median over its cases.
 - gate(): a comparison with its noise floor (the largest reach of its two cases and of the two runs'
   medians) and the busy-machine flags of its two records (info["noisy"], set by the runner from
-  bench/load.py). compare.decide() then calls a time or throughput difference "inconclusive (noisy)"
+  measure/host_load.py). compare.decide() then calls a time or throughput difference "inconclusive (noisy)"
   when a side was flagged, or when it is significant but within the floor (the ratio, either way,
   within 1 + floor): only a significant difference beyond the noise floor and the threshold is a
   regression.

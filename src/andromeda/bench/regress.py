@@ -36,7 +36,7 @@ from andromeda.errors import AndromedaError, missing_extra
 from andromeda.records import Record, load_records
 
 if TYPE_CHECKING:
-    from andromeda.bench.facts import ModelFacts
+    from andromeda.measure.facts import ModelFacts
 
 SHAPE_FIELDS = ("params", "dim", "layers", "heads")  # facts that must agree unless allow_mismatch
 PARAMS_RTOL = 0.01  # parameter counts may differ this much (norm gains, biases: implementation details)
@@ -94,7 +94,6 @@ def source_facts(source: str) -> ModelFacts:
     try:
         import torch
 
-        from andromeda.bench.facts import facts_from_config
         from andromeda.bench.sources import (
             _build_xt,
             _hf_facts,
@@ -104,6 +103,7 @@ def source_facts(source: str) -> ModelFacts:
             parse_source,
             split_matched,
         )
+        from andromeda.measure.facts import facts_from_config
         from andromeda.model import from_name
 
         kind, name, overrides = parse_source(source)

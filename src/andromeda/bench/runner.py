@@ -12,7 +12,7 @@ with --resume, an earlier one's), else 0: oom and skipped are results, not error
 Noise: torch runs with the manifest's `threads` (default the physical cores) for the whole run, set
 before any model is built and restored afterwards; the environment record holds it with the load
 average (a warning when it exceeds the CPUs). Each case's records carry info["load"], the CPU other
-processes took while it ran (bench/load.py), and info["noisy"] with the reason when that competed with
+processes took while it ran (measure/host_load.py), and info["noisy"] with the reason when that competed with
 the run: comparisons of such cases are inconclusive, never regressions. The plan interleaves the sides
 of a comparison case by case (bench/plan.py), so models are built on their first case and freed after
 their last.
@@ -20,7 +20,6 @@ their last.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sys
@@ -35,32 +34,18 @@ import torch
 from andromeda.bench import scenarios, sources
 from andromeda.bench.capture import LOG_NAME, library_output_to, logged_lines
 from andromeda.bench.context import Case, RunContext
-from andromeda.bench.env import collect_env, resolve_threads
-from andromeda.bench.flops import device_peak_tflops
-from andromeda.bench.load import LoadProbe, noisy_reason
 from andromeda.bench.manifest import Manifest, dump_manifest
 from andromeda.bench.plan import plan
 from andromeda.devices import resolve_device
 from andromeda.errors import AndromedaError, ConfigError, UnsupportedError
+from andromeda.measure.env import collect_env, resolve_threads
+from andromeda.measure.flops import device_peak_tflops
+from andromeda.measure.host_load import LoadProbe, noisy_reason
+from andromeda.measure.memory import free_memory, is_oom
 from andromeda.records import RESULTS, Record, RecordStore
 
 FACTS = "facts.json"  # each built source's ModelFacts, so comparisons can check shapes without torch
 EXIT_ERRORS = 3  # some case errored
-
-
-def is_oom(e: BaseException) -> bool:
-    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(e).lower()
-    return isinstance(e, RuntimeError) and any(
-        s in text for s in ("out of memory", "can't allocate memory", "cannot allocate memory", "defaultcpuallocator")
-    )
-
-
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 @dataclass

@@ -166,7 +166,7 @@ def llama_facts(cfg, intermediate_size: int):
     """ModelFacts of that Llama, analytic (the shape fields are the Andromeda model's, the FFN gated)."""
     from dataclasses import replace
 
-    from andromeda.bench.facts import facts_from_config
+    from andromeda.measure.facts import facts_from_config
 
     facts = facts_from_config(cfg)
     params = llama_params(cfg, intermediate_size)
@@ -176,8 +176,8 @@ def llama_facts(cfg, intermediate_size: int):
 
 def measure_match(cfg, intermediate_size: int, align: int = 1) -> MatchedFFN:
     """The ratios of the Llama with this FFN width to the Andromeda model of cfg."""
-    from andromeda.bench.facts import facts_from_config
-    from andromeda.bench.flops import forward_flops
+    from andromeda.measure.facts import facts_from_config
+    from andromeda.measure.flops import forward_flops
 
     facts = facts_from_config(cfg)
     return MatchedFFN(intermediate_size, align, llama_params(cfg, intermediate_size) / facts.params,
@@ -280,7 +280,7 @@ def check_checkpoint_dir(path: Path, *, weights: bool = True) -> dict[str, Any]:
 
 
 def _check_params(cfg, source: str) -> None:
-    from andromeda.bench.facts import facts_from_config
+    from andromeda.measure.facts import facts_from_config
 
     params = facts_from_config(cfg).params
     if params > MAX_PARAMS:

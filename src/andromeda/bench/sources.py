@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from andromeda.bench.facts import ModelFacts, facts_from_config
 from andromeda.bench.source_spec import (  # noqa: F401 - the parsing half lives there, torch-free
     COMPILE_KEY,
     COMPILE_MODES,
@@ -44,6 +43,7 @@ from andromeda.bench.source_spec import (  # noqa: F401 - the parsing half lives
     xt_unsupported,
 )
 from andromeda.errors import ConfigError, missing_extra
+from andromeda.measure.facts import ModelFacts, facts_from_config
 from andromeda.model import Andromeda, ByteTokenizer, from_name
 
 validate_source = check_source  # the name tests and older code use

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from andromeda.bench.compare import Comparison, Kind, decide
 
 if TYPE_CHECKING:
-    from andromeda.bench.facts import ModelFacts
+    from andromeda.measure.facts import ModelFacts
     from andromeda.records import Record
 
 DECODE_PREFIXES = ("tpot", "decode")  # metrics of one generated token after a prompt
@@ -48,7 +48,7 @@ def flops_per_token(rec: Record, facts: ModelFacts | None, metric: str) -> float
     if facts is None:
         return None
     try:
-        from andromeda.bench.flops import decode_flops, forward_flops
+        from andromeda.measure.flops import decode_flops, forward_flops
     except ImportError:
         return None
     if metric.lower().startswith(DECODE_PREFIXES) and prompt is not None:

@@ -28,8 +28,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from andromeda.bench.flops import recomputed_forward_flops, train_step_flops
-from andromeda.bench.timing import Stopwatch
+from andromeda.measure.flops import recomputed_forward_flops, train_step_flops
+from andromeda.measure.timing import Stopwatch
 from andromeda.errors import ConfigError, UnsupportedError
 from andromeda.train.progress import progress_line
 from andromeda.train.state import load_state, save_state
@@ -245,7 +245,7 @@ class Trainer:
         self.flops_per_step = self.hardware_flops_per_step = None
         if facts is not None:
             if attention_recompute is None:  # the kernel the model runs: 2.5x or 2x attention backward
-                from andromeda.bench.recompute import model_attention_recompute
+                from andromeda.measure.recompute import model_attention_recompute
 
                 attention_recompute = model_attention_recompute(model, self.device, self._math_dtype())
             tokens = (cfg.batch * cfg.grad_accum, cfg.seq_len)

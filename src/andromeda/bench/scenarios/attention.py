@@ -32,12 +32,12 @@ import contextlib
 import torch
 
 from andromeda.bench.attention_impls import Problem, alibi_slopes, check_kernels, cuda_kernels, prepare
-from andromeda.bench.flops import achieved_tflops, attention_recomputes, mfu
-from andromeda.bench.memory import MIB, tensor_bytes, track_cpu_tensors, track_memory
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.config.attention import AttentionConfig
 from andromeda.bench.sparsity import Pattern, PatternSpec, get_pattern
 from andromeda.errors import UnsupportedError
+from andromeda.measure.flops import achieved_tflops, attention_recomputes, mfu
+from andromeda.measure.memory import MIB, tensor_bytes, track_cpu_tensors, track_memory
 from andromeda.model.backends.block_count import count_blocks
 
 

@@ -10,7 +10,7 @@ values checks the result (all-reduce: the sum of 1..n; all-gather: each rank's b
 
 The size S is nccl-tests' "size": all-reduce, the buffer; all-gather, the gathered output (each
 rank contributes S/n). From the median time t: algbw = S/t and busbw = algbw x 2(n-1)/n
-(all-reduce) or x (n-1)/n (all-gather), in GB/s (1e9 B/s); see bench/balance.py. One record per
+(all-reduce) or x (n-1)/n (all-gather), in GB/s (1e9 B/s); see measure/balance.py. One record per
 op x size; samples: the per-run time (max over ranks) and every rank's as time_us@rank<r>.
 """
 
@@ -19,13 +19,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from andromeda.bench.balance import algbw_gbps, bus_factor
 from andromeda.bench.distributed import barrier, dist_of, fixed_count_timing
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.config.collectives import CollectivesConfig
-from andromeda.bench.stats import summarize
-from andromeda.bench.timing import time_fn
 from andromeda.errors import ConfigError
+from andromeda.measure.balance import algbw_gbps, bus_factor
+from andromeda.measure.stats import summarize
+from andromeda.measure.timing import time_fn
 
 MiB = 2**20
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from andromeda.bench.flops import achieved_tflops, mfu
+from andromeda.measure.flops import achieved_tflops, mfu
 
 
 def random_tokens(bundle, batch: int, seq: int, device: torch.device, seed: int = 0) -> torch.Tensor:

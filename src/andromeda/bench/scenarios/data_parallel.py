@@ -16,7 +16,7 @@ One record per case. A step ends when its slowest rank ends (the ranks meet in c
 the step time of step i is the max over ranks, and
   tokens_per_s          global tokens per step / that step time (median over steps, bootstrap CI)
   tokens_per_s_per_rank tokens_per_s / ranks
-  tflops, tflops_per_rank, mfu   from the analytic model FLOPs of each rank's batch (bench/flops.py;
+  tflops, tflops_per_rank, mfu   from the analytic model FLOPs of each rank's batch (measure/flops.py;
                         attention backward per the model's kernel: 2.5x forward where it recomputes,
                         2x where it saved the probabilities)
   hardware_tflops, hardware_tflops_per_rank, hfu   with activation_checkpointing: the same plus the
@@ -52,12 +52,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from andromeda.bench.balance import load_balance, rank_spread, scaling_efficiency
 from andromeda.bench.distributed import barrier, dist_of
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.common import check_length, random_tokens
 from andromeda.bench.scenarios.config.data_parallel import DataParallelConfig
-from andromeda.bench.stats import summarize
+from andromeda.measure.balance import load_balance, rank_spread, scaling_efficiency
+from andromeda.measure.stats import summarize
 from andromeda.train.loop import TrainConfig, Trainer, enable_activation_checkpointing
 
 _PHASES = ("step_ms", "forward_ms", "backward_ms", "optimizer_ms")

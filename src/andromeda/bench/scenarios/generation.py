@@ -24,9 +24,9 @@ from andromeda.bench.decoding import Decoder
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.common import random_tokens
 from andromeda.bench.scenarios.config.generation import GenerationConfig
-from andromeda.bench.stats import summarize
-from andromeda.bench.timing import Stopwatch, stop_reason
-from andromeda.bench.timing_config import TimingConfig
+from andromeda.measure.stats import summarize
+from andromeda.measure.timing import Stopwatch, stop_reason
+from andromeda.measure.timing_config import TimingConfig
 
 
 def repeat_generations(generate_once, timing: TimingConfig, runs: int | None) -> tuple[list, str]:

@@ -20,12 +20,12 @@ import contextlib
 
 import torch
 
-from andromeda.bench.flops import backward_flops, forward_flops
-from andromeda.bench.memory import MIB, module_bytes, track_cpu_tensors, track_memory
-from andromeda.bench.recompute import model_attention_recompute
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.common import check_length, flop_metrics, random_tokens, zero_grads
 from andromeda.bench.scenarios.config.latency import LatencyConfig
+from andromeda.measure.flops import backward_flops, forward_flops
+from andromeda.measure.memory import MIB, module_bytes, track_cpu_tensors, track_memory
+from andromeda.measure.recompute import model_attention_recompute
 
 
 def _text(n: int) -> str:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from andromeda.bench.balance import load_balance
 from andromeda.bench.distributed import barrier, dist_of, fixed_count_timing
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.common import check_length, random_tokens, zero_grads
 from andromeda.bench.scenarios.config.load_balance import LoadBalanceConfig
-from andromeda.bench.timing import time_fn
+from andromeda.measure.balance import load_balance
+from andromeda.measure.timing import time_fn
 
 
 @register("load_balance")

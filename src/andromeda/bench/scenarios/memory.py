@@ -17,8 +17,6 @@ import gc
 import torch
 
 from andromeda.bench.decoding import Decoder
-from andromeda.bench.facts import kv_cache_bytes_per_token, quantized_kv_bytes_per_token
-from andromeda.bench.memory import module_bytes, track_cpu_tensors, track_memory
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.common import (
     check_length,
@@ -27,6 +25,8 @@ from andromeda.bench.scenarios.common import (
 )
 from andromeda.bench.scenarios.config.memory import MemoryConfig
 from andromeda.errors import UnsupportedError
+from andromeda.measure.facts import kv_cache_bytes_per_token, quantized_kv_bytes_per_token
+from andromeda.measure.memory import module_bytes, track_cpu_tensors, track_memory
 
 MiB = 2**20
 

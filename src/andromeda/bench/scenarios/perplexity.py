@@ -16,7 +16,7 @@ label -100. `seq_len: model` is the model's context length (max_seq_len).
 Nothing is cut unless `max_tokens` is set; then the record says how many documents and tokens were
 scored of how many (tokens_total, documents_total, documents_whole) and carries a warning.
 
-The CI is a percentile bootstrap (bench.stats.bootstrap_ci) of the ratio total NLL / tokens over
+The CI is a percentile bootstrap (measure.stats.bootstrap_ci) of the ratio total NLL / tokens over
 documents (or over windows when there is one document): `ci_unit`.
 
 cache: off scores each window with one forward pass; full / int8 / int4 feed the window through a
@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.common import check_length
 from andromeda.bench.scenarios.config.perplexity import CacheMode, PerplexityConfig
-from andromeda.bench.stats import bootstrap_ci
 from andromeda.data.loaders import DataSource, Documents, open_data, token_bytes
 from andromeda.data.windows import Window, plan_windows, targets_of
 from andromeda.errors import ConfigError, UnsupportedError
+from andromeda.measure.stats import bootstrap_ci
 
 IGNORE = -100
 LN2 = math.log(2.0)
@@ -215,7 +215,7 @@ def _row_sums(per_token: torch.Tensor) -> np.ndarray:
 
 
 def _sync(device: torch.device) -> None:
-    from andromeda.bench.timing import cuda_sync
+    from andromeda.measure.timing import cuda_sync
 
     cuda_sync(device)
 

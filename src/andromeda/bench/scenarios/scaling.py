@@ -17,6 +17,7 @@ from scipy.optimize import nnls
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.common import check_length, random_tokens
 from andromeda.bench.scenarios.config.scaling import ScalingConfig
+from andromeda.measure.memory import is_oom
 
 
 def fit_quadratic(n: np.ndarray, t: np.ndarray) -> dict[str, float]:
@@ -35,12 +36,6 @@ def fit_quadratic(n: np.ndarray, t: np.ndarray) -> dict[str, float]:
         "quadratic_share": float(c * nmax**2 / total) if total > 0 else 0.0,
         "n_max": nmax,
     }
-
-
-def _is_oom(e: BaseException) -> bool:
-    from andromeda.bench.runner import is_oom
-
-    return is_oom(e)
 
 
 @register("scaling")
@@ -82,7 +77,7 @@ class Scaling:
                     self._forward(bundle, ctx, *self._shape(p, mid))()
                     lo = mid
                 except Exception as e:  # noqa: BLE001 - only OOM is expected here
-                    if not _is_oom(e):
+                    if not is_oom(e):
                         raise
                     hi = mid
                 finally:

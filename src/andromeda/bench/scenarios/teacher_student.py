@@ -23,13 +23,13 @@ import torch
 
 from andromeda.bench import sources
 from andromeda.bench.decoding import Decoder
-from andromeda.bench.facts import kv_cache_bytes_per_token
-from andromeda.bench.memory import module_bytes, track_memory
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.common import random_tokens
 from andromeda.bench.scenarios.config.teacher_student import ModelRef, TeacherStudentConfig
 from andromeda.bench.scenarios.perplexity import evaluate, open_cached
 from andromeda.errors import ConfigError, UnsupportedError
+from andromeda.measure.facts import kv_cache_bytes_per_token
+from andromeda.measure.memory import module_bytes, track_memory
 
 MiB = 2**20
 ROLES = ("teacher", "student")

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import torch
 
-from andromeda.bench.flops import backward_flops, forward_flops
-from andromeda.bench.recompute import model_attention_recompute
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.common import check_length, flop_metrics, random_tokens, zero_grads
 from andromeda.bench.scenarios.config.throughput import ThroughputConfig
+from andromeda.measure.flops import backward_flops, forward_flops
+from andromeda.measure.recompute import model_attention_recompute
 
 
 @register("throughput")

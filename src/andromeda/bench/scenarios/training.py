@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from andromeda.bench.memory import track_memory
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.common import check_length
 from andromeda.bench.scenarios.config.training import TrainingConfig
 from andromeda.bench.scenarios.perplexity import evaluate, open_cached
-from andromeda.bench.stats import summarize
 from andromeda.errors import ConfigError
+from andromeda.measure.memory import track_memory
+from andromeda.measure.stats import summarize
 from andromeda.train.loop import TrainConfig, Trainer, adamw8bit_unavailable
 
 # per-step fields summarized per logged interval: by median (times, rates) or by max (memory)

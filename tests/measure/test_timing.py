@@ -1,4 +1,4 @@
-"""bench.timing: recovers known durations; honours min_runs, max_runs, budget; keeps raw samples.
+"""measure.timing: recovers known durations; honours min_runs, max_runs, budget; keeps raw samples.
 
 The CPU path reads time.perf_counter, so most tests run on a fake clock that only the timed functions
 advance: the expected samples are then exact, whatever else the machine is doing. Two tests use the real
@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from andromeda.bench import timing
-from andromeda.bench.timing import Stopwatch, TimingConfig, time_fn
+from andromeda.measure import timing
+from andromeda.measure.timing import Stopwatch, TimingConfig, time_fn
 
 MS = 20.0
 

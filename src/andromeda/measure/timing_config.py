@@ -1,4 +1,4 @@
-"""TimingConfig: how time_fn (bench/timing.py) measures. Torch-free, so that a manifest's `timing:`
+"""TimingConfig: how time_fn (measure/timing.py) measures. Torch-free, so that a manifest's `timing:`
 section (bench/manifest.py, with the upper bounds a manifest has) validates without torch."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from andromeda.bench import floors
+from andromeda.measure import floors
 
 
 def test_formulas_on_a_stubbed_timer(monkeypatch):

@@ -1,4 +1,4 @@
-"""bench.env: keys, types, and values checked against independent sources."""
+"""measure.env: keys, types, and values checked against independent sources."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import scipy
 import torch
 
 import andromeda
-from andromeda.bench.env import collect_env
+from andromeda.measure.env import collect_env
 
 
 def test_collect_env_keys_types_values():
@@ -66,7 +66,7 @@ def test_noise_fields_match_their_sources():
 
 
 def test_load_warning_only_when_the_load_exceeds_the_cpus():
-    from andromeda.bench.env import load_warning
+    from andromeda.measure.env import load_warning
 
     assert load_warning([1.9, 1.0, 1.0], 2) is None
     assert load_warning(None, 2) is None
@@ -112,7 +112,7 @@ class _FakeNvml:
 
 
 def test_gpu_telemetry_reads_nvml_and_leaves_out_what_it_cannot(monkeypatch):
-    from andromeda.bench.env import gpu_telemetry
+    from andromeda.measure.env import gpu_telemetry
 
     fake = _FakeNvml()
     monkeypatch.setitem(sys.modules, "pynvml", fake)
@@ -132,7 +132,7 @@ def test_threads_and_their_settings_are_recorded(tmp_path):
     import subprocess
 
     code = ("import json, torch; torch.set_num_interop_threads(3)\n"
-            "from andromeda.bench.env import collect_env\n"
+            "from andromeda.measure.env import collect_env\n"
             "e = collect_env(); print(json.dumps({k: e[k] for k in "
             "('threads', 'interop_threads', 'omp_num_threads', 'thread_env')}))")
     env = {k: v for k, v in os.environ.items() if k not in ("MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from andromeda.bench.flops import device_bandwidth_gb_per_s, device_peak_tflops
-from andromeda.bench.timing import TimingConfig, time_fn
+from andromeda.measure.flops import device_bandwidth_gb_per_s, device_peak_tflops
+from andromeda.measure.timing import TimingConfig, time_fn
 
 _TIMING = TimingConfig(warmup=10, min_runs=50, max_runs=300, budget_s=2.0, target_rel_ci=0.01)
 

@@ -1,5 +1,5 @@
 """Peak memory of a block of code: CUDA allocator peaks, torch's CPU tensor peak, and the process's
-peak resident set size.
+peak resident set size; and out-of-memory errors told apart from others (is_oom), memory freed after one.
 
     with track_memory("cuda") as mem:
         model(tokens)
@@ -25,6 +25,7 @@ VmRSS every ~1 ms instead, which can miss peaks shorter than that. All sizes in 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 import threading
@@ -270,3 +271,20 @@ def track_cpu_tensors() -> Iterator[TensorPeak]:
 
 
 __all__ = ["MemoryStats", "track_memory", "module_bytes", "tensor_bytes", "MIB", "TensorPeak", "track_cpu_tensors"]
+
+
+def is_oom(e: BaseException) -> bool:
+    """An out-of-memory error: torch's, Python's MemoryError, or an allocator's RuntimeError saying so."""
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(
+        s in text for s in ("out of memory", "can't allocate memory", "cannot allocate memory", "defaultcpuallocator")
+    )
+
+
+def free_memory(device: torch.device) -> None:
+    """Give freed memory back: collect garbage, and on CUDA release the allocator's cached blocks."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

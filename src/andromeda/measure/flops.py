@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from andromeda.bench.facts import ModelFacts
+from andromeda.measure.facts import ModelFacts
 
 LmHead = Literal["all", "last", "none"]
 

@@ -1,4 +1,4 @@
-"""bench.memory: peak RSS catches a 256 MiB allocation; module_bytes counts tied weights once; the CPU tensor
+"""measure.memory: peak RSS catches a 256 MiB allocation; module_bytes counts tied weights once; the CPU tensor
 peak counts torch's allocations and frees; the memory scenario's CPU numbers are tensor memory, not RSS."""
 
 import time
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from andromeda.bench.memory import MIB, module_bytes, tensor_bytes, track_memory
+from andromeda.measure.memory import MIB, module_bytes, tensor_bytes, track_memory
 
 SIZE_MIB = 256
 
@@ -121,7 +121,7 @@ def test_cuda_peak_allocated():
 
 # ---- torch's CPU tensors (the memory scenario's CPU numbers) ---------------------------------------
 def test_cpu_tensor_peak_counts_allocations_and_frees_in_order():
-    from andromeda.bench.memory import track_cpu_tensors
+    from andromeda.measure.memory import track_cpu_tensors
 
     kept = torch.empty(10)  # allocated before: not counted
     with track_cpu_tensors() as t:

@@ -14,8 +14,8 @@ from typing import Literal
 
 import torch
 
-from andromeda.bench.stats import Summary, relative_ci_width, summarize
-from andromeda.bench.timing_config import TimingConfig
+from andromeda.measure.stats import Summary, relative_ci_width, summarize
+from andromeda.measure.timing_config import TimingConfig
 
 Stopped = Literal["stable", "budget", "max_runs"]
 Setup = Callable[[], object] | None

@@ -1,12 +1,12 @@
-"""bench.flops against torch.utils.flop_counter.FlopCounterMode on real forward/backward passes."""
+"""measure.flops against torch.utils.flop_counter.FlopCounterMode on real forward/backward passes."""
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from andromeda.bench.facts import ModelFacts, facts_from_config
-from andromeda.bench.flops import (
+from andromeda.measure.facts import ModelFacts, facts_from_config
+from andromeda.measure.flops import (
     DATASHEET_GB_PER_S,
     PEAK_TFLOPS,
     achieved_tflops,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from andromeda.bench.flops import attention_recomputes
+from andromeda.measure.flops import attention_recomputes
 
 
 def model_attention_impl(model: nn.Module, device: torch.device | str, dtype: torch.dtype) -> str | None:

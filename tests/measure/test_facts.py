@@ -1,9 +1,9 @@
-"""bench.facts: analytic parameter counts against models actually built (on the meta device)."""
+"""measure.facts: analytic parameter counts against models actually built (on the meta device)."""
 
 import pytest
 import torch
 
-from andromeda.bench.facts import decode_step_bytes, facts_from_config, kv_cache_bytes_per_token
+from andromeda.measure.facts import decode_step_bytes, facts_from_config, kv_cache_bytes_per_token
 from andromeda.model import Andromeda, ModelConfig, from_name
 
 CASES = [
@@ -62,8 +62,8 @@ def test_peak_for_uses_the_math_dtype_peak():
     import torch
 
     from andromeda.bench.context import RunContext
-    from andromeda.bench.flops import device_peak_tflops
-    from andromeda.bench.timing import TimingConfig
+    from andromeda.measure.flops import device_peak_tflops
+    from andromeda.measure.timing import TimingConfig
 
     gpu = "NVIDIA H100 80GB HBM3"
     ctx = RunContext(device=torch.device("cuda"), dtype=torch.float32, timing=TimingConfig(),

@@ -1,4 +1,4 @@
-"""bench.stats against numpy / scipy on fixed samples."""
+"""measure.stats against numpy / scipy on fixed samples."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from andromeda.bench.stats import bootstrap_ci, relative_ci_width, summarize
+from andromeda.measure.stats import bootstrap_ci, relative_ci_width, summarize
 
 
 @pytest.fixture
