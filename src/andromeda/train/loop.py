@@ -1,17 +1,23 @@
-"""A small, exact pre-training loop: AdamW (or bitsandbytes 8-bit AdamW on CUDA), bf16/fp16
-autocast (GradScaler for fp16), gradient clipping, warm-up + cosine schedule, gradient
-accumulation, optional activation checkpointing, validation every N steps, resumable checkpoints.
+"""A small, exact pre-training loop: AdamW (fused or foreach; or bitsandbytes 8-bit AdamW on CUDA), fp32,
+bf16/fp16 autocast (GradScaler for fp16) or bf16 weights with float32 master weights, gradient clipping,
+warm-up + cosine schedule, gradient accumulation, regional torch.compile, a fused chunked LM head + loss,
+full or selective activation checkpointing, health metrics with a spike detector, validation every N steps,
+resumable checkpoints.
 
-Every step logs its loss, learning rate, gradient norm (before clipping), tokens/s, TFLOP/s and MFU
-(model FLOPs, backward per the attention kernel: bench.flops; MFU when the device's peak is known), with
-activation checkpointing also hardware_tflops and HFU (the recomputed block forward counted), the
-step-time split (forward, backward, optimizer; each measured between device synchronizations) and
-peak memory (CUDA allocator peak of the step; on other devices the process's peak RSS so far).
+No host synchronization inside a step: loss, gradient norms and activation statistics stay on the device and
+the phases are timed with CUDA events (train/clock.py); run() reads them when it logs, validates or saves
+(collect()), train_step() right after its step. Every step's record holds its loss, learning rate, gradient
+norm (before clipping), tokens/s, TFLOP/s and MFU (model FLOPs, backward per the attention kernel: bench.flops;
+MFU when the device's peak is known), with activation checkpointing also hardware_tflops and HFU (the
+recompute counted), the step-time split (forward, backward, optimizer, and the rest as data), peak memory (the
+CUDA allocator's peak since the last collect; on other devices the process's peak RSS so far), and with health
+metrics on, per-layer gradient norms every step, block output statistics every health_every steps and the
+spikes detected (train/health.py).
 
-Resuming is exact: a checkpoint holds the model, optimizer, scheduler and GradScaler states,
-the torch RNG states, the step, the data position (micro-batches consumed; batches are a pure
-function of the position) and the history so far, saved with torch.save as tensors and plain
-containers only, loaded with torch.load(weights_only=True).
+Resuming is exact: a checkpoint holds the model, optimizer, scheduler and GradScaler states, the float32 master
+weights (bf16-master), the torch RNG states, the step, the data position (micro-batches consumed; batches are a
+pure function of the position) and the history so far, saved with torch.save as tensors and plain containers
+only, loaded with torch.load(weights_only=True).
 """
 
 from __future__ import annotations
@@ -23,69 +29,33 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from andromeda.measure.flops import recomputed_forward_flops, train_step_flops
-from andromeda.measure.timing import Stopwatch
-from andromeda.errors import ConfigError, UnsupportedError
+from andromeda.measure.flops import forward_flops, recomputed_forward_flops, train_step_flops
+from andromeda.errors import ConfigError
+from andromeda.train.clock import PhaseClock
+from andromeda.train.config import TrainConfig
+from andromeda.train.fused_ce import fused_lm_loss
+from andromeda.train.health import ActivationStats, GradNorms, SpikeDetector
+from andromeda.train.optim import adamw8bit_unavailable, make_optimizer, unique_params
+from andromeda.train.precision import MasterWeights
 from andromeda.train.progress import progress_line
+from andromeda.train.regional import (
+    ATTENTION_SAVED_BY_POLICY,
+    BlockWrappers,
+    enable_activation_checkpointing,
+    recompute_stops_early,
+)
 from andromeda.train.state import load_state, save_state
 
-Precision = Literal["fp32", "bf16", "fp16"]
-Optimizer = Literal["adamw", "adamw8bit"]
 MiB = 2**20
 STATE_FILE = "state.pt"
 # fields that may differ between a checkpoint and the run resuming it (they do not change the math)
-_RESUME_FREE = ("steps", "log_every", "eval_every", "checkpoint_every", "checkpoint_dir")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    steps: int = 400
-    batch: int = 16  # sequences per micro-batch
-    seq_len: int = 128
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
-    warmup_steps: int = 40  # linear warm-up from lr / warmup_steps
-    weight_decay: float = 0.1  # on matrices and embeddings only
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping (the norm is still logged)
-    optimizer: Optimizer = "adamw"
-    precision: Precision = "fp32"  # autocast dtype for forward and loss; fp16 adds a GradScaler
-    activation_checkpointing: bool = False
-    log_every: int = 10
-    eval_every: int = 100  # 0 = only after the last step
-    checkpoint_every: int = 0  # 0 = only after the last step
-    checkpoint_dir: str | None = None  # None = no checkpoints
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch", "seq_len", "grad_accum", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"training.{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"training.{name}: must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ConfigError(f"training.lr: must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"training.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"training.grad_clip: must be > 0 or null, got {self.grad_clip}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"training.precision: one of fp32, bf16, fp16; got {self.precision!r}")
-        if self.optimizer not in ("adamw", "adamw8bit"):
-            raise ConfigError(f"training.optimizer: one of adamw, adamw8bit; got {self.optimizer!r}")
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch * self.grad_accum * self.seq_len
+_RESUME_FREE = ("steps", "log_every", "eval_every", "checkpoint_every", "checkpoint_dir", "compile", "health_every",
+                "spike_window", "spike_sigma")
 
 
 class WarmupCosine:
@@ -105,87 +75,6 @@ class WarmupCosine:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on >= 2-D parameters; `adamw8bit` is bitsandbytes' AdamW8bit (CUDA)."""
-    params = [p for p in _unique_params(model) if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
-    kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-    if cfg.optimizer == "adamw8bit":
-        reason = adamw8bit_unavailable(device)
-        if reason:
-            raise UnsupportedError(reason)
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(groups, **kw)
-    return torch.optim.AdamW(groups, **kw)
-
-
-def adamw8bit_unavailable(device: torch.device) -> str | None:
-    """Why bitsandbytes' 8-bit AdamW cannot run here, or None when it can."""
-    if device.type != "cuda":
-        return f"optimizer adamw8bit: bitsandbytes 8-bit AdamW needs a CUDA device; this run is on {device.type}"
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        return "optimizer adamw8bit: bitsandbytes is not installed; install it with: pip install bitsandbytes"
-    return None
-
-
-def _unique_params(model: nn.Module) -> list[nn.Parameter]:
-    return list({id(p): p for p in model.parameters()}.values())
-
-
-def enable_activation_checkpointing(model: nn.Module) -> Callable[[], None]:
-    """Recompute each block's activations in backward (torch.utils.checkpoint, non-reentrant).
-
-    Andromeda: every module of `model.blocks` gets a checkpointed forward (the state dict is
-    unchanged). Hugging Face models: gradient_checkpointing_enable(). Returns a function that undoes it.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    blocks = getattr(model, "blocks", None)
-    if isinstance(blocks, nn.ModuleList) and len(blocks):
-        for blk in blocks:
-            inner = blk.forward
-
-            def forward(*args, _inner=inner, **kwargs):
-                cache = args[3] if len(args) > 3 else kwargs.get("cache")
-                if torch.is_grad_enabled() and cache is None:
-                    return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
-                return _inner(*args, **kwargs)
-
-            blk.forward = forward
-
-        def undo() -> None:
-            for blk in blocks:
-                blk.__dict__.pop("forward", None)
-
-        return undo
-    if hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return model.gradient_checkpointing_disable
-    raise UnsupportedError(f"activation checkpointing: {type(model).__name__} has no `blocks` list and no "
-                           "gradient_checkpointing_enable()")
-
-
-def _recompute_stops_early(model: nn.Module) -> bool:
-    """Whether the checkpointed blocks' recompute skips their FFN output projection (flops.recomputed_forward_flops):
-    torch's early stop is on and the block ends in `x + W_out(h)`: an Andromeda block without DeepNorm or
-    dropout, a transformers Llama decoder layer. Other models are charged the whole block forward."""
-    from torch.utils import checkpoint
-
-    if getattr(checkpoint, "_enable_checkpoint_early_stop", None) is False:  # None (the default) or True: on
-        return False
-    cfg = getattr(model, "cfg", None)
-    if cfg is not None and hasattr(cfg, "deepnorm"):
-        return not cfg.deepnorm and cfg.dropout == 0
-    return getattr(getattr(model, "config", None), "model_type", None) == "llama"
-
-
 def _peak_rss_mib() -> float | None:
     """The process's peak resident set size so far (its high-water mark), or None without `resource`."""
     try:
@@ -198,18 +87,37 @@ def _peak_rss_mib() -> float | None:
 
 @dataclass
 class TrainResult:
-    history: list[dict[str, float]]  # one entry per step: step (1-based), loss, lr, grad_norm, times...
+    history: list[dict[str, Any]]  # one entry per step: step (1-based), loss, lr, grad_norm, times...
     evals: list[dict[str, float]]  # one entry per validation: step, and what the eval function returned
     resumed_from: int | None  # the step the run resumed from, or None for a fresh run
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    """A step whose values are still on the device."""
+
+    step: int
+    lr: float
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    layers: torch.Tensor | None
+    activations: torch.Tensor | None
+    clock: PhaseClock
+    loss_scale: float | None = None
 
 
 class Trainer:
     """Trains `model` for cfg.steps optimizer steps on batches from `batches(position)`.
 
     batches(position) -> (batch, seq_len) token ids for micro-batch `position` (0, 1, 2, ...);
-    loss_fn(tokens) -> scalar mean next-token loss (default: lm_loss of model(tokens));
+    loss_fn(tokens) -> scalar mean next-token loss (default: lm_loss of model(tokens)); with cfg.fused_ce the
+    Trainer computes the loss from the model's hidden states and head itself, and refuses a loss_fn;
     evaluate() -> dict of validation metrics (e.g. val_loss, val_ppl), run in eval mode, no grad.
+    compile_backend: torch.compile's backend for cfg.compile (tests pass a cheap one).
+
+    Under precision bf16-master the Trainer casts the model's parameters to bfloat16 in place (the float32
+    masters start from their values before the cast; master_state_dict() gives them back).
     """
 
     def __init__(
@@ -225,42 +133,68 @@ class Trainer:
         peak_tflops: float | None = None,
         log: Callable[[str], None] | None = None,
         attention_recompute: bool | None = None,
+        compile_backend: str | Callable = "inductor",
     ):
+        if cfg.fused_ce and loss_fn is not None:
+            raise ConfigError("training.fused_ce: the fused LM head + loss is computed from the model's hidden states "
+                              "and head; pass no loss_fn (or set fused_ce: false)")
         self.model, self.cfg, self.batches = model, cfg, batches
         self.device = torch.device(device)
         self.loss_fn = loss_fn or self._default_loss
         self.evaluate = evaluate
         self.facts, self.peak_tflops = facts, peak_tflops
         self.log = log or (lambda msg: None)
-        self.optimizer = make_optimizer(model, cfg, self.device)
+        self.compile_backend = compile_backend
+        params = [p for p in unique_params(model) if p.requires_grad]
+        self.master = MasterWeights(params, torch.bfloat16) if cfg.precision == "bf16-master" else None
+        opt_params = self.master.masters if self.master is not None else params
+        self.optimizer = make_optimizer(model, cfg, self.device, params=opt_params)
         self.schedule = WarmupCosine(cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        self.grad_norms = GradNorms(model, opt_params, per_layer=cfg.health_every > 0, named_like=params)
+        self.activation_stats = ActivationStats(model) if cfg.health_every else None
+        self.spikes = SpikeDetector(cfg.spike_window, cfg.spike_sigma)
+        self.wrappers: BlockWrappers | None = None
         self.step = 0
         self.position = 0  # micro-batches consumed
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, Any]] = []
         self.evals: list[dict[str, float]] = []
         self.resumed_from: int | None = None
-        # model FLOPs (MFU) and, with activation checkpointing, hardware FLOPs (HFU: + the blocks' forward again)
-        self.flops_per_step = self.hardware_flops_per_step = None
-        if facts is not None:
-            if attention_recompute is None:  # the kernel the model runs: 2.5x or 2x attention backward
-                from andromeda.measure.recompute import model_attention_recompute
-
-                attention_recompute = model_attention_recompute(model, self.device, self._math_dtype())
-            tokens = (cfg.batch * cfg.grad_accum, cfg.seq_len)
-            step = train_step_flops(facts, *tokens, attention_recompute=attention_recompute)
-            self.flops_per_step = step.total
-            if cfg.activation_checkpointing:
-                again = recomputed_forward_flops(facts, *tokens, early_stop=_recompute_stops_early(model))
-                self.hardware_flops_per_step = step.total + again.total
-        self.attention_recompute = attention_recompute
+        self._pending: list[_Pending] = []
+        self._count_flops(model, facts, attention_recompute)
         torch.manual_seed(cfg.seed)  # dropout and anything else random in the steps; restored on resume
 
+    # ---- FLOPs --------------------------------------------------------------------------------
+    def _count_flops(self, model, facts, attention_recompute) -> None:
+        """Model FLOPs (MFU) and, with activation checkpointing, hardware FLOPs (HFU: + what is recomputed)."""
+        cfg = self.cfg
+        self.flops_per_step = self.hardware_flops_per_step = None
+        self.attention_recompute = attention_recompute
+        if facts is None:
+            return
+        from andromeda.measure.recompute import model_attention_impl, model_attention_recompute
+
+        if attention_recompute is None:  # the kernel the model runs: 2.5x or 2x attention backward
+            attention_recompute = model_attention_recompute(model, self.device, self._math_dtype())
+        self.attention_recompute = attention_recompute
+        tokens = (cfg.batch * cfg.grad_accum, cfg.seq_len)
+        self.flops_per_step = train_step_flops(facts, *tokens, attention_recompute=attention_recompute).total
+        if cfg.checkpointing == "full":
+            again = recomputed_forward_flops(facts, *tokens, early_stop=recompute_stops_early(model)).total
+            self.hardware_flops_per_step = self.flops_per_step + again
+        elif cfg.checkpointing == "selective":  # matmul outputs are kept; attention only if it is an aten op
+            impl = model_attention_impl(model, self.device, self._math_dtype())
+            again = 0.0 if impl in ATTENTION_SAVED_BY_POLICY else forward_flops(facts, *tokens, lm_head="none").attention
+            self.hardware_flops_per_step = self.flops_per_step + again
+
     def _math_dtype(self) -> torch.dtype:
-        """The dtype attention runs in: the autocast dtype, else the model's parameters'."""
-        if self.cfg.precision != "fp32":
-            return torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+        """The dtype attention runs in: the autocast dtype, bf16 under bf16-master, else the parameters'."""
+        cfg = self.cfg
+        if cfg.precision in ("bf16", "bf16-master"):
+            return torch.bfloat16
+        if cfg.precision == "fp16":
+            return torch.float16
         return next(iter(self.model.parameters()), torch.empty(0)).dtype
 
     def _default_loss(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -274,6 +208,7 @@ class Trainer:
         return Path(self.cfg.checkpoint_dir) / STATE_FILE if self.cfg.checkpoint_dir else None
 
     def state_dict(self) -> dict[str, Any]:
+        self._collect_into_history()
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -285,11 +220,23 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "master": self.master.state_dict() if self.master is not None else [],
             "rng": rng,
             "history": self.history,
             "evals": self.evals,
             "config": dataclasses.asdict(self.cfg),
         }
+
+    def master_state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's state dict with the float32 master weights in place of the bf16 parameters (bf16-master)."""
+        state = self.model.state_dict()
+        if self.master is None:
+            return state
+        by_id = {id(p): m for p, m in zip(self.master.params, self.master.masters, strict=True)}
+        for name, p in self.model.named_parameters(remove_duplicate=False):
+            if id(p) in by_id:
+                state[name] = by_id[id(p)].detach()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("config", {})
@@ -305,11 +252,17 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
+        if self.master is not None:
+            self.master.load_state_dict(state["master"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.step, self.position = int(state["step"]), int(state["data_position"])
         self.history, self.evals = list(state["history"]), list(state["evals"])
+        self._pending = []
+        self.spikes = SpikeDetector(self.cfg.spike_window, self.cfg.spike_sigma)
+        for h in self.history:  # the detector's windows as they were (spikes already recorded are not re-logged)
+            self.spikes.update(h["step"], h["loss"], h["grad_norm"], h.get("layer_grad_norm"))
         self.resumed_from = self.step
 
     def save(self, path: str | Path | None = None) -> Path:
@@ -327,73 +280,150 @@ class Trainer:
         self.log(f"resumed from step {self.step} ({target})")
         return True
 
-    # ---- the loop ----------------------------------------------------------------------------
+    # ---- the step -----------------------------------------------------------------------------
     def _autocast(self):
-        if self.cfg.precision == "fp32":
+        dtype = self.cfg.autocast_dtype
+        if dtype is None:
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
 
-    def train_step(self) -> dict[str, float]:
+    def _loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.cfg.fused_ce:
+            return fused_lm_loss(self.model, tokens, compiled=self.cfg.compile == "blocks",
+                                 backend=self.compile_backend)
+        return self.loss_fn(tokens)
+
+    @contextlib.contextmanager
+    def wrapped(self):
+        """Regional compile and activation checkpointing on the model's blocks for the steps inside (run() uses it;
+        so does a caller of run_step()). Undone on exit; the compiled code stays cached for the next time."""
+        cfg = self.cfg
+        if self.wrappers is not None or (cfg.compile == "none" and cfg.checkpointing == "none"):
+            yield
+            return
+        self.wrappers = BlockWrappers(self.model, compile=cfg.compile == "blocks", checkpointing=cfg.checkpointing,
+                                      backend=self.compile_backend)
+        try:
+            yield
+        finally:
+            self.wrappers.undo()
+            self.wrappers = None
+
+    def run_step(self) -> None:
+        """One optimizer step, queued on the device without waiting for it: collect() returns its record."""
         cfg, dev = self.cfg, self.device
-        if dev.type == "cuda":
+        if dev.type == "cuda" and not self._pending:  # the peak of the steps until the next collect()
             torch.cuda.reset_peak_memory_stats(dev)
-        fwd_s = bwd_s = 0.0
-        loss_sum = 0.0
-        with Stopwatch(dev) as whole:
-            self.optimizer.zero_grad(set_to_none=True)
-            for _ in range(cfg.grad_accum):
-                tokens = self.batches(self.position).to(dev, non_blocking=True)
-                self.position += 1
-                with Stopwatch(dev) as sw, self._autocast():
-                    loss = self.loss_fn(tokens)
-                fwd_s += sw.elapsed_s
-                with Stopwatch(dev) as sw:
-                    scaled = loss / cfg.grad_accum
-                    (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-                bwd_s += sw.elapsed_s
-                loss_sum += float(loss.detach())
-            with Stopwatch(dev) as sw:
-                if self.scaler is not None:
-                    self.scaler.unscale_(self.optimizer)
-                norm = torch.nn.utils.clip_grad_norm_(_unique_params(self.model), cfg.grad_clip or math.inf)
-                lr = self.optimizer.param_groups[0]["lr"]
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.scheduler.step()
-            opt_s = sw.elapsed_s
+        clock = PhaseClock(dev)
+        clock.mark("data")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.master is not None:
+            self.model.zero_grad(set_to_none=True)
+        health = bool(cfg.health_every) and (self.step + 1) % cfg.health_every == 0
+        loss_sum, acts = None, None
+        for i in range(cfg.grad_accum):
+            tokens = self.batches(self.position).to(dev, non_blocking=True)
+            self.position += 1
+            if health and i == 0:
+                self.activation_stats.start()
+            clock.mark("forward")
+            with self._autocast():
+                loss = self._loss(tokens)
+            if health and i == 0:
+                acts = self.activation_stats.stop()
+            clock.mark("backward")
+            scaled = loss / cfg.grad_accum
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            if self.master is not None:
+                self.master.accumulate_grads()
+            clock.mark("data")
+            loss = loss.detach().float()
+            loss_sum = loss if loss_sum is None else loss_sum + loss
+        clock.mark("optimizer")
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        norm, layers = self.grad_norms()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(self.grad_norms.params, cfg.grad_clip, norm, foreach=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.master is not None:
+            self.master.copy_to_params()
+        self.scheduler.step()
+        clock.mark("end")
         self.step += 1
-        step_s = whole.elapsed_s
-        rec = {
-            "step": self.step,
-            "loss": loss_sum / cfg.grad_accum,
-            "lr": lr,
-            "grad_norm": float(norm),
-            "step_ms": step_s * 1e3,
-            "forward_ms": fwd_s * 1e3,
-            "backward_ms": bwd_s * 1e3,
-            "optimizer_ms": opt_s * 1e3,
-            "data_ms": max(0.0, step_s - fwd_s - bwd_s - opt_s) * 1e3,
-            "tokens_per_s": cfg.tokens_per_step / step_s,
+        self._pending.append(_Pending(self.step, lr, loss_sum / cfg.grad_accum, norm, layers, acts, clock,
+                                      float(self.scaler.get_scale()) if self.scaler is not None else None))
+
+    def collect(self) -> list[dict[str, Any]]:
+        """Wait for the queued steps; their records (not added to the history), the spike detector fed."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return []
+        peak = torch.cuda.max_memory_allocated(self.device) / MiB if self.device.type == "cuda" else _peak_rss_mib()
+        return [self._record(p, peak) for p in pending]
+
+    def _record(self, p: _Pending, peak: float | None) -> dict[str, Any]:
+        cfg = self.cfg
+        ms = p.clock.durations_ms()
+        step_s = ms["total"] / 1e3
+        head = torch.stack([p.loss, p.grad_norm.float()])
+        vals = (torch.cat([head, p.layers]) if p.layers is not None else head).tolist()
+        rec: dict[str, Any] = {
+            "step": p.step,
+            "loss": vals[0],
+            "lr": p.lr,
+            "grad_norm": vals[1],
+            "step_ms": ms["total"],
+            "forward_ms": ms.get("forward", 0.0),
+            "backward_ms": ms.get("backward", 0.0),
+            "optimizer_ms": ms.get("optimizer", 0.0),
+            "data_ms": ms.get("data", 0.0),
+            "tokens_per_s": cfg.tokens_per_step / step_s if step_s > 0 else math.inf,
         }
-        if dev.type == "cuda":
-            rec["peak_allocated_mib"] = torch.cuda.max_memory_allocated(dev) / MiB
-        elif (rss := _peak_rss_mib()) is not None:
-            rec["peak_rss_mib"] = rss
-        if self.flops_per_step is not None:
+        if peak is not None:
+            rec["peak_allocated_mib" if self.device.type == "cuda" else "peak_rss_mib"] = peak
+        if self.flops_per_step is not None and step_s > 0:
             rec["tflops"] = self.flops_per_step / step_s / 1e12
             if self.peak_tflops:
                 rec["mfu"] = rec["tflops"] / self.peak_tflops
-        if self.hardware_flops_per_step is not None:
+        if self.hardware_flops_per_step is not None and step_s > 0:
             rec["hardware_tflops"] = self.hardware_flops_per_step / step_s / 1e12
             if self.peak_tflops:
                 rec["hfu"] = rec["hardware_tflops"] / self.peak_tflops
-        if self.scaler is not None:
-            rec["loss_scale"] = float(self.scaler.get_scale())
+        if p.loss_scale is not None:
+            rec["loss_scale"] = p.loss_scale
+        layers = dict(zip(self.grad_norms.groups, vals[2:], strict=True)) if p.layers is not None else None
+        if layers is not None:
+            rec["layer_grad_norm"] = layers
+        if p.activations is not None:
+            stats = p.activations.tolist()  # (blocks, 3)
+            rec["activations"] = {name: dict(zip(ActivationStats.STATS, row, strict=True))
+                                  for name, row in zip(self.activation_stats.names, stats, strict=True)}
+        if cfg.health_every:
+            spikes = self.spikes.update(p.step, rec["loss"], rec["grad_norm"], layers)
+            if spikes:
+                rec["spikes"] = [s.to_dict() for s in spikes]
+                for s in spikes:
+                    self.log(s.message())
         return rec
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step, waited for: its record (earlier queued steps are collected and dropped)."""
+        self.run_step()
+        return self.collect()[-1]
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def _collect_into_history(self) -> None:
+        for rec in self.collect():
+            if not math.isfinite(rec["loss"]) and self.scaler is None:
+                raise FloatingPointError(f"training: the loss is {rec['loss']} at step {rec['step']}; "
+                                         "lower lr or use fp32/bf16")
+            self.history.append(rec)
 
     def _validate(self) -> None:
         if self.evaluate is None:
@@ -416,30 +446,33 @@ class Trainer:
         """
         cfg = self.cfg
         stop = cfg.steps if until is None else min(until, cfg.steps)
-        undo = enable_activation_checkpointing(self.model) if cfg.activation_checkpointing else None
         was_training = self.model.training
         self.model.train()
         try:
-            while self.step < stop:
-                rec = self.train_step()
-                if not math.isfinite(rec["loss"]) and self.scaler is None:
-                    raise FloatingPointError(f"training: the loss is {rec['loss']} at step {self.step}; "
-                                             "lower lr or use fp32/bf16")
-                self.history.append(rec)
-                last = self.step == cfg.steps
-                if self.step % cfg.log_every == 0 or last:
-                    since = self.step - (self.step - 1) % cfg.log_every  # the first step after the last line
-                    self.log(progress_line([h for h in self.history if h["step"] >= since], cfg.steps))
-                if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
-                    self._validate()
-                if cfg.checkpoint_dir and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last):
-                    self.save()
+            with self.wrapped():
+                while self.step < stop:
+                    self.run_step()
+                    last = self.step == cfg.steps
+                    log = self.step % cfg.log_every == 0 or last
+                    evaluate = (cfg.eval_every and self.step % cfg.eval_every == 0) or last
+                    save = cfg.checkpoint_dir and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+                                                   or last)
+                    if log or evaluate or save or self.step == stop:
+                        self._collect_into_history()
+                    if log:
+                        since = self.step - (self.step - 1) % cfg.log_every  # the first step after the last line
+                        self.log(progress_line([h for h in self.history if h["step"] >= since], cfg.steps))
+                    if evaluate:
+                        self._validate()
+                    if save:
+                        self.save()
         finally:
-            if undo is not None:
-                undo()
+            self._collect_into_history()
             self.model.train(was_training)
-        return TrainResult(self.history, self.evals, self.resumed_from,
-                           info={"optimizer": type(self.optimizer).__name__, "precision": cfg.precision})
+        info = {"optimizer": type(self.optimizer).__name__, "precision": cfg.precision, "fused_ce": cfg.fused_ce,
+                "compile": cfg.compile, "checkpointing": cfg.checkpointing,
+                "spikes": [s.to_dict() for s in self.spikes.spikes]}
+        return TrainResult(self.history, self.evals, self.resumed_from, info=info)
 
 
 __all__ = [
