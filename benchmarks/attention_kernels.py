@@ -86,7 +86,7 @@ def model_source(n: int, preset: str = "andromeda") -> str:
 def model_inputs(b: int, n: int, preset: str = "andromeda", layer: int = 0, device: str = "cuda"):
     """(q, k, v, slopes, scale) as the preset's attention `layer` computes them for b x n random tokens
     (random-initialized weights): q (b, heads, n, dim_head), k and v (b, kv_heads, n, dim_head)."""
-    from andromeda.bench.sources import build
+    from andromeda.sources.models import build
 
     torch.manual_seed(n)
     bundle = build(model_source(n, preset), torch.device(device), torch.bfloat16)

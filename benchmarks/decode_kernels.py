@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 
 import model_speed as ms  # noqa: E402
 
-from andromeda.bench.sources import build  # noqa: E402
 from andromeda.measure import floors  # noqa: E402
 from andromeda.measure.env import collect_env  # noqa: E402
 from andromeda.measure.timing import TimingConfig, time_fn  # noqa: E402
 from andromeda.model import fused_decode  # noqa: E402
+from andromeda.sources.models import build  # noqa: E402
 
 STREAM_BYTES = 384 * 2**20
 TIMING = TimingConfig(warmup=3, min_runs=20, max_runs=200, budget_s=1.0, target_rel_ci=0.01, cuda_graph=True)

@@ -29,12 +29,12 @@ import time
 
 import torch
 
-from andromeda.bench.sources import build
 from andromeda.measure import floors
 from andromeda.measure.env import collect_env
 from andromeda.measure.facts import decode_step_bytes
 from andromeda.measure.flops import forward_flops, mfu
 from andromeda.measure.timing import TimingConfig, time_fn
+from andromeda.sources.models import build
 
 PROMPT_CTX = 4096
 NEW = 64

@@ -49,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 import attention_kernels as ak  # noqa: E402
 import model_speed as ms  # noqa: E402
 
-from andromeda.bench.sources import build  # noqa: E402
 from andromeda.measure import floors  # noqa: E402
 from andromeda.measure.env import collect_env  # noqa: E402
+from andromeda.sources.models import build  # noqa: E402
 
 LENGTHS = (8192, 32768)
 ATTN = {"triton": "triton (ALiBi, MQA)", "flex": "flex (ALiBi, MQA)", "cudnn": "cuDNN SDPA (plain causal MHA)"}

@@ -68,7 +68,7 @@ def test_every_case_errored_exits_3(tmp_path, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("planted: the model cannot be built")
 
-    monkeypatch.setattr(runner.sources, "build", broken)
+    monkeypatch.setattr(runner.models, "build", broken)
     out = tmp_path / "run"
     assert main(["run", str(_manifest(tmp_path, seq_len=[8, 16])), "--out", str(out)]) == 3
     assert {json.loads(line)["status"] for line in (out / "results.jsonl").read_text().splitlines()} == {"error"}

@@ -132,9 +132,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from andromeda.bench import scenarios, sources
+    from andromeda.bench import scenarios
     from andromeda.bench.manifest import load_manifest, preset_names
     from andromeda.model import PRESETS, backends
+    from andromeda.sources import models
 
     # a pipe has no width: rich would wrap every cell at 80 columns; give it room for one line a row
     console = Console(width=None if sys.stdout.isatty() else 220)
@@ -154,7 +155,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
                                                             for k in cls.SWEEP))
     for name in PRESETS:
         t.add_row("model preset", f"andromeda:{name}", "")
-    for pattern, note in sources.describe().items():
+    for pattern, note in models.describe().items():
         t.add_row("model source", escape(pattern), escape(note))
     for name in backends.names():
         t.add_row("attention backend", name, "")

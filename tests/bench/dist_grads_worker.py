@@ -9,8 +9,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from andromeda.bench import sources
 from andromeda.bench.scenarios.data_parallel import wrap
+from andromeda.sources.models import build
 
 PER_RANK, SEQ = 2, 32
 
@@ -28,7 +28,7 @@ def full_grads(params) -> torch.Tensor:
 
 def step(strategy: str, tokens: torch.Tensor) -> list[torch.Tensor]:
     torch.manual_seed(0)
-    bundle = sources.build("andromeda:tiny", torch.device("cpu"), torch.float32)
+    bundle = build("andromeda:tiny", torch.device("cpu"), torch.float32)
     bundle.model.train()
     module, loss_fn = wrap(bundle, strategy, torch.device("cpu"))
     loss_fn(tokens).backward()

@@ -91,12 +91,12 @@ def test_model_speed_main_with_stubbed_timings(bench, monkeypatch, tmp_path):
     """model_speed.py end to end on CPU, GPU timings stubbed: both readings of MFU and of the floor per row."""
     import json
 
-    from andromeda.bench import sources
+    from andromeda.sources.models import build
 
     ms = bench.ms
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(ms.floors, "measure", lambda device: dict(FL))
-    monkeypatch.setattr(ms, "build", lambda source, device, dtype: sources.build(
+    monkeypatch.setattr(ms, "build", lambda source, device, dtype: build(
         source.replace(f"max_seq_len={ms.LONG}", "max_seq_len=64"), torch.device("cpu"), dtype))
     monkeypatch.setattr(ms, "prefill_ms", lambda bundle, n, compiled=None: 10.0)
     monkeypatch.setattr(ms, "andromeda_tpot_ms", lambda model, mode: 0.5)

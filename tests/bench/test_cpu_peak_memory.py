@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from andromeda.bench.context import Case, RunContext
-from andromeda.bench.sources import build
 from andromeda.measure.timing import TimingConfig
+from andromeda.sources.models import build
 
 MIB = 2**20
 VOCAB = 320  # the tiny preset's

@@ -12,8 +12,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from andromeda.bench import sources
 from andromeda.bench.decoding import Decoder
+from andromeda.sources.models import build
 
 CPU = torch.device("cpu")
 PROMPT, MAX_LEN = 8, 64
@@ -67,7 +67,7 @@ def test_a_cached_step_grows_only_by_attention_over_the_cache(source):
     if source.startswith("hf:"):
         pytest.importorskip("transformers")
     torch.manual_seed(0)
-    logs = _record_steps(sources.build(source, CPU, torch.float32))
+    logs = _record_steps(build(source, CPU, torch.float32))
     (n1, a), (n2, b), (n3, c) = sorted(logs.items())
     assert [op for op, _, _ in a] == [op for op, _, _ in b] == [op for op, _, _ in c]  # the same operations
     growing = 0
@@ -91,7 +91,7 @@ def test_without_the_cache_a_step_feeds_the_whole_prefix_without_copying_it():
     buffer in place: outside the model, a step's operations (views aside) and shapes are the same at every
     position."""
     torch.manual_seed(0)
-    bundle = sources.build("andromeda:tiny", CPU, torch.float32)
+    bundle = build("andromeda:tiny", CPU, torch.float32)
     fed, inside = [], [0]
 
     def enter(module, args):

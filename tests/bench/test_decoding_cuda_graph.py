@@ -8,9 +8,9 @@ import torch
 from andromeda.bench.decoding import Decoder
 from andromeda.bench.manifest import validate
 from andromeda.bench.runner import run
-from andromeda.bench.sources import build
 from andromeda.errors import UnsupportedError
 from andromeda.records import RecordStore
+from andromeda.sources.models import build
 
 
 def test_graph_decoder_steps_match_the_cached_forward():

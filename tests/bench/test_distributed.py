@@ -14,7 +14,6 @@ import pytest
 import torch
 import yaml
 
-from andromeda.bench import sources
 from andromeda.bench.context import Case, RunContext
 from andromeda.bench.launch import (
     LauncherSpec,
@@ -30,6 +29,7 @@ from andromeda.errors import ConfigError
 from andromeda.measure.balance import algbw_gbps, bus_factor, busbw_gbps, rank_spread, scaling_efficiency, stragglers
 from andromeda.measure.timing import TimingConfig
 from andromeda.records import RecordStore
+from andromeda.sources.models import build
 
 WORKER = Path(__file__).with_name("dist_grads_worker.py")
 
@@ -183,7 +183,7 @@ def test_ddp_and_fsdp_gradients_equal_across_ranks_and_the_single_process_gradie
     result = torch.load(out)
     # reference: one process, the same initial weights, the whole batch (both ranks' halves)
     torch.manual_seed(0)
-    bundle = sources.build("andromeda:tiny", torch.device("cpu"), torch.float32)
+    bundle = build("andromeda:tiny", torch.device("cpu"), torch.float32)
     bundle.model.train()
     bundle.loss(result["batch"]).backward()
     reference = torch.cat([p.grad.flatten() for p in bundle.model.parameters()])

@@ -13,8 +13,8 @@ import torch
 
 from andromeda.bench.compare import metric_kind
 from andromeda.bench.context import Case, RunContext
-from andromeda.bench.sources import build
 from andromeda.measure.timing import TimingConfig
+from andromeda.sources.models import build
 
 SOURCE = ("andromeda:tiny?causal=false&alibi_pos_bias=false&alibi_num_heads=null&rotary_xpos=false"
           "&attn_backend=eager")

@@ -1,10 +1,10 @@
 """Comparisons in one manifest run their sides case by case (ABAB...), each model built once."""
 
-from andromeda.bench import sources
 from andromeda.bench.manifest import validate
 from andromeda.bench.plan import plan
 from andromeda.bench.runner import run
 from andromeda.records import RecordStore
+from andromeda.sources import models
 
 A, B, C = "andromeda:tiny", "andromeda:tiny?depth=1", "andromeda:tiny?dim=32"
 LATENCY = {"scenario": "latency", "mode": ["forward"], "seq_len": [16, 32]}
@@ -40,13 +40,13 @@ def test_several_comparisons_keep_each_baseline_next_to_its_candidate():
 
 def test_interleaved_run_builds_each_model_once_and_writes_abab(tmp_path, monkeypatch):
     built = []
-    real = sources.build
+    real = models.build
 
     def counting(source, *a, **kw):
         built.append(source)
         return real(source, *a, **kw)
 
-    monkeypatch.setattr(sources, "build", counting)
+    monkeypatch.setattr(models, "build", counting)
     m = validate({"models": [A, B], "device": "cpu", "report": {"formats": ["csv"]},
                   "timing": {"warmup": 0, "min_runs": 2, "max_runs": 2, "budget_s": 0.01},
                   "scenarios": [{"scenario": "latency", "mode": ["forward"], "seq_len": [8, 16, 24]}],

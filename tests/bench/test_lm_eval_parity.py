@@ -18,9 +18,9 @@ import re
 import pytest
 import torch
 
-from andromeda.bench import sources
 from andromeda.bench.scenarios.perplexity import evaluate
 from andromeda.data import python_docs, text_documents
+from andromeda.sources.models import build
 
 pytest.importorskip("transformers")
 MAX_LEN = 32  # the model's context (n_positions): lm-eval's max_length
@@ -93,7 +93,7 @@ def _lm_eval_metrics(lls: list[float], texts: list[str]) -> dict[str, float]:
 
 
 def _ours(path, texts, **kw):
-    bundle = sources.build(f"hf:{path}", torch.device("cpu"), torch.float32)
+    bundle = build(f"hf:{path}", torch.device("cpu"), torch.float32)
     docs = text_documents(texts, bundle.tokenizer)
     return evaluate(bundle, docs, seq_len=bundle.facts.max_seq_len, words="lm-eval", **kw)
 
@@ -109,7 +109,7 @@ def test_lm_eval_mode_reproduces_lm_eval_definitions(gpt2_dir):
     for key in ("word_ppl", "byte_ppl", "bits_per_byte"):
         assert m[key] == pytest.approx(ref[key], rel=1e-6), key
     # whitespace words (our default): len(doc.split()), without the empty word lm-eval counts after a final newline
-    ws, ws_info = evaluate(sources.build(f"hf:{gpt2_dir}", torch.device("cpu"), torch.float32),
+    ws, ws_info = evaluate(build(f"hf:{gpt2_dir}", torch.device("cpu"), torch.float32),
                            text_documents(texts, _tokenizer(gpt2_dir)), seq_len=MAX_LEN, batch=4)
     ws_words = sum(len(t.split()) for t in texts)
     assert ws_info["words"] == "whitespace" and ws["words_scored"] == ws_words < m["words_scored"]

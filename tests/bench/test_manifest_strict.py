@@ -79,7 +79,7 @@ def test_manifests_load_and_fail_without_torch(tmp_path):
 
 
 def test_manifest_modules_import_no_torch():
-    code = ("import sys; import andromeda.bench.manifest, andromeda.bench.plan, andromeda.bench.source_spec, "
+    code = ("import sys; import andromeda.bench.manifest, andromeda.bench.plan, andromeda.sources.spec, "
             "andromeda.measure.timing_config; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
@@ -288,7 +288,7 @@ def test_hf_config_keys_are_checked_with_a_suggestion(tmp_path, capsys):
     err = _err(tmp_path, capsys, "models: ['hf:t5']\nscenarios: [{scenario: latency}]\n")
     assert "no causal LM for model type 't5'" in err, err
     # the keys transformers takes (an alias, a legacy key it folds into another field) pass
-    from andromeda.bench.source_spec import check_source
+    from andromeda.sources.spec import check_source
 
     check_source("hf:gpt2?hidden_size=64&n_layer=2&n_head=2")
     check_source("hf:matched:tiny?max_seq_len=1024&rope_theta=5000")
@@ -297,7 +297,7 @@ def test_hf_config_keys_are_checked_with_a_suggestion(tmp_path, capsys):
 def test_missing_transformers_names_the_extra(monkeypatch):
     import builtins
 
-    from andromeda.bench import source_spec
+    from andromeda.sources import spec
 
     real = builtins.__import__
 
@@ -308,7 +308,7 @@ def test_missing_transformers_names_the_extra(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_transformers)
     with pytest.raises(Exception, match=r"pip install 'andromeda\[hf\]'"):
-        source_spec.check_source("hf:gpt2")
+        spec.check_source("hf:gpt2")
 
 
 def test_andromeda_sources_still_say_did_you_mean(tmp_path, capsys):
@@ -343,17 +343,18 @@ def test_dump_manifest_round_trips_strings_that_look_like_numbers(tmp_path):
 
 def test_config_copies_match_the_modules_they_mirror():
     """Torch-free copies of constants whose home modules import torch."""
-    from andromeda.bench import attention_impls, source_spec, sparsity
+    from andromeda.bench import attention_impls, sparsity
     from andromeda.bench.scenarios.config import attention, diagnostics
     from andromeda.diagnostics import gradients, inputs
     from andromeda.model import checkpoint
+    from andromeda.sources import spec
 
     assert attention.IMPLS == attention_impls.IMPLS and attention.PATTERNS == sparsity.PATTERNS
     assert diagnostics.CLASSES == inputs.CLASSES and diagnostics.NOISE_KINDS == inputs.NOISE_KINDS
     g = gradients.GradThresholds()
     assert diagnostics.GRAD_THRESHOLDS == {k: getattr(g, k) for k in diagnostics.GRAD_THRESHOLDS}
-    assert source_spec.CHECKPOINT_CONFIG == checkpoint.CONFIG and checkpoint.WEIGHTS in source_spec.CHECKPOINT_WEIGHTS
-    assert source_spec.CHECKPOINT_EMBEDDING == checkpoint.EMBEDDING
+    assert spec.CHECKPOINT_CONFIG == checkpoint.CONFIG and checkpoint.WEIGHTS in spec.CHECKPOINT_WEIGHTS
+    assert spec.CHECKPOINT_EMBEDDING == checkpoint.EMBEDDING
 
 
 def test_every_config_has_its_run_code():

@@ -9,11 +9,11 @@ import pytest
 import torch
 import yaml
 
-from andromeda.bench import sources
 from andromeda.bench.scenarios.perplexity import evaluate
 from andromeda.data import Documents, text_documents
 from andromeda.errors import ConfigError
 from andromeda.records import RecordStore
+from andromeda.sources.models import build
 
 CPU = torch.device("cpu")
 HF_LLAMA = ("hf:llama?hidden_size=64&num_hidden_layers=2&num_attention_heads=4&num_key_value_heads=1"
@@ -23,7 +23,7 @@ HF_LLAMA = ("hf:llama?hidden_size=64&num_hidden_layers=2&num_attention_heads=4&n
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return sources.build("andromeda:tiny", CPU, torch.float32)
+    return build("andromeda:tiny", CPU, torch.float32)
 
 
 def _docs(lengths, seed=0, vocab=256):
@@ -90,7 +90,7 @@ def test_the_documented_picture_of_the_windows():
 
 def test_hf_model_matches_transformers_loss():
     torch.manual_seed(0)
-    hf = sources.build(HF_LLAMA, CPU, torch.float32)
+    hf = build(HF_LLAMA, CPU, torch.float32)
     ids = np.random.default_rng(0).integers(0, 300, 48)
     m, _ = evaluate(hf, Documents([ids]), seq_len=64)
     x = torch.as_tensor(ids)[None]
@@ -196,7 +196,7 @@ def test_scenarios_through_the_runner(tmp_path):
     from andromeda.bench.scenarios.perplexity import open_cached
     from andromeda.model import load_checkpoint
 
-    loaded = sources.build("andromeda:tiny?kv_heads=4", CPU, torch.float32)
+    loaded = build("andromeda:tiny?kv_heads=4", CPU, torch.float32)
     loaded.model.load_state_dict(load_checkpoint(tmp_path / "teacher").state_dict())
     direct, _ = evaluate(loaded, open_cached(data, loaded.tokenizer).documents(), seq_len=32, max_tokens=200)
     assert t["ppl"] == pytest.approx(direct["ppl"], rel=1e-6)
@@ -286,7 +286,7 @@ def test_python_docs_bits_per_byte_through_the_cli_and_the_python_function(tmp_p
     (rec,) = RecordStore(tmp_path / "run" / "results.jsonl").read()
 
     torch.manual_seed(7)
-    bundle = sources.build("andromeda:tiny", CPU, torch.float32)
+    bundle = build("andromeda:tiny", CPU, torch.float32)
     docs = open_data("text:python-docs", bundle.tokenizer).documents("val")
     m, info = evaluate(bundle, docs, seq_len=128, words="lm-eval")
     assert rec.metrics["bits_per_byte"] == pytest.approx(m["bits_per_byte"], rel=1e-6)

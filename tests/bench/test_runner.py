@@ -196,7 +196,7 @@ def test_hf_source_from_local_checkpoint(tmp_path):
     transformers = pytest.importorskip("transformers")
     import torch
 
-    from andromeda.bench.sources import build
+    from andromeda.sources.models import build
 
     cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                    num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128)

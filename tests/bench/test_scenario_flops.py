@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from andromeda.bench.context import Case, RunContext
-from andromeda.bench.sources import build
 from andromeda.measure.timing import TimingConfig
+from andromeda.sources.models import build
 
 B, N = 2, 16
 # tiny-sized, non-causal (every pair counts), no ALiBi/xPos so eager, sdpa and flex all run it

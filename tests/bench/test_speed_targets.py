@@ -114,7 +114,7 @@ def test_main_writes_every_field_with_stubbed_timings(st, monkeypatch, tmp_path)
 
     import torch
 
-    from andromeda.bench import sources
+    from andromeda.sources.models import build
 
     fl = {"matmul_bf16_tflops": 700.0, "copy_gb_per_s": 3000.0, "device": "NVIDIA H100 80GB HBM3",
           "datasheet_bf16_tflops": 989.5, "datasheet_gb_per_s": 3350.0}
@@ -123,7 +123,7 @@ def test_main_writes_every_field_with_stubbed_timings(st, monkeypatch, tmp_path)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(torch, "compile", lambda m, **kw: m)
     monkeypatch.setattr(st.floors, "measure", lambda device: dict(fl))
-    monkeypatch.setattr(st, "build", lambda source, device, dtype: sources.build(
+    monkeypatch.setattr(st, "build", lambda source, device, dtype: build(
         source.replace("andromeda?", "tiny?").replace(f"max_seq_len={ms.LONG}", "max_seq_len=64"),
         torch.device("cpu"), dtype))
     monkeypatch.setattr(ak, "impls", lambda **kw: {name: None for name in st.ATTN.values()})

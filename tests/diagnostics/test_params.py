@@ -40,7 +40,7 @@ def test_frozen_parameters_are_not_trainable():
 
 def test_hf_llama_counts():
     pytest.importorskip("transformers")
-    from andromeda.bench.sources import build
+    from andromeda.sources.models import build
 
     b = build("hf:llama?hidden_size=64&num_hidden_layers=2&num_attention_heads=4&num_key_value_heads=1"
               "&intermediate_size=128&vocab_size=300", torch.device("cpu"), torch.float32)

@@ -86,7 +86,7 @@ def test_checkpointed_blocks_that_end_in_a_saved_op_recompute_everything(model_k
 
 def test_checkpointed_hf_llama_skips_its_down_projection():
     pytest.importorskip("transformers")
-    from andromeda.bench.sources import build
+    from andromeda.sources.models import build
 
     bundle = build("hf:matched:tiny?max_seq_len=32", torch.device("cpu"), torch.float32)
     model, f = bundle.model, bundle.facts

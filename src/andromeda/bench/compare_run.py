@@ -112,7 +112,7 @@ def compare_run_dir(run_dir: str | Path) -> list[Compared]:
 
 
 def recorded_facts(run_dir: str | Path) -> dict[str, Any]:
-    """{source: facts} from <run>/facts.json; sources missing there are left to regress.source_facts."""
+    """{source: facts} from <run>/facts.json; sources missing there are left to sources.models.source_facts."""
     path = Path(run_dir) / "facts.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

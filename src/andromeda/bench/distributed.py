@@ -142,9 +142,10 @@ def run_worker(job_dir: Path) -> None:
     import torch
     import torch.distributed as dist
 
-    from andromeda.bench import scenarios, sources
+    from andromeda.bench import scenarios
     from andromeda.bench.context import Case, RunContext
     from andromeda.measure.timing import TimingConfig
+    from andromeda.sources import models
 
     job = json.loads((job_dir / JOB_FILE).read_text())
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -158,7 +159,7 @@ def run_worker(job_dir: Path) -> None:
                      env=job["env"], peak_tflops=job["peak_tflops"], seed=job["seed"], case=case)
     ctx.extra["dist"] = info
     torch.manual_seed(job["seed"])
-    bundle = sources.build(case.source, dev, ctx.dtype)
+    bundle = models.build(case.source, dev, ctx.dtype)
     scenario = scenarios.get(case.scenario)
     records = scenario.run(bundle, dict(case.params), ctx)
     rank_info = {"rank": rank, "local_rank": local_rank, "host": info.host, "device": str(dev)}

@@ -25,7 +25,6 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 
-from andromeda.bench import source_spec
 from andromeda.bench.launch import LauncherSpec, check_manifest
 from andromeda.bench.scenarios import config as scenario_configs
 from andromeda.errors import AndromedaError, ConfigError
@@ -43,6 +42,7 @@ from andromeda.schema.fields import (
     Warmup,
     show,
 )
+from andromeda.sources import spec
 
 FORMATS = ("csv", "json", "png", "md", "html", "tex")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -233,7 +233,7 @@ class Manifest(StrictModel):
     @field_validator("models")
     @classmethod
     def _sources(cls, v: list[str]) -> list[str]:
-        return _check_each(v, source_spec.check_syntax, strip="models: ")
+        return _check_each(v, spec.check_syntax, strip="models: ")
 
     @field_validator("threads", mode="before")
     @classmethod
@@ -329,7 +329,7 @@ def check_resources(manifest: Manifest, label: str = "manifest") -> None:
             raise fail(f"scenarios[{i}].", e) from None
     for i, source in enumerate(manifest.models):
         try:
-            source_spec.check_source(source)
+            spec.check_source(source)
         except (AndromedaError, OSError) as e:
             raise fail(f"models[{i}]: ", e) from None
 

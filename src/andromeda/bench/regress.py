@@ -32,7 +32,7 @@ from andromeda.bench.compare import (
 from andromeda.bench.compare_summary import by_candidate
 from andromeda.bench.noise import Floors, flag, gate
 from andromeda.bench.work import with_work
-from andromeda.errors import AndromedaError, missing_extra
+from andromeda.errors import AndromedaError
 from andromeda.records import Record, load_records
 
 if TYPE_CHECKING:
@@ -86,51 +86,14 @@ def _as_list(metric: str | Sequence[str]) -> list[str]:
 
 
 # ---- model shapes ---------------------------------------------------------------------------------
-def source_facts(source: str) -> ModelFacts:
-    """Facts of a model source without its weights: analytic for andromeda:; for xt: and hf: the
-    module tree built on the meta device (no memory, no weights read), so an x-transformers model
-    or a 'matched' Llama shows its real parameter count. AndromedaError when the shape cannot be found.
-    """
+def _source_facts(source: str) -> ModelFacts:
+    """A model source's facts without its weights (sources/models.py), imported only when a shape is needed:
+    comparisons stay torch-free until then. AndromedaError when the shape cannot be found (torch absent too)."""
     try:
-        import torch
-
-        from andromeda.bench.sources import (
-            _build_xt,
-            _hf_facts,
-            andromeda_config,
-            hf_config,
-            matched_llama,
-            parse_source,
-            split_matched,
-        )
-        from andromeda.measure.facts import facts_from_config
-        from andromeda.model import from_name
-
-        kind, name, overrides = parse_source(source)
-        if kind == "andromeda":
-            return facts_from_config(andromeda_config(source))
-        if kind == "xt":
-            with torch.device("meta"):
-                return _build_xt(source, name, overrides).facts
-        try:
-            from transformers import AutoConfig, AutoModelForCausalLM
-        except ImportError as e:
-            raise missing_extra("transformers", "hf") from e
-        if Path(name).exists():
-            config = AutoConfig.from_pretrained(name, local_files_only=True)
-        elif name.startswith("matched:"):  # as sources.build makes it: Andromeda fields shape it
-            shape, hf_keys = split_matched(overrides)
-            kw, _ = matched_llama(source, from_name(name.split(":", 1)[1], **shape), hf_keys)
-            config = hf_config(AutoConfig, "llama", kw)
-        else:
-            config = AutoConfig.for_model(name, **overrides)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-        return _hf_facts(config, model)
-    except AndromedaError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any failure (torch absent included) means the shape is unknown
+        from andromeda.sources.models import source_facts as facts_of
+    except ImportError as e:
         raise AndromedaError(f"cannot tell the shape of '{source}': {type(e).__name__}: {e}") from None
+    return facts_of(source)
 
 
 def shape_differences(base: ModelFacts, cand: ModelFacts, params_rtol: float = PARAMS_RTOL) -> list[str]:
@@ -165,7 +128,7 @@ def compare_records(
 
     Uses Record.samples[metric] (raw samples), else the single value Record.metrics[metric]; only
     `ok` records, fit records left out. Model shapes (params, dim, layers, heads; from `facts`, else
-    source_facts()) must agree unless allow_mismatch. Every comparison carries both sides' parameters
+    sources.models.source_facts()) must agree unless allow_mismatch. Every comparison carries both sides' parameters
     and FLOPs per token, their ratios and the ratio at equal work (bench/work.py); its reason states
     them where they differ by more than 2% or the shapes differ. candidates: default every other
     source. The correction runs across every comparison returned.
@@ -189,7 +152,7 @@ def compare_records(
     def get_facts(src: str) -> ModelFacts | None:
         if src not in known:
             try:
-                known[src] = source_facts(src)
+                known[src] = _source_facts(src)
             except AndromedaError:
                 if not allow_mismatch:
                     raise
@@ -469,5 +432,5 @@ def compare(
 
 __all__ = [
     "compare", "RunComparison", "StatusChange", "compare_records", "compare_runs", "compare_sources", "match_records",
-    "load_run", "source_facts", "shape_differences", "metric_values", "describe_case", "params_key",
+    "load_run", "shape_differences", "metric_values", "describe_case", "params_key",
 ]

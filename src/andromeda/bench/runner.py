@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from andromeda.bench import scenarios, sources
+from andromeda.bench import scenarios
 from andromeda.bench.capture import LOG_NAME, library_output_to, logged_lines
 from andromeda.bench.context import Case, RunContext
 from andromeda.bench.manifest import Manifest, dump_manifest
@@ -43,6 +43,7 @@ from andromeda.measure.flops import device_peak_tflops
 from andromeda.measure.host_load import LoadProbe, noisy_reason
 from andromeda.measure.memory import free_memory, is_oom
 from andromeda.records import RESULTS, Record, RecordStore
+from andromeda.sources import models
 
 FACTS = "facts.json"  # each built source's ModelFacts, so comparisons can check shapes without torch
 EXIT_ERRORS = 3  # some case errored
@@ -258,7 +259,7 @@ def _run_in_process(manifest: Manifest, cases: list[Case], done: set[str], ctx: 
                 progress.note(f"building {source}")
                 try:
                     torch.manual_seed(manifest.seed)
-                    bundles[source] = sources.build(source, ctx.device, ctx.dtype)
+                    bundles[source] = models.build(source, ctx.device, ctx.dtype)
                     save_facts(out, source, bundles[source].facts)
                 except Exception as e:  # noqa: BLE001 - a model that cannot be built fails its cases
                     failed[source] = _classify(e)

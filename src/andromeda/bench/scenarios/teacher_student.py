@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from andromeda.bench import sources
 from andromeda.bench.decoding import Decoder
 from andromeda.bench.scenarios import register
 from andromeda.bench.scenarios.common import random_tokens
@@ -30,6 +29,7 @@ from andromeda.bench.scenarios.perplexity import evaluate, open_cached
 from andromeda.errors import ConfigError, UnsupportedError
 from andromeda.measure.facts import kv_cache_bytes_per_token
 from andromeda.measure.memory import module_bytes, track_memory
+from andromeda.sources import models
 
 MiB = 2**20
 ROLES = ("teacher", "student")
@@ -128,7 +128,7 @@ class TeacherStudent:
                 b, name = bundle, bundle.source
             else:
                 torch.manual_seed(ctx.seed)
-                b, name = sources.build(ref.source, ctx.device, ctx.dtype), ref.source
+                b, name = models.build(ref.source, ctx.device, ctx.dtype), ref.source
                 if ref.checkpoint:
                     load_into(b, ref.checkpoint)
                     name = f"{ref.source} + {ref.checkpoint}"

@@ -8,12 +8,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from andromeda.bench import source_spec
 from andromeda.bench.scenarios.config import ScenarioConfig, register_config
 from andromeda.bench.scenarios.config.perplexity import MaxTokens, check_strides
 from andromeda.data.loaders import check_data_files, validate_data_spec
 from andromeda.errors import AndromedaError
 from andromeda.schema.fields import Batch, StrictModel, Tokens, Tokens2
+from andromeda.sources import spec
 
 
 class ModelRef(StrictModel):
@@ -25,7 +25,7 @@ class ModelRef(StrictModel):
     @classmethod
     def _source(cls, v: str) -> str:
         try:
-            source_spec.check_syntax(v)
+            spec.check_syntax(v)
         except AndromedaError as e:
             raise ValueError(str(e).removeprefix("models: ")) from None
         return v
@@ -35,17 +35,17 @@ class ModelRef(StrictModel):
         The files first: they need no torch."""
         saved = None
         if self.checkpoint is not None:
-            if source_spec.parse_source(self.source)[0] != "andromeda":
+            if spec.parse_source(self.source)[0] != "andromeda":
                 raise ValueError(f"checkpoint: '{self.checkpoint}' is an Andromeda checkpoint; its source must be "
                                  f"andromeda:<preset>, not '{self.source}'")
             try:
-                saved = source_spec.check_checkpoint_dir(Path(self.checkpoint).expanduser())
+                saved = spec.check_checkpoint_dir(Path(self.checkpoint).expanduser())
             except AndromedaError as e:
                 raise ValueError(f"checkpoint: {e}") from None
-        source_spec.check_source(self.source)
+        spec.check_source(self.source)
         if saved is None:
             return
-        built = source_spec.andromeda_config(self.source).to_dict()
+        built = spec.andromeda_config(self.source).to_dict()
         diff = [k for k, v in saved.items() if built.get(k) != v]
         if diff:
             raise ValueError(f"checkpoint: '{self.checkpoint}' was saved with a different config "

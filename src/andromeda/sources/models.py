@@ -26,7 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from andromeda.bench.source_spec import (  # noqa: F401 - the parsing half lives there, torch-free
+from andromeda.errors import AndromedaError, ConfigError, missing_extra
+from andromeda.measure.facts import ModelFacts, facts_from_config
+from andromeda.model import Andromeda, ByteTokenizer, from_name
+from andromeda.sources.spec import (  # noqa: F401 - the parsing half lives there, torch-free
     COMPILE_KEY,
     COMPILE_MODES,
     KINDS,
@@ -42,9 +45,6 @@ from andromeda.bench.source_spec import (  # noqa: F401 - the parsing half lives
     split_matched,
     xt_unsupported,
 )
-from andromeda.errors import ConfigError, missing_extra
-from andromeda.measure.facts import ModelFacts, facts_from_config
-from andromeda.model import Andromeda, ByteTokenizer, from_name
 
 validate_source = check_source  # the name tests and older code use
 
@@ -169,6 +169,39 @@ def _hf_facts(c, model: nn.Module) -> ModelFacts:
         causal=True, max_seq_len=get("max_position_embeddings", "n_positions", default=2048),
         tied_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
     )
+
+
+def source_facts(source: str) -> ModelFacts:
+    """Facts of a model source without its weights: analytic for andromeda:; for xt: and hf: the
+    module tree built on the meta device (no memory, no weights read), so an x-transformers model
+    or a 'matched' Llama shows its real parameter count. AndromedaError when the shape cannot be found.
+    """
+    try:
+        kind, name, overrides = parse_source(source)
+        if kind == "andromeda":
+            return facts_from_config(andromeda_config(source))
+        if kind == "xt":
+            with torch.device("meta"):
+                return _build_xt(source, name, overrides).facts
+        try:
+            from transformers import AutoConfig, AutoModelForCausalLM
+        except ImportError as e:
+            raise missing_extra("transformers", "hf") from e
+        if Path(name).exists():
+            config = AutoConfig.from_pretrained(name, local_files_only=True)
+        elif name.startswith("matched:"):  # as build() makes it: Andromeda fields shape it
+            shape, hf_keys = split_matched(overrides)
+            kw, _ = matched_llama(source, from_name(name.split(":", 1)[1], **shape), hf_keys)
+            config = hf_config(AutoConfig, "llama", kw)
+        else:
+            config = AutoConfig.for_model(name, **overrides)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        return _hf_facts(config, model)
+    except AndromedaError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure means the shape is unknown
+        raise AndromedaError(f"cannot tell the shape of '{source}': {type(e).__name__}: {e}") from None
 
 
 # ---- x-transformers -------------------------------------------------------------------------

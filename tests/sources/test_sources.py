@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from andromeda.bench.sources import andromeda_config, build, validate_source
 from andromeda.errors import ConfigError
 from andromeda.model import Andromeda, from_name, save_checkpoint
+from andromeda.sources.models import andromeda_config, build, validate_source
 
 
 def test_checkpoint_directory_is_a_source_with_overrides(tmp_path):

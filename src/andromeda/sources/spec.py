@@ -1,4 +1,4 @@
-"""Model source strings, parsed and checked before anything is built (bench/sources.py builds them).
+"""Model source strings, parsed and checked before anything is built (sources/models.py builds them).
 
   check_syntax(source)  the string's shape: kind, name, ?key=value pairs, compile mode. Torch-free.
   check_source(source)  what building it will need, checked now, so that no case fails on it later:

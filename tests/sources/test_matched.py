@@ -4,7 +4,6 @@ of sources carries both sides' work and the ratio at equal work. Hand computatio
 import pytest
 
 from andromeda.bench.compare import compare_samples
-from andromeda.bench.source_spec import check_source, llama_config_for, matched_ffn
 from andromeda.bench.work import flops_per_token, with_work, work_ratio
 from andromeda.errors import ConfigError
 from andromeda.measure.facts import ModelFacts, facts_from_config
@@ -13,6 +12,7 @@ from andromeda.model import from_name
 from andromeda.model.config import PRESETS
 from andromeda.records import Record
 from andromeda.report.compare_report import comparisons_markdown_table
+from andromeda.sources.spec import check_source, llama_config_for, matched_ffn
 
 # preset (with overrides) -> the Llama FFN width expected: 2/3 of Andromeda's, a multiple of 64 where that
 # keeps both ratios within 1% (tiny needs a multiple of 4)
@@ -41,7 +41,7 @@ def hand_llama_flops_per_token(d, layers, heads, kv_heads, head_dim, vocab, ff, 
 def test_matched_llama_does_the_presets_work(preset, overrides):
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
-    from andromeda.bench.source_spec import hf_config
+    from andromeda.sources.spec import hf_config
 
     cfg = from_name(preset, **dict(overrides))
     width = WIDTHS[(preset, overrides)]
@@ -88,7 +88,7 @@ def test_matched_bundle_records_its_match():
     pytest.importorskip("transformers")
     import torch
 
-    from andromeda.bench.sources import build
+    from andromeda.sources.models import build
 
     bundle = build("hf:matched:tiny", torch.device("cpu"), torch.float32)
     m = bundle.info["matched"]
