@@ -6,9 +6,9 @@ block's output statistics at an interval, and a spike detector that names the la
   its own. No extra pass over the gradients, no host synchronization.
 - ActivationStats: forward hooks on the blocks, registered only for a step at the interval (and only its first
   micro-batch), each putting the output's mean, standard deviation and max |x| (float32) on the device.
-- SpikeDetector: on the host, when the step's values are read (log time): a value above mean + k * std of the
-  previous `window` values (spikes excluded from the window) is a spike; the record names the layer whose
-  gradient norm is furthest above its own moving mean (ratio to it).
+- SpikeDetector: on the host, when the step's values are read (log time): a rise from the previous value beyond
+  the mean + k * std of the step-to-step changes in the last `window` values is a spike; the record names the
+  layer whose gradient norm is furthest above its own moving mean (ratio to it).
 """
 
 from __future__ import annotations
@@ -120,9 +120,9 @@ class Spike:
     step: int
     metric: str  # "loss" or "grad_norm"
     value: float
-    mean: float  # of the window before it
-    std: float
-    sigmas: float  # (value - mean) / std; inf for a non-finite value
+    expected: float  # the previous value plus the window's mean step-to-step change
+    std: float  # the standard deviation of the window's step-to-step changes
+    sigmas: float  # (value - expected) / std; inf for a non-finite value
     layer: str | None  # the group whose gradient norm is furthest above its moving mean, if per-layer norms exist
     layer_ratio: float | None  # its norm over its moving mean
 
@@ -132,15 +132,17 @@ class Spike:
     def message(self) -> str:
         where = f"; layer {self.layer} at {self.layer_ratio:.1f}x its moving mean" if self.layer else ""
         return (f"spike at step {self.step}: {self.metric} {self.value:.4g} is {self.sigmas:.1f} sigma above the "
-                f"mean {self.mean:.4g} (std {self.std:.3g}) of the previous steps{where}")
+                f"{self.expected:.4g} the previous steps lead to (std of a step's change {self.std:.3g}){where}")
 
 
 class SpikeDetector:
-    """Flags a loss or gradient norm above mean + sigma * std of the previous `window` (non-spike) values.
+    """Flags a loss or gradient norm that rose from the previous value by more than its usual step-to-step change:
+    with d the changes within the last `window` values, a spike is value - previous > mean(d) + sigma * std(d).
 
-    min_history values are needed before anything is flagged. std has a floor of rel_floor * |mean| so that a
-    nearly constant series does not flag its rounding. Only upward moves count (a falling loss is progress);
-    a non-finite value is always a spike."""
+    Changes, not levels: a loss falling (or a norm growing) along a trend does not widen the band, so a jump is
+    seen against the noise alone. min_history values are needed before anything is flagged; std has a floor of
+    rel_floor * |previous| so that a nearly constant series does not flag its rounding. Only rises count; a
+    non-finite value is always a spike. Every finite value enters the window (a lasting shift stops alarming)."""
 
     def __init__(self, window: int = 50, sigma: float = 6.0, min_history: int = 10, rel_floor: float = 1e-3):
         self.window, self.sigma, self.min_history, self.rel_floor = window, sigma, min_history, rel_floor
@@ -150,15 +152,18 @@ class SpikeDetector:
 
     def _check(self, metric: str, value: float) -> tuple[float, float, float] | None:
         hist = self._series[metric]
+        prev = hist[-1] if hist else float("nan")
         if not math.isfinite(value):
-            m = sum(hist) / len(hist) if hist else float("nan")
-            return m, float("nan"), math.inf
+            return prev, float("nan"), math.inf
         if len(hist) < self.min_history:
             return None
-        m = sum(hist) / len(hist)
-        std = max(math.sqrt(sum((v - m) ** 2 for v in hist) / len(hist)), self.rel_floor * abs(m), 1e-12)
-        z = (value - m) / std
-        return (m, std, z) if z > self.sigma else None
+        h = list(hist)
+        d = [b - a for a, b in zip(h, h[1:])]
+        mean = sum(d) / len(d)
+        std = max(math.sqrt(sum((x - mean) ** 2 for x in d) / len(d)), self.rel_floor * abs(prev), 1e-12)
+        expected = prev + mean
+        z = (value - expected) / std
+        return (expected, std, z) if z > self.sigma else None
 
     def update(self, step: int, loss: float, grad_norm: float,
                layers: dict[str, float] | None = None) -> list[Spike]:
@@ -169,12 +174,12 @@ class SpikeDetector:
             if hit is not None:
                 layer, ratio = self._moved_most(layers)
                 found.append(Spike(step, metric, value, hit[0], hit[1], hit[2], layer, ratio))
-        if not found:
-            for metric, value in (("loss", loss), ("grad_norm", grad_norm)):
+        for metric, value in (("loss", loss), ("grad_norm", grad_norm)):
+            if math.isfinite(value):
                 self._series[metric].append(value)
-            for name, v in (layers or {}).items():
-                if math.isfinite(v):
-                    self._layers.setdefault(name, deque(maxlen=self.window)).append(v)
+        for name, v in (layers or {}).items():
+            if math.isfinite(v):
+                self._layers.setdefault(name, deque(maxlen=self.window)).append(v)
         self.spikes.extend(found)
         return found
 
