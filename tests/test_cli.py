@@ -229,8 +229,8 @@ def test_out_of_range_options_are_one_line(argv, flag, capsys):
 
 
 def test_compare_alpha_from_the_api_is_a_config_error():
-    from andromeda.bench.compare import compare_samples
     from andromeda.errors import ConfigError
+    from andromeda.verdicts.comparison import compare_samples
 
     with pytest.raises(ConfigError, match="alpha"):
         compare_samples([1.0, 1.1], [1.0, 1.2], "latency_ms", alpha=2.0)

@@ -47,7 +47,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise AndromedaError(f"andromeda run needs torch, which failed to import ({e}); install it as the "
                              "README says (pip install torch==2.13.0 on a CPU machine)") from None
-    from andromeda.bench.compare_run import compare_run
+    from andromeda.api import compare_run
     from andromeda.bench.runner import run
     from andromeda.cli_progress import RichProgress, print_log_note, print_summary
     from andromeda.report import build_report
@@ -78,7 +78,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _exit_code(result, compared) -> int:
     """3 if a case errored, else 1 if a comparison gate failed, else 0; said on stderr when not 0."""
-    from andromeda.bench.compare_run import gate_exit_code
+    from andromeda.verdicts.compare_run import gate_exit_code
 
     code = result.exit_code or gate_exit_code(compared)
     if code == result.exit_code and code:
@@ -112,15 +112,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from andromeda.bench.compare_run import compare_run_dir
-    from andromeda.report import build_report
+    from andromeda.api import report
 
     formats = args.formats.split(",") if args.formats else None
-    compared = compare_run_dir(args.run_dir)  # a run with a compare: section gets its comparison rebuilt too
+    compared, paths = report(args.run_dir, formats)  # a run with a compare: section gets its comparison rebuilt too
     for c in compared:
         if c.result is None:
             print(f"comparison against {c.baseline} not rebuilt: {c.error}", file=sys.stderr)
-    paths = build_report(Path(args.run_dir), formats) if formats else build_report(Path(args.run_dir))
     for kind, files in paths.items():
         for f in files:
             print(f"{kind:5s} {f}")
@@ -178,9 +176,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from andromeda.bench.compare import Thresholds
-    from andromeda.bench.regress import compare
     from andromeda.report.compare_report import write_compare_report
+    from andromeda.verdicts.comparison import Thresholds
+    from andromeda.verdicts.regress import compare
 
     thresholds = Thresholds(speedup=args.threshold, memory=args.memory_threshold, max_abs_diff=args.max_abs_diff)
     result = compare(args.old, args.new, baseline=args.baseline, candidates=args.candidate,
@@ -197,8 +195,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_claims(args: argparse.Namespace) -> int:
-    from andromeda.bench.claims import check_claims
     from andromeda.report.claims_report import write_claims_report
+    from andromeda.verdicts.claims import check_claims
 
     result = check_claims(args.claims, device=args.device, peak_tflops=args.peak_tflops,
                           max_preset=args.max_preset, measure=not args.no_measure)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from andromeda.bench.compare import metric_kind
 from andromeda.bench.context import Case, RunContext
 from andromeda.measure.timing import TimingConfig
 from andromeda.sources.models import build
+from andromeda.verdicts.comparison import metric_kind
 
 SOURCE = ("andromeda:tiny?causal=false&alibi_pos_bias=false&alibi_num_heads=null&rotary_xpos=false"
           "&attn_backend=eager")

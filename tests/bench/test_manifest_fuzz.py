@@ -25,6 +25,7 @@ from andromeda.bench import manifest as manifest_mod
 from andromeda.bench.manifest import Manifest
 from andromeda.bench.scenarios import config as scenario_config
 from andromeda.cli import main
+from andromeda.verdicts.compare_spec import CompareSpec, CompareThresholds
 
 TINY_DATA = "synthetic:markov?val_docs=2&doc_len=32"
 LAUNCHER = {"type": "torchrun", "nproc": 2}
@@ -169,10 +170,10 @@ def _with(m: dict, key: str, value: Any) -> dict:
 def top_cases() -> list[tuple]:
     out = field_cases(full_base, [], Manifest, "", skip=("scenarios",), tag="top/")
     sections = {"timing": manifest_mod.TimingSpec, "report": manifest_mod.ReportSpec,
-                "compare": manifest_mod.CompareSpec, "launcher": manifest_mod.LauncherSpec}
+                "compare": CompareSpec, "launcher": manifest_mod.LauncherSpec}
     for key, cls in sections.items():
         out += field_cases(full_base, [key], cls, key, tag="top/")
-    out += field_cases(full_base, ["compare", "thresholds"], manifest_mod.CompareThresholds, "compare.thresholds",
+    out += field_cases(full_base, ["compare", "thresholds"], CompareThresholds, "compare.thresholds",
                        tag="top/")
     return out
 

@@ -19,7 +19,7 @@ def test_ticks_are_inside_apart_and_include_one(lo, hi):
 
 
 def test_a_noisy_comparison_chart_renders():
-    from andromeda.bench.compare import compare_samples
+    from andromeda.verdicts.comparison import compare_samples
 
     comps = [compare_samples([1.0, 50.0, 0.02, 3.0], [2.0, 0.01, 90.0, 1.0], "latency_ms", label=f"case {i}")
              for i in range(5)]

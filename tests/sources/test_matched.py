@@ -3,8 +3,6 @@ of sources carries both sides' work and the ratio at equal work. Hand computatio
 
 import pytest
 
-from andromeda.bench.compare import compare_samples
-from andromeda.bench.work import flops_per_token, with_work, work_ratio
 from andromeda.errors import ConfigError
 from andromeda.measure.facts import ModelFacts, facts_from_config
 from andromeda.measure.flops import forward_flops
@@ -13,6 +11,8 @@ from andromeda.model.config import PRESETS
 from andromeda.records import Record
 from andromeda.report.compare_report import comparisons_markdown_table
 from andromeda.sources.spec import check_source, llama_config_for, matched_ffn
+from andromeda.verdicts.comparison import compare_samples
+from andromeda.verdicts.work import flops_per_token, with_work, work_ratio
 
 # preset (with overrides) -> the Llama FFN width expected: 2/3 of Andromeda's, a multiple of 64 where that
 # keeps both ratios within 1% (tiny needs a multiple of 4)

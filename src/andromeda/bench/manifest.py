@@ -31,21 +31,22 @@ from andromeda.errors import AndromedaError, ConfigError
 from andromeda.schema import strict_yaml
 from andromeda.schema.fields import (
     CASES_MAX,
+    DTYPES,
     SECONDS_MAX,
     Float,
     NonEmpty,
-    NonNegFloat,
     Runs,
     Seconds,
     Seed,
     StrictModel,
     Warmup,
+    check_each,
     show,
 )
 from andromeda.sources import spec
+from andromeda.verdicts.compare_spec import CompareSpec
 
 FORMATS = ("csv", "json", "png", "md", "html", "tex")
-DTYPES = ("float32", "bfloat16", "float16")
 PEAK_TFLOPS_MAX = 1e6
 THREADS_MAX = 4_096
 _NAME = re.compile(r"[\w+\-][\w.+\- ]{0,99}")
@@ -85,59 +86,6 @@ class TimingSpec(StrictModel):
 class ReportSpec(StrictModel):
     formats: NonEmpty(Literal[FORMATS], 6) = Field(list(FORMATS), description=(
         "Artifacts to write: csv, json, png, md, html, tex (default: all)."))
-
-
-def _check_each(items: list[str], check, strip: str = "") -> list[str]:
-    """Run `check` on each item; its AndromedaError becomes a ValueError that format_error shows as [i]."""
-    for i, item in enumerate(items):
-        try:
-            check(item)
-        except AndromedaError as e:
-            raise ValueError(f"[{i}] {str(e).removeprefix(strip)}") from None
-    return items
-
-
-class CompareThresholds(StrictModel):
-    speedup: Float(1.0, 1e6) = Field(1.2, description=(
-        "Factor a significant time or throughput change must reach, either way, to be called faster or "
-        "slower (1.2 = 1.2x)."))
-    memory: NonNegFloat = Field(0.05, description=(
-        "Relative change a memory metric must exceed to be called more or less memory (0.05 = 5%)."))
-    max_abs_diff: NonNegFloat = Field(1e-5, description="Tolerance of *abs_diff (output difference) metrics.")
-    max_abs_diff_by_dtype: dict[Literal[DTYPES], NonNegFloat] = Field({}, description=(
-        "Per-dtype tolerance of *abs_diff metrics, e.g. {bfloat16: 0.02}; overrides max_abs_diff for that"
-        " dtype."))
-
-
-class CompareSpec(StrictModel):
-    """Candidates against a baseline, all from this manifest's models, with verdicts."""
-
-    baseline: str = Field(description="The model source the others are compared with; one of models.")
-    candidates: NonEmpty(str, 1000) | None = Field(None, description=(
-        "Models to compare with the baseline (default: every other model)."))
-    metrics: NonEmpty(str, 100) = Field(["latency_ms"], description=(
-        "Metrics to compare, e.g. [latency_ms, peak_mib]; the name says which way is better (ms: lower, "
-        "tokens_per_s: higher)."))
-    allow_mismatch: bool = Field(False, description=(
-        "Compare models of different shapes; every comparison still shows both sides' parameters, FLOPs "
-        "per token and the ratio at equal work."))
-    gate: bool = Field(False, description=(
-        "false: a comparison of models (faster / slower per case and per candidate, never fails the run);"
-        " true: a regression gate, the run exits 1 when a candidate is significantly worse beyond the "
-        "threshold and the noise floor."))
-    correction: Literal["holm", "bh", "none"] = Field("holm", description=(
-        "Multiple-comparison correction across all comparisons: holm, bh (Benjamini-Hochberg) or none."))
-    alpha: Float(0.0, 1.0, lo_open=True, hi_open=True) = Field(0.05, description=(
-        "Significance level of the (corrected) Mann-Whitney p-values."))
-    thresholds: CompareThresholds = Field(CompareThresholds(), description=(
-        "What counts as a real difference: speedup factor, memory fraction, output tolerance."))
-
-    @field_validator("metrics")
-    @classmethod
-    def _directed(cls, v: list[str]) -> list[str]:
-        from andromeda.bench.compare import metric_kind
-
-        return _check_each(v, metric_kind)
 
 
 def _check_name(v: str) -> str:
@@ -233,7 +181,7 @@ class Manifest(StrictModel):
     @field_validator("models")
     @classmethod
     def _sources(cls, v: list[str]) -> list[str]:
-        return _check_each(v, spec.check_syntax, strip="models: ")
+        return check_each(v, spec.check_syntax, strip="models: ")
 
     @field_validator("threads", mode="before")
     @classmethod
@@ -476,6 +424,6 @@ def json_schema() -> dict[str, Any]:
     return Manifest.model_json_schema()
 
 
-__all__ = ["Manifest", "TimingSpec", "ReportSpec", "CompareSpec", "CompareThresholds", "load_manifest", "validate",
+__all__ = ["Manifest", "TimingSpec", "ReportSpec", "load_manifest", "validate",
            "check_resources", "read_yaml", "dump_manifest", "apply_override", "preset_names", "preset_text",
-           "format_error", "json_schema", "FORMATS", "DTYPES"]
+           "format_error", "json_schema", "FORMATS"]

@@ -1,8 +1,8 @@
-"""Comparison and claims reports: Markdown, HTML, LaTeX, CSV and JSON tables, and a ratio-with-CI chart.
+"""Comparison reports: Markdown, HTML, LaTeX, CSV and JSON tables, and a ratio-with-CI chart.
 
-Reads Comparison / RunComparison objects (andromeda.bench.compare, andromeda.bench.regress) and the
-pandas, matplotlib and jinja2 only, never torch. A comparison of models reads faster / slower with a
-per-candidate geometric mean; a regression gate reads PASS / FAIL (bench/compare_summary.py).
+Reads the verdicts' data (Comparison, RunComparison, the per-candidate summary: verdicts/comparison.py,
+run_comparison.py, summary.py) with pandas, matplotlib and jinja2 only, never torch. A comparison of models
+reads faster / slower with a per-candidate geometric mean; a regression gate reads PASS / FAIL.
 
 write_compare_report(result, out_dir): compare.{md,html,tex,csv,json,png}
 (The claims report is report/claims_report.py.)
@@ -22,11 +22,12 @@ from jinja2 import Environment, StrictUndefined, select_autoescape
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from andromeda.bench.compare import Comparison
-from andromeda.bench.regress import RunComparison
 from andromeda.errors import AndromedaError
 from andromeda.report.format import MISSING, fmt_number, latex_escape, latex_number, unit_of
 from andromeda.report.html import data_uri
+from andromeda.verdicts.comparison import Comparison
+from andromeda.verdicts.run_comparison import RunComparison
+from andromeda.verdicts.summary import by_candidate
 
 COMPARE_FORMATS: tuple[str, ...] = ("md", "html", "tex", "csv", "json", "png")
 MAX_CHART_ROWS = 60
@@ -222,9 +223,7 @@ pre{background:#f7f7f7;padding:.8rem;white-space:pre-wrap}.result-pass{color:#1e
 
 
 def candidate_rows(result: RunComparison) -> list[dict[str, Any]]:
-    """The per-candidate verdicts (bench/compare_summary.py) as table rows."""
-    from andromeda.bench.compare_summary import by_candidate
-
+    """The per-candidate verdicts (verdicts/summary.py) as table rows."""
     return [{"candidate": c.candidate, "metric": c.metric, "headline": c.headline(), "n": c.n,
              "outcomes": ", ".join(f"{v} {k}" for k, v in sorted(c.outcomes.items(), key=lambda kv: -kv[1]))}
             for c in by_candidate(result.comparisons)]

@@ -10,7 +10,7 @@ Headline numbers, one column each when the run measured it, one row per model (s
   perplexity   ppl of the perplexity scenario at a point all ran (the longest context), else the final
                validation perplexity of a training run
 The best value of each column (lowest time, memory, perplexity; highest throughput) is marked when two or
-more models have it. Comparisons come from <run>/compare/**/compare.json (bench/compare_run.py). Torch-free.
+more models have it. Comparisons come from <run>/compare/**/compare.json (verdicts/compare_run.py). Torch-free.
 """
 
 from __future__ import annotations

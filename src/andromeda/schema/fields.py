@@ -22,6 +22,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from andromeda.errors import AndromedaError
+
 TOKENS_MAX = 1 << 20
 BATCH_MAX = 65_536
 RUNS_MAX = 1_000_000
@@ -32,6 +34,8 @@ SEED_MAX = 2**32 - 1
 HEADS_MAX = 4_096
 CASES_MAX = 100_000  # cases one manifest may plan (models x sweep points)
 FLOAT_MAX = 1e300  # "any finite number": the bound only keeps inf out
+
+DTYPES = ("float32", "bfloat16", "float16")  # the dtypes a model runs in
 
 STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
@@ -133,3 +137,14 @@ __all__ = [
     "Seconds", "TOKENS_MAX", "BATCH_MAX", "RUNS_MAX", "WARMUP_MAX", "STEPS_MAX", "SECONDS_MAX", "SEED_MAX",
     "HEADS_MAX", "CASES_MAX",
 ]
+
+
+def check_each(items: list[str], check, strip: str = "") -> list[str]:
+    """Run `check` on each item; its AndromedaError becomes a ValueError that the manifest's one-line error
+    shows as [i]."""
+    for i, item in enumerate(items):
+        try:
+            check(item)
+        except AndromedaError as e:
+            raise ValueError(f"[{i}] {str(e).removeprefix(strip)}") from None
+    return items

@@ -52,7 +52,7 @@ def test_compare_preset_runs_with_verdicts(tmp_path, capsys):
 
 
 def test_several_baselines_each_get_their_comparison(tmp_path):
-    from andromeda.bench.compare_run import compare_run
+    from andromeda.api import compare_run
     from andromeda.bench.runner import run
 
     models = ["andromeda:tiny", "andromeda:tiny?depth=1", "andromeda:tiny?dim=32", "andromeda:tiny?dim=32&depth=1"]

@@ -11,7 +11,7 @@ and a verdict against thresholds ("faster", "slower", "no significant difference
 a one-line reason. `correct()` applies Holm or Benjamini-Hochberg across many comparisons and
 re-decides with the adjusted p-values. A time or throughput verdict is "inconclusive (noisy)" when
 a side was measured on a busy machine (Comparison.noisy) or a significant difference lies within the
-A/A noise floor (Comparison.noise_floor; bench/noise.py sets both). Pairing records (across sources
+A/A noise floor (Comparison.noise_floor; verdicts/noise.py sets both). Pairing records (across sources
 of a run, or across two runs) is regress.py's job.
 
 numpy and scipy only (no torch): the report layer uses these types.
@@ -282,7 +282,7 @@ class Comparison:
     baseline_label: str = ""
     candidate_label: str = ""
     dtype: str | None = None
-    # the work of each side (bench/work.py; set for sources of one run): parameters, FLOPs per token of
+    # the work of each side (verdicts/work.py; set for sources of one run): parameters, FLOPs per token of
     # the measured work, their ratios (candidate / baseline) and the ratio at equal work (time: ratio /
     # flops_ratio, throughput: ratio x flops_ratio; None for other kinds)
     baseline_params: int | None = None
@@ -293,7 +293,7 @@ class Comparison:
     flops_ratio: float | None = None
     work_ratio: float | None = None
     notes: tuple[str, ...] = ()
-    noise_floor: float | None = None  # A/A reach: ratios within 1 + this, either way, are noise (bench/noise.py)
+    noise_floor: float | None = None  # A/A reach: ratios within 1 + this, either way, are noise (verdicts/noise.py)
     noisy: str | None = None  # why a side's timings are not trustworthy (a busy machine), or None
     thresholds: Thresholds = field(default_factory=Thresholds, repr=False, compare=False)
 

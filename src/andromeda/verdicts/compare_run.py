@@ -1,4 +1,6 @@
-"""A run's `compare:` section -> the comparison artifacts in <run>/compare/ (verdicts, CIs, chart).
+"""A run's `compare:` section -> its comparisons (verdicts, CIs), one per baseline, each with the folder its
+report goes to: <run>/compare/, or <run>/compare/<n>-<baseline>/ when there are several. Computes, never
+writes: the api has report/compare_report.py write them.
 
 Torch-free, like the report: `andromeda report` reads only the compare: section of the run's manifest.yml,
 and the model shapes come from the run's facts.json (written by the runner) when it is there.
@@ -8,31 +10,36 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from andromeda.bench.compare import Thresholds
-from andromeda.bench.regress import RunComparison, compare_sources
+from pydantic import ValidationError
+
 from andromeda.errors import AndromedaError
-from andromeda.report.compare_report import write_compare_report
-
-if TYPE_CHECKING:
-    from andromeda.bench.manifest import Manifest
+from andromeda.schema import strict_yaml
+from andromeda.verdicts.compare_spec import CompareSpec
+from andromeda.verdicts.comparison import Thresholds
+from andromeda.verdicts.regress import compare_sources
+from andromeda.verdicts.run_comparison import RunComparison
 
 EXIT_GATE = 1  # a comparison gate failed
 
 
 @dataclass
 class Compared:
-    """One baseline's comparison: its result and files, or why it could not be made."""
+    """One baseline's comparison: its result, or why it could not be made; where its report goes, and once
+    written, its files."""
 
     baseline: str
     result: RunComparison | None
-    paths: dict[str, list[Path]] = field(default_factory=dict)
+    out: Path | None = None  # the folder of its report
+    title: str = ""
     error: str | None = None
     gate: bool = False  # the compare: entry's gate: a comparison of models (False) fails nothing
+    paths: dict[str, list[Path]] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -46,16 +53,19 @@ def gate_exit_code(compared: list[Compared]) -> int:
     return EXIT_GATE if any(c.failed for c in compared) else 0
 
 
-def compare_run(run_dir: str | Path, manifest: Manifest | SimpleNamespace) -> list[Compared]:
-    """Compare each of the manifest's baselines with its candidates over the run's records.
+def compare_run(run_dir: str | Path, comparisons: Sequence[CompareSpec], *, name: str, seed: int) -> list[Compared]:
+    """Compare each baseline of a run's compare: section (`comparisons`) with its candidates over the run's
+    records; `name` (the run's) titles the reports, `seed` seeds the bootstrap.
 
-    One comparison writes <run>/compare/; several write <run>/compare/<n>-<baseline>/ each. A comparison
-    that cannot be made (e.g. its baseline has no ok records) is returned with its error; the others go on.
-    Empty without a `compare:` section."""
-    specs = manifest.comparisons
+    A comparison that cannot be made (e.g. its baseline has no ok records) is returned with its error; the
+    others go on. Empty without a `compare:` section."""
+    specs = list(comparisons)
     facts = recorded_facts(run_dir) if specs else {}
     done = []
     for i, spec in enumerate(specs):
+        out = compare_dir(run_dir, spec.baseline, i if len(specs) > 1 else None)
+        what = "regression gate" if spec.gate else "models"
+        title = f"{name}: {what} against {spec.baseline}"
         t = spec.thresholds
         try:
             result = compare_sources(
@@ -63,15 +73,12 @@ def compare_run(run_dir: str | Path, manifest: Manifest | SimpleNamespace) -> li
                 thresholds=Thresholds(speedup=t.speedup, memory=t.memory, max_abs_diff=t.max_abs_diff,
                                       max_abs_diff_by_dtype=dict(t.max_abs_diff_by_dtype)),
                 allow_mismatch=spec.allow_mismatch, facts=facts, correction=spec.correction, alpha=spec.alpha,
-                seed=manifest.seed, gate=spec.gate,
+                seed=seed, gate=spec.gate,
             )
         except AndromedaError as e:
-            done.append(Compared(spec.baseline, None, {}, str(e), gate=spec.gate))
+            done.append(Compared(spec.baseline, None, out, title, error=str(e), gate=spec.gate))
             continue
-        out = compare_dir(run_dir, spec.baseline, i if len(specs) > 1 else None)
-        what = "regression gate" if spec.gate else "models"
-        paths = write_compare_report(result, out, title=f"{manifest.name}: {what} against {spec.baseline}")
-        done.append(Compared(spec.baseline, result, paths, gate=spec.gate))
+        done.append(Compared(spec.baseline, result, out, title, gate=spec.gate))
     return done
 
 
@@ -86,29 +93,20 @@ def compare_run_dir(run_dir: str | Path) -> list[Compared]:
     if not path.is_file():
         return []
     try:
-        from andromeda.schema.strict_yaml import load as load_yaml  # the manifest loader's own strict YAML
-
-        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
+        data = strict_yaml.load(path.read_text(encoding="utf-8"), str(path))  # the manifest loader's own YAML
         section = data.get("compare")
     except Exception as e:  # noqa: BLE001 - not YAML, not a mapping: the comparison cannot be rebuilt
-        return [Compared("(manifest.yml)", None, {}, f"{path} does not load: {type(e).__name__}: {e}")]
+        return [Compared("(manifest.yml)", None, error=f"{path} does not load: {type(e).__name__}: {e}")]
     if not section:
         return []
-    from pydantic import ValidationError
-
     try:
-        from andromeda.bench.manifest import CompareSpec
-
         specs = [CompareSpec.model_validate(s) for s in (section if isinstance(section, list) else [section])]
-    except ImportError as e:
-        return [Compared("(manifest.yml)", None, {}, f"cannot read the compare: section here: {e}")]
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in ("compare", *err["loc"]))
-        return [Compared("(manifest.yml)", None, {}, f"{path}: {where}: {err['msg']}")]
+        return [Compared("(manifest.yml)", None, error=f"{path}: {where}: {err['msg']}")]
     seed = data.get("seed")
-    return compare_run(run_dir, SimpleNamespace(comparisons=specs, name=str(data.get("name", "run")),
-                                                seed=seed if type(seed) is int else 0))
+    return compare_run(run_dir, specs, name=str(data.get("name", "run")), seed=seed if type(seed) is int else 0)
 
 
 def recorded_facts(run_dir: str | Path) -> dict[str, Any]:

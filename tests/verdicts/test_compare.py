@@ -1,4 +1,4 @@
-"""bench.compare against scipy and direct computations on fixed samples; verdicts on planted differences."""
+"""verdicts.comparison against scipy and direct computations on fixed samples; verdicts on planted differences."""
 
 import math
 import re
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from andromeda.bench.compare import (
+from andromeda.errors import ConfigError
+from andromeda.verdicts.comparison import (
     Thresholds,
     adjust_pvalues,
     cohens_d,
@@ -18,8 +19,7 @@ from andromeda.bench.compare import (
     ratio_ci,
     welch_p,
 )
-from andromeda.bench.noise import noise_floor
-from andromeda.errors import ConfigError
+from andromeda.verdicts.noise import noise_floor
 
 
 @pytest.fixture

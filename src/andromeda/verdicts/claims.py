@@ -1,6 +1,6 @@
 """The spec's claims, checked: physical floors from FLOPs and memory, measurements on a CUDA GPU.
 
-A claims file (built-in: bench/claims.yml) lists claims of three kinds (the file documents them):
+A claims file (claims_file.py; built-in: verdicts/claims.yml) lists claims of three kinds:
   latency  N tokens in < T ms: floor = forward FLOPs / peak matmul rate; measured on CUDA.
   memory   F x less memory than a reference model: KV-cache bytes per token, weight bytes, and
            both at a context length, from the published shapes (fp16 by default).
@@ -10,7 +10,7 @@ Verdicts: met / not met / impossible (the physical floor is above the claim) / p
 (memory: met on some bases only) / not measured (no CUDA GPU here; the floors are then given for
 an H100 SXM at its datasheet rate, and labelled so).
 
-check_claims() returns data (ClaimsResult); report/compare_report.py writes claims.md and claims.json.
+check_claims() returns data (ClaimsResult); report/claims_report.py writes claims.md and claims.json.
 """
 
 from __future__ import annotations
@@ -18,111 +18,21 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from andromeda.errors import ConfigError
 from andromeda.measure.facts import ModelFacts, facts_from_config, kv_cache_bytes_per_token
 from andromeda.measure.flops import PEAK_TFLOPS, device_peak_tflops, forward_flops
 from andromeda.model.config import PRESETS, ModelConfig, from_name
 from andromeda.model.positional import xpos_max_position
+from andromeda.verdicts.claims_file import ContextClaim, LatencyClaim, MemoryClaim, Reference, load_claims
 
 DATASHEET_DEVICE = "H100 SXM"
 DATASHEET_MEMORY_BYTES = 80e9  # H100 SXM: 80 GB HBM3
 GB = 1e9
-
-
-# ---- the claims file ------------------------------------------------------------------------------
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _ClaimBase(_Strict):
-    id: str
-    text: str
-    where: str = ""
-    preset: str = "andromeda"
-
-
-class LatencyClaim(_ClaimBase):
-    kind: Literal["latency"]
-    tokens: Annotated[int, Field(gt=0)]
-    batch: Annotated[int, Field(gt=0)] = 1
-    max_ms: Annotated[float, Field(gt=0)]
-
-
-class MemoryClaim(_ClaimBase):
-    kind: Literal["memory"]
-    reference: str
-    factor: Annotated[float, Field(gt=0)]
-    bytes_per_elem: Annotated[float, Field(gt=0)] = 2.0  # fp16 weights and KV cache
-    context: Annotated[int, Field(gt=0)] = 2048
-
-
-class ContextClaim(_ClaimBase):
-    kind: Literal["context"]
-    min_tokens: Annotated[int, Field(gt=0)]
-    max_tokens: Annotated[int, Field(gt=0)]
-    bytes_per_elem: Annotated[float, Field(gt=0)] = 2.0
-
-
-Claim = Annotated[Union[LatencyClaim, MemoryClaim, ContextClaim], Field(discriminator="kind")]  # noqa: UP007
-
-
-class Reference(_Strict):
-    name: str
-    citation: str = ""
-    published_params: float | None = None
-    config: dict[str, Any]
-
-
-class ClaimsFile(_Strict):
-    plausible_mfu: Annotated[float, Field(gt=0, le=1)] = 0.5
-    claims: Annotated[list[Claim], Field(min_length=1)]
-    references: dict[str, Reference] = {}
-
-
-def builtin_claims_text() -> str:
-    return resources.files("andromeda.bench").joinpath("claims.yml").read_text(encoding="utf-8")
-
-
-def load_claims(path: str | Path | None = None) -> ClaimsFile:
-    """The built-in claims (path None) or a YAML file; errors name the field, in one line."""
-    if path is None:
-        label, text = "built-in claims.yml", builtin_claims_text()
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"claims file '{p}' does not exist (or is not a file)")
-        label, text = str(p), p.read_text(encoding="utf-8")
-    from andromeda.bench.manifest import read_yaml
-
-    data = read_yaml(text, label)
-    try:
-        cf = ClaimsFile.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"] if x not in ("latency", "memory", "context"))
-        raise ConfigError(f"{label}: {loc}: {err['msg']}") from None
-    for c in cf.claims:
-        where = f"{label}: claim '{c.id}'"
-        if c.preset not in PRESETS:
-            raise ConfigError(f"{where}: preset '{c.preset}' is unknown; available: {', '.join(PRESETS)}")
-        if isinstance(c, MemoryClaim) and c.reference not in cf.references:
-            raise ConfigError(f"{where}: reference '{c.reference}' is not under references: "
-                              f"({', '.join(cf.references) or 'none'})")
-        if isinstance(c, ContextClaim) and c.max_tokens < c.min_tokens:
-            raise ConfigError(f"{where}: max_tokens ({c.max_tokens}) < min_tokens ({c.min_tokens})")
-    for key, ref in cf.references.items():
-        try:
-            ModelConfig.from_dict(ref.config)
-        except ConfigError as e:
-            raise ConfigError(f"{label}: references.{key}.config: {e}") from None
-    return cf
 
 
 # ---- physics --------------------------------------------------------------------------------------
@@ -507,8 +417,8 @@ def check_claims(path: str | Path | None = None, *, device: str = "auto", peak_t
 
 
 __all__ = [
-    "ClaimsFile", "LatencyClaim", "MemoryClaim", "ContextClaim", "Reference", "Basis", "ClaimResult",
-    "ClaimsResult", "load_claims", "check_claims", "check_latency", "check_memory", "check_context",
+    "Basis", "ClaimResult",
+    "ClaimsResult", "check_claims", "check_latency", "check_memory", "check_context",
     "prefill_flops", "floor_ms", "max_tokens_within", "forward_memory_floor", "impossible", "device_basis",
     "measure_matmul_tflops", "measure_forward", "presets_by_size", "preset_facts",
 ]

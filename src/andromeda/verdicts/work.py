@@ -24,7 +24,7 @@ import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from andromeda.bench.compare import Comparison, Kind, decide
+from andromeda.verdicts.comparison import Comparison, Kind, decide
 
 if TYPE_CHECKING:
     from andromeda.measure.facts import ModelFacts

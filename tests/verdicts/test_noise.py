@@ -1,4 +1,4 @@
-"""The noise-aware gate (bench/noise.py) and the busy-machine probe (measure/host_load.py), on synthetic samples.
+"""The noise-aware gate (verdicts/noise.py) and the busy-machine probe (measure/host_load.py), on synthetic samples.
 
 Verdicts are checked against the rule written out by hand: a time difference is a regression only when it
 is significant, beyond the speed threshold and beyond the A/A noise floor, and neither side was measured
@@ -14,12 +14,12 @@ import time
 import numpy as np
 import pytest
 
-from andromeda.bench.compare import compare_samples
-from andromeda.bench.noise import Floors, NoiseFloor, gate
-from andromeda.bench.regress import compare_runs
 from andromeda.cli import main
 from andromeda.measure.host_load import LoadProbe, busy_seconds, noisy_reason
 from andromeda.records import Record
+from andromeda.verdicts.comparison import compare_samples
+from andromeda.verdicts.noise import Floors, NoiseFloor, gate
+from andromeda.verdicts.regress import compare_runs
 
 CV5 = math.sqrt(math.log(1 + 0.05**2))  # lognormal sigma of a 5% coefficient of variation
 

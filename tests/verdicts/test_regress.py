@@ -1,4 +1,4 @@
-"""bench.regress and `andromeda compare`: run-vs-run matching, the regression gate, source comparisons."""
+"""verdicts.regress and `andromeda compare`: run-vs-run matching, the regression gate, source comparisons."""
 
 import json
 import math
@@ -8,14 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-from andromeda.bench.compare import adjust_pvalues, mannwhitney_p
-from andromeda.bench.regress import compare_records, compare_runs, match_records
 from andromeda.cli import main
 from andromeda.errors import AndromedaError
 from andromeda.measure.facts import facts_from_config
 from andromeda.measure.flops import forward_flops
 from andromeda.model import from_name
 from andromeda.records import Record, RecordStore
+from andromeda.verdicts.comparison import adjust_pvalues, mannwhitney_p
+from andromeda.verdicts.regress import compare_records, compare_runs, match_records
 
 SIGMA = math.sqrt(math.log(1 + 0.05**2))  # lognormal noise with a CV of 5%
 POINTS = [(b, n) for b in (1, 4) for n in (64, 128, 256)]
@@ -179,7 +179,7 @@ def test_comparison_and_report_never_import_torch(tmp_path):
     rng = np.random.default_rng(10)
     old, new = _run(tmp_path, "old", _records(rng)), _run(tmp_path, "new", _records(rng))
     code = (
-        "import sys; from andromeda.bench.regress import compare_runs; "
+        "import sys; from andromeda.verdicts.regress import compare_runs; "
         "from andromeda.report.compare_report import write_compare_report; "
         "r = compare_runs(sys.argv[1], sys.argv[2]); write_compare_report(r, sys.argv[3]); "
         "assert 'torch' not in sys.modules, 'torch imported'"

@@ -1,28 +1,27 @@
-"""bench.claims: the spec's claims against hand-computed floors, KV-cache sizes and verdict logic (CPU)."""
+"""verdicts.claims: the spec's claims against hand-computed floors, KV-cache sizes and verdict logic (CPU)."""
 
 import json
 import math
 
 import pytest
 
-from andromeda.bench.claims import (
+from andromeda.cli import main
+from andromeda.errors import ConfigError
+from andromeda.measure.facts import facts_from_config, kv_cache_bytes_per_token
+from andromeda.model import ModelConfig
+from andromeda.verdicts.claims import (
     Basis,
-    LatencyClaim,
     check_claims,
     check_latency,
     floor_ms,
     forward_memory_floor,
     impossible,
-    load_claims,
     max_tokens_within,
     prefill_flops,
     preset_facts,
     presets_by_size,
 )
-from andromeda.cli import main
-from andromeda.errors import ConfigError
-from andromeda.measure.facts import facts_from_config, kv_cache_bytes_per_token
-from andromeda.model import ModelConfig
+from andromeda.verdicts.claims_file import LatencyClaim, load_claims
 
 H100_BF16 = 989.5  # TFLOP/s, dense, NVIDIA H100 SXM datasheet
 
@@ -162,8 +161,9 @@ def test_measured_path_runs_on_a_tiny_model(monkeypatch):
     """The GPU code path (measure, search, verdict), exercised on the CPU with the tiny preset."""
     import torch
 
-    from andromeda.bench import claims as mod
-    from andromeda.bench.claims import ContextClaim, check_context, measure_matmul_tflops
+    from andromeda.verdicts import claims as mod
+    from andromeda.verdicts.claims import check_context, measure_matmul_tflops
+    from andromeda.verdicts.claims_file import ContextClaim
 
     monkeypatch.setattr(mod, "MEASURE_TIMING", dict(warmup=0, min_runs=3, max_runs=3, target_rel_ci=None))
     dev = torch.device("cpu")
@@ -184,8 +184,8 @@ def test_measured_path_runs_on_a_tiny_model(monkeypatch):
 
 def test_xpos_interpolation_needed_is_the_smallest_factor_the_model_accepts():
     """The claims measurement picks the interpolation factor at which the model's own position check passes."""
-    from andromeda.bench.claims import xpos_interpolation_needed
     from andromeda.model import Andromeda, from_name
+    from andromeda.verdicts.claims import xpos_interpolation_needed
 
     cfg = from_name("tiny", rotary_xpos=True, xpos_scale_base=8, max_seq_len=4096)
     assert xpos_interpolation_needed(cfg, 64) is None  # well inside 55 x 8 positions

@@ -4,11 +4,11 @@
   and params); refuses models of different shapes unless allow_mismatch. compare_sources() packages it as
   a comparison of models (faster / slower, never a failure) or, with gate=True, as a gate.
 - compare_runs(): an OLD and a NEW run, case by case: by case id (same manifest), else by
-  (source, scenario, params). Regressions and improvements come with the statistics of compare.py
+  (source, scenario, params). Regressions and improvements come with the statistics of comparison.py
   and a multiple-comparison correction across every comparison; `exit_code` is the gate:
   1 on a significant regression beyond the threshold and the noise floor, or on a case that ran in
   OLD and failed (oom/error) in NEW; 0 otherwise. A difference within either side's A/A noise floor,
-  or of a case either side measured on a busy machine, is "inconclusive (noisy)" (bench/noise.py).
+  or of a case either side measured on a busy machine, is "inconclusive (noisy)" (verdicts/noise.py).
 
 No torch at import (model facts for the shape check are resolved lazily); never prints or writes.
 """
@@ -18,22 +18,21 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from andromeda.bench.compare import (
+from andromeda.errors import AndromedaError
+from andromeda.records import Record, load_records
+from andromeda.verdicts.comparison import (
     Comparison,
     Correction,
     Thresholds,
     compare_samples,
     correct,
 )
-from andromeda.bench.compare_summary import by_candidate
-from andromeda.bench.noise import Floors, flag, gate
-from andromeda.bench.work import with_work
-from andromeda.errors import AndromedaError
-from andromeda.records import Record, load_records
+from andromeda.verdicts.noise import Floors, flag, gate
+from andromeda.verdicts.run_comparison import RunComparison, StatusChange
+from andromeda.verdicts.work import with_work
 
 if TYPE_CHECKING:
     from andromeda.measure.facts import ModelFacts
@@ -129,7 +128,7 @@ def compare_records(
     Uses Record.samples[metric] (raw samples), else the single value Record.metrics[metric]; only
     `ok` records, fit records left out. Model shapes (params, dim, layers, heads; from `facts`, else
     sources.models.source_facts()) must agree unless allow_mismatch. Every comparison carries both sides' parameters
-    and FLOPs per token, their ratios and the ratio at equal work (bench/work.py); its reason states
+    and FLOPs per token, their ratios and the ratio at equal work (verdicts/work.py); its reason states
     them where they differ by more than 2% or the shapes differ. candidates: default every other
     source. The correction runs across every comparison returned.
     """
@@ -197,93 +196,6 @@ def compare_records(
 
 
 # ---- two runs -------------------------------------------------------------------------------------
-@dataclass
-class StatusChange:
-    label: str
-    old: str
-    new: str
-    message: str | None
-    regression: bool  # ran (ok) in OLD, oom/error in NEW
-
-
-@dataclass
-class RunComparison:
-    old: str
-    new: str
-    metrics: list[str]
-    comparisons: list[Comparison]
-    status_changes: list[StatusChange] = field(default_factory=list)
-    unmatched_old: list[str] = field(default_factory=list)  # cases only in OLD
-    unmatched_new: list[str] = field(default_factory=list)
-    matched_by_id: int = 0
-    matched_by_params: int = 0
-    without_metric: int = 0  # matched ok pairs that lack every compared metric
-    correction: str = "holm"
-    alpha: float = 0.05
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    noise_floor_old: float | None = None  # median A/A reach (noise.NoiseFloor.reach, halves) over OLD's cases
-    noise_floor_new: float | None = None
-    baseline_source: str | None = None  # set when the sources of one run were compared (compare_sources)
-    gate: bool = True  # exit 1 on a regression; False for a comparison of models (compare_sources without gate)
-
-    @property
-    def regressions(self) -> list[Comparison]:
-        return [c for c in self.comparisons if c.outcome == "worse"]
-
-    @property
-    def improvements(self) -> list[Comparison]:
-        return [c for c in self.comparisons if c.outcome == "better"]
-
-    @property
-    def failures(self) -> list[StatusChange]:
-        return [s for s in self.status_changes if s.regression]
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.gate and (self.regressions or self.failures) else 0
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for c in self.comparisons:
-            out[c.verdict] = out.get(c.verdict, 0) + 1
-        return out
-
-    @property
-    def title(self) -> str:
-        if self.baseline_source is not None:
-            return f"{', '.join(self.metrics)}: {self.new} vs {self.baseline_source}"
-        return f"{', '.join(self.metrics)}: NEW vs OLD"
-
-    def summary_lines(self) -> list[str]:
-        """The comparison as text, framed as a gate or as a comparison of models (bench/compare_summary.py)."""
-        from andromeda.bench.compare_summary import summary_lines
-
-        return summary_lines(self)
-
-    @property
-    def kind(self) -> str:
-        """'gate' (OLD vs NEW, or models with gate: true): PASS / FAIL; 'models': faster / slower, never fails."""
-        return "gate" if self.gate else "models"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "old": self.old, "new": self.new, "baseline_source": self.baseline_source, "metrics": self.metrics,
-            "correction": self.correction, "alpha": self.alpha,
-            "thresholds": {**asdict(self.thresholds),
-                           "max_abs_diff_by_dtype": dict(self.thresholds.max_abs_diff_by_dtype)},
-            "matched_by_id": self.matched_by_id, "matched_by_params": self.matched_by_params,
-            "without_metric": self.without_metric,
-            "noise_floor_old": self.noise_floor_old, "noise_floor_new": self.noise_floor_new,
-            "counts": self.counts(), "exit_code": self.exit_code, "kind": self.kind,
-            "by_candidate": [c.to_dict() for c in by_candidate(self.comparisons)],
-            "regressions": len(self.regressions), "improvements": len(self.improvements),
-            "comparisons": [c.to_dict() for c in self.comparisons],
-            "status_changes": [asdict(s) for s in self.status_changes],
-            "unmatched_old": self.unmatched_old, "unmatched_new": self.unmatched_new,
-            "summary": self.summary_lines(),
-        }
-
-
 def match_records(old: Sequence[Record], new: Sequence[Record]) -> tuple[list[tuple[Record, Record, str]],
                                                                       list[Record], list[Record]]:
     """Pairs (old, new, how) with how = "case_id" or "params"; and the unmatched of each side.
@@ -431,6 +343,6 @@ def compare(
 
 
 __all__ = [
-    "compare", "RunComparison", "StatusChange", "compare_records", "compare_runs", "compare_sources", "match_records",
+    "compare", "compare_records", "compare_runs", "compare_sources", "match_records",
     "load_run", "shape_differences", "metric_values", "describe_case", "params_key",
 ]

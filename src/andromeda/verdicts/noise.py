@@ -26,8 +26,8 @@ from typing import Literal
 
 import numpy as np
 
-from andromeda.bench.compare import Comparison, _samples, decide, ratio_ci
 from andromeda.records import Record
+from andromeda.verdicts.comparison import Comparison, _samples, decide, ratio_ci
 
 MIN_SAMPLES = 8  # a case's own A/A floor needs 4+ samples per half
 NOISE_KINDS = ("time", "throughput")  # the metrics a busy CPU distorts

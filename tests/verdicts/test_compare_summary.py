@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from andromeda.bench.compare import compare_samples
-from andromeda.bench.compare_summary import by_candidate, geometric_mean_gain
-from andromeda.bench.regress import RunComparison
+from andromeda.verdicts.comparison import compare_samples
+from andromeda.verdicts.run_comparison import RunComparison
+from andromeda.verdicts.summary import by_candidate, geometric_mean_gain
 
 
 def test_one_case_keeps_its_own_ratio_and_ci():
