@@ -140,21 +140,39 @@ def test_refusals_are_one_line_errors():
     assert "\n" not in str(e.value) and cache.length == 5
 
 
-@pytest.mark.parametrize("kw,limit,match", [
-    (dict(xpos_scale_base=4), 220, "xPos"),  # last finite position 4 * ln(1e30)/ln(3.5) = 220.5
-    (dict(use_abs_pos_emb=True, max_seq_len=32), 31, "max_seq_len 32"),
-])
-def test_positions_the_config_cannot_represent_are_refused(kw, limit, match):
-    m = _model(**kw)
-    cache = m.new_cache(1, 240)
+def test_absolute_positions_past_max_seq_len_are_refused():
+    m = _model(use_abs_pos_emb=True, max_seq_len=32)
+    cache = m.new_cache(1, 40)
     with torch.no_grad():
-        m(torch.randint(0, 256, (1, limit - 2)), cache=cache)
+        m(torch.randint(0, 256, (1, 29)), cache=cache)
     dec = GraphedDecoder(m, cache)
-    for _ in range(3):  # positions limit - 2 .. limit
+    for _ in range(3):  # positions 29 .. 31
         assert torch.isfinite(dec.step(torch.tensor([[1]]))).all()
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ConfigError, match="max_seq_len 32"):
         dec.step(torch.tensor([[1]]))
-    assert cache.length == limit + 1
+    assert cache.length == 32
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+@pytest.mark.parametrize("start", [0, 1040 * 192])
+def test_static_step_over_several_xpos_anchor_blocks_matches_float64(attention, start):
+    """Scale base 4: anchor blocks of 192 positions (positional.XPos), where one fixed reference would reach
+    3.5^(220/4) ~ 1e30. A prefill of 150 and 100 steps cross a block edge (at position 192, or 199,872 with the
+    cache placed at 199,680: new_cache(start=)); every step matches float64 computing zeta^((i - j)/4)."""
+    m = _model(xpos_scale_base=4, max_seq_len=262_144)
+    n = 250
+    tokens = torch.randint(0, 256, (1, n))
+    cache = m.new_cache(1, n, start=start)
+    dec = GraphedDecoder(m, cache, attention=attention)
+    assert len(dec.static.blocks) == 2
+    want = Reference64(m.cfg.to_dict(), m.state_dict())(tokens, start=start)
+    with torch.no_grad():
+        first = m(tokens[:, :150], cache=cache)
+    assert _close(first, want[:, :150])
+    for t in range(150, n):
+        out = dec.step(tokens[:, t : t + 1])
+        assert _close(out, want[:, t]), t
+    assert cache.position == start + n
 
 
 # ---- GPU: the captured graph ----------------------------------------------------------------------

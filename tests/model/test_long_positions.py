@@ -1,9 +1,10 @@
-"""Positions far past xPos's fixed-centre float32 range (issue: long context), without a KV cache.
+"""Positions far past what one xPos reference can hold in float32 (issue: long context).
 
-A forward applies xPos relative to each chunk of queries (positional.RelativeXPos), so a tiny model with xPos
-and ALiBi gives finite logits at positions near 200,000 and 256,000 that equal a float64 reference computing
-zeta^((i - j) / base) from each pair's distance (reference64.py), and that depend on positions only through
-i - j: the same tokens at offset 0 and at offset 200,000 give the same logits (no earlier context).
+xPos is anchored per block of positions (positional.XPos), so a tiny model with xPos and ALiBi gives finite
+logits at positions near 200,000 and 256,000 that equal a float64 reference computing zeta^((i - j) / base)
+from each pair's distance (reference64.py), and that depend on positions only through i - j: the same tokens
+at offset 0 and at offset 200,000 give the same logits (no earlier context: forward(start=), or a cache placed
+there with new_cache(start=)). Prefill through the cache, whole or in chunks, gives the forward's logits.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from reference64 import Reference64
 from test_reference_parity import TOL, build, rel_err, tokens_for
 
 from andromeda.errors import ConfigError
-from andromeda.model.positional import xpos_chunk, xpos_max_position
+from andromeda.model.positional import xpos_max_position, xpos_period
 
 LONG = 262_144 + 64
 STARTS = (200_000, LONG - 64 - 40)  # the last of 40 tokens at position 262,183
@@ -28,7 +29,7 @@ def long_model(backend: str, **extra):
 @pytest.mark.parametrize("backend", ["eager", "sdpa", "flex"])
 def test_logits_at_200k_and_256k_match_float64_and_depend_only_on_distance(backend):
     m = long_model(backend)
-    assert m.cfg.rotary_xpos and m.cfg.n_alibi_heads and STARTS[1] > 9 * m.xpos_max_position()
+    assert m.cfg.rotary_xpos and m.cfg.n_alibi_heads and STARTS[1] > 9 * xpos_max_position(m.cfg.xpos_scale_base)
     tokens = tokens_for("spec")
     ref = Reference64(m.cfg.to_dict(), m.state_dict())
     with torch.no_grad():
@@ -41,15 +42,38 @@ def test_logits_at_200k_and_256k_match_float64_and_depend_only_on_distance(backe
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa", "flex"])
 @pytest.mark.parametrize("start", [0, 200_000])
-def test_a_sequence_of_several_chunks_matches_float64(backend, start):
-    """Scale base 2: a chunk holds 110 queries (3.5^(110/2) ~ 1e30 on masked pairs), so 300 tokens take 3 chunks,
-    each against every earlier key; steep xPos, so a wrong factor across chunks is far outside tolerance."""
+def test_a_sequence_of_several_anchor_blocks_matches_float64(backend, start):
+    """Scale base 2: anchor blocks of 64 positions (one reference would reach 3.5^(110/2) ~ 1e30 at 110), so 300
+    tokens span 5 or 6 blocks, each block's queries against every earlier key; steep xPos, so a wrong factor
+    across blocks is far outside tolerance."""
     m = long_model(backend, xpos_scale_base=2, rotary_dim=16)
-    assert xpos_chunk(2) == int(xpos_max_position(2)) == 110
+    assert xpos_period(2) == 64
     tokens = tokens_for("spec", batch=1, n=300)
     with torch.no_grad():
         out = m(tokens, start=start)
     assert rel_err(out, Reference64(m.cfg.to_dict(), m.state_dict())(tokens, start=start)) <= TOL
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "flex"])
+@pytest.mark.parametrize("start", [0, 200_000, 262_000])
+@pytest.mark.parametrize("chunks", [(300,), (1, 99, 64, 136)])
+def test_cached_and_chunked_prefill_equal_the_forward_at_far_positions(backend, start, chunks):
+    """A cache placed at `start` (new_cache(start=)), filled whole or in chunks that cut anchor blocks anywhere,
+    gives the forward's logits and float64's; then a decode step through the same cache does too."""
+    m = long_model(backend, xpos_scale_base=2, rotary_dim=16)
+    tokens = tokens_for("spec", batch=1, n=301)
+    ref = Reference64(m.cfg.to_dict(), m.state_dict())(tokens, start=start)
+    cache = m.new_cache(1, 301, start=start)
+    with torch.no_grad():
+        want = m(tokens[:, :300], start=start)
+        outs, at = [], 0
+        for c in chunks:
+            outs.append(m(tokens[:, at : at + c], cache=cache))
+            at += c
+        got = torch.cat(outs, dim=1)
+        step = m(tokens[:, 300:], cache=cache)
+    assert rel_err(got, want.double()) <= TOL and rel_err(got, ref[:, :300]) <= TOL
+    assert rel_err(step, ref[:, 300:]) <= TOL and cache.position == start + 301
 
 
 def test_gradients_through_several_chunks_match_float64():
@@ -64,16 +88,14 @@ def test_gradients_through_several_chunks_match_float64():
     assert ((got - want).abs().max() / want.abs().max()).item() <= 1e-4
 
 
-def test_cached_positions_past_the_fixed_centre_range_are_refused():
+def test_bad_positions_are_one_line_errors():
     m = long_model("sdpa")
-    last = int(m.xpos_max_position()) + 1
-    with pytest.raises(ConfigError, match="without a cache"):
-        m.check_positions(last, cached=True)
-    m.check_positions(last, cached=False)  # the forward without a cache takes it
     with pytest.raises(ConfigError, match="start"):
         m(tokens_for("spec"), cache=m.new_cache(2, 64), start=5)
+    with pytest.raises(ConfigError, match="cache.start"):
+        m.new_cache(1, 8, start=-1)
 
 
-def test_triton_at_long_positions_in_interpreter():
+def test_triton_and_fused_decode_at_long_positions_in_interpreter():
     pytest.importorskip("triton")
-    run_interpreter_cases("interp_long_positions_cases.py", 3)
+    run_interpreter_cases("interp_long_positions_cases.py", 4)

@@ -7,6 +7,7 @@ import torch
 
 from andromeda.model.positional import (
     alibi_slopes,
+    anchored_xpos,
     apply_rotary,
     head_slopes,
     rotary_inv_freq,
@@ -66,36 +67,72 @@ def _rotate_reference(x, pos, rot_dim, theta=10000.0, factor=1.0):
 def test_rotary_matches_pairwise_rotation(factor):
     x = torch.randn(2, 3, 7, 16)
     pos = torch.tensor([0, 1, 5, 9, 100, 1000, 40000])
-    cos, sin, scale = rotary_tables(pos, 8, interpolation_factor=factor)
-    assert scale is None
+    cos, sin = rotary_tables(pos, 8, interpolation_factor=factor)
     out = apply_rotary(x, cos, sin)
     ref = _rotate_reference(x, pos, 8, factor=factor)
     assert torch.allclose(out.double(), ref, atol=1e-5)
     assert torch.equal(out[..., 8:], x[..., 8:])  # features past rot_dim pass through
 
 
-def test_xpos_scale_formula():
-    pos = torch.tensor([0, 3, 700])
-    d, base, c = 16, 512.0, 100.0
-    _, _, scale = rotary_tables(pos, d, xpos=True, xpos_scale_base=base, xpos_offset=c)
+@pytest.mark.parametrize("base,first", [(512.0, 0), (2.0, 0), (2.0, 200_003)])
+def test_xpos_anchored_scales_formula(base, first):
+    """Each position p is scaled about its block's anchor c = (p // P) P + P // 2: queries by zeta^((p - c)/base),
+    keys by the inverse; one block's step is zeta^(P / base). zeta written from the xPos paper's formula."""
+    d, n = 16, 300
+    xp = anchored_xpos(first, n, d, base)
+    period = xp.period
+    assert period == (int(base * math.log(1e30) / math.log(3.5)) // 64 * 64 if base > 100 else 64)
+    p = torch.arange(first, first + n, dtype=torch.float64)
+    c = torch.div(p, period, rounding_mode="floor") * period + period // 2
     i = torch.arange(d // 2, dtype=torch.float64)
     zeta = (2 * i + 0.4 * d) / (1.4 * d)
-    ref = zeta[None, :] ** ((pos.double()[:, None] - c) / base)
-    assert torch.allclose(scale[:, : d // 2].double(), ref, rtol=1e-6)
-    assert torch.allclose(scale[:, d // 2 :].double(), ref, rtol=1e-6)
+    ref = zeta[None, :] ** ((p[:, None] - c[:, None]) / base)
+    for half in (slice(0, d // 2), slice(d // 2, d)):
+        assert torch.allclose(xp.scale[:, half].double(), ref, rtol=1e-6)
+        assert torch.allclose(xp.inv[:, half].double(), 1 / ref, rtol=1e-6)
+    assert torch.allclose(xp.step(3)[: d // 2].double(), zeta ** (3 * period / base), rtol=1e-6)
+    edges = [(a, b) for a, b, _ in xp.blocks()]
+    assert edges[0][0] == 0 and edges[-1][1] == n
+    assert all(b == a2 for (_, b), (a2, _) in zip(edges, edges[1:], strict=False))
+    assert all((first + a) // period == blk == (first + b - 1) // period for a, b, blk in xp.blocks())
+
+
+@pytest.mark.parametrize("first", [0, 200_000])
+def test_xpos_pair_products_are_zeta_to_the_distance(first):
+    """For j <= i in any blocks, q scale_i x (block step)^(b_i - b_j) x k inv_j = zeta^((i - j)/base), finite."""
+    d, base, n = 16, 2.0, 400
+    xp = anchored_xpos(first, n, d, base)
+    i = torch.arange(d // 2, dtype=torch.float64)
+    zeta = (2 * i + 0.4 * d) / (1.4 * d)
+    for qi, kj in [(399, 0), (399, 398), (250, 10), (130, 129), (64 * 3 - first % 64, 5)]:
+        blk = (first + qi) // xp.period
+        fac = xp.rebase(first + kj, 1, blk)
+        fac = torch.ones(d) if fac is None else fac[0]
+        got = xp.scale[qi].double() * fac.double() * xp.inv[kj].double()
+        want = zeta ** ((qi - kj) / base)
+        assert torch.isfinite(xp.scale[qi]).all() and torch.isfinite(xp.inv[kj]).all()
+        assert torch.allclose(got[: d // 2], want, rtol=1e-5, atol=1e-30), (qi, kj)
 
 
 @pytest.mark.parametrize("xpos", [False, True])
 def test_logits_depend_only_on_relative_position(xpos):
-    """q.k after rotary (and xPos, q scaled, k inverse-scaled) depends on i - j only."""
+    """q.k after rotary (and xPos: q scaled, k inverse-scaled about their anchors, the block step between)
+    depends on i - j only, across anchor blocks (scale base 2: blocks of 64 positions)."""
     d = 16
     q, k = torch.randn(d, dtype=torch.float64), torch.randn(d, dtype=torch.float64)
 
     def logit(i, j):
         pos = torch.tensor([i, j])
-        cos, sin, sc = rotary_tables(pos, d, xpos=xpos, xpos_offset=300.0)
-        qr = apply_rotary(q[None].float(), cos[:1], sin[:1], None if sc is None else sc[:1])
-        kr = apply_rotary(k[None].float(), cos[1:], sin[1:], None if sc is None else sc[1:].reciprocal())
+        cos, sin = rotary_tables(pos, d)
+        sc = fac = None
+        if xpos:
+            xi, xj = anchored_xpos(i, 1, d, 2.0), anchored_xpos(j, 1, d, 2.0)
+            sc = (xi.scale, xj.inv)
+            fac = xi.rebase(j, 1, i // xi.period)
+        qr = apply_rotary(q[None].float(), cos[:1], sin[:1], None if sc is None else sc[0])
+        kr = apply_rotary(k[None].float(), cos[1:], sin[1:], None if sc is None else sc[1])
+        if fac is not None:
+            kr = kr * fac
         return float((qr.double() * kr.double()).sum())
 
     for delta in [0, 1, 7, 50]:

@@ -33,6 +33,7 @@ from andromeda.diagnostics.attention import (
     attention_stats,
 )
 from andromeda.diagnostics.sites import ModelMap
+from andromeda.errors import UnsupportedError
 
 _HF_PREFIX = "andromeda_diagnostics__"
 
@@ -148,6 +149,10 @@ class AttentionCapture:
             if a.get("cache") is not None:
                 return None  # cached decoding: one query, not what the diagnostics look at
             self._valid_heads(attn.cfg.heads)
+            rope = a.get("rope")
+            if rope is not None and rope[2] is not None and len(rope[2].blocks()) > 1:
+                raise UnsupportedError(f"diagnostics: attention statistics take positions within one xPos anchor "
+                                       f"block ({rope[2].period} positions); use a shorter input")
             with torch.no_grad():
                 q, k, v = attn.project_qk(a["x"], a.get("rope"))  # (B, H, N, D), (B, H_kv, N, D)
             inp = AttentionInputs(q, k, v, attn.cfg.attn_scale, attn.cfg.causal, a.get("alibi_slopes"))

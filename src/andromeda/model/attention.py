@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from andromeda.errors import UnsupportedError
 from andromeda.model import backends
 from andromeda.model.config import ModelConfig
 from andromeda.model.norms import QKNorm
-from andromeda.model.positional import RelativeXPos, apply_rotary
+from andromeda.model.positional import XPos, apply_rotary, scale_rotated
 
-# cos, sin (N, rot_dim) and xPos: None, a query scale table (N, rot_dim) whose inverse scales keys (a fixed
-# centre: cached paths), or a RelativeXPos (a whole sequence without a cache: exact at any position)
-Rope = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | RelativeXPos | None"]
+# cos, sin (N, rot_dim) and the xPos of the same positions (positional.XPos) or None
+Rope = tuple[torch.Tensor, torch.Tensor, "XPos | None"]
 
 
 class Attention(nn.Module):
@@ -49,32 +49,37 @@ class Attention(nn.Module):
     def project_qk(
         self, x: torch.Tensor, rope: Rope | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q (B, H, N, D), k and v (B, H_kv, N, D) after QK-norm and rotary/xPos (a RelativeXPos relative to the
-        first position, exact while the sequence fits one of its chunks)."""
+        """q (B, H, N, D), k and v (B, H_kv, N, D) after QK-norm and rotary; with xPos, queries scaled about their
+        own block's anchor and keys anchored as the KV cache stores them (positional.XPos). For positions in one
+        anchor block, q . k are the model's scores (what diagnostics read)."""
         q, k, v = self._project(x)
         if rope is not None:
             cos, sin, xpos = rope
-            if isinstance(xpos, RelativeXPos):
-                n = xpos.length
-                q = apply_rotary(q, cos, sin, xpos.scale(0, n, 0))
-                k = apply_rotary(k, cos, sin, xpos.scale(0, n, 0, keys=True))
-            else:
-                q = apply_rotary(q, cos, sin, xpos)
-                k = apply_rotary(k, cos, sin, None if xpos is None else xpos.reciprocal())
+            q = apply_rotary(q, cos, sin, None if xpos is None else xpos.scale)
+            k = apply_rotary(k, cos, sin, None if xpos is None else xpos.inv)
         return q, k, v
 
-    def _attend_chunks(self, x: torch.Tensor, rope: Rope, alibi_slopes: torch.Tensor | None) -> torch.Tensor:
-        """Causal attention with xPos relative to each chunk of queries (positional.RelativeXPos): queries
-        [a, b) against keys [0, b), the chunk's queries being the last b - a of them. (B, H, N, D)."""
-        cos, sin, xpos = rope
-        q, k, v = self._project(x)
-        backend = self.backend(x.device, q.dtype)
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, xpos: XPos | None, key_first: int,
+                alibi_slopes: torch.Tensor | None) -> torch.Tensor:
+        """q (B, H, N, D), the last N of the keys k, v (B, H_kv, T, D) of positions key_first ... -> (B, H, N, D).
+
+        With xPos over several anchor blocks, each block's queries attend to the keys up to their last position,
+        those keys taken to the block's anchor (XPos.rebase); keys of one block need nothing."""
+        backend = self.backend(q.device, q.dtype)
+        kw = dict(causal=self.cfg.causal, scale=self.cfg.attn_scale, alibi_slopes=alibi_slopes)
+        blocks = xpos.blocks() if xpos is not None else [(0, q.shape[2], 0)]
+        if len(blocks) == 1 and (xpos is None or xpos.rebase(key_first, 1, blocks[0][2]) is None):
+            return backend(q, k, v, **kw)
+        if not self.cfg.causal:
+            raise UnsupportedError(f"attention: xPos without a causal mask is unbounded past one anchor block "
+                                   f"({xpos.period} positions); shorten the input or use a causal model")
+        n, t = q.shape[2], k.shape[2]
         outs = []
-        for a, b in xpos.bounds():
-            qc = apply_rotary(q[:, :, a:b], cos[a:b], sin[a:b], xpos.scale(a, b, a))
-            kc = apply_rotary(k[:, :, :b], cos[:b], sin[:b], xpos.scale(0, b, a, keys=True))
-            outs.append(backend(qc, kc, v[:, :, :b], causal=True, scale=self.cfg.attn_scale,
-                                alibi_slopes=alibi_slopes))
+        for a, b, blk in blocks:
+            end = t - (n - b)  # the keys through this block's last query
+            fac = xpos.rebase(key_first, end, blk)
+            kb = k[:, :, :end] if fac is None else scale_rotated(k[:, :, :end], fac)
+            outs.append(backend(q[:, :, a:b], kb, v[:, :, :end], **kw))
         return torch.cat(outs, dim=2)
 
     def forward(
@@ -86,17 +91,15 @@ class Attention(nn.Module):
         layer: int = 0,
     ) -> torch.Tensor:
         b, n, _ = x.shape
-        if rope is not None and isinstance(rope[2], RelativeXPos) and rope[2].length > rope[2].chunk:
-            out = self._attend_chunks(x, rope, alibi_slopes)  # (B, H, N, D)
-            return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
         q, k, v = self.project_qk(x, rope)
         attend = getattr(cache, "attend", None)
         if attend is not None:  # a static-shape decode step (model/decode.py): its own masked attention
             out = attend(layer, q, k, v, self.cfg.attn_scale)  # (B, H, 1, D)
         else:
+            xpos = None if rope is None else rope[2]
+            key_first = xpos.first if xpos is not None else 0
             if cache is not None:
                 k, v = cache.update(layer, k, v)  # (B, H_kv, N_past + N, D)
-            out = self.backend(x.device, q.dtype)(
-                q, k, v, causal=self.cfg.causal, scale=self.cfg.attn_scale, alibi_slopes=alibi_slopes
-            )  # (B, H, N, D)
+                key_first = cache.start
+            out = self._attend(q, k, v, xpos, key_first, alibi_slopes)  # (B, H, N, D)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))

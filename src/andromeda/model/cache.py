@@ -2,8 +2,13 @@
 
 quant="int8" or "int4" stores keys and values as symmetric per-group integer codes (groups of
 `group_size` features, one float32 scale each; int4 packs two codes a byte) and dequantizes the
-filled prefix on read. `window` > 0 keeps the most recent `window` positions in full precision
-as well (a ring buffer), so the newest tokens are exact.
+filled prefix on read. Keys arrive with xPos anchored (positional.XPos: rotated features scaled by up to
+3.5^(P / 2 base) either way, a spread one absmax per group would flatten); a quantized cache stores them
+rotated but unscaled and anchors them again on read. `window` > 0 keeps the most recent `window` positions
+in full precision as well (a ring buffer), so the newest tokens are exact.
+
+`start` > 0 places the cached sequence at positions start, start + 1, ... with no earlier context (as
+`Andromeda.forward(start=)` does without a cache): slot t holds position start + t.
 
 It also holds the token-shift state (the last `shift_tokens` normalized rows of each shift
 site), which cached decoding needs to shift features from the previous position.
@@ -15,6 +20,7 @@ import torch
 
 from andromeda.errors import ConfigError
 from andromeda.model.config import ModelConfig
+from andromeda.model.positional import XPos, anchored_xpos, scale_rotated
 from andromeda.model.quant import dequantize, quantize
 
 QUANT_BITS = {"none": None, "int8": 8, "int4": 4}
@@ -32,9 +38,13 @@ class KVCache:
         quant: str = "none",
         group_size: int = 64,
         window: int = 0,
+        start: int = 0,
     ):
         if batch <= 0 or max_len <= 0:
             raise ConfigError(f"cache: batch and max_len must be positive, got {batch}, {max_len}")
+        if start < 0:
+            raise ConfigError(f"cache.start: the first position must be >= 0, got {start}")
+        self.start = start
         if quant not in QUANT_BITS:
             raise ConfigError(f"cache.quant: '{quant}' is unknown; allowed: {', '.join(QUANT_BITS)}")
         self.bits = QUANT_BITS[quant]
@@ -64,6 +74,10 @@ class KVCache:
                 self.vw = torch.zeros(wshape, device=device, dtype=dtype)
                 self._buffers += [self.kw, self.vw]
         self._shift: dict[tuple[int, str], torch.Tensor] = {}
+        # quantized with xPos: the scales of every slot's position, to store keys unscaled (built on first use)
+        self._xpos_args = (cfg.rot_dim, cfg.xpos_scale_base, cfg.pos_interpolation_factor) \
+            if self.bits is not None and cfg.use_rotary and cfg.rotary_xpos else None
+        self._xpos: XPos | None = None
 
     @property
     def nbytes(self) -> int:
@@ -90,15 +104,25 @@ class KVCache:
             self.k[layer, :, :, start:end] = k
             self.v[layer, :, :, start:end] = v
             return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-        for src, codes, scales in ((k, self.kq, self.ks), (v, self.vq, self.vs)):
+        xpos = self._slot_xpos(k.device)
+        plain = k if xpos is None else scale_rotated(k, xpos.scale[start:end])  # un-anchored: xPos-free keys
+        for src, codes, scales in ((plain, self.kq, self.ks), (v, self.vq, self.vs)):
             q, s = quantize(src, self.bits, self.group)
             codes[layer, :, :, start:end] = q
             scales[layer, :, :, start:end] = s
         keys = dequantize(self.kq[layer, :, :, :end], self.ks[layer, :, :, :end], self.bits, self.group, k.dtype)
         vals = dequantize(self.vq[layer, :, :, :end], self.vs[layer, :, :, :end], self.bits, self.group, v.dtype)
+        if xpos is not None:
+            keys = scale_rotated(keys, xpos.inv[:end])
         if self.window:
             keys, vals = self._window(layer, k, v, start, end, keys, vals)
         return keys, vals
+
+    def _slot_xpos(self, device: torch.device) -> XPos | None:
+        """The XPos of every slot's position (quantized caches with xPos only), built once."""
+        if self._xpos_args is not None and self._xpos is None:
+            self._xpos = anchored_xpos(self.start, self.max_len, *self._xpos_args, dtype=self.dtype, device=device)
+        return self._xpos
 
     def _window(self, layer, k, v, start, end, keys, vals):
         """Keep the last `window` positions exact: write them to the ring, then overlay them."""
@@ -147,6 +171,11 @@ class KVCache:
         if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
             buf = self._shift[(layer, site)] = torch.zeros_like(like, memory_format=torch.contiguous_format)
         return buf
+
+    @property
+    def position(self) -> int:
+        """The position the next token takes: start + length."""
+        return self.start + self.length
 
     def advance(self, n: int) -> None:
         self.length += n

@@ -101,15 +101,6 @@ class ModelConfig:
         """The logit scale every backend uses: qk_norm_scale under QK-norm, else 1/sqrt(dim_head)."""
         return self.qk_norm_scale if self.qk_norm else self.dim_head**-0.5
 
-    @property
-    def xpos_offset(self) -> float:
-        """Fixed centre c of the xPos exponent (pos - c) / scale_base, in interpolated positions.
-
-        It cancels in q.k; it is fixed (not the current length) so cached keys stay valid.
-        Centring on half the trained context keeps both q and k scales within float range there.
-        """
-        return (self.max_seq_len / self.pos_interpolation_factor) / 2
-
     def replace(self, **changes: Any) -> ModelConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:

@@ -5,7 +5,9 @@ reads the position from Python: it cannot be captured. `StaticStep` computes the
 shapes fixed by the cache's max_len and the position held in a device tensor `pos` (1,):
 
 - embeddings and rotary/xPos rows come from `pos` (the rotary tables of every cache position are
-  built once by the model's own `rope()` and indexed on the device);
+  built once by the model's own `rope()` and indexed on the device). With xPos over a cache of several
+  anchor blocks (positional.XPos), the query meets each earlier block's keys with its own factor
+  zeta^((b - b') P / base), a (blocks, rot_dim) table computed from `pos` on the device;
 - each layer writes k, v at `pos` (index_copy_) and attends over the WHOLE buffer, keys past `pos`
   masked with -inf, ALiBi -slope * (pos - j) on the heads with a slope. MQA/GQA folds the H / H_kv
   query heads of a KV head into the query rows of one attention call, so K/V are never expanded;
@@ -18,11 +20,14 @@ and replays it; on CPU it runs the same step eagerly, so the logic is tested wit
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
 from andromeda.errors import ConfigError, UnsupportedError
 from andromeda.model.cache import KVCache
+from andromeda.model.positional import scale_rotated
 
 # the masked attention of a step: "matmul" (batched matmuls, float32 scores and softmax; cuBLAS spreads one
 # sequence's keys over the GPU) or "sdpa" (one fused call with an additive mask; its memory-efficient kernel
@@ -37,7 +42,8 @@ class StaticStep:
     Calling it takes tokens (B, 1) and returns logits (B, V) of the last (only) position, exactly what
     `model(token, cache=cache, logits="last")[:, -1]` computes, then advances `pos` and cache.length.
     `forward_static` is the capturable body: it advances `pos` but touches no Python state.
-    `attention`: "matmul" (batched matmuls, float32 scores) or "sdpa" (one fused call with an additive mask).
+    `attention`: "matmul" (batched matmuls, float32 scores) or "sdpa" (one fused call with an additive mask;
+    a cache over several xPos anchor blocks takes the matmul path).
     """
 
     def __init__(self, model, cache: KVCache, *, pos: torch.Tensor | None = None, attention: str = "matmul"):
@@ -55,7 +61,13 @@ class StaticStep:
             if pos is None:
                 pos = torch.full((1,), cache.length, dtype=torch.long, device=device)
             self.pos = pos  # (1,) the position the next step writes
-            self.tables = model.rope(torch.arange(self.max_len, device=device))  # (T, rot_dim) each, or None
+            # cos, sin (T, rot_dim) and the XPos of every cache slot's position, or None
+            self.tables = model.rope(cache.start, self.max_len, device, cache.dtype)
+            xpos = None if self.tables is None else self.tables[2]
+            self.period = xpos.period if xpos is not None else 0
+            # the anchor blocks the cache's slots touch; their first slot each (xPos only)
+            self.blocks = xpos.blocks() if xpos is not None else []
+            self._qfac: torch.Tensor | None = None
             t_pad = -(-self.max_len // _ALIGN) * _ALIGN
             self.key_pos = torch.arange(t_pad, device=device)  # (T_pad,)
             hkv = cfg.n_kv_heads
@@ -89,19 +101,36 @@ class StaticStep:
         g = h // hkv
         qg = q.reshape(b, hkv, g, d)  # (B, H_kv, G, D): a KV head's G query heads as G query rows
         bias = self._bias  # (1, H_kv | 1, G | 1, T)
-        if self.attention == "sdpa":
+        if self.attention == "sdpa" and self._qfac is None:  # (several xPos anchor blocks: the matmul path)
             out = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=bias, scale=scale)  # (B, H_kv, G, D)
             return out.reshape(b, h, 1, d)
         q3, k3, v3 = qg.reshape(b * hkv, g, d), keys.reshape(b * hkv, t, d), vals.reshape(b * hkv, t, d)
-        if q3.dtype == k3.dtype == torch.float32:
-            s = torch.bmm(q3, k3.transpose(1, 2))
-        elif q3.dtype == k3.dtype and self._bmm_to_f32:  # half inputs, float32 accumulate and output
-            s = torch.bmm(q3, k3.transpose(1, 2), out_dtype=torch.float32)
-        else:
-            s = torch.bmm(q3.float(), k3.float().transpose(1, 2))
+        if self._qfac is None:
+            s = self._scores(q3, k3)
+        else:  # each anchor block's keys against the query with that block's factor
+            s = torch.cat([self._scores(scale_rotated(q3, self._qfac[i]), k3[:, a:e])
+                           for i, (a, e, _) in enumerate(self.blocks)], dim=-1)
         scores = torch.add(bias, s.view(b, hkv, g, t), alpha=scale)  # (B, H_kv, G, T) float32
         probs = scores.softmax(dim=-1).to(v3.dtype).view(b * hkv, g, t)
         return torch.bmm(probs, v3).to(q.dtype).reshape(b, h, 1, d)  # (B*H_kv, G, D) -> (B, H, 1, D)
+
+    def _scores(self, q3: torch.Tensor, k3: torch.Tensor) -> torch.Tensor:
+        """q3 (B H_kv, G, D) . k3 (B H_kv, T, D) -> (B H_kv, G, T) float32."""
+        if q3.dtype == k3.dtype == torch.float32:
+            return torch.bmm(q3, k3.transpose(1, 2))
+        if q3.dtype == k3.dtype and self._bmm_to_f32:  # half inputs, float32 accumulate and output
+            return torch.bmm(q3, k3.transpose(1, 2), out_dtype=torch.float32)
+        return torch.bmm(q3.float(), k3.float().transpose(1, 2))
+
+    def query_factors(self) -> torch.Tensor | None:
+        """(blocks, rot_dim) float32 xPos factors zeta^(max(b(pos) - b', 0) P / base) of the query at `pos` against
+        each anchor block b' of the cache (blocks past pos hold masked keys only: factor 1), or None for one block."""
+        if len(self.blocks) < 2:
+            return None
+        xpos = self.tables[2]
+        mine = (self.pos + self.cache.start) // self.period  # (1,) on the device
+        theirs = torch.tensor([blk for _, _, blk in self.blocks], device=self.pos.device)
+        return xpos.step((mine - theirs).clamp(min=0))
 
     # ---- the step ---------------------------------------------------------------------------------
     def step_bias(self, dtype: torch.dtype) -> torch.Tensor:
@@ -119,14 +148,18 @@ class StaticStep:
         """token (B, 1) -> logits (B, V) at `pos`; writes the cache at `pos` and advances `pos` by one."""
         m = self.model
         pos = self.pos
-        x = m.emb_drop(m.embed(token, pos))  # (B, 1, dim)
+        x = m.emb_drop(m.embed(token, pos + self.cache.start if self.cache.start else pos))  # (B, 1, dim)
         rope = None
         if self.tables is not None:
-            rope = tuple(None if t is None else t.index_select(0, pos) for t in self.tables)  # (1, rot_dim)
+            cos, sin, xpos = self.tables
+            if xpos is not None:  # this position's row (the attention applies the blocks' factors itself)
+                xpos = replace(xpos, scale=xpos.scale.index_select(0, pos), inv=xpos.inv.index_select(0, pos))
+            rope = (cos.index_select(0, pos), sin.index_select(0, pos), xpos)  # (1, rot_dim) rows
         self._bias = self.step_bias(x.dtype if self.attention == "sdpa" else torch.float32)  # one for all layers
+        self._qfac = self.query_factors()
         for i, blk in enumerate(m.blocks):
             x = blk(x, rope, m.alibi_slopes, self, i)
-        self._bias = None
+        self._bias = self._qfac = None
         logits = m.head(m.final_norm(x))[:, -1]  # (B, V)
         pos.add_(1)
         return logits
@@ -138,7 +171,7 @@ class StaticStep:
         n = self.cache.length
         if n >= self.max_len:
             raise ConfigError(f"cache: position {n} is past the cache's max_len {self.max_len}; make a larger cache")
-        self.model.check_positions(n)
+        self.model.check_positions(self.cache.position)
 
     def sync(self) -> None:
         """Point `pos` at cache.length when something else (a prefill, a reset) has moved the cache."""

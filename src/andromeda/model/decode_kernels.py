@@ -265,7 +265,7 @@ def attn_split_kernel(QKV, KC, VC, POS, SLOPES, GQ, GK, COS, SIN, XS, MW, LW, OW
                       kv_stride, N_SPLIT: tl.constexpr, SPLIT_T: tl.constexpr, BLOCK_T: tl.constexpr,
                       BG: tl.constexpr, D: tl.constexpr, ROT: tl.constexpr, QK_NORM: tl.constexpr,
                       GAIN: tl.constexpr, XPOS: tl.constexpr, ALIBI: tl.constexpr, PREC: tl.constexpr,
-                      PDL: tl.constexpr):
+                      LSTEP, START, PERIOD, ANCHORED: tl.constexpr, PDL: tl.constexpr):
     """One split of the keys 0..pos for the G query heads of one KV head: a partial online softmax.
 
     QKV holds this position's H query heads, H_kv key heads and H_kv value heads, before QK-norm and
@@ -277,6 +277,9 @@ def attn_split_kernel(QKV, KC, VC, POS, SLOPES, GQ, GK, COS, SIN, XS, MW, LW, OW
     row, the running max m and sum l (base 2) and the unnormalized output to the workspace MW, LW
     (H_kv, N_SPLIT, BG) and OW (H_kv, N_SPLIT, BG, D); splits past pos store nothing (attn_combine skips
     them). Scores: q . k * qk_scale (the logit scale times log2 e) plus ALiBi slope_h log2 e (key - pos).
+    ANCHORED (xPos over several anchor blocks of PERIOD positions, positional.XPos; slot t holds position
+    START + t): a key tile of block b meets the query times 2^((b(pos) - b) LSTEP), LSTEP (ROT,) the log2 of
+    one block's step; PERIOD and START are multiples of BLOCK_T, so a tile lies in one block.
     """
     s = tl.program_id(0)
     j = tl.program_id(1)
@@ -303,8 +306,11 @@ def attn_split_kernel(QKV, KC, VC, POS, SLOPES, GQ, GK, COS, SIN, XS, MW, LW, OW
         if pos < start + SPLIT_T:  # this split holds pos: this position's key and value into the cache
             tl.store(kb + pos * D + d, knew)
             tl.store(vb + pos * D + d, vnew)
-        q = _qk_apply(QKV, j * G + g, g < G, gq, gqp, c, sn, sc, eps, False, D, ROT, QK_NORM, GAIN,
-                      XPOS).to(KC.dtype.element_ty)  # (BG, D)
+        q32 = _qk_apply(QKV, j * G + g, g < G, gq, gqp, c, sn, sc, eps, False, D, ROT, QK_NORM, GAIN, XPOS)
+        q = q32.to(KC.dtype.element_ty)  # (BG, D)
+        if ANCHORED:
+            lstep = tl.load(LSTEP + d, mask=d < ROT, other=0.0)  # (D,): 0 past the rotated features
+            mine = (START + pos) // PERIOD
         m_i = tl.full((BG,), float("-inf"), tl.float32)
         l_i = tl.zeros((BG,), tl.float32)
         acc = tl.zeros((BG, D), tl.float32)
@@ -320,7 +326,11 @@ def attn_split_kernel(QKV, KC, VC, POS, SLOPES, GQ, GK, COS, SIN, XS, MW, LW, OW
                     v = tl.load(vb + t[:, None] * D + d[None, :], mask=(t < pos)[:, None], other=0.0)
                 k = tl.where((t == pos)[None, :], knew[:, None], k)  # (D, BLOCK_T)
                 v = tl.where((t == pos)[:, None], vnew[None, :], v)  # (BLOCK_T, D)
-                sc_ = tl.dot(q, k, input_precision=PREC) * qk_scale  # (BG, BLOCK_T)
+                qt = q
+                if ANCHORED:  # this tile's anchor block
+                    kdiff = (mine - (START + start + off) // PERIOD).to(tl.float32)
+                    qt = (q32 * tl.exp2(kdiff * lstep)[None, :]).to(KC.dtype.element_ty)
+                sc_ = tl.dot(qt, k, input_precision=PREC) * qk_scale  # (BG, BLOCK_T)
                 if ALIBI:
                     sc_ += slope[:, None] * (t - pos).to(tl.float32)[None, :]
                 sc_ = tl.where(tm[None, :], sc_, float("-inf"))

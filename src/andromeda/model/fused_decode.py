@@ -24,6 +24,7 @@ from torch import nn
 
 from andromeda.errors import UnsupportedError
 from andromeda.model.backends.triton_flash import LOG2E, _interpreting
+from andromeda.model.positional import xpos_period
 
 ACT = {"gelu": 1, "silu": 2, "relu": 3}
 
@@ -57,6 +58,11 @@ def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def _block_t(device: torch.device) -> int:
+    """Keys per tile of the attention split kernel."""
+    return 64 if device.type == "cuda" else 16
+
+
 def unsupported(model, cache) -> str | None:
     """Why the fused step cannot run this model and cache, or None when it can."""
     cfg = model.cfg
@@ -87,6 +93,12 @@ def unsupported(model, cache) -> str | None:
         return f"ff activation '{cfg.ff_activation}' is not fused"
     if cfg.use_rotary and cfg.rot_dim % 2:
         return f"rotary dim {cfg.rot_dim} is odd"
+    if cfg.use_rotary and cfg.rotary_xpos:
+        period, tile = xpos_period(cfg.xpos_scale_base, cfg.pos_interpolation_factor, dtype), _block_t(device)
+        several = cache.start // period != (cache.start + cache.max_len - 1) // period
+        if several and (period % tile or cache.start % tile):
+            return (f"the cache spans several xPos anchor blocks of {period} positions, not a multiple of the "
+                    f"kernel's {tile}-key tiles (or starts off a tile)")
     linears = [model.head] + [m for b in model.blocks for m in b.modules() if isinstance(m, nn.Linear)]
     if any(lin.weight.stride(-1) != 1 for lin in linears):
         return "a weight's rows are not contiguous"
@@ -203,7 +215,7 @@ class FusedStep:
                        torch.zeros(1, 1, device=device, dtype=torch.long))
         # attention splits: one key block each (up to 128 a KV head; more blocks a split past that)
         t = cache.max_len
-        self.block_t = 16 if self.interp else 64
+        self.block_t = _block_t(device)
         blocks = -(-t // self.block_t)
         self.split_t = -(-blocks // 128) * self.block_t
         self.n_split = -(-t // self.split_t)
@@ -216,6 +228,10 @@ class FusedStep:
         self.qk_scale = cfg.attn_scale * LOG2E
         self.empty = torch.empty(0, device=device, dtype=dtype)  # the pointer argument of an absent tensor
         self.slopes = model.alibi_slopes
+        # xPos over several anchor blocks (positional.XPos): the query takes each key tile's block factor
+        # zeta^((b(pos) - b) P / base) = 2^(k * LSTEP), LSTEP the log2 of one block's step per rotated feature
+        self.anchored = len(static.blocks) > 1
+        self.lstep = (static.tables[2].log_step * LOG2E).float() if self.anchored else self.empty
         has_pdl = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
         self.pdl = has_pdl if PDL is None else bool(PDL) and has_pdl
         self.launch = dict(PDL=self.pdl, launch_pdl=self.pdl) if self.pdl else dict(PDL=False)
@@ -227,7 +243,8 @@ class FusedStep:
     def _attention(self, layer: int, attn) -> None:
         st, kn = self.static, self.k
         kc, vc = self.cache.k[layer, 0], self.cache.v[layer, 0]  # (H_kv, T, D)
-        cos, sin, xs = st.tables if st.tables is not None else (self.empty, self.empty, None)
+        cos, sin, xpos = st.tables if st.tables is not None else (self.empty, self.empty, None)
+        xs = None if xpos is None else xpos.scale
         qn = attn.q_norm
         gq = qn.gain if qn is not None and qn.gain is not None else None
         gk = attn.k_norm.gain if gq is not None else None
@@ -239,7 +256,8 @@ class FusedStep:
             self.qk_scale, float(qn.eps if qn is not None else 0.0), self.h, self.hkv, self.g, kc.stride(0),
             N_SPLIT=self.n_split, SPLIT_T=self.split_t, BLOCK_T=self.block_t, BG=self.bg, D=self.d, ROT=self.rot,
             QK_NORM=qn is not None, GAIN=gq is not None, XPOS=xs is not None, ALIBI=slopes is not None,
-            PREC=self.prec, num_warps=warps, **self.launch)
+            PREC=self.prec, LSTEP=self.lstep, START=self.cache.start, PERIOD=st.period, ANCHORED=self.anchored,
+            num_warps=warps, **self.launch)
         kn.attn_combine_kernel[(self.h,)](
             self.mw, self.lw, self.ow, self.o, st.pos, self.g, N_SPLIT=self.n_split, SPLIT_T=self.split_t,
             BG=self.bg, BLOCK_S=min(128, _pow2(self.n_split)), D=self.d, EARLY_NEXT=EARLY_OUT,
@@ -256,7 +274,8 @@ class FusedStep:
     def _forward(self, token: torch.Tensor, greedy: bool) -> torch.Tensor:
         st, m = self.static, self.model
         shift = st.shift
-        self.x.copy_(m.emb_drop(m.embed(token, st.pos)).reshape(-1))
+        start = self.cache.start
+        self.x.copy_(m.emb_drop(m.embed(token, st.pos + start if start else st.pos)).reshape(-1))
         act = ACT[m.cfg.ff_activation]
         for i, blk in enumerate(m.blocks):
             at, ff = blk.attn, blk.ff

@@ -54,93 +54,107 @@ def xpos_zeta(rot_dim: int) -> torch.Tensor:
 
 
 def xpos_max_position(scale_base: float, interpolation_factor: float = 1.0) -> float:
-    """The last position xPos can reach with every score finite in float32.
+    """The longest span of positions one xPos reference can serve with every score finite in float32.
 
-    Queries are scaled by zeta^((i - c)/base) and keys by zeta^(-(j - c)/base), zeta down to
-    0.4/1.4. A kernel computes (then masks) pairs with j > i too, whose scale product is
-    3.5^((j - i)/base) whatever c is: from key 0 to position p it reaches 3.5^(p/base). Keeping it
-    under 1e30 (headroom for |q||k| and the sum over dim) bounds p by base * ln(1e30)/ln(3.5),
-    about 55 * base interpolated positions; past it attention would turn to inf/NaN.
+    Queries are scaled by zeta^((i - c)/base) and keys by zeta^(-(j - c)/base), zeta down to 0.4/1.4. A
+    kernel computes (then masks) pairs with j > i too, whose scale product is 3.5^((j - i)/base) whatever c
+    is. Keeping it under 1e30 (headroom for |q||k| and the sum over dim) bounds the span by
+    base * ln(1e30)/ln(3.5), about 55 * base interpolated positions. `XPos` anchors each block of
+    positions this long (or shorter) to its own reference, so no sequence length has a limit.
     """
     return scale_base * math.log(1e30) / math.log(1.4 / 0.4) * interpolation_factor
 
 
-def xpos_chunk(scale_base: float, interpolation_factor: float = 1.0) -> int:
-    """Queries per chunk of `RelativeXPos`: the longest span whose scales stay finite in float32 (a chunk's
-    masked pairs carry up to 3.5^(span / base), as in xpos_max_position), rounded down to a multiple of 256
-    positions where it is that long."""
-    span = int(xpos_max_position(scale_base, interpolation_factor))
-    return span // 256 * 256 if span >= 256 else max(span, 1)
+def xpos_period(scale_base: float, interpolation_factor: float = 1.0, dtype: torch.dtype = torch.float32) -> int:
+    """Positions per xPos anchor block (`XPos`): the span `xpos_max_position` allows, rounded down to a
+    multiple of 64 (a decode kernel's key tile) where it is that long. float16 holds the scaled q and k
+    themselves (up to 3.5^(period / 2 base) at a block's edge), so its blocks are 10 bases long: 3.5^5 ~ 525."""
+    span = xpos_max_position(scale_base, interpolation_factor)
+    if dtype == torch.float16:
+        span = min(span, 10 * scale_base * interpolation_factor)
+    span = int(span)
+    return span // 64 * 64 if span >= 64 else max(span, 1)
 
 
 @dataclass(frozen=True)
-class RelativeXPos:
-    """xPos for a whole sequence (no cache), exact at any position: applied per chunk of queries.
+class XPos:
+    """xPos of a run of positions, exact and finite at any position: each position is scaled about the
+    anchor of its block.
 
-    Pair k of q_i . k_j must carry zeta_k^((p_i - p_j) / base) (at most 1 for j <= i). A fixed centre c
-    splits it into zeta^((p_i - c)/base) on q and zeta^(-(p_j - c)/base) on k, and the key factor overflows
-    float32 once p_j - c passes ~55 bases. Here each chunk of queries [a, b) takes its own reference
-    r = p_a: queries carry zeta^((p_i - r)/base) <= 1 and keys zeta^((r - p_j)/base), <= 1 for keys before
-    the chunk (far keys underflow towards 0, as their true weight does) and at most 3.5^(chunk/base) inside
-    it, which `xpos_chunk` keeps finite. The product is the same zeta^((p_i - p_j)/base) for every pair.
+    Pair k of q_i . k_j must carry zeta_k^((p_i - p_j) / base) (at most 1 for j <= i). Positions fall in
+    blocks of `period` P (block b = p // P, anchor c_b = b P + P // 2). Queries carry zeta^((p_i - c(p_i))/base)
+    (`scale`) and keys zeta^((c(p_j) - p_j)/base) (`inv`, what the KV cache stores), both within
+    3.5^(P / 2 base) of 1. A query in block b against keys of the same block gets the exact product; keys of
+    an earlier block b' need one more factor zeta^((b - b') P / base) <= 1 (`step`), applied to the query
+    (decode: one query, a few key blocks) or to the keys (prefill: `rebase`). Far keys' factors underflow
+    towards 0, as their true weights do. Masked pairs (j > i, one block) carry at most 3.5^(P / base), which
+    `xpos_period` keeps finite.
 
-    power: (N,) float64 interpolated positions / base; log_zeta: (rot_dim,) float64, ln zeta per rotated
-    feature (pairs duplicated, as the rotary tables); chunk: queries per chunk."""
+    scale, inv: (N, rot_dim) float32; first: the run's first position; period: P; log_step: (rot_dim,)
+    float64, ln zeta * P / (base * interpolation), pairs duplicated as in the rotary tables."""
 
-    power: torch.Tensor
-    log_zeta: torch.Tensor
-    chunk: int
+    scale: torch.Tensor
+    inv: torch.Tensor
+    first: int
+    period: int
+    log_step: torch.Tensor
 
     @property
     def length(self) -> int:
-        return self.power.numel()
+        return self.scale.shape[0]
 
-    def bounds(self) -> list[tuple[int, int]]:
-        """The chunks' [a, b) query ranges."""
-        return [(a, min(a + self.chunk, self.length)) for a in range(0, self.length, self.chunk)]
+    def blocks(self) -> list[tuple[int, int, int]]:
+        """(a, b, block): the run's rows [a, b) of each anchor block it touches, in order."""
+        out, a, n = [], 0, self.length
+        while a < n:
+            blk = (self.first + a) // self.period
+            b = min(n, (blk + 1) * self.period - self.first)
+            out.append((a, b, blk))
+            a = b
+        return out
 
-    def scale(self, a: int, b: int, ref: int, keys: bool = False) -> torch.Tensor:
-        """(b - a, rot_dim) float32 factors of positions a..b-1 relative to position index `ref`:
-        zeta^(power - power[ref]) for queries, zeta^(power[ref] - power) for keys (computed as such, never as
-        a reciprocal, so a far key's factor underflows instead of a query's overflowing)."""
-        rel = self.power[a:b] - self.power[ref]
-        return torch.exp((-rel if keys else rel)[:, None] * self.log_zeta[None, :]).float()
+    def step(self, k: torch.Tensor | int) -> torch.Tensor:
+        """zeta^(k P / base) for block distances k (...,) >= 0: (..., rot_dim) float32."""
+        k = torch.as_tensor(k, dtype=torch.float64, device=self.log_step.device)
+        return torch.exp(k[..., None] * self.log_step).float()
+
+    def rebase(self, first: int, n: int, block: int) -> torch.Tensor | None:
+        """(n, rot_dim) float32 factors taking the stored keys of positions first .. first + n - 1 to the anchor
+        of `block` (none of them past it), or None when they all lie in that block already."""
+        if first // self.period == block:
+            return None
+        blocks = torch.arange(first, first + n, device=self.log_step.device) // self.period
+        return self.step(block - blocks)
 
 
-def relative_xpos(positions: torch.Tensor, rot_dim: int, scale_base: float,
-                  interpolation_factor: float = 1.0) -> RelativeXPos:
-    """The RelativeXPos of (N,) integer positions."""
-    pos = positions.to(torch.float64) / interpolation_factor
-    log_zeta = xpos_zeta(rot_dim).log().to(pos.device)
-    return RelativeXPos(pos / scale_base, torch.cat([log_zeta, log_zeta]),
-                        xpos_chunk(scale_base, interpolation_factor))
+def anchored_xpos(first: int, n: int, rot_dim: int, scale_base: float, interpolation_factor: float = 1.0, *,
+                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> XPos:
+    """The XPos of positions first .. first + n - 1, anchored by `xpos_period` for `dtype`."""
+    period = xpos_period(scale_base, interpolation_factor, dtype)
+    positions = torch.arange(first, first + n, device=device)
+    anchor = positions // period * period + period // 2
+    rel = (positions - anchor).to(torch.float64) / interpolation_factor / scale_base  # (N,)
+    log_zeta = xpos_zeta(rot_dim).log().to(positions.device)
+    log_zeta = torch.cat([log_zeta, log_zeta])  # (rot_dim,)
+    power = rel[:, None] * log_zeta[None, :]
+    return XPos(torch.exp(power).float(), torch.exp(-power).float(), first, period,
+                log_zeta * (period / interpolation_factor / scale_base))
 
 
 def rotary_tables(
-    positions: torch.Tensor,
-    rot_dim: int,
-    *,
-    theta: float = 10000.0,
-    interpolation_factor: float = 1.0,
-    xpos: bool = False,
-    xpos_scale_base: float = 512.0,
-    xpos_offset: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """cos, sin (N, rot_dim) and the xPos query scale (N, rot_dim) or None, all float32.
-
-    positions: (N,) integer positions. Interpolation divides them by the factor. xPos scales
-    queries by zeta^((pos - c) / scale_base) and keys by its inverse; c is a fixed offset.
-    """
+    positions: torch.Tensor, rot_dim: int, *, theta: float = 10000.0, interpolation_factor: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (N, rot_dim) float32 of (N,) integer positions; interpolation divides them by the factor."""
     pos = positions.to(torch.float64) / interpolation_factor  # (N,)
     angles = pos[:, None] * rotary_inv_freq(rot_dim, theta).to(pos.device)[None, :]  # (N, r/2)
     angles = torch.cat([angles, angles], dim=-1)  # (N, r)
-    scale = None
-    if xpos:
-        power = (pos - xpos_offset) / xpos_scale_base  # (N,)
-        zeta = xpos_zeta(rot_dim).to(pos.device)
-        scale = zeta[None, :] ** power[:, None]  # (N, r/2)
-        scale = torch.cat([scale, scale], dim=-1).float()
-    return angles.cos().float(), angles.sin().float(), scale
+    return angles.cos().float(), angles.sin().float()
+
+
+def scale_rotated(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """x (..., N, D) with its first rot_dim features multiplied by (N | 1, rot_dim) factors (float32 math)."""
+    rot_dim = factors.shape[-1]
+    return torch.cat([(x[..., :rot_dim].float() * factors).to(x.dtype), x[..., rot_dim:]], dim=-1)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +167,7 @@ def apply_rotary(
 ) -> torch.Tensor:
     """Rotate the first rot_dim features of x (..., N, D) by (N, rot_dim) tables; the rest pass.
 
-    `scale` multiplies the rotated features (xPos: the table for queries, its inverse for keys).
+    `scale` (N, rot_dim) multiplies the rotated features (xPos: `XPos.scale` for queries, `.inv` for keys).
     The arithmetic is float32; the result has x's dtype.
     """
     rot_dim = cos.shape[-1]

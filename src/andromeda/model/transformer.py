@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -16,7 +15,7 @@ from andromeda.model.decode import GraphedDecoder, decode_step
 from andromeda.model.embedding import TokenEmbedding
 from andromeda.model.layers import Block
 from andromeda.model.norms import deepnorm_beta, make_norm
-from andromeda.model.positional import head_slopes, relative_xpos, rotary_tables, xpos_max_position
+from andromeda.model.positional import anchored_xpos, head_slopes, rotary_tables
 from andromeda.model.sampling import sample_next
 
 IGNORE_INDEX = -100
@@ -106,46 +105,31 @@ class Andromeda(nn.Module):
         return total
 
     # ---- forward --------------------------------------------------------------------------
-    def xpos_max_position(self) -> float:
-        """The last position cached xPos can reach with every score finite in float32 (its keys are stored
-        scaled about a fixed centre: positional.xpos_max_position). A forward without a cache has no limit."""
-        return xpos_max_position(self.cfg.xpos_scale_base, self.cfg.pos_interpolation_factor)
-
-    def check_positions(self, last: int, cached: bool = True) -> None:
-        """Refuse a last position the config cannot represent (from Python ints: no device sync). `cached`:
-        the positions go through a KV cache (a forward without one applies xPos relatively, at any position)."""
+    def check_positions(self, last: int) -> None:
+        """Refuse a last position the config cannot represent (a Python int: no device sync). Only absolute
+        position embeddings have a limit; xPos is anchored per block (positional.XPos) and has none."""
         cfg = self.cfg
         if cfg.use_abs_pos_emb and last >= cfg.max_seq_len:
             raise ConfigError(
                 f"input: position {last} is past max_seq_len {cfg.max_seq_len}, which absolute position "
                 "embeddings cannot represent; shorten the input"
             )
-        if cached and cfg.rotary_xpos and last > self.xpos_max_position():
-            need = last / self.xpos_max_position() * cfg.pos_interpolation_factor
-            raise ConfigError(
-                f"input: position {last} is past the float32 range of xPos through a KV cache for this config "
-                f"(last finite position {int(self.xpos_max_position())}); set pos_interpolation_factor "
-                f">= {math.ceil(need * 10) / 10}, shorten the input, or run it without a cache"
-            )
 
-    def rope(self, positions: torch.Tensor, relative: bool = False):
-        """cos, sin and the xPos part for `positions`: a fixed-centre scale table (what the KV cache stores keys
-        by), or with `relative` a positional.RelativeXPos (a whole sequence without a cache)."""
+    def rope(self, first: int, n: int, device: torch.device | str | None = None,
+             dtype: torch.dtype = torch.float32):
+        """cos, sin (n, rot_dim) and the positional.XPos (or None) of positions first .. first + n - 1; `dtype`,
+        that of the keys (a KV cache's), sets the xPos anchor period."""
         cfg = self.cfg
         if not cfg.use_rotary:
             return None
-        cos, sin, scale = rotary_tables(
-            positions,
-            cfg.rot_dim,
-            theta=cfg.rotary_theta,
-            interpolation_factor=cfg.pos_interpolation_factor,
-            xpos=cfg.rotary_xpos and not relative,
-            xpos_scale_base=cfg.xpos_scale_base,
-            xpos_offset=cfg.xpos_offset,
-        )
-        if relative and cfg.rotary_xpos:
-            scale = relative_xpos(positions, cfg.rot_dim, cfg.xpos_scale_base, cfg.pos_interpolation_factor)
-        return cos, sin, scale
+        positions = torch.arange(first, first + n, device=device)
+        cos, sin = rotary_tables(positions, cfg.rot_dim, theta=cfg.rotary_theta,
+                                 interpolation_factor=cfg.pos_interpolation_factor)
+        xpos = None
+        if cfg.rotary_xpos:
+            xpos = anchored_xpos(first, n, cfg.rot_dim, cfg.xpos_scale_base, cfg.pos_interpolation_factor,
+                                 dtype=dtype, device=device)
+        return cos, sin, xpos
 
     def forward(
         self,
@@ -158,20 +142,23 @@ class Andromeda(nn.Module):
         """tokens (B, N) -> logits (B, N, V), (B, 1, V) for "last", or hidden states (B, N, dim) for "none".
 
         With a cache, the tokens continue the cached sequence and the cache advances by N. Without one, they
-        sit at positions start .. start + N - 1 (an earlier context that is not there), and xPos is applied
-        relative to chunks of queries (positional.RelativeXPos): exact at any position.
+        sit at positions start .. start + N - 1 (an earlier context that is not there). xPos is exact at any
+        position (positional.XPos).
         """
         if tokens.dim() != 2:
             raise ConfigError(f"input: tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
         if start < 0 or (start and cache is not None):
             raise ConfigError(f"input: start must be >= 0 and is for a forward without a cache (with one, positions "
-                              f"continue the cache's length), got start={start}")
+                              f"continue the cache's; see new_cache(start=)), got start={start}")
         n = tokens.shape[1]
-        start = cache.length if cache is not None else start
-        self.check_positions(start + n - 1, cached=cache is not None)
+        start = cache.position if cache is not None else start
+        self.check_positions(start + n - 1)
         positions = torch.arange(start, start + n, device=tokens.device)
         x = self.emb_drop(self.embed(tokens, positions))  # (B, N, dim)
-        rope = self.rope(positions, relative=cache is None)
+        key_dtype = cache.dtype if cache is not None else (
+            torch.get_autocast_dtype(tokens.device.type) if torch.is_autocast_enabled(tokens.device.type)
+            else self.head.weight.dtype)
+        rope = self.rope(start, n, tokens.device, key_dtype)
         for i, blk in enumerate(self.blocks):
             x = blk(x, rope, self.alibi_slopes, cache, i)
         if cache is not None:
@@ -193,11 +180,12 @@ class Andromeda(nn.Module):
 
     # ---- generation -----------------------------------------------------------------------
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None, *, quant: str = "none",
-                  group_size: int = 64, window: int = 0) -> KVCache:
-        """A static cache for `batch` sequences of up to `max_len` positions (see KVCache for quant)."""
+                  group_size: int = 64, window: int = 0, start: int = 0) -> KVCache:
+        """A static cache for `batch` sequences of up to `max_len` positions from position `start` (see KVCache
+        for quant and start)."""
         ref = self.head.weight
         return KVCache(self.cfg, batch, max_len, device=ref.device, dtype=dtype or ref.dtype, quant=quant,
-                       group_size=group_size, window=window)
+                       group_size=group_size, window=window, start=start)
 
     @torch.no_grad()  # not inference_mode: its tensors could not be fed back into training
     def generate(
