@@ -33,11 +33,11 @@ class PhaseClock:
             return {"total": 0.0}
         if self.cuda:
             self._marks[-1][1].synchronize()
-            gap = [a.elapsed_time(b) for (_, a), (_, b) in zip(self._marks, self._marks[1:])]
+            gap = [a.elapsed_time(b) for (_, a), (_, b) in zip(self._marks, self._marks[1:], strict=False)]
         else:
-            gap = [(b - a) * 1e3 for (_, a), (_, b) in zip(self._marks, self._marks[1:])]
+            gap = [(b - a) * 1e3 for (_, a), (_, b) in zip(self._marks, self._marks[1:], strict=False)]
         out: dict[str, float] = {}
-        for (name, _), ms in zip(self._marks, gap):
+        for (name, _), ms in zip(self._marks, gap, strict=False):
             out[name] = out.get(name, 0.0) + ms
         out["total"] = sum(gap)
         return out

@@ -130,7 +130,8 @@ def hidden_and_head(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tenso
     scaling (the loss would differ), a model wrapped in DistributedDataParallel (its forward must run).
     """
     if isinstance(model, nn.parallel.DistributedDataParallel):
-        raise UnsupportedError("fused_ce: a DistributedDataParallel model must run its own forward; use fused_ce: false")
+        raise UnsupportedError("fused_ce: a DistributedDataParallel model must run its own forward; "
+                               "use fused_ce: false")
     head = getattr(model, "head", None)
     if isinstance(head, nn.Linear) and hasattr(model, "final_norm"):
         if head.bias is not None:

@@ -158,7 +158,7 @@ class SpikeDetector:
         if len(hist) < self.min_history:
             return None
         h = list(hist)
-        d = [b - a for a, b in zip(h, h[1:])]
+        d = [b - a for a, b in zip(h, h[1:], strict=False)]
         mean = sum(d) / len(d)
         std = max(math.sqrt(sum((x - mean) ** 2 for x in d) / len(d)), self.rel_floor * abs(prev), 1e-12)
         expected = prev + mean

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from andromeda.measure.flops import forward_flops, recomputed_forward_flops, train_step_flops
 from andromeda.errors import ConfigError
+from andromeda.measure.flops import forward_flops, recomputed_forward_flops, train_step_flops
 from andromeda.train.clock import PhaseClock
 from andromeda.train.config import TrainConfig
 from andromeda.train.fused_ce import fused_lm_loss
@@ -185,7 +185,8 @@ class Trainer:
             self.hardware_flops_per_step = self.flops_per_step + again
         elif cfg.checkpointing == "selective":  # matmul outputs are kept; attention only if it is an aten op
             impl = model_attention_impl(model, self.device, self._math_dtype())
-            again = 0.0 if impl in ATTENTION_SAVED_BY_POLICY else forward_flops(facts, *tokens, lm_head="none").attention
+            attention = forward_flops(facts, *tokens, lm_head="none").attention
+            again = 0.0 if impl in ATTENTION_SAVED_BY_POLICY else attention
             self.hardware_flops_per_step = self.flops_per_step + again
 
     def _math_dtype(self) -> torch.dtype:

@@ -56,7 +56,8 @@ class MasterWeights:
     @torch.no_grad()
     def load_state_dict(self, masters: Sequence[torch.Tensor]) -> None:
         if len(masters) != len(self.masters):
-            raise ValueError(f"master weights: the checkpoint has {len(masters)} tensors, the model {len(self.masters)}")
+            raise ValueError(f"master weights: the checkpoint has {len(masters)} tensors, the model "
+                             f"{len(self.masters)}")
         for m, saved in zip(self.masters, masters, strict=True):
             m.copy_(saved)
         self.copy_to_params()
