@@ -1,0 +1,195 @@
+"""Long context on one GPU: prefill time, peak memory, KV-cache bytes, time to first token and decode ms/token
+against context length for the Andromeda 2.5B preset, beside a same-work Hugging Face Llama (issue: long
+context; the spec's "sequence length impact", ../shared/spec/000).
+
+    python benchmarks/long_context.py --json out.json [--lengths 32768 65536 131072 200000 262144]
+
+Per length N, for Andromeda (bf16, the default attention backend: our Triton / Gluon kernels):
+- prefill_ms: `model(tokens, cache=cache, logits="last")` of N tokens into a fresh cache, synchronized, in
+  one call or in chunks of --chunks tokens (a chunk's activations bound the memory); logits for the last
+  position only: nothing O(N^2) or O(N x vocab) is materialized. ttft_ms includes the first token's argmax.
+  One timed run after a warm-up at 8K (a long prefill takes seconds; --reps repeats it).
+- peak_gib: torch.cuda.max_memory_allocated over the prefill (weights included); kv_cache_bytes: the
+  cache's buffers (all N + decode slots).
+- decode: median ms/token of the captured decode step (fused Triton kernels, GraphedDecoder(kernels="auto"))
+  over --steps steps at context N, against the floor of reading the weights and the filled KV cache once a
+  step, at the measured copy bandwidth and at the datasheet's.
+- alibi_skip: with block_count.count_blocks() around a second prefill, the share of causal key tiles the
+  attention kernels computed (what the ALiBi heads skipped on the model's own q/k; the non-ALiBi heads
+  compute every causal tile).
+The matched Llama (transformers, eager SDPA, MQA like ours, FFN width from sources.spec.llama_config_for)
+prefills the same N with logits_to_keep=1; a length that does not fit is recorded as "oom".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from andromeda.measure import floors
+from andromeda.measure.env import collect_env
+from andromeda.model import Andromeda, GraphedDecoder, from_name
+from andromeda.model.backends import block_count
+
+LENGTHS = (32_768, 65_536, 131_072, 200_000, 262_144)
+GIB = 2**30
+
+
+def _sync_ms(fn) -> tuple[float, object]:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3, out
+
+
+def _prefill(model, tokens, n_cache: int, chunk: int = 0):
+    """Prefill `tokens` into a fresh cache, whole (chunk 0) or `chunk` tokens a call: (ms, peak GiB, cache,
+    first token)."""
+    cache = model.new_cache(1, n_cache)
+    n = tokens.shape[1]
+    step = chunk or n
+    torch.cuda.reset_peak_memory_stats()
+
+    def run():
+        with torch.no_grad():
+            for a in range(0, n, step):
+                logits = model(tokens[:, a : a + step], cache=cache, logits="last")
+            return logits[:, -1].argmax(-1)
+
+    ms, first = _sync_ms(run)
+    return ms, torch.cuda.max_memory_allocated() / GIB, cache, first
+
+
+def andromeda_row(model, n: int, chunk: int, steps: int, reps: int, fl: dict, weight_bytes: int) -> dict:
+    tokens = torch.randint(0, model.cfg.num_tokens, (1, n), device="cuda")
+    times, peak = [], 0.0
+    for _ in range(reps):
+        ms, peak, cache, first = _prefill(model, tokens, n + steps + 1, chunk)
+        times.append(ms)
+    row = {"n": n, "chunk": chunk, "prefill_ms": sorted(times)[len(times) // 2], "prefill_ms_runs": times,
+           "peak_gib": peak, "kv_cache_bytes": cache.nbytes, "kv_filled_bytes_at_n": cache.filled_bytes()}
+    row["prefill_tokens_per_s"] = n / (row["prefill_ms"] / 1e3)
+    # time to first token: the prefill with its last-position logits and argmax (already inside _prefill)
+    row["ttft_ms"] = row["prefill_ms"]
+    dec = GraphedDecoder(model, cache, greedy=True)
+    row["decode_kernels"] = dec.kernels
+    token = first.view(1, 1)
+    for _ in range(3):  # (the capture warmed up already) the first replays
+        token = _greedy(dec, token)
+    ts = []
+    for _ in range(steps - 3):
+        ms, token = _sync_ms(lambda t=token, d=dec: _greedy(d, t))
+        ts.append(ms)
+    ts.sort()
+    row["decode_ms"] = ts[len(ts) // 2]
+    row["decode_ms_p10_p90"] = [ts[len(ts) // 10], ts[(9 * len(ts)) // 10]]
+    step_bytes = weight_bytes + cache.filled_bytes()
+    row["decode_step_bytes"] = step_bytes
+    row["decode_floor_ms"] = floors.floor_ms(step_bytes, fl.get("copy_gb_per_s"))
+    row["decode_floor_datasheet_ms"] = floors.floor_ms(step_bytes, fl.get("datasheet_gb_per_s"))
+    row["decode_of_floor"] = row["decode_floor_ms"] / row["decode_ms"]
+    if row["decode_floor_datasheet_ms"]:
+        row["decode_of_datasheet_floor"] = row["decode_floor_datasheet_ms"] / row["decode_ms"]
+    del dec, cache
+    torch.cuda.empty_cache()
+    with block_count.count_blocks() as count:  # the tiles the kernels computed, against dense causal
+        _prefill(model, tokens, n, chunk)
+    cfg = model.cfg
+    per_head = 4.0 * cfg.dim_head * n * (n + 1) / 2 * cfg.depth  # causal pairs' forward FLOPs, one head
+    computed = count.flops().get("forward", 0.0)
+    row["attn_computed_of_dense_causal"] = computed / (per_head * cfg.heads)
+    # the heads without ALiBi compute every causal tile (no bound to skip by): what is left is the ALiBi heads'
+    alibi = cfg.n_alibi_heads
+    if alibi:
+        row["alibi_computed_of_dense_causal"] = (computed - per_head * (cfg.heads - alibi)) / (per_head * alibi)
+    return row
+
+
+def _greedy(dec, token):
+    """One captured greedy step: the next token (1, 1)."""
+    _, nxt = dec.step(token, clone=False)
+    return nxt.view(1, 1)
+
+
+def llama_row(cfg, n: int) -> dict:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from andromeda.sources.spec import llama_config_for
+
+    row = {"n": n}
+    try:
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(LlamaConfig(**{**llama_config_for(cfg), "max_position_embeddings": n},
+                                                 attn_implementation="sdpa", torch_dtype=torch.bfloat16))
+        model = model.to(torch.bfloat16).eval()
+        tokens = torch.randint(0, cfg.num_tokens, (1, n), device="cuda")
+        torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            ms, _ = _sync_ms(lambda: model(tokens, use_cache=True, logits_to_keep=1))
+        row.update(prefill_ms=ms, peak_gib=torch.cuda.max_memory_allocated() / GIB)
+    except torch.OutOfMemoryError:
+        row["status"] = "oom"
+    finally:
+        model = None
+        torch.cuda.empty_cache()
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
+    ap.add_argument("--preset", default="andromeda")
+    ap.add_argument("--chunks", type=int, nargs="+", default=[0, 32768],
+                    help="prefill chunk sizes to run at each length (0: the whole sequence in one call)")
+    ap.add_argument("--steps", type=int, default=24, help="decode steps per length (3 of them warm-up)")
+    ap.add_argument("--reps", type=int, default=1, help="timed prefills per length")
+    ap.add_argument("--no-llama", action="store_true")
+    args = ap.parse_args()
+    fl = floors.measure("cuda")
+    res = {**floors.provenance(collect_env(), fl), "args": vars(args) | {"json": str(args.json)},
+           "andromeda": [], "llama": []}
+
+    def save():
+        args.json.write_text(json.dumps(res, indent=1, default=str))
+
+    cfg = from_name(args.preset, max_seq_len=max(args.lengths) + args.steps + 1)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Andromeda(cfg).to(torch.bfloat16).eval()
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    res["weight_bytes"] = weight_bytes
+    _prefill(model, torch.randint(0, cfg.num_tokens, (1, 8192), device="cuda"), 8192)  # compile and tune
+    for n, chunk in [(n, c) for n in sorted(args.lengths) for c in args.chunks if c < n]:
+        try:
+            row = andromeda_row(model, n, chunk, args.steps, args.reps, fl, weight_bytes)
+        except torch.OutOfMemoryError:
+            res["andromeda"].append({"n": n, "chunk": chunk, "status": "oom"})
+            torch.cuda.empty_cache()
+            print(f"andromeda {n} chunk {chunk}: out of memory", flush=True)
+            continue
+        res["andromeda"].append(row)
+        save()
+        print(f"andromeda {n} chunk {chunk}: prefill {row['prefill_ms']:.0f} ms "
+              f"({row['prefill_tokens_per_s']:.0f} tok/s), peak "
+              f"{row['peak_gib']:.2f} GiB, KV {row['kv_cache_bytes'] / GIB:.2f} GiB, decode {row['decode_ms']:.3f} "
+              f"ms/token = {row['decode_of_floor']:.1%} of the {row['decode_floor_ms']:.3f} ms floor; attention "
+              f"computed {row['attn_computed_of_dense_causal']:.1%} of dense causal (ALiBi heads "
+              f"{row.get('alibi_computed_of_dense_causal', float('nan')):.1%})", flush=True)
+    del model
+    torch.cuda.empty_cache()
+    if not args.no_llama:
+        for n in sorted(args.lengths):
+            row = llama_row(cfg, n)
+            res["llama"].append(row)
+            save()
+            print(f"llama {n}: {row}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
