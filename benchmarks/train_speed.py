@@ -154,14 +154,16 @@ class Bench:
             w0 = time.perf_counter()
             for _ in range(a.warmup):
                 t.run_step()
-            t.collect()
+            warm = t.collect()
             warm_s = time.perf_counter() - w0
             for _ in range(a.steps):
                 t.run_step()
             recs = t.collect()
         info.update(attn_impl=model_attention_impl(t.model, self.dev, t._math_dtype()),
                     optimizer=type(t.optimizer).__name__)
-        return self._metrics(t, recs, warm_s, info)
+        out = self._metrics(t, recs, warm_s, info)
+        out["losses"] = [r["loss"] for r in warm + recs]  # every step, warm-up included: same data in every row
+        return out
 
     def _metrics(self, t: Trainer, recs: list[dict], warm_s: float, info: dict) -> dict:
         ms = np.array([r["step_ms"] for r in recs])
@@ -371,6 +373,22 @@ def _health_overhead(rows: list[dict]) -> dict:
     return out
 
 
+def _loss_vs_fast(rows: list[dict]) -> None:
+    """Each row's mean loss over its steps against the fast step's at the same seq, where both saw the same tokens
+    (same tokens a step and steps, the same initial weights): a change that altered the math shows here."""
+    fast = {r["seq"]: r for r in rows if r["variant"] == FIRST[0] and r["status"] == "ok"}
+    for r in rows:
+        f = fast.get(r["seq"])
+        if r["status"] != "ok" or f is None or r is f or r["variant"] == "llama-fast" \
+                or r["tokens_per_step"] != f["tokens_per_step"] or len(r["losses"]) != len(f["losses"]):
+            continue
+        ref = float(np.mean(f["losses"]))
+        r["loss_rel_diff_vs_fast"] = abs(float(np.mean(r["losses"])) - ref) / ref
+        if r["loss_rel_diff_vs_fast"] > 0.02:
+            print(f"warning: {r['variant']} at {r['seq']}: mean loss {100 * r['loss_rel_diff_vs_fast']:.1f}% away "
+                  "from the fast step's on the same tokens", flush=True)
+
+
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="andromeda", choices=sorted(PRESETS))
@@ -433,6 +451,7 @@ def main(argv=None) -> int:
     order = {v.name: i for i, v in enumerate(LADDER)}
     b.res["rows"].sort(key=lambda r: (r["seq"], order[r["variant"]]))
     b.res["health_overhead_pct"] = _health_overhead(b.res["rows"])
+    _loss_vs_fast(b.res["rows"])
     b.save()
     print("\nside by side (MFU% datasheet peak, MFUm% measured matmul rate, HFU% datasheet with recompute):")
     print(HEADER)

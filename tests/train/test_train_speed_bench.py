@@ -58,6 +58,10 @@ def test_every_row_is_measured_or_says_why_not(result):
     assert fast["info"]["compile"] == "blocks" and fast["info"]["fullgraph"] is True  # sdpa on CPU: one graph
     assert rows["fp32-eager"]["tokens_per_step"] == rows["fp32-eager"]["seq"]  # one sequence a step
     assert rows["llama-fast"]["info"]["matched"]["within_2pct"] is True
+    assert len(fast["losses"]) == 3  # one warm-up and two timed steps
+    want = abs(sum(rows["+health"]["losses"]) - sum(fast["losses"])) / sum(fast["losses"])
+    assert rows["+health"]["loss_rel_diff_vs_fast"] == pytest.approx(want) and want < 1e-3  # same tokens, same math
+    assert "loss_rel_diff_vs_fast" not in rows["llama-fast"] and "loss_rel_diff_vs_fast" not in rows["fp32-eager"]
     assert rows["llama-fast"]["info"]["blocks"].startswith("model.layers")
     assert set(result["health_overhead_pct"]) == {"32"}
     pct = 100 * (rows["+health"]["step_ms_mean"] / fast["step_ms_mean"] - 1)

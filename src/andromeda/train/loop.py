@@ -180,8 +180,9 @@ class Trainer:
         self.attention_recompute = attention_recompute
         tokens = (cfg.batch * cfg.grad_accum, cfg.seq_len)
         self.flops_per_step = train_step_flops(facts, *tokens, attention_recompute=attention_recompute).total
-        if cfg.checkpointing == "full":
-            again = recomputed_forward_flops(facts, *tokens, early_stop=recompute_stops_early(model)).total
+        if cfg.checkpointing == "full":  # a compiled block is recomputed whole: no early stop inside its graph
+            early = cfg.compile == "none" and recompute_stops_early(model)
+            again = recomputed_forward_flops(facts, *tokens, early_stop=early).total
             self.hardware_flops_per_step = self.flops_per_step + again
         elif cfg.checkpointing == "selective":  # matmul outputs are kept; attention only if it is an aten op
             impl = model_attention_impl(model, self.device, self._math_dtype())
