@@ -28,10 +28,13 @@ class MasterWeights:
     def __init__(self, params: Sequence[nn.Parameter], dtype: torch.dtype = torch.bfloat16):
         self.params = list(params)
         self.dtype = dtype
-        self.masters = [p.detach().to(torch.float32, copy=True).requires_grad_(True) for p in self.params]
+        self.masters = []
         with torch.no_grad():
             for p in self.params:
-                p.data = p.data.to(dtype)
+                # a float32 parameter's own storage becomes its master (no copy); the parameter gets a bf16 one
+                master = p.detach() if p.dtype == torch.float32 else p.detach().to(torch.float32)
+                p.data = master.to(dtype)
+                self.masters.append(master.requires_grad_(True))
 
     def accumulate_grads(self) -> None:
         """Add the parameters' gradients (from one backward) into the masters' float32 gradients; free them."""
