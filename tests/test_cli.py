@@ -42,7 +42,7 @@ def test_oom_and_skipped_are_results_exit_0(tmp_path):
 
 
 def _planted_failure(monkeypatch, when):
-    from andromeda.bench.scenarios import latency
+    from andromeda.scenarios import latency
 
     original = latency.Latency.run
 
@@ -76,7 +76,7 @@ def test_every_case_errored_exits_3(tmp_path, monkeypatch):
 
 def _planted_latency(monkeypatch, ms_by_source):
     """Latency samples by source (no timing): the comparison's verdict is known in advance."""
-    from andromeda.bench.scenarios import latency
+    from andromeda.scenarios import latency
 
     def run(self, bundle, p, ctx):
         ms = ms_by_source[ctx.case.source]
@@ -129,7 +129,7 @@ def test_cases_errored_wins_over_a_failed_gate(tmp_path, monkeypatch):
 
 
 def test_train_exits_3_when_its_case_errored(tmp_path, monkeypatch):
-    from andromeda.bench.scenarios import training
+    from andromeda.scenarios import training
 
     def broken(self, bundle, p, ctx):
         raise ValueError("planted failure")

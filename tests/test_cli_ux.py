@@ -99,7 +99,7 @@ def test_a_gpu_sized_preset_on_a_cpu_asks_for_force(tmp_path, capsys, argv, coun
 
 def test_summary_counts_cases_and_records_apart(tmp_path, monkeypatch):
     from andromeda.bench.runner import run
-    from andromeda.bench.scenarios import latency
+    from andromeda.scenarios import latency
 
     def three_records(self, bundle, p, ctx):  # one case, three records (as a training case writes one per step)
         return [ctx.record({"latency_ms": 1.0 + i}, params={"part": i}) for i in range(3)]
@@ -165,7 +165,7 @@ def test_ctrl_c_prints_the_command_that_resumes(tmp_path, monkeypatch, capsys):
 
 LOG_SCRIPT = textwrap.dedent("""
     import os, sys, warnings
-    from andromeda.bench.scenarios import latency
+    from andromeda.scenarios import latency
     original = latency.Latency.run
     def noisy(self, bundle, p, ctx):
         warnings.warn("planted library FutureWarning", FutureWarning)

@@ -130,7 +130,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from andromeda.bench import scenarios
+    from andromeda import scenarios
     from andromeda.bench.manifest import load_manifest, preset_names
     from andromeda.model import PRESETS, backends
     from andromeda.sources import models

@@ -34,7 +34,7 @@ def _console(stream=None) -> Console:
 def case_description(source: str, scenario: str, params: dict[str, Any]) -> str:
     """The case as the progress line shows it: source, scenario, then the swept parameters (what changes from
     case to case), then the rest; lists and mappings left out."""
-    from andromeda.bench.scenarios.config import get_config
+    from andromeda.scenarios.config import get_config
 
     cfg = get_config(scenario)
     swept = [k for k in (cfg.SWEEP if cfg is not None else ()) if k in params]

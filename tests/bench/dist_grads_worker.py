@@ -9,7 +9,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from andromeda.bench.scenarios.data_parallel import wrap
+from andromeda.scenarios.data_parallel import wrap
 from andromeda.sources.models import build
 
 PER_RANK, SEQ = 2, 32

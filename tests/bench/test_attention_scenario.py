@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from andromeda.bench.attention_impls import Problem, check_kernels, prepare, unsupported
 from andromeda.bench.context import Case, RunContext
 from andromeda.bench.manifest import load_manifest, validate
 from andromeda.bench.runner import run
-from andromeda.bench.scenarios import get as get_scenario
-from andromeda.bench.sparsity import PATTERNS, PatternSpec, get_pattern
 from andromeda.errors import ConfigError
 from andromeda.measure.timing import TimingConfig
 from andromeda.model import backends
 from andromeda.model.backends import AttentionSpec
 from andromeda.model.positional import alibi_slopes
 from andromeda.records import RecordStore
+from andromeda.scenarios import get as get_scenario
+from andromeda.scenarios.attention.impls import Problem, check_kernels, prepare, unsupported
+from andromeda.scenarios.attention.sparsity import PATTERNS, PatternSpec, get_pattern
 
 CPU = torch.device("cpu")
 CPU_IMPLS = ("eager", "sdpa_flash", "sdpa_math", "flex")  # the implementations a CPU runs

@@ -23,12 +23,12 @@ from andromeda.bench.launch import (
     torchrun_command,
 )
 from andromeda.bench.manifest import validate
-from andromeda.bench.scenarios.data_parallel import union_us
 from andromeda.cli import main
 from andromeda.errors import ConfigError
 from andromeda.measure.balance import algbw_gbps, bus_factor, busbw_gbps, rank_spread, scaling_efficiency, stragglers
 from andromeda.measure.timing import TimingConfig
 from andromeda.records import RecordStore
+from andromeda.scenarios.data_parallel import union_us
 from andromeda.sources.models import build
 
 WORKER = Path(__file__).with_name("dist_grads_worker.py")

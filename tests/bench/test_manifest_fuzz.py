@@ -23,8 +23,8 @@ import yaml
 
 from andromeda.bench import manifest as manifest_mod
 from andromeda.bench.manifest import Manifest
-from andromeda.bench.scenarios import config as scenario_config
 from andromeda.cli import main
+from andromeda.scenarios import config as scenario_config
 from andromeda.verdicts.compare_spec import CompareSpec, CompareThresholds
 
 TINY_DATA = "synthetic:markov?val_docs=2&doc_len=32"

@@ -343,10 +343,11 @@ def test_dump_manifest_round_trips_strings_that_look_like_numbers(tmp_path):
 
 def test_config_copies_match_the_modules_they_mirror():
     """Torch-free copies of constants whose home modules import torch."""
-    from andromeda.bench import attention_impls, sparsity
-    from andromeda.bench.scenarios.config import attention, diagnostics
     from andromeda.diagnostics import gradients, inputs
     from andromeda.model import checkpoint
+    from andromeda.scenarios.attention import impls as attention_impls
+    from andromeda.scenarios.attention import sparsity
+    from andromeda.scenarios.config import attention, diagnostics
     from andromeda.sources import spec
 
     assert attention.IMPLS == attention_impls.IMPLS and attention.PATTERNS == sparsity.PATTERNS
@@ -358,7 +359,7 @@ def test_config_copies_match_the_modules_they_mirror():
 
 
 def test_every_config_has_its_run_code():
-    from andromeda.bench import scenarios
+    from andromeda import scenarios
 
     runners = scenarios.load_all()
     assert set(runners) == set(scenarios.names())

@@ -146,7 +146,7 @@ def test_real_allocator_failure_becomes_oom_record_and_sweep_goes_on(tmp_path):
 
 
 def test_errors_are_isolated(tmp_path, monkeypatch):
-    from andromeda.bench.scenarios import latency
+    from andromeda.scenarios import latency
 
     calls = {"n": 0}
     original = latency.Latency.run

@@ -45,7 +45,7 @@ def test_report_of_hand_written_records_needs_no_torch(tmp_path):
 
 
 def test_report_rebuilds_a_runs_comparison_without_torch(tmp_path, monkeypatch):
-    from andromeda.bench.scenarios import latency
+    from andromeda.scenarios import latency
 
     base, cand = "andromeda:tiny", "andromeda:tiny?depth=1"  # different shapes: the check needs the facts
 

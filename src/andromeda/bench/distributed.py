@@ -1,4 +1,4 @@
-"""The worker side of the torchrun launcher, and what multi-process scenarios share.
+"""The worker side of the torchrun launcher.
 
 `python -m torch.distributed.run ... -m andromeda.bench.distributed JOB_DIR` starts one worker per
 rank (bench/launch.py writes JOB_DIR/job.json and runs that command). Each worker joins the
@@ -14,9 +14,7 @@ A rank that fails writes JOB_DIR/error-rank<r>.json (status and message, classif
 does: oom, skipped, error) and exits at once with code 1, so that torchrun stops the other ranks
 rather than leaving them waiting in a collective.
 
-Scenarios find their rank through `dist_of(ctx)`; `fixed_count_timing` gives every rank the same
-number of timed runs (a collective must be entered by all ranks the same number of times, so the
-timing layer's adaptive stop, which each rank would decide alone, is switched off).
+Scenarios find their rank in ctx.extra["dist"], a DistInfo (scenarios/multiprocess.py).
 """
 
 from __future__ import annotations
@@ -26,68 +24,18 @@ import os
 import socket
 import sys
 import traceback
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BeforeValidator
-
-from andromeda.errors import ConfigError
 from andromeda.records import Record
+from andromeda.scenarios.multiprocess import DistInfo
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
 ERROR_FILE = "error-rank{rank}.json"
 _SEVERITY = {"ok": 0, "skipped": 1, "oom": 2, "error": 3}
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-    backend: str
-    host: str
-
-
-def _check_ranks(v: Any) -> Any:
-    if not isinstance(v, list) or not v:
-        raise ValueError("a non-empty list of process counts (positive integers) or 'all'")
-    for i, x in enumerate(v):
-        if x == "all":
-            continue
-        if isinstance(x, bool) or not isinstance(x, int) or x < 1:
-            raise ValueError(f"[{i}] must be a positive integer or 'all', got {x!r}")
-    return v
-
-
-# A sweep over the number of processes a case runs on; "all" = the launcher's nproc x nodes.
-RanksList = Annotated[list[int | Literal["all"]], BeforeValidator(_check_ranks)]
-
-
-def dist_of(ctx) -> DistInfo:
-    info = ctx.extra.get("dist")
-    if info is None:
-        raise ConfigError(f"scenario '{ctx.case.scenario}' runs across processes: add "
-                          "`launcher: {type: torchrun, nproc: N}` to the manifest")
-    return info
-
-
-def fixed_count_timing(ctx, warmup: int, iters: int):
-    """The run's timing settings with exactly `warmup` + `iters` runs on every rank."""
-    return replace(ctx.timing, warmup=warmup, warmup_s=0.0, min_runs=iters, max_runs=iters, budget_s=1e12,
-                   target_rel_ci=None, cuda_graph=False)
-
-
-def barrier(device) -> None:
-    """All ranks line up (outside any timed region); NCCL's barrier blocks the host until done."""
-    import torch.distributed as dist
-
-    if device.type == "cuda":
-        dist.barrier(device_ids=[device.index])
-    else:
-        dist.barrier()
 
 
 def gather_to_rank0(obj: Any) -> list[Any] | None:
@@ -142,7 +90,7 @@ def run_worker(job_dir: Path) -> None:
     import torch
     import torch.distributed as dist
 
-    from andromeda.bench import scenarios
+    from andromeda import scenarios
     from andromeda.bench.context import Case, RunContext
     from andromeda.measure.timing import TimingConfig
     from andromeda.sources import models

@@ -26,8 +26,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 
 from andromeda.bench.launch import LauncherSpec, check_manifest
-from andromeda.bench.scenarios import config as scenario_configs
 from andromeda.errors import AndromedaError, ConfigError
+from andromeda.scenarios import config as scenario_configs
 from andromeda.schema import strict_yaml
 from andromeda.schema.fields import (
     CASES_MAX,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from andromeda.bench import scenarios
+from andromeda import scenarios
 from andromeda.bench.capture import LOG_NAME, library_output_to, logged_lines
 from andromeda.bench.context import Case, RunContext
 from andromeda.bench.manifest import Manifest, dump_manifest
