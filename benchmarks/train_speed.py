@@ -13,7 +13,10 @@ on out-of-memory, the rest as gradient accumulation), the Trainer of andromeda.t
   +compile-blocks          + regional torch.compile of each block
   +fused-ce                + the fused, chunked LM head + cross-entropy
   +bf16-master+fused-adamw + bf16 weights with float32 masters and torch's fused AdamW: "the fast step"
-  +selective-ckpt / +full-ckpt   the fast step with selective / full activation checkpointing (HFU counts it)
+  +selective-ckpt / +full-ckpt   the fast step with selective / full activation checkpointing (HFU counts it);
+                           selective under compile needs one graph per block, which the Triton attention kernel
+                           (opaque to dynamo) prevents: that row then says so, and +selective-ckpt-eager measures
+                           selective checkpointing on eager blocks
   +health                  the fast step with the health metrics on (--health-every); overhead_pct vs the fast step
   adamw8bit                the fast step with bitsandbytes' 8-bit AdamW (over the float32 masters)
   llama-fast               the matched-work transformers Llama (sources hf:matched:<preset>, SDPA) in the fast step
@@ -79,6 +82,8 @@ LADDER = [
     Variant("+bf16-master+fused-adamw", "+ bf16 weights, fp32 masters, fused AdamW", FAST),
     Variant("+selective-ckpt", "fast + selective checkpointing", dict(FAST, checkpointing="selective")),
     Variant("+full-ckpt", "fast + full checkpointing", dict(FAST, checkpointing="full")),
+    Variant("+selective-ckpt-eager", "fast, eager blocks + selective checkpointing",
+            dict(FAST, compile="none", checkpointing="selective")),
     Variant("+health", "fast + health metrics", FAST, extra={"health": True}),
     Variant("adamw8bit", "fast with 8-bit AdamW", dict(FAST, fused_adamw=False, optimizer="adamw8bit")),
     Variant("llama-fast", "matched Llama, fast step", FAST, "fast", "llama"),
@@ -86,7 +91,7 @@ LADDER = [
 BY_NAME = {v.name: v for v in LADDER}
 FIRST = ["+bf16-master+fused-adamw", "llama-fast"]  # per seq, before the loss check and the rest of the ladder
 THEN = ["+health", "bf16-autocast", "+attn-kernels", "+compile-blocks", "+fused-ce", "+selective-ckpt",
-        "+full-ckpt", "adamw8bit", "fp32-eager"]
+        "+full-ckpt", "+selective-ckpt-eager", "adamw8bit", "fp32-eager"]
 
 
 def _cleanup(dev: torch.device) -> None:

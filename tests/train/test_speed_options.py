@@ -109,6 +109,26 @@ def test_regional_compile_is_one_graph_for_every_block():
     assert not any("forward" in b.__dict__ for b in m.blocks)
 
 
+def test_an_attention_kernel_dynamo_cannot_trace(monkeypatch):
+    """As the Triton kernel on CUDA (torch.compiler.disable): full graphs fall back to graph breaks around it, once,
+    and say so; selective checkpointing, whose policy needs one graph, is refused with the reason."""
+    from andromeda.errors import UnsupportedError
+    from andromeda.model import backends
+
+    cls = type(backends.get("sdpa"))
+    monkeypatch.setattr(cls, "__call__", torch.compiler.disable(cls.__call__))
+    tokens = torch.randint(0, 320, (2, 16))
+    m = _model(depth=2)
+    w = BlockWrappers(m, compile=True, checkpointing="full", backend="eager")
+    lm_loss(m(tokens), tokens).backward()
+    assert w.info["fullgraph"] is False and "disable" in w.info["fullgraph_failed"]
+    w.undo()
+    w = BlockWrappers(m, compile=True, checkpointing="selective", backend="eager")
+    with pytest.raises(UnsupportedError, match="selective with compile: blocks needs each block traced as one graph"):
+        m(tokens)
+    w.undo()
+
+
 @pytest.mark.parametrize("checkpointing", ["none", "full", "selective"])
 def test_compiled_and_checkpointed_steps_equal_the_eager_step(checkpointing):
     ref = Trainer(_model(depth=3), _cfg(steps=3), _batches).run()

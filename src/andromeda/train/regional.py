@@ -83,6 +83,25 @@ def _call_selective(blk: nn.Module, *args, **kwargs):
     return checkpoint(_call, blk, *args, use_reentrant=False, context_fn=selective_context, **kwargs)
 
 
+_SELECTIVE_NEEDS_ONE_GRAPH = (
+    "checkpointing: selective with compile: blocks needs each block traced as one graph (the policy is applied "
+    "inside it), but this model's attention kernel is opaque to torch.compile (the Triton kernel runs under "
+    "torch.compiler.disable; outside one graph the policy's dispatch mode would turn compilation off and the "
+    "blocks would run eagerly). Use checkpointing: full, compile: none, or an attention backend dynamo traces "
+    "(sdpa, eager)")
+_COMPILED: dict = {}
+
+
+def _compiled(selective: bool, fullgraph: bool, backend) -> Callable:
+    """One torch.compile wrapper per (selective, fullgraph, backend) for the process: every model and Trainer with
+    those settings shares its compiled graphs (a new wrapper would fail dynamo's backend guard and recompile)."""
+    key = (selective, fullgraph, backend)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(_call_selective if selective else _call, fullgraph=fullgraph, dynamic=False,
+                                       backend=backend)
+    return _COMPILED[key]
+
+
 class BlockWrappers:
     """Regional compile and per-block checkpointing on `model`'s blocks; undo() restores them.
 
@@ -110,13 +129,14 @@ class BlockWrappers:
                            "blocks": f"{self.name} ({len(self.blocks)})"}
         if compile:
             self.info["fullgraph"] = self.fullgraph
+            if checkpointing == "selective" and not self.fullgraph:
+                raise UnsupportedError(_SELECTIVE_NEEDS_ONE_GRAPH)
         self._compiled = self._make_compiled() if compile else None
         for blk in self.blocks:
             blk.forward = functools.partial(self._forward, blk)
 
     def _make_compiled(self) -> Callable:
-        fn = _call_selective if self.checkpointing == "selective" else _call
-        return torch.compile(fn, fullgraph=self.fullgraph, dynamic=False, backend=self.backend)
+        return _compiled(self.checkpointing == "selective", self.fullgraph, self.backend)
 
     def _run_compiled(self, blk, *args, **kwargs):
         try:
@@ -124,6 +144,8 @@ class BlockWrappers:
         except torch._dynamo.exc.Unsupported as e:  # raised while tracing, before anything ran
             if not self.fullgraph:
                 raise
+            if self.checkpointing == "selective":
+                raise UnsupportedError(_SELECTIVE_NEEDS_ONE_GRAPH + f" ({str(e).splitlines()[0][:200]})") from None
             self.fullgraph = False
             self.info.update(fullgraph=False, fullgraph_failed=str(e).splitlines()[0][:300])
             self._compiled = self._make_compiled()
