@@ -148,22 +148,31 @@ def test_attention_gradients_equal_autograd_on_materialized_attention(with_mask)
 
 
 def test_captured_attention_gradients_equal_autograd_of_the_model():
-    """dL/dq of the real model (hooked on project_qk's output) equals the chunked recomputation's."""
+    """dL/dq, dL/dk (hooked on the model's rotated q and k: Attention._rotate) and dL/dv (Attention._project)
+    of the real model equal the chunked recomputation's."""
     model = Andromeda(from_name("tiny", attn_backend="sdpa")).eval()
     tokens = torch.randint(0, 256, (1, 30))
     true = {}
-    originals = {}
-    for i, blk in enumerate(model.blocks):
-        originals[i] = blk.attn.project_qk
 
-        def wrapped(x, rope, _i=i, _orig=originals[i]):
-            q, k, v = _orig(x, rope)
-            if q.requires_grad:
-                for name, t in (("q", q), ("k", k), ("v", v)):
-                    t.register_hook(lambda g, _n=name: true.__setitem__((_i, _n), g.detach().clone()))
+    def keep(i, name, t):
+        if t.requires_grad:
+            t.register_hook(lambda g: true.__setitem__((i, name), g.detach().clone()))
+
+    for i, blk in enumerate(model.blocks):
+        project, rotate = blk.attn._project, blk.attn._rotate
+
+        def projected(x, _i=i, _orig=project):
+            q, k, v = _orig(x)
+            keep(_i, "v", v)
             return q, k, v
 
-        blk.attn.project_qk = wrapped
+        def rotated(q, k, rope, _i=i, _orig=rotate):
+            q, k = _orig(q, k, rope)
+            keep(_i, "q", q)
+            keep(_i, "k", k)
+            return q, k
+
+        blk.attn._project, blk.attn._rotate = projected, rotated
     diag = Diagnostics(model, activations=False, activation_grads=False, param_grads=False, attention=False)
     with diag.capture():
         model.loss(tokens).backward()

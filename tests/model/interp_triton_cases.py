@@ -36,13 +36,15 @@ def _unit_norm_case(seed, n=256, d=16):
     return q, k, v, torch.tensor([4.0, 4.0]), g
 
 
+@pytest.mark.parametrize("norms", [False, True])
 @pytest.mark.parametrize("nq", [256, 100])
-def test_far_key_blocks_skipped_under_steep_alibi(monkeypatch, nq):
+def test_far_key_blocks_skipped_under_steep_alibi(monkeypatch, nq, norms):
     """Keys parallel to the queries make the skipping bound nearly tight: logits +-121 against ALiBi's -4 a
     position (base e), so keys up to ~60 positions back matter and the forward skips blocks from ~70 back
     (of 256). The result, forward and backward, must equal eager's; a bound without the key-norm term
     skips keys that count, and fails (checked by editing the kernel). nq = 100: the queries are the last
-    100 positions (after a cache; tiles start off the block grid)."""
+    100 positions (after a cache; tiles start off the block grid). norms: the bound from given score norms
+    (flash_attention's norms=, here |q| and |k| themselves) in the forward and dQ kernels."""
     from andromeda.model import backends
 
     _skip_at_any_length(monkeypatch)
@@ -57,7 +59,8 @@ def test_far_key_blocks_skipped_under_steep_alibi(monkeypatch, nq):
     v = torch.randn(1, 1, n, d, generator=g).requires_grad_()
     slopes = torch.tensor([4.0, 4.0])
     ref = backends.get("eager")(q, k, v, causal=True, scale=1.0, alibi_slopes=slopes)
-    out = backends.get("triton")(q, k, v, causal=True, scale=1.0, alibi_slopes=slopes)
+    kw = dict(norms=(q.norm(dim=-1), k.norm(dim=-1))) if norms else {}
+    out = backends.get("triton")(q, k, v, causal=True, scale=1.0, alibi_slopes=slopes, **kw)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(ref)
     got = torch.autograd.grad(out, (q, k, v), grad)
@@ -157,18 +160,20 @@ def test_launch_falls_back_when_a_setting_runs_out_of_shared_memory(monkeypatch)
     assert tried == [("fwd", 16), ("fwd", 16), ("dq", 16), ("dq", 16), ("bwd", 16), ("bwd", 16)]
 
 
-def _first_blocks(q, k, slopes, scale, tile, block_n):
-    """alibi_first_block's LO for every head (all with ALiBi) of q (1, H, N, D), k (1, 1, N, D)."""
+def _first_blocks(q, k, slopes, scale, tile, block_n, norms=None):
+    """alibi_first_block's LO for every head (all with ALiBi) of q (1, H, N, D), k (1, 1, N, D); `norms`: the
+    (qn (1, H, N), kn (1, 1, N)) score norms (flash_attention's), else the kernel bounds by |q| and |k|."""
     from andromeda.model.backends import triton_flash_kernels as tk
 
     h, n, d = q.shape[1], q.shape[2], q.shape[3]
     tiles = -(-n // tile)
-    knorm = triton_flash._key_norm_prefix_max(k)
+    knorm = triton_flash._key_norm_prefix_max(k, None if norms is None else norms[1])
+    qn = knorm if norms is None else norms[0].float().contiguous()
     lo = torch.full((h, tiles), -1, dtype=torch.int32)
     tk.alibi_first_block[(h, tiles)](
-        q, k, slopes, knorm, lo, q.stride(1), q.stride(2), k.stride(1), k.stride(2), h, h, n,
+        q, k, slopes, knorm, qn, lo, q.stride(1), q.stride(2), k.stride(1), k.stride(2), h, h, n,
         scale * triton_flash.LOG2E, 0, h, knorm.shape[-1], triton_flash._skip_threshold(n),
-        KNB=triton_flash.KNORM_BLOCK, TILE=tile, BLOCK_N=block_n, D=d)
+        KNB=triton_flash.KNORM_BLOCK, TILE=tile, BLOCK_N=block_n, D=d, HAS_QN=norms is not None)
     return lo
 
 
@@ -209,3 +214,41 @@ def test_alibi_first_block_skips_only_what_does_not_count(n):
     lo = _first_blocks(q, k, slopes, 1.0, tile, block_n)
     assert _skipped_mass(q, k, slopes, 1.0, lo, tile, block_n).max() < 2.0**-32
     assert (lo > 0).any()
+
+
+def _bound_holds(q, k, norms, scale):
+    """Float64: |s_ij| <= 1.01 c qn_i kn_j for every causal pair (the bound `_reach` states), s from the
+    scaled q/k (which give the exact scores)."""
+    s = (q[0].double() @ k[0, 0].double().T) * scale  # (H, N, N)
+    bound = 1.01 * scale * norms[0][0].double()[:, :, None] * norms[1][0, 0].double()[None, None, :]
+    causal = torch.ones(s.shape[1], s.shape[2], dtype=torch.bool).tril()
+    return bool(((s.abs() <= bound) | ~causal).all())
+
+
+def test_skip_bound_from_unscaled_norms_on_the_models_own_q_k():
+    """The ALiBi skip bound from the norms of q and k before xPos (model.attention._score_norms), on the q/k
+    of a model with QK-norm (random gains) and xPos (scale base 16: a block of 832 positions, whose scaled
+    features span 3.5^(+-26) about its anchor): the stated bound |s_ij| <= c |q_i| |k_j| holds for every
+    causal pair of the true scores (float64) and fails if the norms are understated (half of them); the heads
+    skip far blocks, where the bound from the scaled vectors skips none; every skipped key's true weight
+    (float64) is under 2^-32 of its row's sum."""
+    from reference64 import randomize
+
+    from andromeda.model import Andromeda, from_name
+
+    m = randomize(Andromeda(from_name("tiny", xpos_scale_base=16, max_seq_len=4096)), seed=3).eval()
+    attn, n, tile, block_n = m.blocks[0].attn, 768, 32, 16
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        q_hat, k_hat, _ = attn._project(torch.randn(1, n, m.cfg.dim, generator=g))
+        q, k = attn._rotate(q_hat, k_hat, m.rope(0, n))
+    assert m.rope(0, n)[2].period == 832
+    norms = (torch.linalg.vector_norm(q_hat, dim=-1), torch.linalg.vector_norm(k_hat, dim=-1))
+    scale = m.cfg.attn_scale
+    assert _bound_holds(q, k, norms, scale)
+    assert not _bound_holds(q, k, (norms[0] * 0.5, norms[1]), scale)
+    slopes = torch.full((q.shape[1],), 0.25)
+    lo = _first_blocks(q, k, slopes, scale, tile, block_n, norms)
+    assert _skipped_mass(q, k, slopes, scale, lo, tile, block_n).max() < 2.0**-32
+    assert (lo[:, -1] * block_n >= n // 2).all()  # the last tile skips at least half its keys
+    assert (_first_blocks(q, k, slopes, scale, tile, block_n) == 0).all()  # the scaled norms bound nothing

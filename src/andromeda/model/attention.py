@@ -46,30 +46,50 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
+    def _rotate(self, q: torch.Tensor, k: torch.Tensor, rope: Rope | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary on q (B, H, N, D) and k (B, H_kv, N, D); with xPos, queries scaled about their own block's
+        anchor and keys anchored as the KV cache stores them (positional.XPos)."""
+        if rope is None:
+            return q, k
+        cos, sin, xpos = rope
+        return (apply_rotary(q, cos, sin, None if xpos is None else xpos.scale),
+                apply_rotary(k, cos, sin, None if xpos is None else xpos.inv))
+
     def project_qk(
         self, x: torch.Tensor, rope: Rope | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q (B, H, N, D), k and v (B, H_kv, N, D) after QK-norm and rotary; with xPos, queries scaled about their
-        own block's anchor and keys anchored as the KV cache stores them (positional.XPos). For positions in one
-        anchor block, q . k are the model's scores (what diagnostics read)."""
+        """q (B, H, N, D), k and v (B, H_kv, N, D) after QK-norm and rotary/xPos (`_rotate`). For positions in
+        one anchor block, q . k are the model's scores (what diagnostics read)."""
         q, k, v = self._project(x)
-        if rope is not None:
-            cos, sin, xpos = rope
-            q = apply_rotary(q, cos, sin, None if xpos is None else xpos.scale)
-            k = apply_rotary(k, cos, sin, None if xpos is None else xpos.inv)
+        q, k = self._rotate(q, k, rope)
         return q, k, v
 
+    def _score_norms(self, backend, q: torch.Tensor, k: torch.Tensor, xpos: XPos | None, alibi: bool, cache,
+                     layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For a backend that skips far keys of ALiBi heads by a bound on the scores (`score_norms`), with xPos:
+        the norms of q (B, H, N) and of every key (B, H_kv, T) before rotary and xPos. Pair p of q_i . k_j
+        carries zeta_p^((i - j)/base) <= 1 for j <= i and rotations keep pair norms, so |q_i . k_j| <=
+        |q_i| |k_j| for these vectors, far below the bound from the scaled ones (triton_flash_kernels._reach).
+        A cache keeps its keys' norms (KVCache.key_norms)."""
+        if xpos is None or not alibi or not getattr(backend, "score_norms", False):
+            return None
+        qn = torch.linalg.vector_norm(q, dim=-1, dtype=torch.float32)
+        kn = torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32)
+        if cache is not None:
+            kn = cache.key_norms(layer, kn)
+        return None if kn is None else (qn, kn)
+
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, xpos: XPos | None, key_first: int,
-                alibi_slopes: torch.Tensor | None) -> torch.Tensor:
+                alibi_slopes: torch.Tensor | None, backend, norms=None) -> torch.Tensor:
         """q (B, H, N, D), the last N of the keys k, v (B, H_kv, T, D) of positions key_first ... -> (B, H, N, D).
 
         With xPos over several anchor blocks, each block's queries attend to the keys up to their last position,
-        those keys taken to the block's anchor (XPos.rebase); keys of one block need nothing."""
-        backend = self.backend(q.device, q.dtype)
+        those keys taken to the block's anchor (XPos.rebase); keys of one block need nothing. `norms`: the
+        (q, keys) norms of `_score_norms`, passed on to the backend."""
         kw = dict(causal=self.cfg.causal, scale=self.cfg.attn_scale, alibi_slopes=alibi_slopes)
         blocks = xpos.blocks() if xpos is not None else [(0, q.shape[2], 0)]
         if len(blocks) == 1 and (xpos is None or xpos.rebase(key_first, 1, blocks[0][2]) is None):
-            return backend(q, k, v, **kw)
+            return backend(q, k, v, **kw) if norms is None else backend(q, k, v, **kw, norms=norms)
         if not self.cfg.causal:
             raise UnsupportedError(f"attention: xPos without a causal mask is unbounded past one anchor block "
                                    f"({xpos.period} positions); shorten the input or use a causal model")
@@ -79,6 +99,8 @@ class Attention(nn.Module):
             end = t - (n - b)  # the keys through this block's last query
             fac = xpos.rebase(key_first, end, blk)
             kb = k[:, :, :end] if fac is None else scale_rotated(k[:, :, :end], fac)
+            if norms is not None:
+                kw["norms"] = (norms[0][:, :, a:b], norms[1][:, :, :end])
             outs.append(backend(q[:, :, a:b], kb, v[:, :, :end], **kw))
         return torch.cat(outs, dim=2)
 
@@ -91,15 +113,18 @@ class Attention(nn.Module):
         layer: int = 0,
     ) -> torch.Tensor:
         b, n, _ = x.shape
-        q, k, v = self.project_qk(x, rope)
+        q_hat, k_hat, v = self._project(x)
+        q, k = self._rotate(q_hat, k_hat, rope)
         attend = getattr(cache, "attend", None)
         if attend is not None:  # a static-shape decode step (model/decode.py): its own masked attention
             out = attend(layer, q, k, v, self.cfg.attn_scale)  # (B, H, 1, D)
         else:
             xpos = None if rope is None else rope[2]
+            backend = self.backend(x.device, q.dtype)
+            norms = self._score_norms(backend, q_hat, k_hat, xpos, alibi_slopes is not None, cache, layer)
             key_first = xpos.first if xpos is not None else 0
             if cache is not None:
                 k, v = cache.update(layer, k, v)  # (B, H_kv, N_past + N, D)
                 key_first = cache.start
-            out = self._attend(q, k, v, xpos, key_first, alibi_slopes)  # (B, H, N, D)
+            out = self._attend(q, k, v, xpos, key_first, alibi_slopes, backend, norms)  # (B, H, N, D)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))

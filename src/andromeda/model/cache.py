@@ -78,11 +78,14 @@ class KVCache:
         self._xpos_args = (cfg.rot_dim, cfg.xpos_scale_base, cfg.pos_interpolation_factor) \
             if self.bits is not None and cfg.use_rotary and cfg.rotary_xpos else None
         self._xpos: XPos | None = None
+        self._key_norms: torch.Tensor | None = None  # (L, B, H_kv, T) float32, on first use (key_norms)
+        self._normed = 0  # positions whose key norms are stored (a decode step writes keys without them)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of every buffer the cache allocated (keys, values, scales, window, shift state)."""
-        return sum(t.nbytes for t in self._buffers) + sum(t.nbytes for t in self._shift.values())
+        """Bytes of every buffer the cache allocated (keys, values, scales, window, shift state, key norms)."""
+        norms = 0 if self._key_norms is None else self._key_norms.nbytes
+        return sum(t.nbytes for t in self._buffers) + sum(t.nbytes for t in self._shift.values()) + norms
 
     def bytes_per_token(self) -> float:
         """Key/value bytes per cached token (per sequence), over all layers."""
@@ -117,6 +120,22 @@ class KVCache:
         if self.window:
             keys, vals = self._window(layer, k, v, start, end, keys, vals)
         return keys, vals
+
+    def key_norms(self, layer: int, norms: torch.Tensor) -> torch.Tensor | None:
+        """Store the norms (B, H_kv, N) of the keys this update writes (before rotary and xPos: an attention
+        kernel's bound on scores, model.attention._score_norms) at the current length; return those of all
+        keys so far (B, H_kv, N_past + N), or None when some earlier keys were written without theirs (by a
+        static decode step): the kernel then bounds by the stored keys. Call beside `update`."""
+        if self._normed != self.length:
+            return None
+        if self._key_norms is None:
+            lead = self._buffers[0].shape[:4]
+            self._key_norms = torch.zeros(lead, device=norms.device, dtype=torch.float32)
+        end = self.length + norms.shape[2]
+        self._key_norms[layer, :, :, self.length : end] = norms
+        if layer == self._key_norms.shape[0] - 1:
+            self._normed = end
+        return self._key_norms[layer, :, :, :end]
 
     def _slot_xpos(self, device: torch.device) -> XPos | None:
         """The XPos of every slot's position (quantized caches with xPos only), built once."""
@@ -182,6 +201,6 @@ class KVCache:
 
     def reset(self) -> None:
         """Empty the cache. Shift-state buffers are zeroed in place (a captured decode graph holds them)."""
-        self.length = 0
+        self.length = self._normed = 0
         for buf in self._shift.values():
             buf.zero_()

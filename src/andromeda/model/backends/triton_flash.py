@@ -182,13 +182,16 @@ def _alibi_prefix(slopes: torch.Tensor) -> int | None:
 KNORM_BLOCK = 64  # keys a _key_norm_prefix_max entry steps by (the kernels' KNB)
 
 
-def _key_norm_prefix_max(k: torch.Tensor) -> torch.Tensor:
+def _key_norm_prefix_max(k: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
     """(B*H_kv, ceil(Nk / KNORM_BLOCK)) float32: entry [i, c] is the largest norm among keys 0 .. (c + 1) *
-    KNORM_BLOCK - 1 of KV head i. A causal query tile reads the entry of the last key before its diagonal
-    blocks, a bound on every key it may skip (under xPos key norms grow with position, so a prefix bound
-    stays close to the keys near the diagonal); the backward also reads the last entry, a bound on all keys."""
+    KNORM_BLOCK - 1 of KV head i (of k, or the given (B, H_kv, Nk) norms). A causal query tile reads the entry
+    of the last key before its diagonal blocks, a bound on every key it may skip (key norms may grow with
+    position, so a prefix bound stays close to the keys near the diagonal); the backward also reads the last
+    entry, a bound on all keys."""
     b, hkv, nk, _ = k.shape
-    norms = torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).reshape(b * hkv, nk)
+    if norms is None:
+        norms = torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32)
+    norms = norms.float().reshape(b * hkv, nk)
     pad = -nk % KNORM_BLOCK
     if pad:
         norms = torch.nn.functional.pad(norms, (0, pad))
@@ -295,10 +298,10 @@ def _nvmma_layout(rows: int, d: int, dtype: torch.dtype):
     return gl.NVMMASharedLayout.get_default_for([rows, d], gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
 
 
-def _forward_sm90(q, k, v, slopes, out, lse, runs, scale: float, skip: bool) -> torch.Tensor:
+def _forward_sm90(q, k, v, slopes, out, lse, runs, scale: float, skip: bool, qn, kn) -> torch.Tensor:
     """The Hopper forward's launches: heads without ALiBi first (they need no bounds, so the GPU starts while
     the host prepares the rest), then each ALiBi run after its skip bounds. Returns the key-norm bounds
-    (the backward's; the slopes when not skipping)."""
+    (the backward's; the slopes when not skipping). qn, kn: the score norms (flash_attention) or None."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from andromeda.model.backends import triton_flash_kernels as tk
@@ -316,13 +319,13 @@ def _forward_sm90(q, k, v, slopes, out, lse, runs, scale: float, skip: bool) -> 
     knorm, lo = slopes, lse
     for head0, hr, ab in sorted(runs, key=lambda r: r[2]):
         if skip and ab and lo is lse:
-            knorm = _key_norm_prefix_max(k)
+            knorm = _key_norm_prefix_max(k, kn)
             lo = torch.empty(b * h, tiles, device=q.device, dtype=torch.int32)
         if skip and ab:
             _cached_launch(tk.alibi_first_block, (b * hr, tiles), (
-                q, k, slopes, knorm, lo, q.stride(1), q.stride(2), k.stride(1), k.stride(2), h, g, n,
-                scale * LOG2E, head0, hr, knorm.shape[-1], _skip_threshold(n)),
-                dict(KNB=KNORM_BLOCK, TILE=2 * bm, BLOCK_N=bn, D=d), 8)
+                q, k, slopes, knorm, lse if qn is None else qn, lo, q.stride(1), q.stride(2), k.stride(1),
+                k.stride(2), h, g, n, scale * LOG2E, head0, hr, knorm.shape[-1], _skip_threshold(n)),
+                dict(KNB=KNORM_BLOCK, TILE=2 * bm, BLOCK_N=bn, D=d, HAS_QN=qn is not None), 8)
         _cached_launch(gk.flash_fwd_sm90, (tiles, b * hr), (*descs, slopes, lo, lse, n, h, g, scale * LOG2E, head0, hr),
                        dict(ALIBI=ab, SKIP=skip and ab, STAGES=SM90["STAGES"], BLOCK_M=bm, BLOCK_N=bn, D=d,
                             LOADER_REGS=SM90["LOADER_REGS"], CONSUMER_REGS=SM90["CONSUMER_REGS"]), 4)
@@ -339,7 +342,7 @@ def _forward_sm90(q, k, v, slopes, out, lse, runs, scale: float, skip: bool) -> 
 
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, slopes, alibi: bool, causal: bool, scale: float, runs: tuple):
+    def forward(ctx, q, k, v, slopes, alibi: bool, causal: bool, scale: float, runs: tuple, qn, kn):
         fwd, _, _ = _kernels()
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         b, h, nq, d = q.shape
@@ -351,13 +354,15 @@ class _FlashAttention(torch.autograd.Function):
         # the backward counts into the forward's BlockCount: autograd may run it on another thread (CUDA),
         # where the context variable that count_blocks() set is not visible
         ctx.count = block_count.active()
+        qn = qn.float().contiguous() if skip and qn is not None else None  # (B, H, Nq): rows of QN
+        kn = kn if qn is not None else None
         if _sm90_fits(q, k, v, causal, scale):
-            knorm = _forward_sm90(q, k, v, slopes, out, lse, runs, scale, skip)
-            ctx.save_for_backward(q, k, v, slopes, out, lse, knorm)
+            knorm = _forward_sm90(q, k, v, slopes, out, lse, runs, scale, skip, qn, kn)
+            ctx.save_for_backward(q, k, v, slopes, out, lse, knorm, qn)
             ctx.runs, ctx.causal, ctx.scale, ctx.skip = runs, causal, scale, skip
             ctx.nkn = knorm.shape[-1] if skip else 0
             return out
-        knorm = _key_norm_prefix_max(k) if skip else slopes
+        knorm = _key_norm_prefix_max(k, kn) if skip else slopes
         nkn = knorm.shape[-1] if skip else 0
 
         def run(cfg):
@@ -367,22 +372,23 @@ class _FlashAttention(torch.autograd.Function):
             cnt = _counter("forward", q, bm, bn)
             for head0, hr, ab in runs:
                 fwd[(b * hr, triton_cdiv(nq, bm))](
-                    *descs, q, k, v, slopes, knorm, out, lse, lse if cnt is None else cnt,
+                    *descs, q, k, v, slopes, knorm, lse if qn is None else qn, out, lse,
+                    lse if cnt is None else cnt,
                     q.stride(1), q.stride(2), k.stride(1), k.stride(2), out.stride(1), out.stride(2),
                     h, h // hkv, nq, nk, nk - nq, scale * LOG2E, head0, hr, nkn,
                     _skip_threshold(nk),
                     ALIBI=ab, CAUSAL=causal, SKIP=skip and ab, KNB=KNORM_BLOCK, IEEE=q.dtype == torch.float32,
-                    COUNT=cnt is not None, **_bounds(nq, nk), D=d, **{**cfg, "TMA": tma})
+                    COUNT=cnt is not None, HAS_QN=qn is not None, **_bounds(nq, nk), D=d, **{**cfg, "TMA": tma})
 
         _launch("fwd", q.device, q.dtype, d, run)
-        ctx.save_for_backward(q, k, v, slopes, out, lse, knorm)
+        ctx.save_for_backward(q, k, v, slopes, out, lse, knorm, qn)
         ctx.runs, ctx.causal, ctx.scale, ctx.skip, ctx.nkn = runs, causal, scale, skip, nkn
         return out
 
     @staticmethod
     def backward(ctx, dout):
         _, dkdv, dqk = _kernels()
-        q, k, v, slopes, out, lse, knorm = ctx.saved_tensors
+        q, k, v, slopes, out, lse, knorm, qn = ctx.saved_tensors
         b, h, nq, d = q.shape
         hkv, nk = k.shape[1], k.shape[2]
         dout = dout.contiguous()
@@ -420,16 +426,17 @@ class _FlashAttention(torch.autograd.Function):
             cnt = _counter("dq", q, cfg["BLOCK_M"], cfg["BLOCK_N"], ctx.count)
             for head0, hr, ab in ctx.runs:
                 dqk[(b * hr, triton_cdiv(nq, cfg["BLOCK_M"]))](
-                    *descs, q, k, v, slopes, dout, out, lse, delta, dq, knorm, u, lse if cnt is None else cnt,
-                    *common, h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr, ctx.nkn, skip_t,
-                    ALIBI=ab, SKIP=ctx.skip and ab, KNB=KNORM_BLOCK, COUNT=cnt is not None, **kw)
+                    *descs, q, k, v, slopes, dout, out, lse, delta, dq, knorm, lse if qn is None else qn, u,
+                    lse if cnt is None else cnt, *common, h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale,
+                    head0, hr, ctx.nkn, skip_t, ALIBI=ab, SKIP=ctx.skip and ab, KNB=KNORM_BLOCK,
+                    COUNT=cnt is not None, HAS_QN=qn is not None, **kw)
 
         _launch("dq", q.device, q.dtype, d, run_dq)  # first: it writes delta (and u)
         _launch("bwd", q.device, q.dtype, d, run_dkdv)
         if g > 1:  # (B, H / hc, Nk, D) -> (B, H_kv, Nk, D): sum each KV head's slices
             dk = dk.view(b, hkv, g // hc, nk, d).sum(2).to(k.dtype)
             dv = dv.view(b, hkv, g // hc, nk, d).sum(2).to(v.dtype)
-        return dq, dk, dv, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 def _counter(kernel: str, q: torch.Tensor, rows: int, keys: int,
@@ -445,15 +452,21 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 @torch.compiler.disable  # torch.compile'd models call the kernels as they are (dynamo does not trace TMA setup)
-def flash_attention(q, k, v, *, causal: bool, scale: float, alibi_slopes: torch.Tensor | None = None):
-    """q (B, H, Nq, D), k/v (B, H_kv, Nk, D) -> (B, H, Nq, D)."""
+def flash_attention(q, k, v, *, causal: bool, scale: float, alibi_slopes: torch.Tensor | None = None,
+                    norms: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """q (B, H, Nq, D), k/v (B, H_kv, Nk, D) -> (B, H, Nq, D). `norms`: (B, H, Nq) and (B, H_kv, Nk) float32
+    with |q_i . k_j| <= qn_i kn_j for every causal pair, tighter than |q_i| |k_j| (the kernels' `_reach`:
+    the model's norms before xPos), for the ALiBi heads' skipping bound; detached."""
     h, alibi = q.shape[1], alibi_slopes is not None
     runs = _head_runs(h, alibi, _alibi_prefix(alibi_slopes) if alibi and SPLIT_HEADS else None)
-    return _FlashAttention.apply(q, k, v, _slopes(alibi_slopes, h, q.device), alibi, causal, scale, runs)
+    qn, kn = (None, None) if norms is None else (norms[0].detach(), norms[1].detach())
+    return _FlashAttention.apply(q, k, v, _slopes(alibi_slopes, h, q.device), alibi, causal, scale, runs, qn, kn)
 
 
 @register("triton")
 class TritonFlashAttention:
+    score_norms = True  # takes norms= (flash_attention): a bound on the scores for the skipping of far keys
+
     def supports(self, spec, device) -> str | None:
         try:
             import triton  # noqa: F401
@@ -467,8 +480,8 @@ class TritonFlashAttention:
             return f"dtype {spec.dtype} is not supported (float16, bfloat16, float32)"
         return None
 
-    def __call__(self, q, k, v, *, causal, scale, alibi_slopes):
-        return flash_attention(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes)
+    def __call__(self, q, k, v, *, causal, scale, alibi_slopes, norms=None):
+        return flash_attention(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes, norms=norms)
 
 
 __all__ = ["flash_attention", "TritonFlashAttention"]

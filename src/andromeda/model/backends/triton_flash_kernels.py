@@ -163,6 +163,21 @@ def _row_reach(q, qk_scale):
 
 
 @triton.jit
+def _reach(q, QN, bh, rows, NQ, qk_scale, HAS_QN: tl.constexpr):
+    """Per row of a query tile, a bound r_i with |s_ij| <= r_i |k_j|' for every causal key (base-2 scores): from
+    the given norms QN (B*H, NQ) when HAS_QN (and KN then bounds the matching key norms), else |q_i| c
+    (`_row_reach`). With xPos relative per block, the model passes the norms of q and k before rotary and
+    xPos: pair p of q_i . k_j carries zeta_p^((i - j)/base) <= 1 for j <= i, and a rotation keeps each
+    pair's norm, so |q_i . k_j| <= sum_p |q_i,p| |k_j,p| <= |q_i| |k_j| (Cauchy-Schwarz twice) for the
+    unscaled vectors, a bound the scaled ones (up to 3.5^(P / 2 base) per feature) do not give. 1% on top
+    covers the rounding of the scaled inputs and the scores."""
+    if HAS_QN:
+        qn = tl.load(QN + bh * NQ + rows, mask=rows < NQ, other=0.0)
+        return qn * (1.01 * tl.abs(qk_scale))
+    return _row_reach(q, qk_scale)
+
+
+@triton.jit
 def _skip_to(cut, q0, slope, full, BLOCK_N: tl.constexpr):
     """The first key block to read, given for each row r of the tile that keys before q0 + cut[r] do not
     count for it: block lo - BLOCK_N ends before every row's cut. Zero (skip nothing) unless slope > 0 and
@@ -175,7 +190,7 @@ def _skip_to(cut, q0, slope, full, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _first_needed_key(q, m_i, kn, q0, slope, qk_scale, skip_t, full, BLOCK_N: tl.constexpr):
+def _first_needed_key(reach, m_i, kn, q0, slope, skip_t, full, BLOCK_N: tl.constexpr):
     """Causal ALiBi, once the tile's diagonal blocks are done: the first key block before `full` whose
     probabilities can still count, found from the running row maxima m_i.
 
@@ -185,14 +200,16 @@ def _first_needed_key(q, m_i, kn, q0, slope, qk_scale, skip_t, full, BLOCK_N: tl
     < -skip_t for every row has p_ij = 2^(s_ij - M_i) < 2^-skip_t, while the row's largest term adds 1 to
     its softmax sum. With skip_t = 32 + log2(Nk) the keys skipped weigh less than 2^-32 of every row's
     sum, 2^8 below float32's unit roundoff. Row i's keys j < q0 + (m_i - |q_i| |k|max c - skip_t) / slope
-    qualify; 1% on the norm term and one unit on skip_t cover the rounding of the scores."""
-    cut = (m_i - _row_reach(q, qk_scale) * kn - (skip_t + 1.0)) / tl.where(slope > 0, slope, 1.0)
+    qualify; 1% on the norm term and one unit on skip_t cover the rounding of the scores. `reach` is
+    |q_i| c (`_reach`: or from the unscaled norms under xPos)."""
+    cut = (m_i - reach * kn - (skip_t + 1.0)) / tl.where(slope > 0, slope, 1.0)
     return _skip_to(cut, q0, slope, full, BLOCK_N)
 
 
 @triton.jit
-def alibi_first_block(Q, K, S, KN, LO, s_qbh, s_qn, s_kbh, s_kn, H, G, N, qk_scale, HEAD0, HR, NKN, SKIP_T,
-                      KNB: tl.constexpr, TILE: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+def alibi_first_block(Q, K, S, KN, QN, LO, s_qbh, s_qn, s_kbh, s_kn, H, G, N, qk_scale, HEAD0, HR, NKN, SKIP_T,
+                      KNB: tl.constexpr, TILE: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                      HAS_QN: tl.constexpr):
     """For the Hopper forward (gluon_flash_kernels), causal ALiBi with queries = keys: the first key block
     (index, in blocks of BLOCK_N) that can still count for a row of each TILE-row query tile, into LO[bh, tile].
 
@@ -212,22 +229,24 @@ def alibi_first_block(Q, K, S, KN, LO, s_qbh, s_qn, s_kbh, s_kn, H, G, N, qk_sca
     own = tl.sum(q.to(tl.float32) * k.to(tl.float32), 1) * qk_scale + slope * (offs - q0).to(tl.float32)
     full = q0 // BLOCK_N * BLOCK_N  # keys every row of the tile sees
     kn = tl.load(KN + kbh * NKN + tl.maximum(full - 1, 0) // KNB)
-    cut = (own - _row_reach(q, qk_scale) * kn - (SKIP_T + 1.0)) / tl.where(slope > 0, slope, 1.0)
+    reach = _reach(q, QN, bh, offs, N, qk_scale, HAS_QN)
+    cut = (own - reach * kn - (SKIP_T + 1.0)) / tl.where(slope > 0, slope, 1.0)
     cut = tl.where(inside, cut, float("inf"))  # a row past N: no constraint
     lo = _skip_to(cut, q0, slope, full, BLOCK_N)
     tl.store(LO + bh * tl.num_programs(1) + pid_m, lo // BLOCK_N)
 
 
 @triton.jit
-def flash_fwd(qd, kd, vd, Q, K, V, S, KN, Out, L, CNT, s_qbh, s_qn, s_kbh, s_kn, s_obh, s_on,
+def flash_fwd(qd, kd, vd, Q, K, V, S, KN, QN, Out, L, CNT, s_qbh, s_qn, s_kbh, s_kn, s_obh, s_on,
         H, G, NQ, NK, OFF, qk_scale, HEAD0, HR, NKN, SKIP_T,
         ALIBI: tl.constexpr, CAUSAL: tl.constexpr, SKIP: tl.constexpr, KNB: tl.constexpr, IEEE: tl.constexpr,
-        TMA: tl.constexpr, COUNT: tl.constexpr,
+        TMA: tl.constexpr, COUNT: tl.constexpr, HAS_QN: tl.constexpr,
         WS: tl.constexpr, INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr, D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """SKIP (causal ALiBi only): the diagonal blocks run first, then key blocks too far back to matter are
     skipped (`_first_needed_key`, with threshold SKIP_T); KN (B*H_kv, NKN) holds the largest norm of keys
-    0 .. (c + 1) * KNB - 1 of each KV head at [kv head, c]. COUNT: the program adds the number of
+    0 .. (c + 1) * KNB - 1 of each KV head at [kv head, c], and HAS_QN: QN the query rows' matching norms
+    (`_reach`). COUNT: the program adds the number of
     (BLOCK_M x BLOCK_N) tiles it computed to CNT[0] (int64; triton_flash.count_blocks)."""
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # longest causal rows first: a shorter tail
     bh, b, h = _head(HEAD0, HR, H, 1)
@@ -253,7 +272,8 @@ def flash_fwd(qd, kd, vd, Q, K, V, S, KN, Out, L, CNT, s_qbh, s_qn, s_kbh, s_kn,
         acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, diag, hi, q_pos, q0, slope, qk_scale, NK,
                                   s_kbh, s_kn, ALIBI, CAUSAL, True, IEEE, TMA, False, INTERP, NK_C, BLOCK_N, D)
         kn = tl.load(KN + kbh * NKN + tl.maximum(diag - 1, 0) // KNB)  # bounds the norms of keys 0 .. diag - 1
-        lo = _first_needed_key(q, m_i, kn, q0, slope, qk_scale, SKIP_T, diag, BLOCK_N)
+        reach = _reach(q, QN, bh, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), NQ, qk_scale, HAS_QN)
+        lo = _first_needed_key(reach, m_i, kn, q0, slope, SKIP_T, diag, BLOCK_N)
         acc, l_i, m_i = _fwd_span(acc, l_i, m_i, q, kd, vd, K, V, kbh, lo, diag, q_pos, q0, slope, qk_scale, NK,
                                   s_kbh, s_kn, ALIBI, CAUSAL, False, IEEE, TMA, WS, INTERP, NK_C, BLOCK_N, D)
         if COUNT:
@@ -412,10 +432,11 @@ def _dkdv_last_query(u, n_last, OFF, NQ, slope, skip_t, full, BLOCK_M: tl.conste
 
 
 @triton.jit
-def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, OUT, L, DL, DQ, KN, U, CNT, s_qbh, s_qn, s_kbh, s_kn, H, G, NQ,
-            NK, OFF, qk_scale, scale, HEAD0, HR, NKN, SKIP_T,
+def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, OUT, L, DL, DQ, KN, QN, U, CNT, s_qbh, s_qn, s_kbh, s_kn, H, G,
+            NQ, NK, OFF, qk_scale, scale, HEAD0, HR, NKN, SKIP_T,
             ALIBI: tl.constexpr, CAUSAL: tl.constexpr, SKIP: tl.constexpr, KNB: tl.constexpr, IEEE: tl.constexpr,
-            TMA: tl.constexpr, COUNT: tl.constexpr, INTERP: tl.constexpr, NQ_C: tl.constexpr, NK_C: tl.constexpr,
+            TMA: tl.constexpr, COUNT: tl.constexpr, HAS_QN: tl.constexpr, INTERP: tl.constexpr,
+            NQ_C: tl.constexpr, NK_C: tl.constexpr,
             D: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dQ of one query block, and its rows' rowsum(dO * O) into DL. SKIP (causal ALiBi): key blocks whose
@@ -444,7 +465,7 @@ def flash_bwd_dq(qd, kd, vd, dod, Q, K, V, S, DO, OUT, L, DL, DQ, KN, U, CNT, s_
         hi = NK
     lo = 0
     if SKIP:
-        qn = _row_reach(q, qk_scale)
+        qn = _reach(q, QN, bh, offs_m, NQ, qk_scale, HAS_QN)
         kn = tl.load(KN + kbh * NKN + tl.maximum(full - 1, 0) // KNB)  # bounds the norms of keys 0 .. full - 1
         lo = _dq_first_key(qn * kn - lse, q0, slope, SKIP_T, full, BLOCK_M, BLOCK_N)
         k_all = tl.load(KN + kbh * NKN + NKN - 1)  # bounds every key's norm
