@@ -14,7 +14,7 @@ def _quiet_machine(request, monkeypatch):
     on an idle and on a busy machine. Tests of the flagging itself are marked real_load."""
     if request.node.get_closest_marker("real_load"):
         return
-    from andromeda.bench import runner
+    from andromeda.runs import runner
 
     monkeypatch.setattr(runner, "noisy_reason", lambda load: None)
 

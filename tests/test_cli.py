@@ -63,7 +63,7 @@ def test_some_cases_errored_exit_3_also_after_resume(tmp_path, monkeypatch, caps
 
 
 def test_every_case_errored_exits_3(tmp_path, monkeypatch):
-    from andromeda.bench import runner
+    from andromeda.runs import runner
 
     def broken(*a, **k):
         raise RuntimeError("planted: the model cannot be built")

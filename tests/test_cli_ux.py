@@ -61,7 +61,7 @@ def test_list_shows_hf_and_each_presets_description_uncut_when_piped():
     out = r.stdout
     assert "(extra [hf])" in out and "(extra [xt])" in out  # rich markup would swallow the brackets
     assert max(len(line) for line in out.splitlines()) > 80  # a pipe is not an 80-column terminal
-    presets = resources.files("andromeda.bench.presets")
+    presets = resources.files("andromeda.runs.presets")
     for f in presets.iterdir():
         if not f.name.endswith(".yml"):
             continue
@@ -73,7 +73,7 @@ def test_list_shows_hf_and_each_presets_description_uncut_when_piped():
 
 
 def test_every_preset_says_what_device_it_is_sized_for():
-    presets = resources.files("andromeda.bench.presets")
+    presets = resources.files("andromeda.runs.presets")
     data = {f.name[:-4]: yaml.safe_load(f.read_text()) for f in presets.iterdir() if f.name.endswith(".yml")}
     for name, d in data.items():
         assert d.get("sized_for") in ("cpu", "gpu"), name
@@ -98,14 +98,14 @@ def test_a_gpu_sized_preset_on_a_cpu_asks_for_force(tmp_path, capsys, argv, coun
 
 
 def test_summary_counts_cases_and_records_apart(tmp_path, monkeypatch):
-    from andromeda.bench.runner import run
+    from andromeda.runs.runner import run
     from andromeda.scenarios import latency
 
     def three_records(self, bundle, p, ctx):  # one case, three records (as a training case writes one per step)
         return [ctx.record({"latency_ms": 1.0 + i}, params={"part": i}) for i in range(3)]
 
     monkeypatch.setattr(latency.Latency, "run", three_records)
-    from andromeda.bench.manifest import load_manifest
+    from andromeda.runs.manifest import load_manifest
 
     m = load_manifest(_write(tmp_path, {"scenario": "latency", "batch": [1], "seq_len": [8, 16]}))
     result = run(m, tmp_path / "run")
@@ -145,7 +145,7 @@ def test_the_progress_line_shows_what_is_swept_first():
 
 
 def test_ctrl_c_prints_the_command_that_resumes(tmp_path, monkeypatch, capsys):
-    from andromeda.bench import runner
+    from andromeda.runs import runner
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

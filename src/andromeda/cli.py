@@ -35,7 +35,7 @@ def resume_command(command: str, args: argparse.Namespace, out: Path) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from andromeda.bench.manifest import load_manifest  # torch-free: a bad manifest fails before torch loads
+    from andromeda.runs.manifest import load_manifest  # torch-free: a bad manifest fails before torch loads
 
     if args.manifest and args.preset:
         raise AndromedaError("give a manifest file or --preset NAME, not both")
@@ -48,9 +48,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise AndromedaError(f"andromeda run needs torch, which failed to import ({e}); install it as the "
                              "README says (pip install torch==2.13.0 on a CPU machine)") from None
     from andromeda.api import compare_run
-    from andromeda.bench.runner import run
     from andromeda.cli_progress import RichProgress, print_log_note, print_summary
     from andromeda.report import build_report
+    from andromeda.runs.runner import run
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or manifest.out or f"runs/{manifest.name}-{stamp}")
@@ -131,8 +131,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from andromeda import scenarios
-    from andromeda.bench.manifest import load_manifest, preset_names
     from andromeda.model import PRESETS, backends
+    from andromeda.runs.manifest import load_manifest, preset_names
     from andromeda.sources import models
 
     # a pipe has no width: rich would wrap every cell at 80 columns; give it room for one line a row
@@ -162,7 +162,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from andromeda.bench.manifest import json_schema
+    from andromeda.runs.manifest import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0

@@ -21,8 +21,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from andromeda.bench.runner import Progress as RunnerProgress
-from andromeda.bench.runner import RunResult
+from andromeda.runs.progress import Progress as RunnerProgress
+from andromeda.runs.runner import RunResult
 
 DESCRIPTION_WIDTH = 90
 

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from andromeda.bench.context import Case, RunContext
-from andromeda.bench.manifest import load_manifest, validate
-from andromeda.bench.runner import run
 from andromeda.errors import ConfigError
 from andromeda.measure.timing import TimingConfig
 from andromeda.model import backends
 from andromeda.model.backends import AttentionSpec
 from andromeda.model.positional import alibi_slopes
 from andromeda.records import RecordStore
+from andromeda.runs.context import Case, RunContext
+from andromeda.runs.manifest import load_manifest, validate
+from andromeda.runs.runner import run
 from andromeda.scenarios import get as get_scenario
 from andromeda.scenarios.attention.impls import Problem, check_kernels, prepare, unsupported
 from andromeda.scenarios.attention.sparsity import PATTERNS, PatternSpec, get_pattern
@@ -430,8 +430,8 @@ def test_cli_profile_runs_the_preset(monkeypatch, tmp_path):
 def test_saved_manifest_writes_pass_as_users_do_and_reloads(tmp_path):
     import yaml
 
-    from andromeda.bench.manifest import load_manifest, validate
-    from andromeda.bench.plan import plan
+    from andromeda.runs.manifest import load_manifest, validate
+    from andromeda.runs.plan import plan
 
     m = validate({"models": ["andromeda:tiny"], "device": "cpu",
                   "scenarios": [{"scenario": "attention", "pass": ["forward", "fwd_bwd"], "seq_len": [64]}]})

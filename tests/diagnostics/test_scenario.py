@@ -5,15 +5,15 @@ import pytest
 import torch
 from torch import nn
 
-from andromeda.bench.context import Case, RunContext
-from andromeda.bench.manifest import load_manifest
-from andromeda.bench.runner import run
 from andromeda.diagnostics import Diagnostics
 from andromeda.measure.facts import ModelFacts
 from andromeda.measure.timing import TimingConfig
 from andromeda.model import ByteTokenizer
 from andromeda.records import RecordStore
 from andromeda.report.build import build_report
+from andromeda.runs.context import Case, RunContext
+from andromeda.runs.manifest import load_manifest
+from andromeda.runs.runner import run
 from andromeda.scenarios.diagnostics import DiagnosticsConfig, DiagnosticsScenario
 from andromeda.sources.models import ModelBundle
 

@@ -61,9 +61,9 @@ def test_peak_for_uses_the_math_dtype_peak():
     """Mixed precision on float32 weights: MFU is against the bf16 peak, not the fp32 one."""
     import torch
 
-    from andromeda.bench.context import RunContext
     from andromeda.measure.flops import device_peak_tflops
     from andromeda.measure.timing import TimingConfig
+    from andromeda.runs.context import RunContext
 
     gpu = "NVIDIA H100 80GB HBM3"
     ctx = RunContext(device=torch.device("cuda"), dtype=torch.float32, timing=TimingConfig(),

@@ -138,10 +138,10 @@ def test_cpu_tensor_peak_counts_allocations_and_frees_in_order():
 
 
 def test_memory_scenario_on_cpu_reports_tensor_memory_not_process_rss(tmp_path):
-    from andromeda.bench.manifest import validate
-    from andromeda.bench.runner import run
     from andromeda.model import Andromeda, from_name
     from andromeda.records import RecordStore
+    from andromeda.runs.manifest import validate
+    from andromeda.runs.runner import run
 
     m = validate({"models": ["andromeda:tiny"], "device": "cpu", "report": {"formats": ["csv"]},
                   "scenarios": [{"scenario": "memory", "mode": ["inference", "train"], "batch": [1, 4],

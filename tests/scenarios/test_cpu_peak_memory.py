@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from andromeda.bench.context import Case, RunContext
 from andromeda.measure.timing import TimingConfig
+from andromeda.runs.context import Case, RunContext
 from andromeda.sources.models import build
 
 MIB = 2**20

@@ -5,10 +5,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from andromeda.bench.manifest import validate
-from andromeda.bench.runner import run
 from andromeda.errors import UnsupportedError
 from andromeda.records import RecordStore
+from andromeda.runs.manifest import validate
+from andromeda.runs.runner import run
 from andromeda.scenarios.decoding import Decoder
 from andromeda.sources.models import build
 

@@ -46,9 +46,9 @@ def test_spread_generations_run_to_max_runs_or_the_budget():
 
 
 def test_the_scenario_records_how_many_generations_and_why_it_stopped(tmp_path):
-    from andromeda.bench.manifest import load_manifest
-    from andromeda.bench.runner import run
     from andromeda.records import RecordStore
+    from andromeda.runs.manifest import load_manifest
+    from andromeda.runs.runner import run
 
     m = {"name": "g", "models": ["andromeda:tiny"], "device": "cpu", "report": {"formats": ["csv"]},
          "timing": {"warmup": 1, "min_runs": 4, "max_runs": 7, "budget_s": 3600.0, "target_rel_ci": None},

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from andromeda.bench.context import Case, RunContext
 from andromeda.measure.timing import TimingConfig
+from andromeda.runs.context import Case, RunContext
 from andromeda.sources.models import build
 from andromeda.verdicts.comparison import metric_kind
 

@@ -2,11 +2,11 @@
 
 import pytest
 
-from andromeda.bench.manifest import validate
-from andromeda.bench.runner import run
 from andromeda.measure.facts import facts_from_config, kv_cache_bytes_per_token, quantized_kv_bytes_per_token
 from andromeda.model import from_name
 from andromeda.records import RecordStore
+from andromeda.runs.manifest import validate
+from andromeda.runs.runner import run
 
 
 def test_quantized_bytes_formula_by_hand():

@@ -159,8 +159,8 @@ def test_quantized_cache_path(tiny, quant):
 
 
 def _run(tmp_path, scenarios, models=("andromeda:tiny",)):
-    from andromeda.bench.manifest import load_manifest
-    from andromeda.bench.runner import run
+    from andromeda.runs.manifest import load_manifest
+    from andromeda.runs.runner import run
 
     m = {"name": "t", "models": list(models), "device": "cpu", "report": {"formats": ["csv", "png", "tex"]},
          "timing": {"warmup": 1, "min_runs": 2, "max_runs": 3, "budget_s": 0.05, "target_rel_ci": None},
@@ -220,16 +220,16 @@ def test_checkpoint_of_another_shape_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["quality-quick", "train-quick", "quality-docs", "train-docs"])
 def test_quality_presets_validate_and_plan(name):
-    from andromeda.bench.manifest import load_manifest
-    from andromeda.bench.plan import plan
+    from andromeda.runs.manifest import load_manifest
+    from andromeda.runs.plan import plan
 
     cases = plan(load_manifest(preset=name))
     assert cases and len({c.case_id for c in cases}) == len(cases)
 
 
 def test_manifest_errors_name_the_field(capsys):
-    from andromeda.bench.manifest import validate
     from andromeda.cli import main
+    from andromeda.runs.manifest import validate
 
     with pytest.raises(ConfigError, match=r"scenarios\[0\].data.*cannot tell"):
         validate({"models": ["andromeda:tiny"], "scenarios": [{"scenario": "perplexity", "data": "corpus.xyz"}]})

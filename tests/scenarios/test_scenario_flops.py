@@ -5,8 +5,8 @@ Expected FLOPs are worked out by hand from the model's shape."""
 import pytest
 import torch
 
-from andromeda.bench.context import Case, RunContext
 from andromeda.measure.timing import TimingConfig
+from andromeda.runs.context import Case, RunContext
 from andromeda.sources.models import build
 
 B, N = 2, 16

@@ -147,9 +147,9 @@ def test_training_scenario_resumes_from_its_checkpoint(tmp_path):
     """A finished case run again (same checkpoint_dir) resumes at its last step: same records."""
     import yaml
 
-    from andromeda.bench.manifest import load_manifest
-    from andromeda.bench.runner import run
     from andromeda.records import RecordStore
+    from andromeda.runs.manifest import load_manifest
+    from andromeda.runs.runner import run
 
     m = {"name": "t", "models": ["andromeda:tiny"], "device": "cpu", "report": {"formats": ["csv"]},
          "scenarios": [{"scenario": "training", "data": "synthetic:markov?n_symbols=16&successors=3&val_docs=2"

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from andromeda.bench.manifest import validate
 from andromeda.cli import main
 from andromeda.errors import ConfigError
+from andromeda.runs.manifest import validate
 
 BASE = {"models": ["andromeda:tiny", "andromeda:tiny?depth=1"], "scenarios": [{"scenario": "latency"}]}
 
@@ -53,7 +53,7 @@ def test_compare_preset_runs_with_verdicts(tmp_path, capsys):
 
 def test_several_baselines_each_get_their_comparison(tmp_path):
     from andromeda.api import compare_run
-    from andromeda.bench.runner import run
+    from andromeda.runs.runner import run
 
     models = ["andromeda:tiny", "andromeda:tiny?depth=1", "andromeda:tiny?dim=32", "andromeda:tiny?dim=32&depth=1"]
     with pytest.raises(ConfigError, match=r"compare\[1\]\.baseline"):

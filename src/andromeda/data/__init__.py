@@ -1,5 +1,6 @@
 """Data for quality and training: token arrays, text, local HF datasets, and a synthetic corpus
-whose entropy rate (the perplexity floor) is known exactly. Never imports bench/ or report/."""
+whose entropy rate (the perplexity floor) is known exactly. Never imports the scenarios, runs, verdicts or
+report above it."""
 
 from andromeda.data.loaders import (
     DataSource,

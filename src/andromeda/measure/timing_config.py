@@ -1,5 +1,5 @@
 """TimingConfig: how time_fn (measure/timing.py) measures. Torch-free, so that a manifest's `timing:`
-section (bench/manifest.py, with the upper bounds a manifest has) validates without torch."""
+section (runs/manifest.py, with the upper bounds a manifest has) validates without torch."""
 
 from __future__ import annotations
 

@@ -18,11 +18,11 @@ def train_command(manifest: str | None = None, *, preset: str | None = None, out
                   force: bool = False, resume_hint=None) -> int:
     """Train, print a line per logged step (step/total, loss, tokens/s, MFU or TFLOP/s, ETA) and, at the end,
     each case's final losses, perplexity and bits per byte against the data's floor where it is known."""
-    from andromeda.bench.manifest import load_manifest
-    from andromeda.bench.runner import RESULTS, run
     from andromeda.cli_progress import RichProgress, print_log_note, print_summary, print_training_summary
     from andromeda.records import RecordStore
     from andromeda.report import build_report
+    from andromeda.runs.manifest import load_manifest
+    from andromeda.runs.runner import RESULTS, run
 
     if manifest and preset:
         raise ConfigError("give a manifest file or --preset NAME, not both")

@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field, model_validator
 from andromeda.scenarios.config import DType, ScenarioConfig, register_config
 from andromeda.schema.fields import STRICT, TOKENS_MAX, Batch, Heads, Int, NonEmpty, Tokens
 
-# bench/attention_impls.IMPLS and bench/sparsity.PATTERNS (those modules import torch; a test keeps them equal)
+# scenarios/attention/impls.IMPLS and sparsity.PATTERNS (those modules import torch; a test keeps them equal)
 IMPLS = ("eager", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "flex", "triton", "flash_attn",
          "xformers")
 PATTERNS = ("dense", "sliding_window", "bigbird", "dilated", "block_sparse")

@@ -21,9 +21,9 @@ from typing import Annotated, Any, Literal, Union
 import pytest
 import yaml
 
-from andromeda.bench import manifest as manifest_mod
-from andromeda.bench.manifest import Manifest
 from andromeda.cli import main
+from andromeda.runs import manifest as manifest_mod
+from andromeda.runs.manifest import Manifest
 from andromeda.scenarios import config as scenario_config
 from andromeda.verdicts.compare_spec import CompareSpec, CompareThresholds
 
@@ -419,7 +419,7 @@ def _fail_if_run(*args, **kwargs):
 
 
 def test_fuzzed_manifests_fail_with_one_line(files, tmp_path, capsys, monkeypatch):
-    import andromeda.bench.runner as runner
+    import andromeda.runs.runner as runner
 
     monkeypatch.setattr(runner, "run", _fail_if_run)
     failures, slowest = [], (0.0, "")

@@ -6,9 +6,9 @@ import sys
 import pytest
 import yaml
 
-from andromeda.bench.manifest import load_manifest, preset_names, validate
-from andromeda.bench.plan import plan
 from andromeda.cli import main
+from andromeda.runs.manifest import load_manifest, preset_names, validate
+from andromeda.runs.plan import plan
 
 GOOD = {"models": ["andromeda:tiny"], "scenarios": [{"scenario": "latency", "batch": [1], "seq_len": [16]}]}
 

@@ -13,10 +13,10 @@ import hashlib
 import json
 from typing import TYPE_CHECKING
 
-from andromeda.bench.manifest import Manifest
+from andromeda.runs.manifest import Manifest
 
 if TYPE_CHECKING:
-    from andromeda.bench.context import Case
+    from andromeda.runs.context import Case
 
 
 def case_id(source: str, scenario: str, params: dict, manifest: Manifest) -> str:
@@ -29,7 +29,7 @@ def case_id(source: str, scenario: str, params: dict, manifest: Manifest) -> str
 
 
 def plan(manifest: Manifest) -> list[Case]:
-    from andromeda.bench.context import Case  # torch: planning is imported where torch may be missing
+    from andromeda.runs.context import Case  # torch: planning is imported where torch may be missing
 
     cases, seen = [], set()
     for source in manifest.models:

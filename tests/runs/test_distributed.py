@@ -14,20 +14,20 @@ import pytest
 import torch
 import yaml
 
-from andromeda.bench.context import Case, RunContext
-from andromeda.bench.launch import (
-    LauncherSpec,
-    _failure_record,
-    case_procs,
-    run_torchrun,
-    torchrun_command,
-)
-from andromeda.bench.manifest import validate
 from andromeda.cli import main
 from andromeda.errors import ConfigError
 from andromeda.measure.balance import algbw_gbps, bus_factor, busbw_gbps, rank_spread, scaling_efficiency, stragglers
 from andromeda.measure.timing import TimingConfig
 from andromeda.records import RecordStore
+from andromeda.runs.context import Case, RunContext
+from andromeda.runs.launch import (
+    _failure_record,
+    case_procs,
+    run_torchrun,
+    torchrun_command,
+)
+from andromeda.runs.launcher import LauncherSpec
+from andromeda.runs.manifest import validate
 from andromeda.scenarios.data_parallel import union_us
 from andromeda.sources.models import build
 
@@ -117,7 +117,7 @@ def test_bad_launcher_and_scenario_fields_name_the_field(launcher, scenario, dev
 
 
 def test_good_launcher_validates_and_changes_case_ids():
-    from andromeda.bench.plan import plan
+    from andromeda.runs.plan import plan
 
     m = validate(_manifest({"type": "torchrun", "nproc": 2, "nodes": 1}, {"scenario": "latency"}))
     assert m.launcher == LauncherSpec(nproc=2)

@@ -1,12 +1,9 @@
-"""The torchrun launcher: a manifest's `launcher:` runs every case across processes.
-
-    launcher: {type: torchrun, nproc: 2}            # nproc: processes per node, or auto = every GPU
-    launcher: {type: torchrun, nproc: 8, nodes: 2, rdzv_endpoint: "node0:29500"}
+"""The torchrun launcher: a manifest's `launcher:` (launcher.py) runs every case across processes.
 
 The runner hands the planned cases here instead of running them in its own process. Each case is
 one run of PyTorch's own launcher, `python -m torch.distributed.run` (torchrun), with as many
 processes as the case needs: its `ranks` parameter (the distributed scenarios sweep it; "all" or
-absent = nproc x nodes). The workers (bench/distributed.py) run the case on every rank and rank 0
+absent = nproc x nodes). The workers (runs/worker.py) run the case on every rank and rank 0
 writes the merged records to <out>/launch/<case id>/result.json; this process appends them to
 results.jsonl and flushes before the next case, as the runner does. A case whose workers fail
 becomes one record: `oom` if any rank ran out of memory, `skipped` if the ranks found the case
@@ -26,92 +23,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BeforeValidator, Field, field_validator
-
-from andromeda.bench.distributed import JOB_FILE, RESULT_FILE
 from andromeda.errors import ConfigError
-from andromeda.schema.fields import Float, Int, StrictModel, show
+from andromeda.runs.cases import dominated, finalize, pending_cases
+from andromeda.runs.launcher import LauncherSpec, device_problem
+from andromeda.runs.worker import JOB_FILE, RESULT_FILE
 
 LAUNCH_DIR = "launch"
 LOG_FILE = "torchrun.log"
 _LOG_TAIL = 3  # lines of torchrun's log quoted in an error record when no rank reported one
-
-
-PROCS_MAX = 1_024  # processes per node, nodes, threads per rank
-TIMEOUT_MAX_S = 7 * 86_400.0  # a case's torchrun is stopped after at most a week
-
-
-def _check_nproc(v: Any) -> Any:
-    if v == "auto":
-        return v
-    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= PROCS_MAX:
-        raise ValueError(f"must be a positive integer (processes per node) or 'auto' (one per GPU); at most "
-                         f"{PROCS_MAX}, got {show(v)}")
-    return v
-
-
-class LauncherSpec(StrictModel):
-    """How cases are launched across processes (the manifest's `launcher:`)."""
-
-    type: Literal["torchrun"] = Field("torchrun", description=(
-        "The launcher: torchrun (python -m torch.distributed.run), one launch per case."))
-    nproc: Annotated[int | Literal["auto"], BeforeValidator(_check_nproc)] = Field("auto", description=(
-        "Processes per node, or auto (every GPU; 1 on a CPU)."))
-    nodes: Int(1, PROCS_MAX) = Field(1, description=(
-        "Nodes the launch spans; more than 1 needs rdzv_endpoint and the same command on every node."))
-    rdzv_endpoint: Annotated[str | None, Field(validate_default=True)] = Field(None, description=(
-        "host:port of the rendezvous; needed when nodes > 1."))
-    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description=(
-        "Process-group backend: auto (nccl on CUDA, gloo on CPU), nccl or gloo."))
-    timeout_s: Float(0.0, TIMEOUT_MAX_S, lo_open=True) = Field(1800.0, description=(
-        "Seconds a case may take; torchrun is stopped after this long and the case is an error."))
-    cpu_threads: Int(1, PROCS_MAX) = Field(1, description=(
-        "CPU runs: torch threads per rank (OMP_NUM_THREADS); one core per rank by default."))
-
-    @field_validator("rdzv_endpoint")
-    @classmethod
-    def _endpoint(cls, v: str | None, info) -> str | None:
-        nodes = info.data.get("nodes", 1)
-        if v is None and nodes > 1:
-            raise ValueError(f"required when nodes > 1 (got nodes: {nodes}): the host:port where the nodes meet, "
-                             "the same on every node")
-        if v is not None and not re.fullmatch(r"[\w.\-\[\]:]+:\d+", v):
-            raise ValueError(f"'{v}' is not host:port")
-        return v
-
-
-def check_manifest(manifest) -> None:
-    """Whole-manifest checks: scenarios that need a launcher have one; a launcher runs on cpu or cuda."""
-    launcher = manifest.launcher
-    for i, entry in enumerate(manifest.scenarios):
-        if getattr(entry, "NEEDS_LAUNCHER", False) and launcher is None:
-            raise ValueError(f"scenarios[{i}]: {entry.scenario} runs across processes; add "
-                             "`launcher: {type: torchrun, nproc: N}` to the manifest")
-    if launcher is not None:
-        for i, entry in enumerate(manifest.scenarios):
-            if getattr(entry, "checkpoint_dir", None):  # every rank runs the case: all would write one file
-                raise ValueError(f"scenarios[{i}].checkpoint_dir: under a launcher every rank would write the "
-                                 "same checkpoint; drop checkpoint_dir or run this scenario without a launcher")
-        device_problem(manifest.device)
-        if launcher.nproc == "auto" and manifest.device == "cpu":
-            raise ValueError("launcher.nproc: 'auto' counts GPUs and this manifest runs on cpu; give a number")
-
-
-def device_problem(device: str) -> None:
-    if re.fullmatch(r"cuda:\d+", device):
-        raise ValueError(f"device: '{device}' names one GPU; with a launcher use `device: cuda` "
-                         "(rank r runs on cuda:LOCAL_RANK)")
-    if device == "mps":
-        raise ValueError("device: mps has no torch.distributed backend; use cpu or cuda with a launcher")
 
 
 # ---- per case --------------------------------------------------------------------------------
@@ -209,7 +136,7 @@ def launch_case(case, ctx, spec: LauncherSpec, nproc: int, job_dir: Path, *, bac
            "timeout_s": spec.timeout_s}
     (job_dir / JOB_FILE).write_text(json.dumps(job, default=str))
     cmd = torchrun_command(nproc, nodes=spec.nodes, rdzv_endpoint=spec.rdzv_endpoint, rdzv_id=case.case_id,
-                           target=["-m", "andromeda.bench.distributed", str(job_dir)])
+                           target=["-m", "andromeda.runs.worker", str(job_dir)])
     code = run_torchrun(cmd, job_dir / LOG_FILE, timeout_s=spec.timeout_s,
                         env=_worker_env(ctx.device.type, spec.cpu_threads))
     result = job_dir / RESULT_FILE
@@ -259,8 +186,6 @@ def run_launched(manifest, cases: list, done: set[str], ctx, out: Path, store, p
     """The runner's loop for a manifest with a launcher: one torchrun per pending case."""
     import torch
 
-    from andromeda.bench.runner import _dominated, _finalize, pending_cases
-
     spec: LauncherSpec = manifest.launcher
     try:
         device_problem(str(ctx.device) if ctx.device.index is not None else ctx.device.type)
@@ -275,13 +200,13 @@ def run_launched(manifest, cases: list, done: set[str], ctx, out: Path, store, p
         groups = {c.group for c in todo if c.case_id not in done}
         oom_cases: list = []
         for case in pending_cases(todo, done, ctx, progress, index):
-            emit(_one(case, ctx, spec, per_node, gpus, backend, manifest, out, oom_cases, _dominated))
+            emit(_one(case, ctx, spec, per_node, gpus, backend, manifest, out, oom_cases))
             progress.advance()
         index += len(todo)
-        _finalize(None, todo, groups, ctx, store, emit)
+        finalize(None, todo, groups, ctx, store, emit)
 
 
-def _one(case, ctx, spec, per_node, gpus, backend, manifest, out, oom_cases, dominated) -> list:
+def _one(case, ctx, spec, per_node, gpus, backend, manifest, out, oom_cases) -> list:
     big = dominated(_sized(case), [_sized(c) for c in oom_cases])
     if big is not None:
         return ctx.skip(f"not run: a smaller point of this sweep ({big.params}) ran out of memory")
@@ -305,5 +230,5 @@ def _sized(case):
     return replace(case, params={**case.params, "ranks": str(case.params["ranks"])})
 
 
-__all__ = ["LauncherSpec", "check_manifest", "torchrun_command", "run_torchrun", "launch_case", "run_launched",
+__all__ = ["torchrun_command", "run_torchrun", "launch_case", "run_launched",
            "case_procs", "procs_per_node", "backend_for"]

@@ -11,11 +11,11 @@ import time
 import pytest
 import yaml
 
-from andromeda.bench.manifest import load_manifest, validate
-from andromeda.bench.plan import plan
-from andromeda.bench.runner import run
 from andromeda.cli import main
 from andromeda.records import RecordStore
+from andromeda.runs.manifest import load_manifest, validate
+from andromeda.runs.plan import plan
+from andromeda.runs.runner import run
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ before any model is built and restored afterwards; the environment record holds 
 average (a warning when it exceeds the CPUs). Each case's records carry info["load"], the CPU other
 processes took while it ran (measure/host_load.py), and info["noisy"] with the reason when that competed with
 the run: comparisons of such cases are inconclusive, never regressions. The plan interleaves the sides
-of a comparison case by case (bench/plan.py), so models are built on their first case and freed after
+of a comparison case by case (runs/plan.py), so models are built on their first case and freed after
 their last.
 """
 
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import traceback
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -32,17 +30,19 @@ from pathlib import Path
 import torch
 
 from andromeda import scenarios
-from andromeda.bench.capture import LOG_NAME, library_output_to, logged_lines
-from andromeda.bench.context import Case, RunContext
-from andromeda.bench.manifest import Manifest, dump_manifest
-from andromeda.bench.plan import plan
 from andromeda.devices import resolve_device
-from andromeda.errors import AndromedaError, ConfigError, UnsupportedError
+from andromeda.errors import ConfigError
 from andromeda.measure.env import collect_env, resolve_threads
 from andromeda.measure.flops import device_peak_tflops
 from andromeda.measure.host_load import LoadProbe, noisy_reason
-from andromeda.measure.memory import free_memory, is_oom
+from andromeda.measure.memory import free_memory
 from andromeda.records import RESULTS, Record, RecordStore
+from andromeda.runs.cases import classify, dominated, finalize
+from andromeda.runs.context import Case, RunContext
+from andromeda.runs.manifest import Manifest, dump_manifest
+from andromeda.runs.plan import plan
+from andromeda.runs.progress import Progress
+from andromeda.runs.run_log import LOG_NAME, library_output_to, logged_lines
 from andromeda.sources import models
 
 FACTS = "facts.json"  # each built source's ModelFacts, so comparisons can check shapes without torch
@@ -80,62 +80,6 @@ def case_status(statuses: list[str]) -> str:
     return next((s for s in CASE_ORDER if s in statuses), statuses[0] if statuses else "ok")
 
 
-class Progress:
-    """The runner's view of progress; the CLI plugs a rich progress bar in.
-
-    `stream` is where the user's terminal is: the runner attaches it (attach) before start, so that what
-    the user must see reaches the terminal while library output goes to the run's log."""
-
-    stream = None
-
-    def attach(self, stream) -> None:
-        self.stream = stream
-
-    def start(self, total: int) -> None: ...
-    def case(self, case: Case, index: int) -> None: ...
-    def note(self, text: str) -> None: ...
-    def advance(self) -> None: ...
-    def stop(self) -> None: ...
-
-    def log(self, text: str) -> None:
-        """A line worth keeping on screen (a training step's loss): by default, the live note."""
-        self.note(text)
-
-    def warn(self, text: str) -> None:
-        """Something the user must see even without a progress bar: on stderr."""
-        print(f"warning: {text}", file=self.stream or sys.stderr)
-
-
-def pending_cases(todo: list[Case], done: set[str], ctx: RunContext, progress: Progress, index: int):
-    """The cases of `todo` still to run, each announced to progress (numbered from index + 1) and set
-    as ctx.case; finished ones (--resume) only advance the progress bar. The caller advances it after
-    running a case."""
-    for i, case in enumerate(todo, index + 1):
-        if case.case_id in done:
-            progress.advance()
-            continue
-        progress.case(case, i)
-        ctx.case = case
-        yield case
-
-
-def _dominated(case: Case, oom_cases: list[Case]) -> Case | None:
-    """An OOM'd case of the same sweep that this one is at least as large as, in every size."""
-    for o in oom_cases:
-        if o.group != case.group:
-            continue
-        same, bigger = True, True
-        for k, v in case.params.items():
-            ov = o.params.get(k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                same &= v == ov
-            elif isinstance(ov, (int, float)):
-                bigger &= v >= ov
-        if same and bigger:
-            return o
-    return None
-
-
 def check_sized_for(manifest: Manifest, dev: torch.device, force: bool) -> None:
     """ConfigError (one line) when a manifest sized for a GPU would run on a CPU without --force."""
     if manifest.sized_for != "gpu" or dev.type != "cpu" or force:
@@ -152,7 +96,7 @@ def run(manifest: Manifest, out_dir: str | Path, *, resume: bool = False, device
         capture_output: bool = False) -> RunResult:
     """Run every case of `manifest` into `out_dir`. force: run a GPU-sized manifest on a CPU. capture_output:
     library output (warnings, loggers, C++ messages on stderr) goes to <out>/run.log, not the terminal
-    (bench/capture.py); the progress is attached to the terminal."""
+    (runs/run_log.py); the progress is attached to the terminal."""
     out = Path(out_dir)
     check_out_dir(out)
     store = RecordStore(out / RESULTS)
@@ -225,8 +169,8 @@ def _run(manifest: Manifest, out: Path, store: RecordStore, dev: torch.device, d
             st = case_status(statuses)
             result.case_counts[st] = result.case_counts.get(st, 0) + 1
 
-    if manifest.launcher is not None:  # every case through torchrun, across processes (bench/launch.py)
-        from andromeda.bench.launch import run_launched
+    if manifest.launcher is not None:  # every case through torchrun, across processes (runs/launch.py)
+        from andromeda.runs.launch import run_launched
 
         try:
             run_launched(manifest, cases, done, ctx, out, store, progress, emit)
@@ -262,7 +206,7 @@ def _run_in_process(manifest: Manifest, cases: list[Case], done: set[str], ctx: 
                     bundles[source] = models.build(source, ctx.device, ctx.dtype)
                     save_facts(out, source, bundles[source].facts)
                 except Exception as e:  # noqa: BLE001 - a model that cannot be built fails its cases
-                    failed[source] = _classify(e)
+                    failed[source] = classify(e)
             progress.case(case, i + 1)
             ctx.case = case
             if source in failed:
@@ -273,7 +217,7 @@ def _run_in_process(manifest: Manifest, cases: list[Case], done: set[str], ctx: 
         progress.advance()
         if last[source] == i and source not in failed:
             todo = [c for c in cases if c.source == source]
-            _finalize(bundles.pop(source, None), todo, {c.group for c in todo if c.case_id not in done}, ctx,
+            finalize(bundles.pop(source, None), todo, {c.group for c in todo if c.case_id not in done}, ctx,
                       store, emit)
             free_memory(ctx.device)
 
@@ -306,20 +250,8 @@ def save_facts(out: Path, source: str, facts) -> None:
     path.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _classify(e: BaseException) -> tuple[str, str]:
-    if is_oom(e):
-        return "oom", str(e).splitlines()[0] if str(e) else type(e).__name__
-    if isinstance(e, UnsupportedError):
-        return "skipped", str(e)
-    if isinstance(e, AndromedaError):
-        return "error", str(e)
-    tb = traceback.extract_tb(e.__traceback__)
-    where = f" ({Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
-    return "error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{where}"
-
-
 def _run_case(bundle, case: Case, ctx: RunContext, oom_cases: list[Case]) -> list[Record]:
-    big = _dominated(case, oom_cases)
+    big = dominated(case, oom_cases)
     if big is not None:
         return ctx.skip(f"not run: a smaller point of this sweep ({big.params}) ran out of memory")
     scenario = scenarios.get(case.scenario)
@@ -329,7 +261,7 @@ def _run_case(bundle, case: Case, ctx: RunContext, oom_cases: list[Case]) -> lis
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - isolation is the point
-        status, msg = _classify(e)
+        status, msg = classify(e)
         if status == "oom":
             oom_cases.append(case)
         return [ctx.record(status=status, message=msg)]
@@ -349,24 +281,3 @@ def with_load(records: list[Record], load: dict) -> list[Record]:
         if reason:
             r.info["noisy"] = reason
     return records
-
-
-def _finalize(bundle, todo: list[Case], groups: set[str], ctx: RunContext, store: RecordStore, emit) -> None:
-    """Sweep-level records (fits, bisection) for groups that ran cases in this invocation."""
-    if not groups:
-        return
-    by_case = {}
-    for r in store:
-        by_case.setdefault(r.case_id, []).append(r)
-    for group in sorted(groups):
-        members = [c for c in todo if c.group == group]
-        scenario = scenarios.get(members[0].scenario)
-        if not hasattr(scenario, "finalize"):
-            continue
-        records = [r for c in members for r in by_case.get(c.case_id, [])]
-        ctx.case = members[-1]
-        try:
-            emit(scenario.finalize(bundle, records, ctx))
-        except Exception as e:  # noqa: BLE001
-            status, msg = _classify(e)
-            emit([ctx.record(status=status, message=f"finalize: {msg}", params={"fit": True})])

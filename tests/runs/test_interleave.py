@@ -1,9 +1,9 @@
 """Comparisons in one manifest run their sides case by case (ABAB...), each model built once."""
 
-from andromeda.bench.manifest import validate
-from andromeda.bench.plan import plan
-from andromeda.bench.runner import run
 from andromeda.records import RecordStore
+from andromeda.runs.manifest import validate
+from andromeda.runs.plan import plan
+from andromeda.runs.runner import run
 from andromeda.sources import models
 
 A, B, C = "andromeda:tiny", "andromeda:tiny?depth=1", "andromeda:tiny?dim=32"

@@ -1,7 +1,7 @@
 """The worker side of the torchrun launcher.
 
-`python -m torch.distributed.run ... -m andromeda.bench.distributed JOB_DIR` starts one worker per
-rank (bench/launch.py writes JOB_DIR/job.json and runs that command). Each worker joins the
+`python -m torch.distributed.run ... -m andromeda.runs.worker JOB_DIR` starts one worker per
+rank (runs/launch.py writes JOB_DIR/job.json and runs that command). Each worker joins the
 process group (nccl on CUDA, gloo on CPU, unless the launcher names one), builds the model source
 on its device (cuda:LOCAL_RANK, or the CPU) from the same seed, runs the case's scenario, and
 sends its records to rank 0 with gather_object. Rank 0 merges them (merge_records, then the
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from andromeda.records import Record
+from andromeda.runs.cases import classify
 from andromeda.scenarios.multiprocess import DistInfo
 
 JOB_FILE = "job.json"
@@ -91,8 +92,8 @@ def run_worker(job_dir: Path) -> None:
     import torch.distributed as dist
 
     from andromeda import scenarios
-    from andromeda.bench.context import Case, RunContext
     from andromeda.measure.timing import TimingConfig
+    from andromeda.runs.context import Case, RunContext
     from andromeda.sources import models
 
     job = json.loads((job_dir / JOB_FILE).read_text())
@@ -135,9 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         # ("terminate called without an active exception") after the work is done and written
         os._exit(0)
     except BaseException as e:  # noqa: BLE001 - every failure is reported to the launcher, then we exit
-        from andromeda.bench.runner import _classify
-
-        status, message = _classify(e) if isinstance(e, Exception) else ("error", type(e).__name__)
+        status, message = classify(e) if isinstance(e, Exception) else ("error", type(e).__name__)
         rank = int(os.environ.get("RANK", "0"))
         try:
             _write_json(job_dir / ERROR_FILE.format(rank=rank),

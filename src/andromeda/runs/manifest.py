@@ -11,7 +11,7 @@ Loading has three steps, each with a one-line error that names the field (the CL
             the manifest names exist and are of the right kind; every model source builds (Andromeda
             configs; hf: model types and config keys). This step imports andromeda.model (torch), and
             transformers for hf: sources; reading a finished run skips it (resolve=False).
-Built-in presets live as YAML files in bench/presets/.
+Built-in presets live as YAML files in runs/presets/.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 
-from andromeda.bench.launch import LauncherSpec, check_manifest
 from andromeda.errors import AndromedaError, ConfigError
+from andromeda.runs.launcher import LauncherSpec, check_manifest
 from andromeda.scenarios import config as scenario_configs
 from andromeda.schema import strict_yaml
 from andromeda.schema.fields import (
@@ -201,14 +201,14 @@ class Manifest(StrictModel):
 
 # ---- loading --------------------------------------------------------------------------------
 def preset_names() -> list[str]:
-    return sorted(p.name.removesuffix(".yml") for p in resources.files("andromeda.bench.presets").iterdir()
+    return sorted(p.name.removesuffix(".yml") for p in resources.files("andromeda.runs.presets").iterdir()
                   if p.name.endswith(".yml"))
 
 
 def preset_text(name: str) -> str:
     if name not in preset_names():
         raise ConfigError(f"preset '{name}' is unknown; available: {', '.join(preset_names())}")
-    return resources.files("andromeda.bench.presets").joinpath(f"{name}.yml").read_text(encoding="utf-8")
+    return resources.files("andromeda.runs.presets").joinpath(f"{name}.yml").read_text(encoding="utf-8")
 
 
 def load_manifest(path: str | Path | None = None, *, preset: str | None = None,

@@ -1,4 +1,4 @@
-"""torchrun worker for tests/bench/test_distributed.py: one DDP and one FSDP2 training step of the
+"""torchrun worker for tests/runs/test_distributed.py: one DDP and one FSDP2 training step of the
 tiny model on this rank's half of a fixed batch, wrapped as the data_parallel scenario wraps it.
 Rank 0 saves every rank's full gradient (all-gathered) to OUT for the test to compare against a
 single-process reference. Not a test module itself (no test_ prefix)."""

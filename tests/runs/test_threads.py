@@ -2,8 +2,8 @@
 
 import pytest
 
-from andromeda.bench.manifest import validate
 from andromeda.errors import ConfigError
+from andromeda.runs.manifest import validate
 
 BASE = {"models": ["andromeda:tiny"], "scenarios": [{"scenario": "latency"}]}
 
@@ -22,8 +22,8 @@ def test_threads_is_auto_or_a_bounded_integer():
 def test_a_run_fixes_threads_records_them_and_restores_them(tmp_path):
     import torch
 
-    from andromeda.bench.runner import run
     from andromeda.records import RecordStore
+    from andromeda.runs.runner import run
 
     before = torch.get_num_threads()
     m = validate({**BASE, "device": "cpu", "threads": 1, "report": {"formats": ["csv"]},

@@ -11,9 +11,9 @@ import textwrap
 import pytest
 import yaml
 
-from andromeda.bench.manifest import load_manifest, preset_names, validate
 from andromeda.cli import main
 from andromeda.errors import ConfigError
+from andromeda.runs.manifest import load_manifest, preset_names, validate
 
 GOOD = "models: [andromeda:tiny]\nscenarios:\n  - {scenario: latency, batch: [1], seq_len: [16]}\n"
 
@@ -48,7 +48,7 @@ _NO_TORCH = textwrap.dedent('''
             return None
 
     sys.meta_path.insert(0, NoTorch())
-    from andromeda.bench.manifest import load_manifest, preset_names
+    from andromeda.runs.manifest import load_manifest, preset_names
     for name in preset_names():
         m = load_manifest(preset=name, resolve=False)
         assert m.scenarios and m.models, name
@@ -79,7 +79,7 @@ def test_manifests_load_and_fail_without_torch(tmp_path):
 
 
 def test_manifest_modules_import_no_torch():
-    code = ("import sys; import andromeda.bench.manifest, andromeda.bench.plan, andromeda.sources.spec, "
+    code = ("import sys; import andromeda.runs.manifest, andromeda.runs.plan, andromeda.sources.spec, "
             "andromeda.measure.timing_config; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
@@ -325,14 +325,14 @@ def test_every_preset_resolves_and_round_trips(name, tmp_path):
     text = yaml.safe_dump(m.model_dump(mode="json", by_alias=True), sort_keys=False)
     (tmp_path / "manifest.yml").write_text(text)
     assert load_manifest(tmp_path / "manifest.yml", resolve=False) == m
-    from andromeda.bench.manifest import dump_manifest
+    from andromeda.runs.manifest import dump_manifest
 
     (tmp_path / "manifest.yml").write_text(dump_manifest(m))
     assert load_manifest(tmp_path / "manifest.yml", resolve=False) == m
 
 
 def test_dump_manifest_round_trips_strings_that_look_like_numbers(tmp_path):
-    from andromeda.bench.manifest import dump_manifest
+    from andromeda.runs.manifest import dump_manifest
 
     m = validate({"name": "1e5", "description": "yes", "models": ["andromeda:tiny"], "out": "0o17",
                   "scenarios": [{"scenario": "latency"}]})
@@ -371,7 +371,7 @@ def test_andromeda_model_keys_are_checked_without_torch(tmp_path):
     """A misspelled field of an andromeda: source is one line with a did-you-mean, before torch loads."""
     bad = tmp_path / "bad.yml"
     bad.write_text("models: ['andromeda:tiny?dpth=2']\nscenarios: [{scenario: latency}]\n")
-    code = _NO_TORCH.split("from andromeda.bench.manifest")[0] + textwrap.dedent('''
+    code = _NO_TORCH.split("from andromeda.runs.manifest")[0] + textwrap.dedent('''
         from andromeda.cli import main
         print("code", main(["run", sys.argv[1], "--out", sys.argv[2]]))
         assert "torch" not in sys.modules
