@@ -3,6 +3,7 @@ against context length for the Andromeda 2.5B preset, beside a same-work Hugging
 context; the spec's "sequence length impact", ../shared/spec/000).
 
     python benchmarks/long_context.py --json out.json [--lengths 32768 65536 131072 200000 262144]
+    python benchmarks/long_context.py --smoke --json /tmp/lc.json --lengths 250 400 --chunks 0 100  # CPU check
 
 Per length N, for Andromeda (bf16, the default attention backend: our Triton / Gluon kernels):
 - prefill_ms: `model(tokens, cache=cache, logits="last")` of N tokens into a fresh cache, synchronized, in
@@ -36,15 +37,27 @@ from andromeda.model import Andromeda, GraphedDecoder, from_name
 from andromeda.model.backends import block_count
 
 LENGTHS = (32_768, 65_536, 131_072, 200_000, 262_144)
+SHOWN = ("prefill_ms", "peak_gib", "kv_cache_bytes", "decode_kernels", "decode_ms", "decode_floor_ms",
+         "decode_of_floor", "decode_of_datasheet_floor", "attn_computed_of_dense_causal",
+         "alibi_computed_of_dense_causal")
 GIB = 2**30
 
 
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _sync_ms(fn) -> tuple[float, object]:
-    torch.cuda.synchronize()
+    _sync()
     t0 = time.perf_counter()
     out = fn()
-    torch.cuda.synchronize()
+    _sync()
     return (time.perf_counter() - t0) * 1e3, out
+
+
+def _peak_gib() -> float | None:
+    return torch.cuda.max_memory_allocated() / GIB if torch.cuda.is_available() else None
 
 
 def _prefill(model, tokens, n_cache: int, chunk: int = 0):
@@ -53,7 +66,8 @@ def _prefill(model, tokens, n_cache: int, chunk: int = 0):
     cache = model.new_cache(1, n_cache)
     n = tokens.shape[1]
     step = chunk or n
-    torch.cuda.reset_peak_memory_stats()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
 
     def run():
         with torch.no_grad():
@@ -62,11 +76,11 @@ def _prefill(model, tokens, n_cache: int, chunk: int = 0):
             return logits[:, -1].argmax(-1)
 
     ms, first = _sync_ms(run)
-    return ms, torch.cuda.max_memory_allocated() / GIB, cache, first
+    return ms, _peak_gib(), cache, first
 
 
 def andromeda_row(model, n: int, chunk: int, steps: int, reps: int, fl: dict, weight_bytes: int) -> dict:
-    tokens = torch.randint(0, model.cfg.num_tokens, (1, n), device="cuda")
+    tokens = torch.randint(0, model.cfg.num_tokens, (1, n), device=model.head.weight.device)
     times, peak = [], 0.0
     for _ in range(reps):
         ms, peak, cache, first = _prefill(model, tokens, n + steps + 1, chunk)
@@ -90,24 +104,30 @@ def andromeda_row(model, n: int, chunk: int, steps: int, reps: int, fl: dict, we
     row["decode_ms_p10_p90"] = [ts[len(ts) // 10], ts[(9 * len(ts)) // 10]]
     step_bytes = weight_bytes + cache.filled_bytes()
     row["decode_step_bytes"] = step_bytes
-    row["decode_floor_ms"] = floors.floor_ms(step_bytes, fl.get("copy_gb_per_s"))
-    row["decode_floor_datasheet_ms"] = floors.floor_ms(step_bytes, fl.get("datasheet_gb_per_s"))
-    row["decode_of_floor"] = row["decode_floor_ms"] / row["decode_ms"]
-    if row["decode_floor_datasheet_ms"]:
-        row["decode_of_datasheet_floor"] = row["decode_floor_datasheet_ms"] / row["decode_ms"]
+    for key, bw in (("", "copy_gb_per_s"), ("_datasheet", "datasheet_gb_per_s")):
+        floor = floors.floor_ms(step_bytes, fl.get(bw))
+        row[f"decode_floor{key}_ms"] = floor
+        row[f"decode_of{key}_floor"] = None if floor is None else floor / row["decode_ms"]
     del dec, cache
-    torch.cuda.empty_cache()
+    _empty_cache()
     with block_count.count_blocks() as count:  # the tiles the kernels computed, against dense causal
         _prefill(model, tokens, n, chunk)
     cfg = model.cfg
     per_head = 4.0 * cfg.dim_head * n * (n + 1) / 2 * cfg.depth  # causal pairs' forward FLOPs, one head
     computed = count.flops().get("forward", 0.0)
+    if not computed:  # a backend that does not count its tiles (not ours)
+        return row
     row["attn_computed_of_dense_causal"] = computed / (per_head * cfg.heads)
     # the heads without ALiBi compute every causal tile (no bound to skip by): what is left is the ALiBi heads'
     alibi = cfg.n_alibi_heads
     if alibi:
         row["alibi_computed_of_dense_causal"] = (computed - per_head * (cfg.heads - alibi)) / (per_head * alibi)
     return row
+
+
+def _empty_cache():
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _greedy(dec, token):
@@ -150,40 +170,40 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=24, help="decode steps per length (3 of them warm-up)")
     ap.add_argument("--reps", type=int, default=1, help="timed prefills per length")
     ap.add_argument("--no-llama", action="store_true")
+    ap.add_argument("--smoke", action="store_true",
+                    help="CPU check of the script: the tiny preset with anchor blocks of 192 positions, no floors")
     args = ap.parse_args()
-    fl = floors.measure("cuda")
+    device = torch.device("cpu" if args.smoke else "cuda")
+    fl = {} if args.smoke else floors.measure(device)
     res = {**floors.provenance(collect_env(), fl), "args": vars(args) | {"json": str(args.json)},
            "andromeda": [], "llama": []}
 
     def save():
         args.json.write_text(json.dumps(res, indent=1, default=str))
 
-    cfg = from_name(args.preset, max_seq_len=max(args.lengths) + args.steps + 1)
+    extra = dict(xpos_scale_base=4) if args.smoke else {}
+    cfg = from_name("tiny" if args.smoke else args.preset, max_seq_len=max(args.lengths) + args.steps + 1, **extra)
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = Andromeda(cfg).to(torch.bfloat16).eval()
+    with torch.device(device):
+        model = Andromeda(cfg).to(torch.float32 if args.smoke else torch.bfloat16).eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     res["weight_bytes"] = weight_bytes
-    _prefill(model, torch.randint(0, cfg.num_tokens, (1, 8192), device="cuda"), 8192)  # compile and tune
+    warm = min(8192, min(args.lengths))
+    _prefill(model, torch.randint(0, cfg.num_tokens, (1, warm), device=device), warm)  # compile and tune
     for n, chunk in [(n, c) for n in sorted(args.lengths) for c in args.chunks if c < n]:
         try:
             row = andromeda_row(model, n, chunk, args.steps, args.reps, fl, weight_bytes)
         except torch.OutOfMemoryError:
             res["andromeda"].append({"n": n, "chunk": chunk, "status": "oom"})
-            torch.cuda.empty_cache()
+            _empty_cache()
             print(f"andromeda {n} chunk {chunk}: out of memory", flush=True)
             continue
         res["andromeda"].append(row)
         save()
-        print(f"andromeda {n} chunk {chunk}: prefill {row['prefill_ms']:.0f} ms "
-              f"({row['prefill_tokens_per_s']:.0f} tok/s), peak "
-              f"{row['peak_gib']:.2f} GiB, KV {row['kv_cache_bytes'] / GIB:.2f} GiB, decode {row['decode_ms']:.3f} "
-              f"ms/token = {row['decode_of_floor']:.1%} of the {row['decode_floor_ms']:.3f} ms floor; attention "
-              f"computed {row['attn_computed_of_dense_causal']:.1%} of dense causal (ALiBi heads "
-              f"{row.get('alibi_computed_of_dense_causal', float('nan')):.1%})", flush=True)
+        print(f"andromeda {n} chunk {chunk}: " + ", ".join(f"{k} {row[k]}" for k in SHOWN if k in row), flush=True)
     del model
-    torch.cuda.empty_cache()
-    if not args.no_llama:
+    _empty_cache()
+    if not args.no_llama and not args.smoke:
         for n in sorted(args.lengths):
             row = llama_row(cfg, n)
             res["llama"].append(row)
