@@ -160,7 +160,7 @@ def llama_row(cfg, n: int) -> dict:
     return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--no-llama", action="store_true")
     ap.add_argument("--smoke", action="store_true",
                     help="CPU check of the script: the tiny preset with anchor blocks of 192 positions, no floors")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     device = torch.device("cpu" if args.smoke else "cuda")
     fl = {} if args.smoke else floors.measure(device)
     res = {**floors.provenance(collect_env(), fl), "args": vars(args) | {"json": str(args.json)},
