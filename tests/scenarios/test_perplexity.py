@@ -53,6 +53,40 @@ def test_ppl_is_exp_of_mean_token_nll(tiny):
     assert m["ppl_ci_low"] <= m["ppl"] <= m["ppl_ci_high"]
 
 
+@pytest.mark.parametrize("source", ["andromeda", "hf"])
+def test_logits_past_the_budget_are_scored_in_chunks_of_positions(tiny, source, monkeypatch):
+    """A batch whose logits pass LOGITS_BUDGET_BYTES (here: any) is scored from the hidden states NLL_ROWS (7)
+    positions at a time, never holding (B, N, V) logits; the NLL equals a float64 log-softmax of the full
+    logits (Andromeda) and transformers' own loss (a Llama)."""
+    from andromeda.scenarios import perplexity
+
+    def no_full_logits(*a, **k):
+        raise AssertionError("the full logits were computed")
+
+    monkeypatch.setattr(perplexity, "LOGITS_BUDGET_BYTES", 0)
+    monkeypatch.setattr(perplexity, "NLL_ROWS", 7)
+    monkeypatch.setattr(perplexity, "token_nll", no_full_logits)
+    if source == "hf":
+        torch.manual_seed(0)
+        bundle = build(HF_LLAMA, CPU, torch.float32)
+        ids = np.random.default_rng(0).integers(0, 300, 48)
+        m, _ = evaluate(bundle, Documents([ids]), seq_len=64)
+        x = torch.as_tensor(ids)[None]
+        with torch.no_grad():
+            ref = bundle.model(input_ids=x, labels=x).loss.item()
+        assert m["cross_entropy_nats"] == pytest.approx(ref, rel=1e-5)
+        return
+    docs = _docs([50, 17, 64])
+    m, _ = evaluate(tiny, docs, seq_len=64, batch=3)
+    nll, n = 0.0, 0
+    for t in docs.tokens:
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny.model(torch.as_tensor(t)[None])[0].double(), -1)
+        nll -= float(logp[torch.arange(len(t) - 1), torch.as_tensor(t[1:])].sum())
+        n += len(t) - 1
+    assert m["cross_entropy_nats"] == pytest.approx(nll / n, rel=1e-6)
+
+
 @pytest.mark.parametrize("stride", [None, 5, 12])
 def test_windows_score_each_token_once_with_its_context(tiny, stride):
     L, n = 12, 40  # seq_len: tokens fed per window

@@ -24,6 +24,9 @@ fresh KV cache (model.new_cache(quant=...)) `decode_chunk` tokens at a time, tea
 compare those logits with the forward pass's: logit_max_abs_diff, logit_mean_abs_diff (over the
 scored positions and the whole vocabulary), ppl_ratio; kv_bytes_per_token is cache.nbytes per
 cached token.
+
+A batch whose float32 logits would pass LOGITS_BUDGET_BYTES (1 GiB) is scored from the final hidden states a
+chunk of positions at a time (chunked_token_nll): memory bounded at any window length.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from andromeda.measure.stats import bootstrap_ci
 from andromeda.scenarios import register
 from andromeda.scenarios.common import check_length
 from andromeda.scenarios.config.perplexity import CacheMode, PerplexityConfig
+from andromeda.train.fused_ce import hidden_and_head
 
 IGNORE = -100
 LN2 = math.log(2.0)
@@ -86,6 +90,27 @@ def window_batch(docs: Documents, windows: Sequence[Window], pad_id: int = 0) ->
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(B, N, V) logits, (B, N) labels of the next token -> (B, N) NLL (nats), 0 where ignored."""
     return F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+
+
+# A batch whose float32 logits would pass this many bytes is scored from the final hidden states, NLL_ROWS
+# positions at a time, so a long window (200K tokens x 50K vocabulary: 40 GB of logits) needs one chunk's.
+LOGITS_BUDGET_BYTES = 2**30
+NLL_ROWS = 4096
+
+
+def chunked_token_nll(model: torch.nn.Module, tokens: torch.Tensor, labels: torch.Tensor,
+                      rows: int | None = None) -> torch.Tensor:
+    """token_nll without the (B, N, V) logits: the model's final hidden states (train.fused_ce.hidden_and_head:
+    Andromeda or a transformers causal LM), then its head and the NLL `rows` positions at a time (the head in
+    the model's dtype, the NLL in float32, as token_nll of the full logits); rows: NLL_ROWS by default."""
+    rows = rows or NLL_ROWS
+    hidden, weight = hidden_and_head(model, tokens)
+    h, y = hidden.flatten(0, 1), labels.flatten()
+    out = torch.empty(y.shape, dtype=torch.float32, device=y.device)
+    for a in range(0, h.shape[0], rows):
+        logits = F.linear(h[a : a + rows], weight).float()  # (rows, V)
+        out[a : a + rows] = F.cross_entropy(logits, y[a : a + rows], ignore_index=IGNORE, reduction="none")
+    return out.view_as(labels)
 
 
 def _bytes_of(windows: Sequence[Window], docs: Documents, tokenizer: Any) -> np.ndarray:
@@ -134,8 +159,10 @@ def _batches(windows: Sequence[Window], batch: int, by_length: bool) -> list[lis
 
 def score_windows(logits_fn: Callable[[torch.Tensor], torch.Tensor], docs: Documents, windows: Sequence[Window],
                   *, batch: int = 8, device: torch.device | str = "cpu", tokenizer: Any = None,
-                  pad_id: int = 0) -> Scores:
-    """NLL of every window's targets with one forward pass per batch of windows."""
+                  pad_id: int = 0, model: torch.nn.Module | None = None, vocab: int = 0) -> Scores:
+    """NLL of every window's targets with one forward pass per batch of windows. With `model` (the module behind
+    logits_fn, of `vocab` tokens), a batch whose float32 logits would pass LOGITS_BUDGET_BYTES is scored by
+    chunked_token_nll where the model allows it (Andromeda, a transformers causal LM; else the full logits)."""
     device = torch.device(device)
     nll = np.zeros(len(windows), dtype=np.float64)
     targets = np.array([w.n_targets for w in windows], dtype=np.int64)
@@ -143,7 +170,15 @@ def score_windows(logits_fn: Callable[[torch.Tensor], torch.Tensor], docs: Docum
     with torch.inference_mode():
         for idx in _batches(windows, batch, by_length=False):
             tokens, labels = window_batch(docs, [windows[i] for i in idx], pad_id)
-            per_token = token_nll(logits_fn(tokens.to(device)), labels.to(device))  # (B, N)
+            tokens, labels = tokens.to(device), labels.to(device)
+            per_token = None
+            if model is not None and tokens.numel() * vocab * 4 > LOGITS_BUDGET_BYTES:
+                try:
+                    per_token = chunked_token_nll(model, tokens, labels)
+                except UnsupportedError:  # not a model whose hidden states and head can be taken apart
+                    per_token = None
+            if per_token is None:
+                per_token = token_nll(logits_fn(tokens), labels)  # (B, N)
             nll[idx] = _row_sums(per_token)
     _sync(device)
     return Scores(list(windows), nll, targets, _bytes_of(windows, docs, tokenizer), time.perf_counter() - t0)
@@ -343,7 +378,9 @@ def evaluate(bundle, docs: Documents, *, seq_len: int, stride: int | None = None
     tok = bundle.tokenizer
     pad = getattr(tok, "pad_id", None) or 0
     if cache == "off":
-        scores = score_windows(bundle.logits, docs, windows, batch=batch, device=device, tokenizer=tok, pad_id=pad)
+        model = bundle.model if isinstance(bundle.model, torch.nn.Module) else None
+        scores = score_windows(bundle.logits, docs, windows, batch=batch, device=device, tokenizer=tok, pad_id=pad,
+                               model=model, vocab=bundle.facts.vocab)
     else:
         scores = score_windows_cached(bundle, docs, windows, mode=cache, batch=batch, device=device,
                                       group_size=group_size, window=cache_window, chunk=decode_chunk,
