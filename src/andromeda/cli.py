@@ -35,57 +35,44 @@ def resume_command(command: str, args: argparse.Namespace, out: Path) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from andromeda.runs.manifest import load_manifest  # torch-free: a bad manifest fails before torch loads
+    from andromeda import api  # torch-free: a bad manifest fails before torch loads
 
     if args.manifest and args.preset:
         raise AndromedaError("give a manifest file or --preset NAME, not both")
     preset = args.preset or (None if args.manifest else "quick")
-    manifest = load_manifest(args.manifest, preset=preset, overrides=args.set)
+    manifest = api.load_manifest(args.manifest, preset=preset, overrides=args.set)
 
     try:
         import torch  # noqa: F401  (the run needs it; the manifest above did not)
     except ImportError as e:
         raise AndromedaError(f"andromeda run needs torch, which failed to import ({e}); install it as the "
                              "README says (pip install torch==2.13.0 on a CPU machine)") from None
-    from andromeda.api import compare_run
     from andromeda.cli_progress import RichProgress, print_log_note, print_summary
-    from andromeda.report import build_report
-    from andromeda.runs.runner import run
 
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out or manifest.out or f"runs/{manifest.name}-{stamp}")
+    out = api.run_dir(manifest, args.out)
     if args.preset is None and args.manifest is None:
         args.preset = preset
     try:
-        result = run(manifest, out, resume=args.resume, device=args.device, progress=RichProgress(),
-                     force=getattr(args, "force", False), capture_output=True)
+        done = api.benchmark(manifest, out, resume=args.resume, device=args.device, progress=RichProgress(),
+                             force=getattr(args, "force", False), capture_output=True)
     except KeyboardInterrupt:
         print(f"interrupted: finished cases are kept in {out / 'results.jsonl'}; "
               f"finish with: {resume_command('run', args, out)}", file=sys.stderr)
         return 130
-    print_summary(result)
-    print_log_note(result)
-    compared = compare_run(out, manifest)
-    _print_compared(compared)
-    paths = build_report(out, manifest.report.formats)
-    html = paths.get("html")
-    for c in compared:
+    print_summary(done.run)
+    print_log_note(done.run)
+    _print_compared(done.comparisons)
+    html = done.report.get("html")
+    for c in done.comparisons:
         if c.result is not None:
             print(f"comparison: {next(iter(c.paths.get('html', [])), out / 'compare')}")
     print(f"report: {html[0] if html else out}")
-    return _exit_code(result, compared)
-
-
-def _exit_code(result, compared) -> int:
-    """3 if a case errored, else 1 if a comparison gate failed, else 0; said on stderr when not 0."""
-    from andromeda.verdicts.compare_run import gate_exit_code
-
-    code = result.exit_code or gate_exit_code(compared)
-    if code == result.exit_code and code:
-        print(f"exit {code}: {result.errors} record(s) with status error (see the report)", file=sys.stderr)
-    elif code:
-        print(f"exit {code}: the comparison gate failed", file=sys.stderr)
-    return code
+    if done.exit_code == done.run.exit_code and done.exit_code:
+        print(f"exit {done.exit_code}: {done.run.errors} record(s) with status error (see the report)",
+              file=sys.stderr)
+    elif done.exit_code:
+        print(f"exit {done.exit_code}: the comparison gate failed", file=sys.stderr)
+    return done.exit_code
 
 
 def _print_compared(compared) -> None:
@@ -130,10 +117,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from andromeda import scenarios
-    from andromeda.model import PRESETS, backends
-    from andromeda.runs.manifest import load_manifest, preset_names
-    from andromeda.sources import models
+    from andromeda.api import catalog
 
     # a pipe has no width: rich would wrap every cell at 80 columns; give it room for one line a row
     console = Console(width=None if sys.stdout.isatty() else 220)
@@ -141,30 +125,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
     t.add_column("kind", no_wrap=True)
     t.add_column("name", no_wrap=True)
     t.add_column("notes")
-    for name in preset_names():
-        m = load_manifest(preset=name, resolve=False)
-        sized = {"gpu": f"GPU (on a CPU: --preset {m.cpu_counterpart})" if m.cpu_counterpart else "GPU",
-                 "cpu": "CPU", "any": "any device"}[m.sized_for]
-        t.add_row("run preset", name, escape(f"[{sized}] {m.description}"))
-    for name in scenarios.names():
-        cls = scenarios.get(name).Config
-        fields = cls.model_fields
-        t.add_row("scenario", name, "sweeps: " + ", ".join(fields[k].alias or k if k in fields else k
-                                                            for k in cls.SWEEP))
-    for name in PRESETS:
-        t.add_row("model preset", f"andromeda:{name}", "")
-    for pattern, note in models.describe().items():
-        t.add_row("model source", escape(pattern), escape(note))
-    for name in backends.names():
-        t.add_row("attention backend", name, "")
+    for kind, name, notes in catalog():
+        t.add_row(kind, escape(name), escape(notes))
     console.print(t)
     return 0
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from andromeda.runs.manifest import json_schema
+    from andromeda.api import manifest_schema
 
-    print(json.dumps(json_schema(), indent=2))
+    print(json.dumps(manifest_schema(), indent=2))
     return 0
 
 
@@ -176,17 +146,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from andromeda.report.compare_report import write_compare_report
-    from andromeda.verdicts.comparison import Thresholds
-    from andromeda.verdicts.regress import compare
+    from andromeda import api
 
-    thresholds = Thresholds(speedup=args.threshold, memory=args.memory_threshold, max_abs_diff=args.max_abs_diff)
-    result = compare(args.old, args.new, baseline=args.baseline, candidates=args.candidate,
-                     allow_mismatch=args.allow_mismatch, metric=args.metric or ["latency_ms"], thresholds=thresholds,
-                     correction=args.correction, alpha=args.alpha, seed=args.seed, gate=args.gate)
+    thresholds = {"speedup": args.threshold, "memory": args.memory_threshold, "max_abs_diff": args.max_abs_diff}
+    result = api.compare(args.old, args.new, baseline=args.baseline, candidates=args.candidate,
+                         allow_mismatch=args.allow_mismatch, metric=args.metric or ["latency_ms"],
+                         thresholds=thresholds, correction=args.correction, alpha=args.alpha, seed=args.seed,
+                         gate=args.gate)
     if args.out:
-        formats = args.formats.split(",") if args.formats else None
-        paths = write_compare_report(result, args.out, *([formats] if formats else []))
+        paths = api.write_comparison(result, args.out, args.formats.split(",") if args.formats else None)
         for kind, files in paths.items():
             for f in files:
                 print(f"{kind:5s} {f}")
@@ -195,13 +163,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_claims(args: argparse.Namespace) -> int:
-    from andromeda.report.claims_report import write_claims_report
-    from andromeda.verdicts.claims import check_claims
+    from andromeda.api import claims
 
-    result = check_claims(args.claims, device=args.device, peak_tflops=args.peak_tflops,
-                          max_preset=args.max_preset, measure=not args.no_measure)
     out = Path(args.out or f"runs/claims-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    paths = write_claims_report(result.to_dict(), out)
+    result, paths = claims(args.claims, out=out, device=args.device, peak_tflops=args.peak_tflops,
+                           max_preset=args.max_preset, measure=not args.no_measure)
     print("\n".join(result.summary_lines()))
     print(f"report: {paths['md'][0]} (and {paths['json'][0].name})")
     return 0
