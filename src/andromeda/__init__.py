@@ -5,8 +5,8 @@ imported on first use, so `import andromeda` loads neither torch nor pandas.
 """
 
 from andromeda.errors import AndromedaError, ConfigError
+from andromeda.version import __version__
 
-__version__ = "0.1.0"
 _API = ("benchmark", "load_run", "compare")
 __all__ = ["AndromedaError", "ConfigError", "__version__", *_API]
 

@@ -10,7 +10,7 @@ import math
 import re
 import textwrap
 
-from andromeda import __version__
+from andromeda.version import __version__
 
 EXIT_CODES = {
     "run": "0 every case ran (oom and skipped are results, not errors); 1 a comparison gate failed: a compare: "

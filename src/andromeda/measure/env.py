@@ -28,6 +28,9 @@ from typing import Any
 
 import torch
 
+from andromeda.version import __version__
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the andromeda package; its git checkout's commit is recorded
 _CMD_TIMEOUT_S = 5.0
 # distribution names whose versions are recorded (None when not installed)
 _PACKAGES = {
@@ -198,16 +201,11 @@ def _gpus() -> dict[str, Any]:
 
 def _source_commit() -> str | None:
     """HEAD commit of the git checkout holding the andromeda sources, or None."""
-    import andromeda
-
-    pkg_dir = Path(andromeda.__file__).resolve().parent
-    commit = _run(["git", "rev-parse", "HEAD"], cwd=str(pkg_dir))
+    commit = _run(["git", "rev-parse", "HEAD"], cwd=str(PACKAGE_DIR))
     return commit if commit and len(commit) >= 40 else None
 
 
 def collect_env() -> dict[str, Any]:
-    import andromeda
-
     cudnn = None
     try:
         cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
@@ -232,7 +230,7 @@ def collect_env() -> dict[str, Any]:
     env.update(_gpus())
     for key, dists in _PACKAGES.items():
         env[key] = _version(*dists)
-    env["andromeda"] = andromeda.__version__
+    env["andromeda"] = __version__
     env["git_commit"] = _source_commit()
     env.update(noise_env(env["cpu_count_available"]))
     return env

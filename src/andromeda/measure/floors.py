@@ -6,11 +6,11 @@ script's JSON carries (commit, device, versions, floors).
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from andromeda.measure.env import PACKAGE_DIR
 from andromeda.measure.flops import device_bandwidth_gb_per_s, device_peak_tflops
 from andromeda.measure.timing import TimingConfig, time_fn
 
@@ -54,11 +54,8 @@ def floor_ms(nbytes: float, gb_per_s: float | None) -> float | None:
 
 
 def _git(*args: str) -> str | None:
-    import andromeda
-
     try:
-        out = subprocess.run(["git", *args], cwd=Path(andromeda.__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None

@@ -20,6 +20,7 @@ import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -153,9 +154,7 @@ def _load_chart_specs() -> None:
     import importlib
     import pkgutil
 
-    import andromeda.report as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if mod.name == "chart_specs" or mod.name.startswith("chart_specs_"):
             importlib.import_module(f"andromeda.report.{mod.name}")
 
