@@ -11,15 +11,18 @@ decode latency curve is measured, not derived. With use_cache false every step r
 prefix: what the cache saves. With cuda_graph (Andromeda, CUDA, full cache) each step replays one
 captured CUDA graph of the static decode step; the capture happens before the prefill and is not timed.
 decode_kernels picks that step's kernels: "torch", "triton" (our fused batch-1 kernels) or "auto"
-(triton where it can run); the record's info names the kernels used and why.
+(triton where it can run); the record's info names the kernels used and why. On CUDA, prefill_peak_mib is
+the most memory allocated during the last run's prefill (weights and cache included).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 
+from andromeda.measure.memory import track_memory
 from andromeda.measure.stats import summarize
 from andromeda.measure.timing import Stopwatch, stop_reason
 from andromeda.measure.timing_config import TimingConfig
@@ -56,13 +59,15 @@ class Generation:
         if p["cuda_graph"] and ctx.device.type != "cuda":
             return ctx.skip(f"cuda_graph needs a CUDA device; this run is on {ctx.device.type}")
         prompt = random_tokens(bundle, B, P, ctx.device, ctx.seed)
+        cuda, peak = ctx.device.type == "cuda", [None]
 
         def generate_once():
             dec = Decoder(bundle, B, P + G, p["use_cache"], cache=p["cache"], group_size=p["cache_group_size"],
                           window=p["cache_window"], cuda_graph=p["cuda_graph"], kernels=p["decode_kernels"])
-            with Stopwatch(ctx.device) as sw:
+            with track_memory(ctx.device) if cuda else contextlib.nullcontext() as mem, Stopwatch(ctx.device) as sw:
                 logits = dec.prefill(prompt)
             prefill = sw.elapsed_ms
+            peak[0] = mem.peak_allocated_mib if cuda else None
             with Stopwatch(ctx.device) as sw:
                 nxt = logits.argmax(-1, keepdim=True)
             first = prefill + sw.elapsed_ms
@@ -87,6 +92,8 @@ class Generation:
             "e2e_tokens_per_s": B * G / (float(np.median(total)) / 1e3),
             "kv_cache_mib": runs[-1][3] / 2**20,
         }
+        if peak[0] is not None:
+            metrics["prefill_peak_mib"] = peak[0]
         if tpot is not None:
             metrics.update(tpot.to_metrics("tpot_ms"))
             metrics["decode_tokens_per_s"] = B / (tpot.median / 1e3)
