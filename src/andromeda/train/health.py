@@ -58,20 +58,34 @@ class GradNorms:
         self._index = torch.tensor(index, dtype=torch.long)
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(global norm, per-group norms (G,) or None); parameters without a gradient count as zero."""
+        """(global norm, per-group norms (G,) or None); parameters without a gradient count as zero.
+
+        Sharded gradients (FSDP2's DTensors) contribute their local shards' squares, summed over the mesh's
+        ranks in one all-reduce (a replicated one's square is divided by the ranks first)."""
         have = [(i, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
         if not have:
             zero = torch.zeros((), dtype=torch.float32)
             return zero, (torch.zeros(len(self.groups)) if self.per_layer else None)
-        norms = torch.stack(torch._foreach_norm([g for _, g in have], 2, dtype=torch.float32))  # (P,)
-        total = torch.linalg.vector_norm(norms)
-        if not self.per_layer:
-            return total, None
-        if self._index.device != norms.device:
-            self._index = self._index.to(norms.device)
+        grads = [g for _, g in have]
+        sharded = [g for g in grads if hasattr(g, "to_local")]
+        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+        sq = torch.stack(torch._foreach_norm(local, 2, dtype=torch.float32)).square()  # (P,)
+        if sharded:
+            mesh = sharded[0].device_mesh
+            ranks = mesh.size()
+            share = [1.0 / ranks if hasattr(g, "placements") and all(pl.is_replicate() for pl in g.placements)
+                     or not hasattr(g, "to_local") else 1.0 for g in grads]
+            sq = sq * torch.tensor(share, device=sq.device)
+        if self._index.device != sq.device:
+            self._index = self._index.to(sq.device)
         idx = self._index[[i for i, _ in have]] if len(have) != len(self.params) else self._index
-        sq = torch.zeros(len(self.groups), dtype=torch.float32, device=norms.device).index_add_(0, idx, norms.square())
-        return total, sq.sqrt()
+        per = torch.zeros(len(self.groups), dtype=torch.float32, device=sq.device).index_add_(0, idx, sq)
+        if sharded:
+            import torch.distributed as dist
+
+            dist.all_reduce(per, group=mesh.get_group())
+        total = per.sum().sqrt()
+        return total, (per.sqrt() if self.per_layer else None)
 
 
 class ActivationStats:
