@@ -180,21 +180,3 @@ def test_measured_path_runs_on_a_tiny_model(monkeypatch):
     r = check_context(ctx, basis, dev)
     assert r.verdict == "met" and [m["status"] for m in r.details["measurements"]] == ["ok", "ok"]
     assert "extrapolation" in r.reason  # 320 > the tiny preset's max_seq_len of 256
-
-
-def test_xpos_interpolation_needed_is_the_smallest_factor_the_model_accepts():
-    """The claims measurement picks the interpolation factor at which the model's own position check passes."""
-    from andromeda.model import Andromeda, from_name
-    from andromeda.verdicts.claims import xpos_interpolation_needed
-
-    cfg = from_name("tiny", rotary_xpos=True, xpos_scale_base=8, max_seq_len=4096)
-    assert xpos_interpolation_needed(cfg, 64) is None  # well inside 55 x 8 positions
-    for tokens in (1000, 2500):
-        f = xpos_interpolation_needed(cfg, tokens)
-        assert f is not None and f == int(f) >= 2
-        Andromeda(from_name("tiny", rotary_xpos=True, xpos_scale_base=8, max_seq_len=4096,
-                            pos_interpolation_factor=f)).check_positions(tokens - 1)  # accepted
-        with pytest.raises(ConfigError, match="pos_interpolation_factor"):
-            Andromeda(from_name("tiny", rotary_xpos=True, xpos_scale_base=8, max_seq_len=4096,
-                                pos_interpolation_factor=f - 1)).check_positions(tokens - 1)
-    assert xpos_interpolation_needed(from_name("tiny", rotary_xpos=False), 10**6) is None

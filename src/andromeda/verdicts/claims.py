@@ -27,7 +27,6 @@ from andromeda.errors import ConfigError
 from andromeda.measure.facts import ModelFacts, facts_from_config, kv_cache_bytes_per_token
 from andromeda.measure.flops import PEAK_TFLOPS, device_peak_tflops, forward_flops
 from andromeda.model.config import PRESETS, ModelConfig, from_name
-from andromeda.model.positional import xpos_max_position
 from andromeda.verdicts.claims_file import ContextClaim, LatencyClaim, MemoryClaim, Reference, load_claims
 
 DATASHEET_DEVICE = "H100 SXM"
@@ -155,17 +154,6 @@ def device_basis(device: str = "auto", peak_tflops: float | None = None) -> Basi
 # Few runs: a 100K-token forward of the largest preset takes seconds; the CI says how stable it was.
 MEASURE_TIMING = dict(warmup=1, min_runs=3, max_runs=10, budget_s=3.0, target_rel_ci=0.05)
 
-def xpos_interpolation_needed(cfg, tokens: int) -> float | None:
-    """The smallest whole pos_interpolation_factor at which xPos keeps `tokens` positions finite, or
-    None when the config reaches them as it is (see positional.xpos_max_position)."""
-    if not cfg.rotary_xpos:
-        return None
-    reach = xpos_max_position(cfg.xpos_scale_base)  # positions per unit of interpolation
-    if (tokens - 1) <= reach * cfg.pos_interpolation_factor:
-        return None
-    return float(math.ceil((tokens - 1) / reach))
-
-
 def measure_forward(preset: str, tokens: int, batch: int, device: torch.device,
                     dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Time a forward (logits at the last position) of `preset` over batch x tokens tokens.
@@ -178,11 +166,7 @@ def measure_forward(preset: str, tokens: int, batch: int, device: torch.device,
     from andromeda.model import Andromeda
 
     cfg = from_name(preset, max_seq_len=max(PRESETS[preset]["max_seq_len"], tokens))
-    interp = xpos_interpolation_needed(cfg, tokens)
-    if interp is not None:  # the preset as specified refuses these positions; the cost of a forward is the same
-        cfg = from_name(preset, max_seq_len=cfg.max_seq_len, pos_interpolation_factor=interp)
     held: dict[str, Any] = {}  # model and input, dropped before the memory is freed
-    extra = {"pos_interpolation_factor": interp}
     try:
         torch.manual_seed(0)
         held["model"] = Andromeda(cfg).to(device=device, dtype=dtype).eval()
@@ -196,13 +180,13 @@ def measure_forward(preset: str, tokens: int, batch: int, device: torch.device,
         s = t.summary
         return {"preset": preset, "tokens": tokens, "batch": batch, "dtype": str(dtype).removeprefix("torch."),
                 "status": "ok", "median_ms": s.median,
-                "ci_low_ms": s.ci_low, "ci_high_ms": s.ci_high, "samples_ms": t.samples_ms, "message": None, **extra}
+                "ci_low_ms": s.ci_low, "ci_high_ms": s.ci_high, "samples_ms": t.samples_ms, "message": None}
     except Exception as e:  # noqa: BLE001 - a failed measurement is a result
         status = "oom" if is_oom(e) else "error"
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         return {"preset": preset, "tokens": tokens, "batch": batch, "dtype": str(dtype).removeprefix("torch."),
                 "status": status, "median_ms": None,
-                "ci_low_ms": None, "ci_high_ms": None, "samples_ms": [], "message": msg, **extra}
+                "ci_low_ms": None, "ci_high_ms": None, "samples_ms": [], "message": msg}
     finally:
         held.clear()
         free_memory(device)
@@ -355,15 +339,8 @@ def check_context(c: ContextClaim, basis: Basis, device: torch.device | None) ->
     failed = [m for m in ms if m["status"] != "ok"]
     ran = ", ".join(f"{m['tokens']:,} tokens {m['status']}"
                     + (f" in {_fmt_ms(m['median_ms'])}" if m["median_ms"] is not None else f" ({m['message']})")
-                    + (f" with pos_interpolation_factor {m['pos_interpolation_factor']:g}"
-                       if m.get("pos_interpolation_factor") else "")
                     for m in ms)
-    interpolated = [m for m in ms if m.get("pos_interpolation_factor")]
-    verdict = "not met" if failed else "partly met" if interpolated else "met"
-    if interpolated and not failed:
-        limit = xpos_max_position(from_name(c.preset).xpos_scale_base)
-        extrap += (f"; as specified the preset refuses positions past {int(limit):,} (xPos scores overflow float32 "
-                   "there), so lengths past it ran with positional interpolation")
+    verdict = "not met" if failed else "met"
     return ClaimResult(c.id, c.text, c.kind, c.preset, verdict,
                        f"measured: {ran}; {mem_txt}{extrap}", c.where, details)
 
