@@ -1,4 +1,5 @@
-"""Command line: parses (cli_parser.py) and dispatches; no logic of its own. User errors print one line, exit 2.
+"""Command line: parses (cli_parser.py), calls the api (api.py) and prints what it returns; no logic of its own. User
+errors print one line, exit 2.
 
 Exit codes: 0 every case ran (ok, oom and skipped are results); 1 a comparison gate failed; 2 a user
 error before running (bad option, manifest, path); 3 some cases errored (3 wins over 1).
