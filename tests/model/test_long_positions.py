@@ -16,6 +16,7 @@ from reference64 import Reference64
 from test_reference_parity import TOL, build, rel_err, tokens_for
 
 from andromeda.errors import ConfigError
+from andromeda.model.decode import GraphedDecoder
 from andromeda.model.positional import xpos_max_position, xpos_period
 
 LONG = 262_144 + 64
@@ -99,3 +100,25 @@ def test_bad_positions_are_one_line_errors():
 def test_triton_and_fused_decode_at_long_positions_in_interpreter():
     pytest.importorskip("triton")
     run_interpreter_cases("interp_long_positions_cases.py", 4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_prefill_and_fused_decode_over_anchor_blocks_match_float64(dtype):
+    """On a GPU: the Triton prefill (with the norms' skip bound) and 60 captured fused decode steps over a cache
+    of three anchor blocks (scale base 4: 192 positions each; the cache placed at 199,680) against float64."""
+    m = long_model("triton", xpos_scale_base=4).to("cuda", dtype)
+    tokens = tokens_for("spec", batch=1, n=420).cuda()
+    start = 1040 * 192
+    ref = Reference64(m.cfg.to_dict(), {k: v.float().cpu() for k, v in m.state_dict().items()})(tokens.cpu(),
+                                                                                                  start=start)
+    cache = m.new_cache(1, 448, start=start)
+    dec = GraphedDecoder(m, cache, kernels="triton")
+    assert dec.kernels == "triton" and len(dec.static.blocks) == 3
+    with torch.no_grad():
+        first = m(tokens[:, :360], cache=cache)
+    outs = [dec.step(tokens[:, t : t + 1]) for t in range(360, 420)]
+    tol = TOL if dtype == torch.float32 else 3e-2
+    assert rel_err(first.float().cpu(), ref[:, :360]) <= tol
+    assert rel_err(torch.stack(outs, 1).float().cpu(), ref[:, 360:]) <= tol
