@@ -29,6 +29,7 @@ git commit, device and versions (andromeda.measure.floors.provenance).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import torch
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from andromeda.measure import floors as bench_floors
 from andromeda.measure.env import collect_env
 from andromeda.measure.timing import TimingConfig, time_fn
-from andromeda.model.backends import get, triton_flash
+from andromeda.model.backends import TritonTuning, get, tuned, tuning
 from andromeda.model.backends.block_count import count_blocks
 from andromeda.model.positional import head_slopes
 
@@ -188,17 +189,18 @@ def config_sweep(fn, which: str, configs, lengths=(8192,)) -> list[dict]:
     """Time the Triton kernel with each launch setting for "fwd" or "bwd" (32K tokens per length: batch 4 at 8K,
     1 at 32K)."""
     out = []
+    base = tuning(TritonTuning)
     for c in configs:
-        triton_flash.CONFIG_OVERRIDE[which] = {k: v for k, v in c.items() if which == "fwd" or k != "WS"}
-        for n in lengths:
-            try:
-                r = measure(fn, max(1, 32768 // n), n, backward=which == "bwd")
-            except Exception as e:  # noqa: BLE001 - a config that fails to compile is a result
-                r = {"error": str(e).splitlines()[0][:120]}
-            out.append({**c, "n": n, **r})
-            print(which, out[-1], flush=True)
-            torch.cuda.empty_cache()
-    triton_flash.CONFIG_OVERRIDE.clear()
+        setting = {k: v for k, v in c.items() if which == "fwd" or k != "WS"}
+        with tuned(dataclasses.replace(base, config_override={**base.config_override, which: setting})):
+            for n in lengths:
+                try:
+                    r = measure(fn, max(1, 32768 // n), n, backward=which == "bwd")
+                except Exception as e:  # noqa: BLE001 - a config that fails to compile is a result
+                    r = {"error": str(e).splitlines()[0][:120]}
+                out.append({**c, "n": n, **r})
+                print(which, out[-1], flush=True)
+                torch.cuda.empty_cache()
     return out
 
 

@@ -8,12 +8,15 @@
 - step: time per token of a batch-1 decode after a 4K prompt, the torch step and the fused Triton step
   (both CUDA graphs), against the bandwidth floor, and how far apart their logits are.
 
+Each step variant's DecodeTuning is under step.decode_tuning in the JSON, each GEMV sweep's setting in its row.
+
     python benchmarks/decode_kernels.py [--preset andromeda] [--sweep] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -29,6 +32,7 @@ from andromeda.measure import floors  # noqa: E402
 from andromeda.measure.env import collect_env  # noqa: E402
 from andromeda.measure.timing import TimingConfig, time_fn  # noqa: E402
 from andromeda.model import fused_decode  # noqa: E402
+from andromeda.model.backends import DecodeTuning, tuned, tuning, tuning_record  # noqa: E402
 from andromeda.sources.models import build  # noqa: E402
 
 STREAM_BYTES = 384 * 2**20
@@ -88,22 +92,21 @@ def gemv_row(name: str, ns: list[int], k: int, normed: bool, sweep: bool, pdl: b
     row = {"shape": name, "rows": sum(ns), "k": k, "mb": nbytes / 1e6, "norm_prologue": normed}
     row["cublas_gbps"], row["cublas_spread"] = gbps(cublas)
     best = None
+    base = tuning(DecodeTuning)
     for c in SWEEP if sweep else [None]:
-        fused_decode.GEMV_OVERRIDE.clear()
-        fused_decode.GEMV_OVERRIDE.update(c or {})
-        try:
-            fused_decode.gemv(x, out, [_Lin(w) for w in ws[0]], norm=norm)
-            err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
-            g, spread = gbps(ours)
-        except Exception as e:  # noqa: BLE001 - a setting that cannot launch is skipped
-            print(f"  {name} {c}: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
-            continue
-        used = fused_decode.gemv_config(sum(ns), k, False, normed)
+        with tuned(dataclasses.replace(base, gemv=c)):
+            try:
+                fused_decode.gemv(x, out, [_Lin(w) for w in ws[0]], norm=norm)
+                err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+                g, spread = gbps(ours)
+            except Exception as e:  # noqa: BLE001 - a setting that cannot launch is skipped
+                print(f"  {name} {c}: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
+                continue
+            used = fused_decode.gemv_config(sum(ns), k, False, normed)
         if sweep:
             print(f"  {name} {used} {g:7.0f} GB/s", flush=True)
         if best is None or g > best[0]:
             best = (g, spread, used, err)
-    fused_decode.GEMV_OVERRIDE.clear()
     row["triton_gbps"], row["triton_spread"], row["triton_config"], row["triton_max_rel_err"] = best
     if sweep:  # the default setting too
         row["default_config"] = fused_decode.gemv_config(sum(ns), k, False, normed)
@@ -131,21 +134,20 @@ def step_rows(bundle, bw: float) -> dict:
 
     model = bundle.model
     floor = ms.decode_floor_ms(bundle, bw)
-    res = {"floor_ms": floor}
-    defaults = fused_decode.EARLY_OUT, fused_decode.OUT_PRE, fused_decode.EARLY_IN
+    res = {"floor_ms": floor, "decode_tuning": {}}
+    base = tuning(DecodeTuning)
     # the torch step; the fused step without PDL, with PDL but without streaming the out-projection (and w_in's
     # first tiles) during attention, and as it ships
     for name, mode, pdl, early in (("torch_graph", "cuda_graph", None, True),
                                    ("fused_graph_no_pdl", "fused_graph", False, True),
                                    ("fused_graph_no_early", "fused_graph", None, False),
                                    ("fused_graph", "fused_graph", None, True)):
-        fused_decode.PDL = pdl
-        fused_decode.EARLY_OUT, fused_decode.OUT_PRE, fused_decode.EARLY_IN = defaults if early else (False, 1, False)
-        t = ms.andromeda_tpot_ms(model, mode)
+        late = {} if early else dict(early_out=False, out_pre=1, early_in=False)
+        with tuned(dataclasses.replace(base, pdl=pdl, **late)):
+            t = ms.andromeda_tpot_ms(model, mode)
+            res["decode_tuning"][name] = tuning_record()["fused_decode"]  # what this step ran with
         res[f"{name}_ms"], res[f"{name}_of_floor"] = t, floor / t
         print(f"step {name:20s} {t:7.3f} ms/token  {floor / t:6.1%} of the {floor:.3f} ms floor", flush=True)
-    fused_decode.PDL = None
-    fused_decode.EARLY_OUT, fused_decode.OUT_PRE, fused_decode.EARLY_IN = defaults
     # the two steps' logits from the same prefilled state, against a float32 run of the same weights
     prompt = torch.randint(0, 256, (1, ms.PROMPT_CTX), device="cuda")
     tok = torch.randint(0, 256, (1, 1), device="cuda")

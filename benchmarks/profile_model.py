@@ -21,6 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 from andromeda.measure import floors
 from andromeda.measure.env import collect_env
 from andromeda.model import Andromeda, GraphedDecoder, from_name
+from andromeda.model.backends import DecodeTuning, set_tuning
 
 CLASSES = (("attention", ("_fwd", "flash", "fmha", "attention", "sdpa", "attn_")),
            ("matmul", ("gemm", "gemv", "sm90_xmma", "cutlass", "nvjet", "splitk")),
@@ -70,6 +71,8 @@ def main() -> None:
     parts = [p for p in args.parts.split(",") if p]
     if bad := sorted(set(parts) - {"prefill", "decode_step"}):
         ap.error(f"--parts: unknown {', '.join(bad)}; choose from prefill, decode_step")
+    if args.no_pdl:  # the fused decode step's
+        set_tuning(DecodeTuning(pdl=False))
     head = floors.provenance(collect_env(), floors.measure("cuda"))  # before the model takes the memory
     torch.manual_seed(0)
     cfg = from_name(args.preset, max_seq_len=max(args.prefill, 4096 + args.steps + 8), pos_interpolation_factor=2)
@@ -93,10 +96,6 @@ def main() -> None:
             cache = model.new_cache(1, 4096 + args.steps + 8)
             t = model(torch.randint(0, 256, (1, 4096), device="cuda"), cache=cache, logits="last")[:, -1]
             t = t.argmax(-1, keepdim=True)
-            if args.no_pdl:
-                from andromeda.model import fused_decode
-
-                fused_decode.PDL = False
             dec = GraphedDecoder(model, cache, greedy=True, compile=args.compile, kernels=args.kernels)
             for _ in range(3):
                 t = dec.step(t, clone=False)[1]

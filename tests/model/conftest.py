@@ -17,3 +17,19 @@ def flex_calls(monkeypatch):
 
     monkeypatch.setattr(flex, "_flex", lambda: spy)
     return calls
+
+
+@pytest.fixture
+def tune():
+    """tune(TritonTuning(...), ...): these kernel tuning settings for the rest of the test (set_tuning), the ones
+    active before it restored after it."""
+    from andromeda.model.backends import set_tuning
+
+    replaced = []
+
+    def set_(*settings):
+        replaced.append(set_tuning(*settings))
+
+    yield set_
+    for before in reversed(replaced):
+        set_tuning(*before)

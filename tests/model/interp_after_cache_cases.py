@@ -10,18 +10,18 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 import torch  # noqa: E402
 from test_triton_after_cache import CHUNKS, check_after_cache, model_after_cache  # noqa: E402
 
-from andromeda.model.backends import triton_flash  # noqa: E402
+from andromeda.model.backends import TritonTuning  # noqa: E402
 
 # (key block, cache lengths): one whole period of 16-key blocks, and each side of 64- and 128-key block edges
 SWEEP = ((16, range(112, 128)), (64, (62, 63, 64, 126, 127, 128)), (128, (126, 127, 128)))
 
 
 @pytest.mark.parametrize("chunk", CHUNKS)
-def test_queries_after_a_cache_at_every_alignment(monkeypatch, chunk):
-    monkeypatch.setattr(triton_flash, "SKIP_MIN_KEYS", 0)  # the skipping path at these short lengths
+def test_queries_after_a_cache_at_every_alignment(tune, chunk):
     for block, lengths in SWEEP:
         cfg = dict(BLOCK_M=block, BLOCK_N=block, TMA=False)
-        monkeypatch.setattr(triton_flash, "CONFIG_OVERRIDE", {"fwd": cfg, "bwd": cfg})
+        # the skipping path at these short lengths
+        tune(TritonTuning(skip_min_keys=0, config_override={"fwd": cfg, "bwd": cfg}))
         for cache_len in lengths:
             # the 100-query backward is the interpreter's slowest case: at the block edges only
             edge = (cache_len + 1) % block in (0, 1)

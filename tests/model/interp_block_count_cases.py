@@ -16,7 +16,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 from test_block_count import pairs_with_work  # noqa: E402  (same directory: on sys.path)
 
 from andromeda.model import backends  # noqa: E402
-from andromeda.model.backends import triton_flash  # noqa: E402
+from andromeda.model.backends import TritonTuning  # noqa: E402
 from andromeda.model.backends.block_count import count_blocks  # noqa: E402
 
 CASES = [  # heads, nq, nk, causal, forward blocks, backward (dK/dV) blocks
@@ -27,10 +27,10 @@ CASES = [  # heads, nq, nk, causal, forward blocks, backward (dK/dV) blocks
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_tiles_without_skipping_are_the_pairs_with_work(case, monkeypatch):
+def test_tiles_without_skipping_are_the_pairs_with_work(case, tune):
     h, nq, nk, causal, (fm, fn), (bm, bn) = case
     cfg = {"fwd": dict(BLOCK_M=fm, BLOCK_N=fn, TMA=False), "bwd": dict(BLOCK_M=bm, BLOCK_N=bn, TMA=False)}
-    monkeypatch.setattr(triton_flash, "CONFIG_OVERRIDE", cfg)
+    tune(TritonTuning(config_override=cfg))
     g = torch.Generator().manual_seed(nq)
     q = torch.randn(1, h, nq, 16, generator=g).requires_grad_()
     k, v = (torch.randn(1, 1, nk, 16, generator=g).requires_grad_() for _ in range(2))
@@ -46,8 +46,8 @@ def test_tiles_without_skipping_are_the_pairs_with_work(case, monkeypatch):
     assert flops["backward"] == (tiles["dq"] * 6 + tiles["dkdv"] * 8) * bm * bn * 16
 
 
-def test_counting_changes_no_result(monkeypatch):
-    monkeypatch.setattr(triton_flash, "CONFIG_OVERRIDE", {"fwd": dict(BLOCK_M=16, BLOCK_N=16, TMA=True)})
+def test_counting_changes_no_result(tune):
+    tune(TritonTuning(config_override={"fwd": dict(BLOCK_M=16, BLOCK_N=16, TMA=True)}))
     g = torch.Generator().manual_seed(3)
     q = torch.randn(1, 2, 48, 16, generator=g)
     k, v = torch.randn(1, 1, 48, 16, generator=g), torch.randn(1, 1, 48, 16, generator=g)
@@ -58,13 +58,12 @@ def test_counting_changes_no_result(monkeypatch):
     assert torch.equal(plain, counted)
 
 
-def test_skipping_counts_fewer_tiles_but_every_tile_that_matters(monkeypatch):
+def test_skipping_counts_fewer_tiles_but_every_tile_that_matters(tune):
     """Steep ALiBi (slope 4 a position) on unit-norm q and k: a row's weights fall below 2^-40 of its sum
     ~8 keys back. The kernels must report fewer tiles than the causal pairs, and no fewer than the tiles
     holding a weight of 2^-32 of its row's sum or more, found here in float64 from the softmax itself."""
-    monkeypatch.setattr(triton_flash, "SKIP_MIN_KEYS", 0)
     cfg = dict(BLOCK_M=16, BLOCK_N=16, TMA=False)
-    monkeypatch.setattr(triton_flash, "CONFIG_OVERRIDE", {"fwd": cfg, "bwd": cfg})
+    tune(TritonTuning(skip_min_keys=0, config_override={"fwd": cfg, "bwd": cfg}))
     n, d = 256, 16
     g = torch.Generator().manual_seed(5)
     q, k = (torch.nn.functional.normalize(torch.randn(1, h, n, d, generator=g), dim=-1).requires_grad_()
@@ -108,14 +107,14 @@ def test_attention_scenario_records_the_tiles_our_kernel_computed():
         assert abs(r.metrics["actual_tflops"] - want) <= 1e-9 * want
 
 
-def test_a_backward_on_another_thread_counts_into_its_forwards_count(monkeypatch):
+def test_a_backward_on_another_thread_counts_into_its_forwards_count(tune):
     """On CUDA autograd runs the backward on its own thread, where count_blocks()'s context is not set: the
     backward's tiles must still land in the BlockCount its forward ran under (they did not: an H100 run
     reported 19% of dense causal work for forward+backward, the forward's tiles alone)."""
     import threading
 
     cfg = dict(BLOCK_M=16, BLOCK_N=16, TMA=False)
-    monkeypatch.setattr(triton_flash, "CONFIG_OVERRIDE", {"fwd": cfg, "bwd": cfg})
+    tune(TritonTuning(config_override={"fwd": cfg, "bwd": cfg}))
     g = torch.Generator().manual_seed(7)
     q = torch.randn(1, 2, 32, 16, generator=g).requires_grad_()
     k, v = (torch.randn(1, 1, 32, 16, generator=g).requires_grad_() for _ in range(2))

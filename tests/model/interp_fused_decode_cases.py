@@ -11,6 +11,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 from test_fused_decode import INTERP_CONFIGS, drive, tiny_model  # noqa: E402  (same directory: on sys.path)
 
 from andromeda.model import fused_decode  # noqa: E402
+from andromeda.model.backends import DecodeTuning  # noqa: E402
 
 
 @pytest.mark.parametrize("name", list(INTERP_CONFIGS))
@@ -27,12 +28,12 @@ def test_long_cache_splits_hold_several_key_blocks():
 @pytest.mark.parametrize("setting", [None, dict(BLOCK_N=8, BLOCK_K=16), dict(BLOCK_N=4, BLOCK_K=64)],
                          ids=["default", "8x16", "4x64-past-K"])
 @pytest.mark.parametrize("pre", [1, 4])
-def test_gemv_epilogues_match_torch(setting, pre, monkeypatch):
+def test_gemv_epilogues_match_torch(setting, pre, tune):
     """The GEMV kernel alone: three stacked weights with biases, each activation, a GLU gate, a residual;
     K blocks that divide K or not, one wider than K; one K tile loaded before the wait on the previous
     kernel, or up to four (as many as cover K)."""
     torch.manual_seed(0)
-    monkeypatch.setattr(fused_decode, "GEMV_OVERRIDE", dict(setting or {}))
+    tune(DecodeTuning(gemv=setting))
 
     def gemv(x, out, lins, **kw):
         fused_decode.gemv(x, out, lins, interp=True, pre=pre, **kw)

@@ -10,21 +10,20 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 
 from test_triton import CASES, INTERP_CONFIGS, check  # noqa: E402  (same directory: on sys.path)
 
-from andromeda.model.backends import triton_flash  # noqa: E402
+from andromeda.model.backends import TritonTuning, triton_flash  # noqa: E402
 
 
 @pytest.mark.parametrize("cfg", INTERP_CONFIGS, ids=lambda c: f"{c['BLOCK_M']}x{c['BLOCK_N']}-tma{int(c['TMA'])}")
 @pytest.mark.parametrize("case", CASES)
-def test_case(case, cfg, monkeypatch):
+def test_case(case, cfg, tune):
     # the same blocks forward and backward; BLOCK_M != BLOCK_N moves the masked/unmasked span boundaries
-    monkeypatch.setattr(triton_flash, "CONFIG_OVERRIDE", {"fwd": cfg, "bwd": cfg})
+    tune(TritonTuning(config_override={"fwd": cfg, "bwd": cfg}))
     check(case, "cpu", torch.float32, 1e-5)
 
 
-def _skip_at_any_length(monkeypatch):
+def _skip_at_any_length(tune):
     """Skipping from the first key on, 16 x 16 blocks forward and backward."""
-    monkeypatch.setattr(triton_flash, "SKIP_MIN_KEYS", 0)
-    monkeypatch.setattr(triton_flash, "CONFIG_OVERRIDE", {"fwd": INTERP_CONFIGS[0], "bwd": INTERP_CONFIGS[0]})
+    tune(TritonTuning(skip_min_keys=0, config_override={"fwd": INTERP_CONFIGS[0], "bwd": INTERP_CONFIGS[0]}))
 
 
 def _unit_norm_case(seed, n=256, d=16):
@@ -38,7 +37,7 @@ def _unit_norm_case(seed, n=256, d=16):
 
 @pytest.mark.parametrize("norms", [False, True])
 @pytest.mark.parametrize("nq", [256, 100])
-def test_far_key_blocks_skipped_under_steep_alibi(monkeypatch, nq, norms):
+def test_far_key_blocks_skipped_under_steep_alibi(tune, nq, norms):
     """Keys parallel to the queries make the skipping bound nearly tight: logits +-121 against ALiBi's -4 a
     position (base e), so keys up to ~60 positions back matter and the forward skips blocks from ~70 back
     (of 256). The result, forward and backward, must equal eager's; a bound without the key-norm term
@@ -47,7 +46,7 @@ def test_far_key_blocks_skipped_under_steep_alibi(monkeypatch, nq, norms):
     (flash_attention's norms=, here |q| and |k| themselves) in the forward and dQ kernels."""
     from andromeda.model import backends
 
-    _skip_at_any_length(monkeypatch)
+    _skip_at_any_length(tune)
     g = torch.Generator().manual_seed(0)
     n, d = 256, 16
     u = torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
@@ -69,14 +68,14 @@ def test_far_key_blocks_skipped_under_steep_alibi(monkeypatch, nq, norms):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_far_key_blocks_are_not_read(monkeypatch):
+def test_far_key_blocks_are_not_read(tune):
     """NaN values in keys 0 .. 15 poison every row that reads them. With unit-norm queries and keys (logits
     within +-1.5 base 2) and slope 4 (5.8 a position, base 2), the threshold 32 + log2(256) = 40 puts the
     cut ~8 keys before each 16-query tile: tiles from query 32 on must skip block 0 and come out finite,
     equal to eager with those values zeroed (their weights are below 2^-40)."""
     from andromeda.model import backends
 
-    _skip_at_any_length(monkeypatch)
+    _skip_at_any_length(tune)
     q, k, v, slopes, _ = _unit_norm_case(1)
     q, k, v = q.detach(), k.detach(), v.detach()
     poisoned = v.clone()
@@ -89,7 +88,7 @@ def test_far_key_blocks_are_not_read(monkeypatch):
     torch.testing.assert_close(out[:, :, 32:], ref[:, :, 32:], rtol=1e-5, atol=1e-6)
 
 
-def test_far_blocks_are_not_read_in_the_backward(monkeypatch):
+def test_far_blocks_are_not_read_in_the_backward(tune):
     """The backward skips as the forward does. NaN output gradients on queries 240 .. 255 poison the dK and
     dV of every key block whose query loop reaches them; with the setup above (probabilities below 2^-40
     from ~8 positions back) key blocks up to 208 must stop short of them and match eager with those rows'
@@ -97,7 +96,7 @@ def test_far_blocks_are_not_read_in_the_backward(monkeypatch):
     query 32 on must skip them."""
     from andromeda.model import backends
 
-    _skip_at_any_length(monkeypatch)
+    _skip_at_any_length(tune)
     q, k, v, slopes, g = _unit_norm_case(2)
     grad = torch.randn(1, 2, 256, 16, generator=g)
     poisoned = grad.clone()

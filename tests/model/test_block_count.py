@@ -26,15 +26,14 @@ def pairs_with_work(nq: int, nk: int, rows: int, keys: int, causal: bool, by_key
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("sm90_forward", [True, False])
-def test_forward_tiles_on_cuda_without_skipping(monkeypatch, sm90_forward):
+def test_forward_tiles_on_cuda_without_skipping(tune, sm90_forward):
     """bf16, head dim 128, 1024 tokens, no ALiBi (nothing skipped): the forward's tiles are the (tile, key block)
     pairs holding causal work, for the Hopper kernel's 128-row x 128-key tiles and the Triton kernel's blocks."""
     from andromeda.model import backends
-    from andromeda.model.backends import triton_flash
+    from andromeda.model.backends import TritonTuning
 
-    monkeypatch.setattr(triton_flash, "SM90_FORWARD", sm90_forward)
     cfg = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
-    monkeypatch.setattr(triton_flash, "CONFIG_OVERRIDE", {"fwd": cfg})
+    tune(TritonTuning(sm90_forward=sm90_forward, config_override={"fwd": cfg}))
     q, k, v = (torch.randn(1, h, 1024, 128, device="cuda", dtype=torch.bfloat16) for h in (4, 1, 1))
     with count_blocks() as count:
         backends.get("triton")(q, k, v, causal=True, scale=128**-0.5, alibi_slopes=None)

@@ -4,6 +4,8 @@ Triton decides at import whether @triton.jit interprets, so the interpreter case
 pytest started with TRITON_INTERPRET=1 (tests/model/interp_triton_cases.py).
 """
 
+import dataclasses
+
 import pytest
 import torch
 from interp_child import run_interpreter_cases
@@ -94,14 +96,14 @@ def test_triton_backend_refuses_cpu_without_interpreter(monkeypatch):
     ((9, 0), torch.float32, (64, 64), True),  # 4-byte tiles: 128x128 would not fit
     ((8, 0), torch.bfloat16, (64, 64), False),  # A100: 164 KB of shared memory, no TMA
 ])
-def test_launch_candidates_follow_the_gpu(monkeypatch, capability, dtype, first, tma):
-    from andromeda.model.backends import triton_flash
+def test_launch_candidates_follow_the_gpu(monkeypatch, tune, capability, dtype, first, tma):
+    from andromeda.model.backends import TritonTuning, triton_flash
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     fwd = triton_flash._candidates(torch.device("cuda"), "fwd", dtype)
     assert (fwd[0]["BLOCK_M"], fwd[0]["BLOCK_N"]) == first and all(c["TMA"] == tma for c in fwd)
     assert fwd[-1]["BLOCK_M"] == 32 and not fwd[-1]["WS"]  # the smallest fallback comes last
-    monkeypatch.setattr(triton_flash, "CONFIG_OVERRIDE", {"bwd": dict(BLOCK_M=32, BLOCK_N=64, WS=True)})
+    tune(TritonTuning(config_override={"bwd": dict(BLOCK_M=32, BLOCK_N=64, WS=True)}))
     bwd, dq = (triton_flash._candidates(torch.device("cuda"), k, dtype) for k in ("bwd", "dq"))
     assert [(c["BLOCK_M"], c["BLOCK_N"]) for c in bwd + dq] == [(32, 64), (64, 32)]  # dQ: transposed
     assert all("WS" not in c and c["TMA"] == tma for c in bwd + dq)
@@ -174,12 +176,12 @@ def test_alibi_prefix_of_an_inference_mode_tensor():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("qk_norm", [False, True])
-def test_far_key_skipping_changes_nothing_on_cuda(monkeypatch, qk_norm):
+def test_far_key_skipping_changes_nothing_on_cuda(tune, qk_norm):
     """At 2K keys the forward and backward skip key blocks on the steep ALiBi heads (what is skipped weighs
     under 2^-32 of a row's softmax sum). The forward also runs the diagonal blocks first, so its bf16 output
     rounds differently from the kernel's without skipping: output and gradients may differ from it by bf16
     rounding, and must be as close to float32 eager."""
-    from andromeda.model.backends import triton_flash
+    from andromeda.model.backends import TritonTuning
 
     g = torch.Generator(device="cuda").manual_seed(7)
     q = torch.randn(1, 24, 2048, 128, device="cuda", generator=g)
@@ -196,7 +198,7 @@ def test_far_key_skipping_changes_nothing_on_cuda(monkeypatch, qk_norm):
         return (out, *torch.autograd.grad(out, x, grad.to(dtype)))
 
     skipped = run("triton", torch.bfloat16)
-    monkeypatch.setattr(triton_flash, "SKIP_FAR", False)
+    tune(TritonTuning(skip_far=False))
     full = run("triton", torch.bfloat16)
     ref = run("eager", torch.float32)
 
@@ -213,19 +215,19 @@ def test_far_key_skipping_changes_nothing_on_cuda(monkeypatch, qk_norm):
                     reason="the Hopper forward runs on sm90 GPUs only")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("alibi_heads", [0, 4, 8])
-def test_sm90_forward_matches_the_triton_forward(monkeypatch, dtype, alibi_heads):
+def test_sm90_forward_matches_the_triton_forward(tune, dtype, alibi_heads):
     """The Gluon forward (2 x 64-row query tiles, 128-key blocks; ALiBi heads skip far blocks from bounds taken
     before the loop) against the Triton forward and float32 eager: output, and the gradients, which the
     backward computes from the forward's stored log-sum-exp. 1024 tokens: 8 query tiles, the longest with 8
     key blocks, several laps of the 2-buffer ring."""
-    from andromeda.model.backends import triton_flash
+    from andromeda.model.backends import TritonTuning, triton_flash, tuning
 
     g = torch.Generator(device="cuda").manual_seed(alibi_heads)
     q = torch.randn(2, 8, 1024, 128, device="cuda", generator=g)
     k, v = (torch.randn(2, 1, 1024, 128, device="cuda", generator=g) for _ in range(2))
     grad = torch.randn(2, 8, 1024, 128, device="cuda", generator=g)
     slopes = head_slopes(8, alibi_heads).cuda() if alibi_heads else None
-    monkeypatch.setattr(triton_flash, "SKIP_MIN_KEYS", 0)
+    tune(TritonTuning(skip_min_keys=0))
 
     def run(backend, dt):
         x = [t.to(dt).requires_grad_() for t in (q, k, v)]
@@ -237,7 +239,7 @@ def test_sm90_forward_matches_the_triton_forward(monkeypatch, dtype, alibi_heads
     again = run("triton", dtype)  # launched through the cached compiled kernels this time
     for a, b in zip(sm90, again, strict=True):
         assert torch.equal(a, b)
-    monkeypatch.setattr(triton_flash, "SM90_FORWARD", False)
+    tune(dataclasses.replace(tuning(TritonTuning), sm90_forward=False))
     tri = run("triton", dtype)
     ref = run("eager", torch.float32)
 

@@ -13,6 +13,9 @@ DeepNorm or parallel), LayerNorm or RMSNorm, token shift, MHA/GQA/MQA, QK-norm w
 scale, rotary with or without xPos, ALiBi, plain or GLU feed-forwards, float32/bf16/fp16 weights with a
 cache of the same dtype. `unsupported()` names what else it refuses; GraphedDecoder(kernels="auto") then
 uses the torch step. On CPU it runs under TRITON_INTERPRET=1 (how CI tests it).
+
+Its tuning (GEMV launch settings, programmatic dependent launch, how early the out-projection and w_in start) is
+DecodeTuning in backends/settings.py, read from the active settings, backends.tuning(DecodeTuning).
 """
 
 from __future__ import annotations
@@ -23,27 +26,11 @@ import torch
 from torch import nn
 
 from andromeda.errors import UnsupportedError
+from andromeda.model.backends.settings import DecodeTuning, tuning
 from andromeda.model.backends.triton_flash import LOG2E, _interpreting
 from andromeda.model.positional import xpos_period
 
 ACT = {"gelu": 1, "silu": 2, "relu": 3}
-
-# Benchmarks may set this to try other GEMV launch settings (benchmarks/decode_kernels.py): a dict of
-# BLOCK_N, BLOCK_K, num_warps, num_stages applied to every GEMV, or keyed by (n_rows, k) for one shape.
-GEMV_OVERRIDE: dict = {}
-# Programmatic dependent launch (Hopper and later): each kernel launches while the one before it runs and
-# waits for it on the device, so launch latency and the first weight tile's load overlap the previous
-# kernel. None: on where the GPU has it (sm90+); benchmarks may set True/False to compare.
-PDL: bool | None = None
-# Under PDL, the attention combine lets the out-projection launch before it waits for the split
-# (EARLY_OUT), and each out-projection program loads OUT_PRE K tiles of its weight rows (all of them at the
-# preset's shapes) before its own wait, so HBM streams the out-projection while attention's latency-bound
-# kernels run; the out-projection in turn lets w_in launch before its wait (EARLY_IN), whose programs load
-# their first tile meanwhile. On the H100 (2.5B preset, 4K context) 2.111 -> 2.064 ms/token; more w_in
-# tiles ahead lost (4: 2.282). Benchmarks may set these to compare.
-EARLY_OUT: bool = True
-OUT_PRE: int = 3
-EARLY_IN: bool = True
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,7 +96,8 @@ def unsupported(model, cache) -> str | None:
 
 
 def gemv_config(n: int, k: int, interp: bool, normed: bool = False) -> dict:
-    """Launch settings of an n x k GEMV (normed: it normalizes its input), or GEMV_OVERRIDE's.
+    """Launch settings of an n x k GEMV (normed: it normalizes its input), or the active DecodeTuning's
+    (gemv_by_shape's for this shape, else gemv).
 
     H100, bf16, each of the `andromeda` preset's shapes (benchmarks/decode_kernels.py --sweep, 2026-11-24):
     four or eight rows a program, K in chunks of up to 1024. A GEMV that normalizes its input and has at
@@ -117,7 +105,8 @@ def gemv_config(n: int, k: int, interp: bool, normed: bool = False) -> dict:
     each program's norm work over more weight bytes: side by side on the 2.5B preset, 2.124 ms/token
     against 2.160 for w_in, then 2.109 against 2.120 for the LM head. (q|k|v, 1.3K rows, lost with it.)
     """
-    over = GEMV_OVERRIDE.get((n, k)) or (GEMV_OVERRIDE if "BLOCK_N" in GEMV_OVERRIDE else None)
+    tune = tuning(DecodeTuning)
+    over = tune.gemv_by_shape.get((n, k)) or tune.gemv
     if over:
         return dict(over)
     if interp:
@@ -233,7 +222,8 @@ class FusedStep:
         self.anchored = len(static.blocks) > 1
         self.lstep = (static.tables[2].log_step * LOG2E).float() if self.anchored else self.empty
         has_pdl = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
-        self.pdl = has_pdl if PDL is None else bool(PDL) and has_pdl
+        pdl = tuning(DecodeTuning).pdl
+        self.pdl = has_pdl if pdl is None else bool(pdl) and has_pdl
         self.launch = dict(PDL=self.pdl, launch_pdl=self.pdl) if self.pdl else dict(PDL=False)
 
     # ---- launches ---------------------------------------------------------------------------------
@@ -260,7 +250,7 @@ class FusedStep:
             num_warps=warps, **self.launch)
         kn.attn_combine_kernel[(self.h,)](
             self.mw, self.lw, self.ow, self.o, st.pos, self.g, N_SPLIT=self.n_split, SPLIT_T=self.split_t,
-            BG=self.bg, BLOCK_S=min(128, _pow2(self.n_split)), D=self.d, EARLY_NEXT=EARLY_OUT,
+            BG=self.bg, BLOCK_S=min(128, _pow2(self.n_split)), D=self.d, EARLY_NEXT=tuning(DecodeTuning).early_out,
             num_warps=1 if self.interp else 8, **self.launch)
 
     # ---- the step ---------------------------------------------------------------------------------
@@ -277,13 +267,14 @@ class FusedStep:
         start = self.cache.start
         self.x.copy_(m.emb_drop(m.embed(token, st.pos + start if start else st.pos)).reshape(-1))
         act = ACT[m.cfg.ff_activation]
+        tune = tuning(DecodeTuning)
         for i, blk in enumerate(m.blocks):
             at, ff = blk.attn, blk.ff
             state = shift.get((i, "attn"))
             self._gemv(self.x, self.qkv, [at.to_q, at.to_k, at.to_v], norm=Norm(blk.attn_norm, state, self.ynew))
             self._attention(i, at)
             self._gemv(self.o, self.x, [at.to_out], res=self.x, update=None if state is None else (state, self.ynew),
-                       pre=OUT_PRE, early_next=EARLY_IN)
+                       pre=tune.out_pre, early_next=tune.early_in)
             state = shift.get((i, "ff"))
             norm = Norm(blk.ff_norm, state, self.ynew)
             self._gemv(self.x, self.ff, [ff.w_in], act=act, norm=norm)

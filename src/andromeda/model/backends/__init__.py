@@ -6,6 +6,10 @@ Contract: a backend is a class registered with @register("name") that has
 with q (B, H, Nq, D), k and v (B, H_kv, Nk, D), Nq <= Nk (queries are the last Nq positions,
 so a causal mask is aligned bottom-right), alibi_slopes (H,) float32 with zeros on heads
 without ALiBi, or None. `eager` is the reference; every backend has a parity test against it.
+
+Kernel tuning (settings.py): the Triton kernels' settings as frozen dataclasses, TritonTuning (this package's
+flash attention) and DecodeTuning (the fused decode step), read with tuning(TritonTuning), set with
+set_tuning(...) or for a block with `with tuned(...)`, recorded with tuning_record().
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Protocol
 import torch
 
 from andromeda.errors import UnsupportedError
+from andromeda.model.backends.settings import DecodeTuning, TritonTuning, set_tuning, tuned, tuning, tuning_record
 
 
 @dataclass(frozen=True)
@@ -119,4 +124,5 @@ def reasons(spec: AttentionSpec, device: torch.device) -> dict[str, str | None]:
 # Registration happens on import; the reference first.
 from andromeda.model.backends import eager, flex, sdpa, triton_flash  # noqa: E402,F401
 
-__all__ = ["AttentionSpec", "Backend", "register", "names", "get", "select", "preference", "reasons"]
+__all__ = ["AttentionSpec", "Backend", "register", "names", "get", "select", "preference", "reasons",
+           "TritonTuning", "DecodeTuning", "tuning", "set_tuning", "tuned", "tuning_record"]

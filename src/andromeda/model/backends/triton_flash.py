@@ -4,8 +4,10 @@ FlashAttention-2 structure. Forward: one program per (batch x head, query block)
 blocks with an online softmax in base 2 (scores scaled by scale * log2(e), ALiBi slopes
 likewise) and stores the output and the row log-sum-exp. Backward: one program per (batch x head,
 query block) computes dQ and the row's rowsum(dO * O); then one program per (batch, key block, up to
-GROUP_HEADS query heads of one KV group) accumulates those heads' share of dK and dV over the query
+group_heads query heads of one KV group) accumulates those heads' share of dK and dV over the query
 blocks (the shares of a group's programs are summed afterwards, so K/V are never expanded).
+The tuning (TritonTuning in backends/settings.py: head splitting, far-key skipping, heads per dK/dV program, the
+Hopper forward, launch overrides) is read from the active settings, backends.tuning(TritonTuning), at each call.
 
 Each loop runs in two spans: the blocks every row of the tile may see in full (no mask, no
 bounds checks) and the few that straddle the causal diagonal or the end of the keys (masked).
@@ -14,7 +16,7 @@ tile's first query position: it differs from -slope * (i - j) by a per-row const
 softmax ignores and the stored log-sum-exp takes back out, so the bias costs one broadcast add.
 Where only the first heads have ALiBi (the model's layout), those heads and the others launch
 separately, each kernel compiled for its case, so heads without ALiBi do not add zeros.
-Under causal ALiBi (keys >= SKIP_MIN_KEYS), forward and backward skip the key blocks too far back to
+Under causal ALiBi (keys >= skip_min_keys), forward and backward skip the key blocks too far back to
 count: the forward runs a tile's diagonal blocks first and bounds the rest by Cauchy-Schwarz from the
 row maxima, the backward from the stored log-sum-exp; what is skipped weighs under 2^-32 of a row's sum.
 On sm90 GPUs the forward of causal self-attention over whole 128-row tiles (head dim 128, 16-bit) is
@@ -39,6 +41,7 @@ import weakref
 import torch
 
 from andromeda.model.backends import block_count, register
+from andromeda.model.backends.settings import TritonTuning, tuning
 
 LOG2E = 1.4426950408889634
 
@@ -55,12 +58,6 @@ def _kernels():
     return tk.flash_fwd, tk.flash_bwd_dkdv, tk.flash_bwd_dq
 
 
-# Benchmarks and tests may set these to try other launch settings (benchmarks/attention_kernels.py): keys
-# "fwd", "bwd" (the dK/dV kernel) and "dq" (default: the "bwd" blocks swapped), values dicts of BLOCK_M,
-# BLOCK_N, num_warps, num_stages and optionally TMA (used only where the device has it) and, forward
-# only, WS (Triton's warp specialization of the unmasked loop). An override is tried alone, no fallback.
-CONFIG_OVERRIDE: dict[str, dict] = {}
-
 # tried after the tuned settings when a launch runs out of shared memory (GPUs with less than Hopper's)
 _FALLBACKS = (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
               dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1))
@@ -74,7 +71,7 @@ def _candidates(device: torch.device, kernel: str, dtype: torch.dtype = torch.bf
     ones for GPUs with less shared memory (an A100 has 164 KB per block, consumer parts ~100 KB).
     """
     hopper = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
-    override = CONFIG_OVERRIDE.get(kernel)
+    override = tuning(TritonTuning).config_override.get(kernel)  # benchmarks' and tests' launch settings
     if override:
         cands = [dict(override)]
     elif kernel == "dq":  # dQ walks keys for a query block: the dK/dV kernel's blocks, transposed
@@ -103,7 +100,8 @@ def _launch(kernel: str, device: torch.device, dtype: torch.dtype, d: int, run) 
 
     cands = _candidates(device, kernel, dtype)
     key = (kernel, device.index, dtype, d)
-    first = 0 if CONFIG_OVERRIDE.get(kernel) else min(_CHOSEN.get(key, 0), len(cands) - 1)
+    override = tuning(TritonTuning).config_override.get(kernel)
+    first = 0 if override else min(_CHOSEN.get(key, 0), len(cands) - 1)
     for i in range(first, len(cands)):
         try:
             run(cands[i])
@@ -111,7 +109,7 @@ def _launch(kernel: str, device: torch.device, dtype: torch.dtype, d: int, run) 
             if i == len(cands) - 1:
                 raise
             continue
-        if not CONFIG_OVERRIDE.get(kernel):
+        if not override:
             _CHOSEN[key] = i
         return cands[i]
     raise AssertionError("unreachable: the loop returns or raises")
@@ -146,13 +144,6 @@ def _slopes(slopes: torch.Tensor | None, h: int, device: torch.device) -> torch.
     return slopes.to(device=device, dtype=torch.float32).contiguous()
 
 
-# Launch ALiBi heads and heads without it separately (each compiled for its case), where the slopes allow.
-SPLIT_HEADS = True
-# Causal ALiBi forward: skip key blocks too far back to count (together under 2^-32 of a row's softmax sum;
-# kernels' _first_needed_key), for key lengths of at least SKIP_MIN_KEYS (shorter, the key-norm pass costs
-# more than it can save).
-SKIP_FAR = True
-SKIP_MIN_KEYS = 1024
 _PREFIX: dict[int, tuple] = {}  # id(slopes) -> (weak reference, version, number of leading ALiBi heads)
 
 
@@ -207,30 +198,23 @@ def _skip_threshold(nk: int) -> float:
 
 def _head_runs(h: int, alibi: bool, prefix: int | None) -> tuple[tuple[int, int, bool], ...]:
     """The launches (first head, heads, ALiBi) that cover h heads. Causal ALiBi costs an add a score, so
-    when only the first `prefix` heads have it, those launch with ALiBi and the others without."""
-    if alibi and SPLIT_HEADS and prefix is not None and prefix < h:
+    when only the first `prefix` heads have it, those launch with ALiBi and the others without (split_heads)."""
+    if alibi and tuning(TritonTuning).split_heads and prefix is not None and prefix < h:
         return ((0, prefix, True), (prefix, h - prefix, False)) if prefix else ((0, h, False),)
     return ((0, h, alibi),)
 
 
-# The most query heads of a KV group one dK/dV program accumulates (fewer where the group or a launch's heads
-# do not divide by it): more heads, fewer float32 slices to write and sum; fewer, more programs to balance.
-GROUP_HEADS = 3
-
-
 def _group_heads(g: int, runs: tuple) -> int:
-    """Heads a dK/dV program sums: the largest c <= GROUP_HEADS dividing the group size and every launch's
-    first head and head count, so that a program's heads share one KV head and one launch."""
-    c = min(GROUP_HEADS, g)
+    """Heads a dK/dV program sums: the largest c <= TritonTuning.group_heads dividing the group size and every
+    launch's first head and head count, so that a program's heads share one KV head and one launch."""
+    c = min(tuning(TritonTuning).group_heads, g)
     while c > 1 and (g % c or any(h0 % c or hr % c for h0, hr, _ in runs)):
         c -= 1
     return c
 
 
-# The Hopper forward (gluon_flash_kernels): on sm90 GPUs, for the shapes it covers (_sm90_fits). Benchmarks and
-# tests set it False to run the Triton forward instead.
-SM90_FORWARD = True
-SM90 = dict(BLOCK_M=64, BLOCK_N=128, STAGES=2, LOADER_REGS=24, CONSUMER_REGS=240)  # H100-tuned; a tile is 2 BLOCK_M
+# The Hopper forward (gluon_flash_kernels) runs on sm90 GPUs, for the shapes it covers (_sm90_fits), unless
+# TritonTuning.sm90_forward is False; its launch setting is TritonTuning.sm90.
 _GLUON: list = []  # [kernels module or None]: imported once
 
 
@@ -252,12 +236,13 @@ def _is_sm90(index: int) -> bool:
 def _sm90_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float) -> bool:
     """Whether the Hopper forward covers this call: an sm90 GPU (its matmuls are wgmma, which other
     generations lack), causal self-attention (queries = keys) over a whole number of query tiles, head dim
-    128, 16-bit inputs (contiguous, 16-byte aligned: TMA), a positive scale."""
-    tile = 2 * SM90["BLOCK_M"]
-    return (SM90_FORWARD and q.is_cuda and not _interpreting() and causal and scale > 0
+    128, 16-bit inputs (contiguous, 16-byte aligned: TMA), a positive scale; unless tuned off (sm90_forward)."""
+    tune = tuning(TritonTuning)
+    tile = 2 * tune.sm90["BLOCK_M"]
+    return (tune.sm90_forward and q.is_cuda and not _interpreting() and causal and scale > 0
             and q.dtype in (torch.float16, torch.bfloat16) and k.dtype == v.dtype == q.dtype and q.shape[3] == 128
             and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (q, k, v))
-            and q.shape[2] == k.shape[2] and q.shape[2] % tile == 0 and q.shape[2] >= SM90["BLOCK_N"]
+            and q.shape[2] == k.shape[2] and q.shape[2] % tile == 0 and q.shape[2] >= tune.sm90["BLOCK_N"]
             and _is_sm90(q.device.index if q.device.index is not None else torch.cuda.current_device())
             and _gluon_kernels() is not None)
 
@@ -309,7 +294,8 @@ def _forward_sm90(q, k, v, slopes, out, lse, runs, scale: float, skip: bool, qn,
     gk = _gluon_kernels()
     b, h, n, d = q.shape
     g = h // k.shape[1]
-    bm, bn = SM90["BLOCK_M"], SM90["BLOCK_N"]
+    sm90 = tuning(TritonTuning).sm90
+    bm, bn = sm90["BLOCK_M"], sm90["BLOCK_N"]
     tiles = n // (2 * bm)
 
     def desc(t, rows):
@@ -327,8 +313,8 @@ def _forward_sm90(q, k, v, slopes, out, lse, runs, scale: float, skip: bool, qn,
                 k.stride(2), h, g, n, scale * LOG2E, head0, hr, knorm.shape[-1], _skip_threshold(n)),
                 dict(KNB=KNORM_BLOCK, TILE=2 * bm, BLOCK_N=bn, D=d, HAS_QN=qn is not None), 8)
         _cached_launch(gk.flash_fwd_sm90, (tiles, b * hr), (*descs, slopes, lo, lse, n, h, g, scale * LOG2E, head0, hr),
-                       dict(ALIBI=ab, SKIP=skip and ab, STAGES=SM90["STAGES"], BLOCK_M=bm, BLOCK_N=bn, D=d,
-                            LOADER_REGS=SM90["LOADER_REGS"], CONSUMER_REGS=SM90["CONSUMER_REGS"]), 4)
+                       dict(ALIBI=ab, SKIP=skip and ab, STAGES=sm90["STAGES"], BLOCK_M=bm, BLOCK_N=bn, D=d,
+                            LOADER_REGS=sm90["LOADER_REGS"], CONSUMER_REGS=sm90["CONSUMER_REGS"]), 4)
         count = block_count.active()
         if count is not None:  # the kernel runs key blocks LO[tile] .. (q0 + TILE) / BLOCK_N of each tile
             ends = (torch.arange(1, tiles + 1, device=q.device) * 2 * bm) // bn
@@ -350,7 +336,8 @@ class _FlashAttention(torch.autograd.Function):
         out = torch.empty_like(q)
         lse = torch.empty(b, h, nq, device=q.device, dtype=torch.float32)  # base-2 log-sum-exp
 
-        skip = causal and SKIP_FAR and nk >= SKIP_MIN_KEYS and any(ab for _, _, ab in runs)
+        tune = tuning(TritonTuning)
+        skip = causal and tune.skip_far and nk >= tune.skip_min_keys and any(ab for _, _, ab in runs)
         # the backward counts into the forward's BlockCount: autograd may run it on another thread (CUDA),
         # where the context variable that count_blocks() set is not visible
         ctx.count = block_count.active()
@@ -458,7 +445,8 @@ def flash_attention(q, k, v, *, causal: bool, scale: float, alibi_slopes: torch.
     with |q_i . k_j| <= qn_i kn_j for every causal pair, tighter than |q_i| |k_j| (the kernels' `_reach`:
     the model's norms before xPos), for the ALiBi heads' skipping bound; detached."""
     h, alibi = q.shape[1], alibi_slopes is not None
-    runs = _head_runs(h, alibi, _alibi_prefix(alibi_slopes) if alibi and SPLIT_HEADS else None)
+    split = alibi and tuning(TritonTuning).split_heads
+    runs = _head_runs(h, alibi, _alibi_prefix(alibi_slopes) if split else None)
     qn, kn = (None, None) if norms is None else (norms[0].detach(), norms[1].detach())
     return _FlashAttention.apply(q, k, v, _slopes(alibi_slopes, h, q.device), alibi, causal, scale, runs, qn, kn)
 
