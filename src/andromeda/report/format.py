@@ -51,6 +51,7 @@ _UNITS = [
 # first: (stem, label, unit). MFU has two denominators; effective rates count FLOPs the kernel skipped.
 _LABELS = [
     ("mfu_measured_peak", "MFU (measured matmul peak)", ""),
+    ("hfu_measured_peak", "HFU (measured matmul peak)", ""),
     ("effective_tflops", "effective TFLOP/s (dense causal FLOPs / time)", "TFLOP/s"),
     ("mfu", "MFU (datasheet peak)", ""),
     ("hfu", "HFU", ""),

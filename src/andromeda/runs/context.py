@@ -49,9 +49,10 @@ class RunContext:
         return device_peak_tflops(names[0], dtype) if names else None
 
     def peak_for_precision(self, precision: str) -> float | None:
-        """Peak TFLOP/s for a training precision: mixed bf16/fp16 matmuls run in that dtype, so MFU is
-        against its peak; fp32 against the run dtype's."""
-        math = {"bf16": "bfloat16", "fp16": "float16"}.get(precision, str(self.dtype).removeprefix("torch."))
+        """Peak TFLOP/s for a training precision: mixed bf16/fp16 matmuls (and bf16-master's bf16 weights) run in
+        that dtype, so MFU is against its peak; fp32 against the run dtype's."""
+        math = {"bf16": "bfloat16", "bf16-autocast": "bfloat16", "bf16-master": "bfloat16", "fp16": "float16"}.get(
+            precision, str(self.dtype).removeprefix("torch."))
         return self.peak_for(math)
 
     def time(self, fn: Callable[[], object], setup: Callable[[], object] | None = None) -> Timing:

@@ -94,7 +94,7 @@ def metric_kind(metric: str, direction: Direction | None = None) -> tuple[Kind, 
     """(kind, direction) from a metric name; `direction` overrides the name's.
 
     accuracy (*abs_diff*, *abs_err*): lower; memory (*_mib, *_gib, *_bytes, *bytes_per_token*): lower;
-    throughput (*_per_s, *tflops, *tflops_per_rank, *mfu, *mfu_measured_peak, *hfu): higher;
+    throughput (*_per_s, *tflops, *tflops_per_rank, *mfu, *mfu_measured_peak, *hfu, *hfu_measured_peak): higher;
     time (*_ms, *_s, *_us, ms_per_*): lower; loss/perplexity: lower ("other"). Any other name needs `direction`.
     """
     m = metric.lower()
@@ -103,7 +103,7 @@ def metric_kind(metric: str, direction: Direction | None = None) -> tuple[Kind, 
         inferred = ("accuracy", "lower")
     elif m.endswith(("_mib", "_gib", "_bytes")) or "bytes_per_token" in m:
         inferred = ("memory", "lower")
-    elif m.endswith(("_per_s", "tflops", "tflops_per_rank", "mfu", "mfu_measured_peak", "hfu")):
+    elif m.endswith(("_per_s", "tflops", "tflops_per_rank", "mfu", "mfu_measured_peak", "hfu", "hfu_measured_peak")):
         inferred = ("throughput", "higher")
     elif m.endswith(("_ms", "_s", "_us", "_ns")) or m.startswith("ms_per_") or "_ms_per_" in m:
         inferred = ("time", "lower")

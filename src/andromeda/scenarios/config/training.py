@@ -1,12 +1,13 @@
-"""training: pre-training steps with loss, validation perplexity, tokens/s and MFU (run code:
-scenarios/training.py)."""
+"""training: pre-training steps with loss, validation perplexity, tokens/s, MFU and the training step's speed
+options (bf16 weights with float32 masters, fused AdamW, regional compile, fused LM head + loss, full or selective
+activation checkpointing) and health metrics (run code: scenarios/training.py; the step: train/)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from andromeda.data.loaders import check_data_files, validate_data_spec
 from andromeda.scenarios.config import ScenarioConfig, register_config
@@ -50,10 +51,35 @@ class TrainingConfig(ScenarioConfig):
         "Max global gradient norm; null = no clipping (the norm is still logged)."))
     optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description=(
         "adamw, or adamw8bit (bitsandbytes, CUDA only)."))
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description=(
-        "Autocast dtype of forward and loss: fp32, bf16, or fp16 (with a GradScaler)."))
+    precision: Literal["fp32", "bf16", "fp16", "bf16-master"] = Field("fp32", description=(
+        "fp32: float32 weights and math. bf16 / fp16: float32 weights, forward and loss under autocast (fp16 with "
+        "a GradScaler). bf16-master: bfloat16 weights and math, float32 master weights in the optimizer (the "
+        "model is given back in its own dtype after the case)."))
+    fused_adamw: bool = Field(False, description=(
+        "torch's fused AdamW kernel (CUDA; the foreach implementation elsewhere); optimizer adamw only."))
+    compile: Literal["none", "blocks"] = Field("none", description=(
+        "blocks: torch.compile each transformer block (one graph per block shape, shared by every layer) and the "
+        "fused loss's chunks; none: eager."))
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field("inductor", description=(
+        "torch.compile backend of compile: blocks: inductor (generated kernels: the fast one), aot_eager (forward "
+        "and backward graphs traced and partitioned, run with eager kernels: checks the compiled path without code "
+        "generation), eager (traced only)."))
+    fused_ce: bool = Field(False, description=(
+        "The LM head and cross-entropy fused and chunked: the float32 logits of the whole batch are never "
+        "materialized (same loss as the unfused step)."))
+    checkpointing: Literal["none", "full", "selective"] = Field("none", description=(
+        "Activation checkpointing of each block: full (its forward runs again in backward), selective (matmul and "
+        "attention outputs kept, the rest recomputed); HFU counts what is recomputed."))
     activation_checkpointing: bool = Field(False, description=(
-        "Recompute each block's activations in backward (less memory; HFU counts the recompute)."))
+        "true = checkpointing: full (the older spelling)."))
+    health_every: Int(0, 10_000_000) = Field(10, description=(
+        "Steps between health readings: per-layer gradient norms and each block's output mean / std / max |x| "
+        "(0 = off: the global gradient norm only, no spike detection)."))
+    spike_window: Steps = Field(50, description=(
+        "Steps the spike detector looks back over (loss and gradient norm; health_every > 0)."))
+    spike_sigma: PosFloat = Field(6.0, description=(
+        "A loss or gradient norm rising more than this many standard deviations of the window's step-to-step "
+        "changes is a spike; the record names the layer whose gradient moved most."))
     log_every: Steps = Field(10, description="Steps per logged record (and per progress line of andromeda train).")
     eval_every: StepsOr0 = Field(100, description="Steps between validations; 0 = validate after the last step only.")
     eval_seq_len: Tokens2 | None = Field(None, description="Validation window in tokens; null = seq_len.")
@@ -69,6 +95,19 @@ class TrainingConfig(ScenarioConfig):
     def _data(cls, v: str) -> str:
         validate_data_spec(v)
         return v
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingConfig:
+        if self.fused_adamw and self.optimizer != "adamw":
+            raise ValueError(f"fused_adamw: is torch's AdamW kernel, but optimizer is {self.optimizer}; set "
+                             "optimizer: adamw or fused_adamw: false")
+        if self.activation_checkpointing and self.checkpointing == "selective":
+            raise ValueError("checkpointing: is selective, but activation_checkpointing: true means full; give "
+                             "one of the two")
+        if self.compile == "none" and self.compile_backend != "inductor":
+            raise ValueError(f"compile_backend: {self.compile_backend} has no effect with compile: none; set "
+                             "compile: blocks or remove compile_backend")
+        return self
 
     def check_resources(self) -> None:
         check_data_files(self.data)
