@@ -32,19 +32,18 @@ def _is_final(df: pd.DataFrame) -> pd.Series:
 
 
 def _runs(df: pd.DataFrame):
-    """(label, step records, final record or None) per training run: source x lr."""
+    """(label, step records, final record or None) per training run (case): its source and whatever differs
+    between the runs (learning rate, length, batch, speed options: chart_specs_training.run_labels)."""
+    from andromeda.report.chart_specs_training import run_labels  # here: its charts register after these
+
     df = _ok(df)
     finals = df[_is_final(df)]
     steps = df[~_is_final(df)]
-    keys = [k for k in ("source", "params.lr") if k in df.columns]
-    for combo, g in steps.groupby(keys, sort=False, dropna=False):
-        combo = combo if isinstance(combo, tuple) else (combo,)
-        mask = np.ones(len(finals), dtype=bool)
-        for k, v in zip(keys, combo, strict=True):
-            mask &= (finals[k] == v).to_numpy()
-        final = finals[mask].iloc[-1] if mask.any() else None
-        label = " · ".join([str(combo[0])] + [f"lr={fmt_number(v, 3)}" for v in combo[1:]])
-        yield label, g.assign(_step=pd.to_numeric(g["params.step"], errors="coerce")).sort_values("_step"), final
+    labels = run_labels(df) if len(df) else {}
+    for cid, g in steps.groupby("case_id", sort=False):
+        final = finals[finals["case_id"] == cid]
+        final = final.iloc[-1] if len(final) else None
+        yield labels[cid], g.assign(_step=pd.to_numeric(g["params.step"], errors="coerce")).sort_values("_step"), final
 
 
 def _final_samples(recs: Sequence[Record], final) -> list[float]:

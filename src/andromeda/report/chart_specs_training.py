@@ -1,0 +1,149 @@
+"""Charts of the training step's speed: MFU per configuration (the speed options a training record carries in its
+params: precision, compile, fused_ce, fused AdamW, optimizer, checkpointing), and the label that names a training
+run in every training chart. Imported by charts._load_chart_specs; no torch.
+
+mfu_by_config  one group of bars per model and sequence length, one bar per configuration in the order the
+               manifest lists them, each labelled with its MFU (datasheet peak) and its ratio to the group's first
+               configuration (the change); crosses at MFU against the measured matmul rate, bars' ticks at HFU where
+               blocks are recomputed; OOM and error cases marked. Without a device peak (a CPU run) the bars are
+               TFLOP/s instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+
+from andromeda.records import Record
+from andromeda.report.charts import register
+from andromeda.report.format import fmt_number
+
+# the training record params that are its step's speed options, with the value a record without one had
+SETTINGS = {"precision": "fp32", "compile": "none", "compile_backend": "inductor", "fused_ce": False,
+            "optimizer": "adamw", "fused_adamw": False, "checkpointing": "none", "activation_checkpointing": False}
+# markers over the bars: (metric column, legend text); crosses at the measured-peak MFU, ticks at the HFU
+_MARKS = (("metrics.mfu_measured_peak", "MFU vs measured matmul rate"), ("metrics.hfu", "HFU (recompute counted)"))
+_MARKER = {"MFU vs measured matmul rate": "x", "HFU (recompute counted)": "_"}
+_PRECISION = {"fp32": "fp32", "bf16": "bf16 autocast", "bf16-autocast": "bf16 autocast", "fp16": "fp16 autocast",
+              "bf16-master": "bf16-master"}
+
+
+def _get(params: dict[str, Any], key: str) -> Any:
+    v = params.get(key, SETTINGS[key])
+    return SETTINGS[key] if v is None or (isinstance(v, float) and np.isnan(v)) else v
+
+
+def config_label(params: dict[str, Any]) -> str:
+    """'bf16-master · compiled blocks · fused CE · fused AdamW': a training step's speed options in words."""
+    prec = str(_get(params, "precision"))
+    parts = [_PRECISION.get(prec, prec)]
+    if _get(params, "compile") == "blocks":
+        backend = _get(params, "compile_backend")
+        parts.append("compiled blocks" + ("" if backend == "inductor" else f" ({backend})"))
+    else:
+        parts.append("eager")
+    if _get(params, "fused_ce") is True:
+        parts.append("fused CE")
+    if _get(params, "optimizer") == "adamw8bit":
+        parts.append("8-bit AdamW")
+    elif _get(params, "fused_adamw") is True:
+        parts.append("fused AdamW")
+    ckpt = _get(params, "checkpointing")
+    if ckpt == "none" and _get(params, "activation_checkpointing") is True:
+        ckpt = "full"
+    if ckpt != "none":
+        parts.append(f"{ckpt} ckpt")
+    return " · ".join(parts)
+
+
+def _params(row: pd.Series) -> dict[str, Any]:
+    return {k[len("params."):]: v for k, v in row.items() if k.startswith("params.")}
+
+
+def run_labels(df: pd.DataFrame) -> dict[str, str]:
+    """case_id -> how the training charts name that run: its source, then whichever of learning rate, sequence
+    length, batch, accumulation and configuration differ between the runs shown."""
+    cases = df.drop_duplicates("case_id")
+    keys = {"lr": "lr", "seq_len": "n", "batch": "b", "grad_accum": "accum"}
+    described = {}
+    for _, row in cases.iterrows():
+        p = _params(row)
+        d = {name: fmt_number(p.get(k), 3) for k, name in keys.items()}
+        d["config"] = config_label(p)
+        described[row["case_id"]] = (row["source"], d)
+    varying = [k for k in [*keys.values(), "config"] if len({d[k] for _, d in described.values()}) > 1]
+    return {cid: " · ".join([src] + [d[k] if k == "config" else f"{k}={d[k]}" for k in varying])
+            for cid, (src, d) in described.items()}
+
+
+def _is_final(df: pd.DataFrame) -> pd.Series:
+    if "params.final" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["params.final"].map(lambda v: v is True).astype(bool)
+
+
+@register("training", "mfu_by_config", "MFU per training configuration", key=True)
+def mfu_by_config(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
+    ok = df[(df["status"] == "ok") & _is_final(df)]
+    metric = next((m for m in ("metrics.mfu", "metrics.tflops") if m in ok.columns and ok[m].notna().any()), None)
+    if metric is None:
+        return False
+    failed = df[df["status"].isin(["oom", "error"])]
+    rows = pd.concat([ok, failed])
+    if "params.seq_len" not in rows.columns:
+        rows = rows.assign(**{"params.seq_len": np.nan})
+    rows = rows.assign(_config=[config_label(_params(r)) for _, r in rows.iterrows()],
+                       _group=[f"{r['source']} · n={fmt_number(r['params.seq_len'])}" for _, r in rows.iterrows()])
+    configs = list(dict.fromkeys(rows.sort_index()["_config"]))
+    groups = list(dict.fromkeys(rows.sort_index()["_group"]))
+    present = {g: [c for c in configs if ((rows["_group"] == g) & (rows["_config"] == c)).any()] for g in groups}
+    width = 0.8 / max(len(v) for v in present.values())
+    pct = metric == "metrics.mfu"
+    scale = 100.0 if pct else 1.0
+    marks: dict[str, list[tuple[float, float]]] = {}  # legend text -> (x, y): drawn after the bars (legend order)
+    top = 0.0
+    for config in configs:
+        xs, ys, texts = [], [], []
+        for i, group in enumerate(groups):
+            same = rows[(rows["_group"] == group) & (rows["_config"] == config)]
+            if same.empty:
+                continue
+            r = same.iloc[-1]
+            k, n = present[group].index(config), len(present[group])  # the group's bars centred on its tick
+            x = i + (k - (n - 1) / 2) * width
+            if r["status"] != "ok":
+                ax.text(x, 0, r["status"].upper(), rotation=90, ha="center", va="bottom", fontsize=7, color="crimson")
+                continue
+            y = float(r[metric]) * scale
+            first = rows[(rows["_group"] == group) & (rows["status"] == "ok")].iloc[0]
+            base = float(first[metric]) * scale
+            xs.append(x)
+            ys.append(y)
+            text = f"{fmt_number(y, 3)}{'%' if pct else ''}"
+            texts.append(text if first.name == r.name or not base else f"{text}\n×{fmt_number(y / base, 3)}")
+            for col, what in _MARKS:
+                if pct and col in r.index and pd.notna(r[col]):
+                    marks.setdefault(what, []).append((x, float(r[col]) * scale))
+        if xs:
+            bars = ax.bar(xs, ys, width=width, label=config)
+            ax.bar_label(bars, labels=texts, fontsize=6)
+            top = max(top, *ys)
+    for what, points in marks.items():
+        xs, ys = zip(*points, strict=True)
+        ax.scatter(xs, ys, marker=_MARKER[what], s=60 if _MARKER[what] == "_" else 30, color="black", zorder=3,
+                   label=what)
+        top = max(top, *ys)
+    ax.set_xticks(range(len(groups)), groups, fontsize=7 if len(groups) <= 6 else 6, rotation=30, ha="right",
+                  rotation_mode="anchor")
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylim(0, top * 1.3 if top > 0 else 1.0)  # room for the labels above the bars
+    ax.set_ylabel("MFU, datasheet peak (%)" if pct else "model TFLOP/s (no device peak known)")
+    ax.set_xlabel("model · sequence length (×: against the group's first configuration)", fontsize=8)
+    return True
+
+
+__all__ = ["config_label", "run_labels", "mfu_by_config", "SETTINGS"]
