@@ -71,6 +71,9 @@ class Block(nn.Module):
             return x
         if cache is None:
             return self.shift(x)[0]
+        exchange = getattr(cache, "shift_exchange", None)
+        if exchange is not None:  # a context-parallel prefill: the rows before this chunk come from its rank
+            return self.shift(x, exchange(layer, site, x, self.shift.shifts))[0]
         out, state = self.shift(x, cache.shift_state(layer, site))
         cache.set_shift_state(layer, site, state)
         return out
