@@ -20,7 +20,9 @@ first attention layer computes them at its positions: QK-norm, rotary/xPos, its 
 scale; random-initialized weights, so this is the model at initialization). Our kernel's skipping depends
 on the key norms, so the two can differ; the others' time does not depend on the values.
 Floors (same run): bf16 matmul rate and copy bandwidth, beside the datasheet's; the JSON leads with the
-git commit, device and versions (andromeda.measure.floors.provenance).
+git commit, device and versions (andromeda.measure.floors.provenance); its env holds the kernel tuning the rows
+ran with (kernel_tuning: model.backends.tuning_record()), except the --configs sweeps' launch settings, which
+their rows name.
 
     python benchmarks/attention_kernels.py [--lengths 2048,8192,32768] [--tokens 32768] [--inputs random,model]
                                            [--json out.json]

@@ -8,7 +8,8 @@
 - step: time per token of a batch-1 decode after a 4K prompt, the torch step and the fused Triton step
   (both CUDA graphs), against the bandwidth floor, and how far apart their logits are.
 
-Each step variant's DecodeTuning is under step.decode_tuning in the JSON, each GEMV sweep's setting in its row.
+The JSON's env records the kernel tuning in force (kernel_tuning: model.backends.tuning_record()); each step
+variant's DecodeTuning is under step.decode_tuning, each GEMV sweep's setting in its row.
 
     python benchmarks/decode_kernels.py [--preset andromeda] [--sweep] [--json out.json]
 """

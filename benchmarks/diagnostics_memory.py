@@ -46,6 +46,7 @@ def measure(mode: str, preset: str, overrides: dict, seq: int, batch: int, devic
     from andromeda.diagnostics import Diagnostics
     from andromeda.measure.memory import track_memory
     from andromeda.model import Andromeda, from_name
+    from andromeda.model.backends import tuning_record
 
     dev = resolve_device(device)
     torch.manual_seed(0)
@@ -64,7 +65,7 @@ def measure(mode: str, preset: str, overrides: dict, seq: int, batch: int, devic
     else:
         peak, how = mem.rss_delta_mib, f"rss_delta ({mem.rss_method})"
     return {"mode": mode, "peak_mib": peak, "how": how, "device": str(dev), "seq": seq, "batch": batch,
-            "preset": preset, "overrides": overrides, "params": model.num_params()}
+            "preset": preset, "overrides": overrides, "params": model.num_params(), "kernel_tuning": tuning_record()}
 
 
 def compare(preset: str, overrides: dict, seq: int, batch: int, device: str, parallel: bool = False) -> dict:

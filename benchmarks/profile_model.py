@@ -3,7 +3,8 @@
 torch.profiler over (a) a batch-1 prefill of `--prefill` tokens and (b) `--steps` CUDA-graph decode steps
 after a 4K-token prompt; prints the GPU time per kernel class (attention, matmul, elementwise/norm,
 other), the kernel count per step, and the wall time the GPU was busy vs the step's wall time. The JSON
-leads with the git commit, device, versions and this run's floors (andromeda.measure.floors.provenance).
+leads with the git commit, device, versions and this run's floors (andromeda.measure.floors.provenance); its
+env records the kernel tuning in force (kernel_tuning: --no-pdl shows as fused_decode.pdl false).
 
     python benchmarks/profile_model.py [--preset andromeda] [--prefill 32768] [--compile]
         [--kernels auto|torch|triton] [--no-pdl] [--json out.json]
@@ -71,7 +72,7 @@ def main() -> None:
     parts = [p for p in args.parts.split(",") if p]
     if bad := sorted(set(parts) - {"prefill", "decode_step"}):
         ap.error(f"--parts: unknown {', '.join(bad)}; choose from prefill, decode_step")
-    if args.no_pdl:  # the fused decode step's
+    if args.no_pdl:  # the fused decode step's; set before the environment is recorded, so that it says so
         set_tuning(DecodeTuning(pdl=False))
     head = floors.provenance(collect_env(), floors.measure("cuda"))  # before the model takes the memory
     torch.manual_seed(0)

@@ -10,6 +10,7 @@ import torch
 
 from andromeda.measure.facts import facts_from_config
 from andromeda.model import Andromeda, from_name
+from andromeda.model.backends import tuning_record
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -106,6 +107,7 @@ def test_model_speed_main_with_stubbed_timings(bench, monkeypatch, tmp_path):
     ms.main()
     res = json.loads(out.read_text())
     assert {"git_commit", "git_dirty", "device", "versions", "floors", "env", "rows"} <= set(res)
+    assert res["env"]["kernel_tuning"] == tuning_record()  # the kernel tuning the run used
     andromeda, hf = res["rows"]
     for mode in ms.DECODE_MODES:
         assert andromeda[f"tpot_{mode}_of_floor"] == pytest.approx(andromeda["decode_floor_ms"] / 0.5)
@@ -135,6 +137,7 @@ def test_attention_kernels_main_with_stubbed_timings(bench, monkeypatch, tmp_pat
     ak.main()
     res = json.loads(out.read_text())
     assert {"git_commit", "device", "versions", "floors", "env"} <= set(res)
+    assert res["env"]["kernel_tuning"] == tuning_record()
     assert res["floors"]["datasheet_gb_per_s"] == 3350.0
     row = next(r for r in res["rows"] if r.get("n") == 2048 and r["pass"] == "fwd")
     assert row["batch"] == 16 and row["dense_causal_flops"] == 16 * 24 * (2048 * 2049 // 2) * 4 * 128

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from andromeda.model.backends import tuning_record
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -19,6 +21,7 @@ def test_smoke_rows_and_arithmetic(tmp_path):
     lc.main(["--smoke", "--json", str(out), "--lengths", "250", "--chunks", "0", "100", "--steps", "6"])
     res = json.loads(out.read_text())
     assert {"git_commit", "device", "versions", "floors", "args", "andromeda", "weight_bytes"} <= set(res)
+    assert res["env"]["kernel_tuning"] == tuning_record()  # the kernel tuning the run used
     rows = res["andromeda"]
     assert [(r["n"], r["chunk"]) for r in rows] == [(250, 0), (250, 100)]
     d, depth, hkv = 16, 2, 1  # the tiny preset: dim_head 16, 2 layers, one KV head

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from andromeda.model.backends import tuning_record
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -140,6 +142,7 @@ def test_main_writes_every_field_with_stubbed_timings(st, monkeypatch, tmp_path)
     res = json.loads(out.read_text())
     assert {"git_commit", "git_dirty", "device", "versions", "floors", "env"} <= set(res)
     assert res["device"] == "NVIDIA H100 80GB HBM3" and res["floors"] == fl and "torch" in res["versions"]
+    assert res["env"]["kernel_tuning"] == tuning_record()  # the kernel tuning the run used
     m = res["model"]
     for tag in ("andromeda", "hf"):
         for k in ("decode_step_bytes", "decode_floor_ms", "decode_floor_datasheet_ms", "decode_context", "tpot_ms",

@@ -102,7 +102,9 @@ def test_settings_are_process_wide(tune):
     assert seen == [2]
 
 
-def test_the_record_is_plain_json(tune):
+def test_the_record_is_plain_json_and_in_the_environment(tune):
+    from andromeda.measure.env import collect_env
+
     tune(TritonTuning(skip_min_keys=0, config_override={"bwd": dict(BLOCK_M=32, BLOCK_N=64, num_warps=4)}),
          DecodeTuning(gemv_by_shape={(4096, 1024): dict(BLOCK_N=8, BLOCK_K=256)}, pdl=False))
     record = tuning_record()
@@ -112,6 +114,7 @@ def test_the_record_is_plain_json(tune):
     assert record["fused_decode"]["gemv_by_shape"] == {"4096x1024": {"BLOCK_N": 8, "BLOCK_K": 256}}
     assert record["fused_decode"]["pdl"] is False
     assert all(type(v) is dict for v in (record["triton"], record["triton"]["sm90"]))
+    assert collect_env()["kernel_tuning"] == record
 
 
 def test_the_attention_host_code_reads_the_active_settings(tune):

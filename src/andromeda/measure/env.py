@@ -8,6 +8,9 @@ environment variables the OpenMP / BLAS runtimes read at start-up (`thread_env`:
 MKL_NUM_THREADS, OPENBLAS_NUM_THREADS; None when unset). `omp_num_threads` repeats OMP_NUM_THREADS
 at the top level, where comparisons of environments look.
 
+`kernel_tuning`: the Triton kernels' active settings (andromeda.model.backends.tuning_record(): the flash
+attention's and the fused decode step's, by backend), so a result says which tuning it ran with.
+
 Everything is JSON-serializable; anything that cannot be found is None (GPU telemetry: left out).
 Optional packages are looked up with importlib.metadata (never imported), except NVML's bindings
 (`pynvml`, the `gpu` extra: nvidia-ml-py), imported lazily where present; external commands run with
@@ -232,6 +235,9 @@ def collect_env() -> dict[str, Any]:
         env[key] = _version(*dists)
     env["andromeda"] = __version__
     env["git_commit"] = _source_commit()
+    from andromeda.model.backends.settings import tuning_record
+
+    env["kernel_tuning"] = tuning_record()
     env.update(noise_env(env["cpu_count_available"]))
     return env
 
