@@ -73,8 +73,8 @@ class Attention(nn.Module):
         A cache keeps its keys' norms (KVCache.key_norms)."""
         if xpos is None or not alibi or not getattr(backend, "score_norms", False):
             return None
-        qn = torch.linalg.vector_norm(q, dim=-1, dtype=torch.float32)
-        kn = torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32)
+        qn = torch.linalg.vector_norm(q.detach(), dim=-1, dtype=torch.float32)  # a bound: no gradient
+        kn = torch.linalg.vector_norm(k.detach(), dim=-1, dtype=torch.float32)
         if cache is not None:
             kn = cache.key_norms(layer, kn)
         return None if kn is None else (qn, kn)
