@@ -60,12 +60,13 @@ def _final_samples(recs: Sequence[Record], final) -> list[float]:
 def training_loss(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
     if "metrics.loss" not in df.columns:
         return False
-    drawn = False
-    for label, g, final in _runs(df):
+    drawn, floors = False, set()
+    runs = list(_runs(df))
+    for label, g, final in runs:
         every = _final_samples(recs, final)
-        if every:
+        if every:  # with several runs the thin line goes unnamed: its colour is its run's
             line = ax.plot(np.arange(1, len(every) + 1), every, linewidth=0.6, alpha=0.45,
-                           label=f"{label} · train (each step)")[0]
+                           label=f"{label} · train (each step)" if len(runs) == 1 else "_nolegend_")[0]
             ax.plot(g["_step"], g["metrics.loss"], color=line.get_color(), label=f"{label} · train (interval mean)")
         else:
             line = ax.plot(g["_step"], g["metrics.loss"], label=f"{label} · train")[0]
@@ -75,7 +76,9 @@ def training_loss(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
             if len(v):
                 ax.plot(v["_step"], v["metrics.val_loss"], "o--", color=line.get_color(), markersize=4,
                         label=f"{label} · validation")
-        if final is not None and pd.notna(final.get("metrics.floor_ppl", np.nan)):
+        if final is not None and pd.notna(final.get("metrics.floor_ppl", np.nan)) \
+                and final["metrics.floor_ppl"] not in floors:  # runs on one data source share one floor line
+            floors.add(final["metrics.floor_ppl"])
             ax.axhline(np.log(final["metrics.floor_ppl"]), color="black", linestyle=":", linewidth=1,
                        label=f"entropy floor H = {fmt_number(np.log(final['metrics.floor_ppl']), 4)} nats")
     if drawn:
@@ -88,15 +91,17 @@ def training_loss(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
 def training_val_ppl(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
     if "metrics.val_ppl" not in df.columns:
         return False
-    drawn = False
+    drawn, floors = False, set()
     for label, g, final in _runs(df):
         v = g.dropna(subset=["metrics.val_ppl"])
         if v.empty:
             continue
         line = ax.plot(v["_step"], v["metrics.val_ppl"], "o-", markersize=4, label=label)[0]
         drawn = True
-        if final is not None and pd.notna(final.get("metrics.floor_ppl", np.nan)):
+        if final is not None and pd.notna(final.get("metrics.floor_ppl", np.nan)) \
+                and float(final["metrics.floor_ppl"]) not in floors:  # one floor line per data source
             floor = float(final["metrics.floor_ppl"])
+            floors.add(floor)
             ax.axhline(floor, color=line.get_color(), linestyle=":", linewidth=1.2,
                        label=f"entropy floor exp(H) = {fmt_number(floor, 4)}")
             ax.axhline(1.1 * floor, color=line.get_color(), linestyle="--", linewidth=0.8, alpha=0.6,

@@ -2,11 +2,11 @@
 params: precision, compile, fused_ce, fused AdamW, optimizer, checkpointing), and the label that names a training
 run in every training chart. Imported by charts._load_chart_specs; no torch.
 
-mfu_by_config  one group of bars per model and sequence length, one bar per configuration in the order the
-               manifest lists them, each labelled with its MFU (datasheet peak) and its ratio to the group's first
-               configuration (the change); crosses at MFU against the measured matmul rate, bars' ticks at HFU where
-               blocks are recomputed; OOM and error cases marked. Without a device peak (a CPU run) the bars are
-               TFLOP/s instead.
+mfu_by_config  one group of horizontal bars per model and sequence length (the first model on top), one bar per
+               configuration in the order the manifest lists them, each labelled with its MFU (datasheet peak) and
+               its ratio to the group's first configuration (the change); diamonds at MFU against the measured matmul
+               rate, ticks at HFU where blocks are recomputed; OOM and error cases marked. Without a device peak (a
+               CPU run) the bars are TFLOP/s instead.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from andromeda.report.format import fmt_number
 # the training record params that are its step's speed options, with the value a record without one had
 SETTINGS = {"precision": "fp32", "compile": "none", "compile_backend": "inductor", "fused_ce": False,
             "optimizer": "adamw", "fused_adamw": False, "checkpointing": "none", "activation_checkpointing": False}
-# markers over the bars: (metric column, legend text); crosses at the measured-peak MFU, ticks at the HFU
+# markers over the bars: (metric column, legend text); hollow diamonds at the measured-peak MFU, ticks at the HFU
 _MARKS = (("metrics.mfu_measured_peak", "MFU vs measured matmul rate"), ("metrics.hfu", "HFU (recompute counted)"))
-_MARKER = {"MFU vs measured matmul rate": "x", "HFU (recompute counted)": "_"}
+_MARKER = {"MFU vs measured matmul rate": "D", "HFU (recompute counted)": "|"}
 _PRECISION = {"fp32": "fp32", "bf16": "bf16 autocast", "bf16-autocast": "bf16 autocast", "fp16": "fp16 autocast",
               "bf16-master": "bf16-master"}
 
@@ -60,6 +60,25 @@ def config_label(params: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def short_config(params: dict[str, Any]) -> str:
+    """'bf16-master+compiled+fused-CE+fused-AdamW': config_label's words, short, for legends that hold several."""
+    parts = [str(_get(params, "precision")).replace("-autocast", "")]
+    if _get(params, "compile") == "blocks":
+        parts.append("compiled")
+    if _get(params, "fused_ce") is True:
+        parts.append("fused-CE")
+    if _get(params, "optimizer") == "adamw8bit":
+        parts.append("8bit-AdamW")
+    elif _get(params, "fused_adamw") is True:
+        parts.append("fused-AdamW")
+    ckpt = _get(params, "checkpointing")
+    if ckpt == "none" and _get(params, "activation_checkpointing") is True:
+        ckpt = "full"
+    if ckpt != "none":
+        parts.append({"selective": "sel"}.get(ckpt, ckpt) + "-ckpt")
+    return "+".join(parts)
+
+
 def _params(row: pd.Series) -> dict[str, Any]:
     return {k[len("params."):]: v for k, v in row.items() if k.startswith("params.")}
 
@@ -73,7 +92,7 @@ def run_labels(df: pd.DataFrame) -> dict[str, str]:
     for _, row in cases.iterrows():
         p = _params(row)
         d = {name: fmt_number(p.get(k), 3) for k, name in keys.items()}
-        d["config"] = config_label(p)
+        d["config"] = short_config(p)
         described[row["case_id"]] = (row["source"], d)
     varying = [k for k in [*keys.values(), "config"] if len({d[k] for _, d in described.values()}) > 1]
     return {cid: " · ".join([src] + [d[k] if k == "config" else f"{k}={d[k]}" for k in varying])
@@ -101,49 +120,48 @@ def mfu_by_config(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
     configs = list(dict.fromkeys(rows.sort_index()["_config"]))
     groups = list(dict.fromkeys(rows.sort_index()["_group"]))
     present = {g: [c for c in configs if ((rows["_group"] == g) & (rows["_config"] == c)).any()] for g in groups}
-    width = 0.8 / max(len(v) for v in present.values())
+    height = 0.8 / max(len(v) for v in present.values())
     pct = metric == "metrics.mfu"
     scale = 100.0 if pct else 1.0
-    marks: dict[str, list[tuple[float, float]]] = {}  # legend text -> (x, y): drawn after the bars (legend order)
+    marks: dict[str, list[tuple[float, float]]] = {}  # legend text -> (value, y): drawn after the bars
     top = 0.0
     for config in configs:
-        xs, ys, texts = [], [], []
+        ys, vals, texts = [], [], []
         for i, group in enumerate(groups):
             same = rows[(rows["_group"] == group) & (rows["_config"] == config)]
             if same.empty:
                 continue
             r = same.iloc[-1]
             k, n = present[group].index(config), len(present[group])  # the group's bars centred on its tick
-            x = i + (k - (n - 1) / 2) * width
+            y = i + (k - (n - 1) / 2) * height
             if r["status"] != "ok":
-                ax.text(x, 0, r["status"].upper(), rotation=90, ha="center", va="bottom", fontsize=7, color="crimson")
+                ax.text(0, y, f" {r['status'].upper()}", ha="left", va="center", fontsize=7, color="crimson")
                 continue
-            y = float(r[metric]) * scale
+            v = float(r[metric]) * scale
             first = rows[(rows["_group"] == group) & (rows["status"] == "ok")].iloc[0]
             base = float(first[metric]) * scale
-            xs.append(x)
             ys.append(y)
-            text = f"{fmt_number(y, 3)}{'%' if pct else ''}"
-            texts.append(text if first.name == r.name or not base else f"{text}\n×{fmt_number(y / base, 3)}")
+            vals.append(v)
+            text = f"{fmt_number(v, 3)}{'%' if pct else ''}"
+            texts.append(text if first.name == r.name or not base else f"{text} ×{fmt_number(v / base, 3)}")
             for col, what in _MARKS:
                 if pct and col in r.index and pd.notna(r[col]):
-                    marks.setdefault(what, []).append((x, float(r[col]) * scale))
-        if xs:
-            bars = ax.bar(xs, ys, width=width, label=config)
-            ax.bar_label(bars, labels=texts, fontsize=6)
-            top = max(top, *ys)
+                    marks.setdefault(what, []).append((float(r[col]) * scale, y))
+        if ys:
+            bars = ax.barh(ys, vals, height=height, label=config)
+            ax.bar_label(bars, labels=texts, fontsize=6, padding=2)
+            top = max(top, *vals)
     for what, points in marks.items():
         xs, ys = zip(*points, strict=True)
-        ax.scatter(xs, ys, marker=_MARKER[what], s=60 if _MARKER[what] == "_" else 30, color="black", zorder=3,
-                   label=what)
-        top = max(top, *ys)
-    ax.set_xticks(range(len(groups)), groups, fontsize=7 if len(groups) <= 6 else 6, rotation=30, ha="right",
-                  rotation_mode="anchor")
-    ax.set_xlim(-0.6, len(groups) - 0.4)
-    ax.set_ylim(0, top * 1.3 if top > 0 else 1.0)  # room for the labels above the bars
-    ax.set_ylabel("MFU, datasheet peak (%)" if pct else "model TFLOP/s (no device peak known)")
-    ax.set_xlabel("model · sequence length (×: against the group's first configuration)", fontsize=8)
+        ax.scatter(xs, ys, marker=_MARKER[what], s=60 if _MARKER[what] == "|" else 18, zorder=3, label=what,
+                   facecolors="none" if _MARKER[what] == "D" else "black", edgecolors="black", linewidths=1.0)
+        top = max(top, *xs)
+    ax.set_yticks(range(len(groups)), groups, fontsize=7 if len(groups) <= 8 else 6)
+    ax.set_ylim(len(groups) - 0.5, -0.5)  # the manifest's first model on top
+    ax.set_xlim(0, top * 1.35 if top > 0 else 1.0)  # room for the labels right of the bars
+    ax.set_xlabel(("MFU, datasheet peak (%)" if pct else "model TFLOP/s (no device peak known)")
+                  + "; ×: vs the first bar of its group", fontsize=9)
     return True
 
 
-__all__ = ["config_label", "run_labels", "mfu_by_config", "SETTINGS"]
+__all__ = ["config_label", "short_config", "run_labels", "mfu_by_config", "SETTINGS"]

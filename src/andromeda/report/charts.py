@@ -140,7 +140,7 @@ def _style(ax: Axes, title: str, resize: bool = False, legend_below: bool = Fals
     handles, labels = ax.get_legend_handles_labels()
     if handles and legend_below:  # outside the data, under the axes (panels of the summary figure)
         ax.legend(fontsize=LEGEND_FONT - 1, loc="upper center", bbox_to_anchor=(0.5, -0.16), borderaxespad=0,
-                  ncol=2 if len(handles) > 3 else 1, frameon=False)
+                  ncol=2 if len(handles) > 3 and max(map(len, labels)) <= 40 else 1, frameon=False)
     elif handles:  # outside the data, right of the axes; widen a lone chart by the legend's width
         ax.legend(fontsize=LEGEND_FONT, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         if resize:
