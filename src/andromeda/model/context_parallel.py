@@ -22,6 +22,7 @@ rank) with all N positions' keys, values and token-shift state, so decoding cont
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,7 @@ class _Shards:
     depth: int
     start: int = 0  # keys' first position, as KVCache.start
     piece: int = 0  # which of this rank's chunks the blocks are running
+    timed: bool = False  # synchronize around each collective and add its time to comm_s (benchmarks)
 
     def __post_init__(self):
         self.n = max(e for p in self.pieces for _, e in p)
@@ -60,6 +62,7 @@ class _Shards:
         self.kn: list[torch.Tensor | None] = [None] * self.depth
         self.shift_last: dict[tuple[int, str], torch.Tensor] = {}  # the final chunk's last rows, per site
         self.chunk0_rows: dict[tuple[int, str], dict[int, torch.Tensor]] = {}  # chunk 0s' last rows by end
+        self.comm_s = 0.0
 
     def _gather(self, local: torch.Tensor, dim: int, rows: int | None = None) -> list[torch.Tensor]:
         """Every rank's `local` for the current piece: its chunk's positions along dim (padded to the longest
@@ -70,7 +73,13 @@ class _Shards:
         pad[dim] = longest - local.shape[dim]
         padded = torch.cat([local, local.new_zeros(pad)], dim=dim) if pad[dim] else local.contiguous()
         out = [torch.empty_like(padded) for _ in self.pieces]
+        if self.timed:
+            _sync(padded.device)
+            t0 = time.perf_counter()
         dist.all_gather(out, padded, group=self.group)
+        if self.timed:
+            _sync(padded.device)
+            self.comm_s += time.perf_counter() - t0
         return [t.narrow(dim, 0, s) for t, s in zip(out, sizes, strict=True)]
 
     def _place(self, store: list, layer: int, local: torch.Tensor, dim: int) -> torch.Tensor:
@@ -109,22 +118,28 @@ class _Shards:
         return ends[a] if a > 0 else h.new_zeros(h.shape[0], s, h.shape[2])
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.no_grad()
-def prefill(model, tokens: torch.Tensor, *, group=None, cache: KVCache | None = None,
-            logits: str = "last") -> list[tuple[int, int, torch.Tensor]]:
+def prefill(model, tokens: torch.Tensor, *, group=None, cache: KVCache | None = None, logits: str = "last",
+            stats: dict | None = None) -> list[tuple[int, int, torch.Tensor]]:
     """Context-parallel forward of tokens (B, N) (the same on every rank) over `group` (default: the world).
 
     Returns this rank's [(a, b, out)] for its two chunks: out the logits (B, b - a, V) for logits="all", the
     last position's (B, 1, V) where this rank holds position N - 1 (else no entry) for "last", or the final
     hidden states for "none". With `cache` (empty, of at least N positions), every rank's cache ends holding
-    all N positions, as after model(tokens, cache=cache)."""
+    all N positions, as after model(tokens, cache=cache). With a `stats` dict, each collective is synchronized
+    and timed: stats["comm_s"] is their total on this rank (a benchmark's communication share)."""
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     b, n = tokens.shape
     pieces = layout(n, world, model.cfg.shift_tokens)
     if cache is not None and (cache.length or cache.max_len < n or cache.bits is not None):
         raise ConfigError(f"context_parallel: the cache must be empty, full precision and hold {n} positions")
     model.check_positions(n - 1)
-    shards = _Shards(pieces, rank, group, len(model.blocks))
+    shards = _Shards(pieces, rank, group, len(model.blocks), timed=stats is not None)
     dtype = cache.dtype if cache is not None else model.head.weight.dtype
     xs, ropes = [], []
     for a, e in pieces[rank]:
@@ -143,6 +158,8 @@ def prefill(model, tokens: torch.Tensor, *, group=None, cache: KVCache | None = 
             out.append((a, e, model.head(model.final_norm(x))))
         elif e == n:
             out.append((e - 1, e, model.head(model.final_norm(x[:, -1:]))))
+    if stats is not None:
+        stats["comm_s"] = shards.comm_s
     if cache is not None:
         for i in range(len(model.blocks)):
             cache.k[i, :, :, :n] = shards.k[i]
