@@ -92,7 +92,7 @@ def test_attention_scenario_records_the_tiles_our_kernel_computed():
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scenarios"))
     from test_attention_scenario import run_points
 
     fwd, both = run_points(impl=["triton"], pattern=["dense"], seq_len=[40], causal=[True], batch=2,

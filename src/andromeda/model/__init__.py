@@ -1,4 +1,4 @@
-"""The Andromeda model. Never imports bench/, diagnostics/ or report/.
+"""The Andromeda model. Imports nothing of the suite (an import-linter contract in pyproject.toml).
 
 The names below load on first use (PEP 562), so `andromeda.model.config` (presets, ModelConfig and its
 checks) imports without torch: a manifest's model sources are validated before the run imports it.

@@ -7,7 +7,7 @@ resumable checkpoints.
 No host synchronization inside a step: loss, gradient norms and activation statistics stay on the device and
 the phases are timed with CUDA events (train/clock.py); run() reads them when it logs, validates or saves
 (collect()), train_step() right after its step. Every step's record holds its loss, learning rate, gradient
-norm (before clipping), tokens/s, TFLOP/s and MFU (model FLOPs, backward per the attention kernel: bench.flops;
+norm (before clipping), tokens/s, TFLOP/s and MFU (model FLOPs, backward per the attention kernel: measure.flops;
 MFU when the device's peak is known), with activation checkpointing also hardware_tflops and HFU (the
 recompute counted), the step-time split (forward, backward, optimizer, and the rest as data), peak memory (the
 CUDA allocator's peak since the last collect; on other devices the process's peak RSS so far), and with health
