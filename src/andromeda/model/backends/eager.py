@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from andromeda.model.backends import register
 from andromeda.model.backends.masks import alibi_bias, causal_keep
+from andromeda.model.backends.registry import register
 
 
 def attention_probs(

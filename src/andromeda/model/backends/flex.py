@@ -12,8 +12,8 @@ import warnings
 
 import torch
 
-from andromeda.model.backends import register
 from andromeda.model.backends.eager import EagerAttention
+from andromeda.model.backends.registry import register
 from andromeda.model.backends.sdpa import SDPAttention
 
 _sdpa = SDPAttention()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from andromeda.model.backends import register
 from andromeda.model.backends.masks import alibi_bias, causal_keep
+from andromeda.model.backends.registry import register
 
 
 @register("sdpa")

@@ -40,7 +40,8 @@ import weakref
 
 import torch
 
-from andromeda.model.backends import block_count, register
+from andromeda.model.backends import block_count
+from andromeda.model.backends.registry import register
 from andromeda.model.backends.settings import TritonTuning, tuning
 
 LOG2E = 1.4426950408889634
