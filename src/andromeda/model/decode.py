@@ -67,6 +67,8 @@ class StaticStep:
             self.period = xpos.period if xpos is not None else 0
             # the anchor blocks the cache's slots touch; their first slot each (xPos only)
             self.blocks = xpos.blocks() if xpos is not None else []
+            # their block numbers, on the device once: a captured step copies nothing from the host
+            self._block_ids = torch.tensor([blk for _, _, blk in self.blocks], device=device)
             self._qfac: torch.Tensor | None = None
             t_pad = -(-self.max_len // _ALIGN) * _ALIGN
             self.key_pos = torch.arange(t_pad, device=device)  # (T_pad,)
@@ -129,8 +131,7 @@ class StaticStep:
             return None
         xpos = self.tables[2]
         mine = (self.pos + self.cache.start) // self.period  # (1,) on the device
-        theirs = torch.tensor([blk for _, _, blk in self.blocks], device=self.pos.device)
-        return xpos.step((mine - theirs).clamp(min=0))
+        return xpos.step((mine - self._block_ids).clamp(min=0))
 
     # ---- the step ---------------------------------------------------------------------------------
     def step_bias(self, dtype: torch.dtype) -> torch.Tensor:
