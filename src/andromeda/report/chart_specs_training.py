@@ -37,46 +37,46 @@ def _get(params: dict[str, Any], key: str) -> Any:
     return SETTINGS[key] if v is None or (isinstance(v, float) and np.isnan(v)) else v
 
 
-def config_label(params: dict[str, Any]) -> str:
-    """'bf16-master · compiled blocks · fused CE · fused AdamW': a training step's speed options in words."""
-    prec = str(_get(params, "precision"))
-    parts = [_PRECISION.get(prec, prec)]
-    if _get(params, "compile") == "blocks":
-        backend = _get(params, "compile_backend")
-        parts.append("compiled blocks" + ("" if backend == "inductor" else f" ({backend})"))
-    else:
-        parts.append("eager")
+def _options(params: dict[str, Any]) -> list[str]:
+    """The step's speed options beyond precision, as keys of _LONG / _SHORT, in label order."""
+    opts = ["compiled"] if _get(params, "compile") == "blocks" else []
     if _get(params, "fused_ce") is True:
-        parts.append("fused CE")
+        opts.append("fused-ce")
     if _get(params, "optimizer") == "adamw8bit":
-        parts.append("8-bit AdamW")
+        opts.append("8bit-adamw")
     elif _get(params, "fused_adamw") is True:
-        parts.append("fused AdamW")
+        opts.append("fused-adamw")
     ckpt = _get(params, "checkpointing")
     if ckpt == "none" and _get(params, "activation_checkpointing") is True:
         ckpt = "full"
     if ckpt != "none":
-        parts.append(f"{ckpt} ckpt")
-    return " · ".join(parts)
+        opts.append(f"{ckpt}-ckpt")
+    return opts
+
+
+_LONG = {"fused-ce": "fused CE", "8bit-adamw": "8-bit AdamW", "fused-adamw": "fused AdamW"}
+_SHORT = {"fused-ce": "fused-CE", "8bit-adamw": "8bit-AdamW", "fused-adamw": "fused-AdamW",
+          "selective-ckpt": "sel-ckpt"}
+
+
+def config_label(params: dict[str, Any]) -> str:
+    """'bf16-master · compiled blocks · fused CE · fused AdamW': a training step's speed options in words."""
+    prec = str(_get(params, "precision"))
+    opts = _options(params)
+    if opts[:1] == ["compiled"]:
+        backend = _get(params, "compile_backend")
+        words = ["compiled blocks" + ("" if backend == "inductor" else f" ({backend})")]
+        opts = opts[1:]
+    else:
+        words = ["eager"]
+    words += [_LONG.get(o, o.replace("-ckpt", " ckpt")) for o in opts]
+    return " · ".join([_PRECISION.get(prec, prec), *words])
 
 
 def short_config(params: dict[str, Any]) -> str:
     """'bf16-master+compiled+fused-CE+fused-AdamW': config_label's words, short, for legends that hold several."""
-    parts = [str(_get(params, "precision")).replace("-autocast", "")]
-    if _get(params, "compile") == "blocks":
-        parts.append("compiled")
-    if _get(params, "fused_ce") is True:
-        parts.append("fused-CE")
-    if _get(params, "optimizer") == "adamw8bit":
-        parts.append("8bit-AdamW")
-    elif _get(params, "fused_adamw") is True:
-        parts.append("fused-AdamW")
-    ckpt = _get(params, "checkpointing")
-    if ckpt == "none" and _get(params, "activation_checkpointing") is True:
-        ckpt = "full"
-    if ckpt != "none":
-        parts.append({"selective": "sel"}.get(ckpt, ckpt) + "-ckpt")
-    return "+".join(parts)
+    prec = str(_get(params, "precision")).replace("-autocast", "")
+    return "+".join([prec, *(_SHORT.get(o, o) for o in _options(params))])
 
 
 def _params(row: pd.Series) -> dict[str, Any]:
