@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -27,23 +26,17 @@ import torch.distributed as dist
 
 from andromeda.measure import floors
 from andromeda.measure.env import collect_env
+from andromeda.measure.timing import Stopwatch
 from andromeda.model import Andromeda, from_name
 from andromeda.model.context_parallel import layout, prefill
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _timed(fn, device: torch.device) -> float:
     """Seconds of fn() on every rank, between barriers, synchronized; the slowest rank's."""
     dist.barrier()
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    with Stopwatch(device) as sw:
+        fn()
+    t = torch.tensor([sw.elapsed_s], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t)
 
@@ -61,12 +54,9 @@ def row(model, n: int, reps: int, device: torch.device, single: bool) -> dict:
     runs = sorted(_timed(lambda: prefill(model, tokens), device) for _ in range(reps))
     stats: dict = {}
     dist.barrier()
-    _sync(device)
-    t0 = time.perf_counter()
-    prefill(model, tokens, stats=stats)
-    _sync(device)
-    own = time.perf_counter() - t0
-    totals, comms = _per_rank(own), _per_rank(stats["comm_s"])
+    with Stopwatch(device) as sw:
+        prefill(model, tokens, stats=stats)
+    totals, comms = _per_rank(sw.elapsed_s), _per_rank(stats["comm_s"])
     r = {"n": n, "world": world, "prefill_ms": 1e3 * runs[len(runs) // 2], "prefill_ms_runs": [1e3 * t for t in runs],
          "rank_ms_timed_run": [1e3 * t for t in totals], "rank_comm_ms": [1e3 * t for t in comms],
          "comm_share": max(c / t for c, t in zip(comms, totals, strict=True)),
@@ -79,11 +69,9 @@ def row(model, n: int, reps: int, device: torch.device, single: bool) -> dict:
             try:
                 with torch.no_grad():
                     model(tokens, logits="last")
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    model(tokens, logits="last")
-                    _sync(device)
-                one = time.perf_counter() - t0
+                    with Stopwatch(device) as sw:
+                        model(tokens, logits="last")
+                one = sw.elapsed_s
             except torch.OutOfMemoryError:
                 one = None
         dist.barrier()

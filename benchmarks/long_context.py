@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
 from andromeda.measure import floors
 from andromeda.measure.env import collect_env
+from andromeda.measure.timing import Stopwatch
 from andromeda.model import Andromeda, GraphedDecoder, from_name
 from andromeda.model.backends import block_count
 
@@ -43,17 +43,11 @@ SHOWN = ("prefill_ms", "peak_gib", "kv_cache_bytes", "decode_kernels", "decode_m
 GIB = 2**30
 
 
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def _sync_ms(fn) -> tuple[float, object]:
-    _sync()
-    t0 = time.perf_counter()
-    out = fn()
-    _sync()
-    return (time.perf_counter() - t0) * 1e3, out
+    """(ms, fn()) between device synchronizations."""
+    with Stopwatch("cuda" if torch.cuda.is_available() else "cpu") as sw:
+        out = fn()
+    return sw.elapsed_ms, out
 
 
 def _peak_gib() -> float | None:
