@@ -88,7 +88,7 @@ class Attention(nn.Module):
         (q, keys) norms of `_score_norms`, passed on to the backend."""
         kw = dict(causal=self.cfg.causal, scale=self.cfg.attn_scale, alibi_slopes=alibi_slopes)
         blocks = xpos.blocks() if xpos is not None else [(0, q.shape[2], 0)]
-        if len(blocks) == 1 and (xpos is None or xpos.rebase(key_first, 1, blocks[0][2]) is None):
+        if len(blocks) == 1 and (xpos is None or key_first // xpos.period == blocks[0][2]):  # one block of keys
             return backend(q, k, v, **kw) if norms is None else backend(q, k, v, **kw, norms=norms)
         if not self.cfg.causal:
             raise UnsupportedError(f"attention: xPos without a causal mask is unbounded past one anchor block "
