@@ -12,11 +12,22 @@ communication time (the share of its prefill time; that run is not in the latenc
 single-device forward of the same tokens (in the same process, the other ranks waiting) for the scaling
 efficiency T1 / (N x TN); at lengths where one device runs out of memory it is left out. Rank 0 writes the
 JSON.
+
+Beside it, on CUDA when transformers is installed (--no-torch-cp to skip): PyTorch's own context parallelism,
+`torch.distributed.tensor.experimental.context_parallel` (SDPA's flash kernel in a ring: K/V shards passed rank
+to rank, --cp-rotate alltoall, or all-gathered, allgather; head-tail load balancing, its default for causal
+attention), on the plain Llama that does the same work as the preset (hf:matched:<preset>: the same shape and
+one KV head, the FFN width matching parameters and FLOPs per token within 2%), with the same N, lengths and
+tokens and the same timing: each row's "torch_cp" and "speedup_vs_torch_cp" (its latency over ours). PyTorch's
+context_parallel shards SDPA's CUDA kernels only (on the CPU, aten._scaled_dot_product_flash_attention_for_cpu
+has no sharding strategy), so --smoke records why it did not run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -81,7 +92,103 @@ def row(model, n: int, reps: int, device: torch.device, single: bool) -> dict:
     return r
 
 
-def main(argv: list[str] | None = None) -> int:
+# ---- PyTorch's context_parallel on a Llama of matched work ----------------------------------------------
+CPU_REASON = ("PyTorch's context_parallel shards SDPA's CUDA kernels (flash, efficient, cuDNN) only: on the CPU, "
+              "aten._scaled_dot_product_flash_attention_for_cpu has no sharding strategy; the comparison runs on "
+              "CUDA (NCCL)")
+
+
+def torch_cp_unavailable(device: torch.device, want: bool | None) -> str | None:
+    """Why the PyTorch context_parallel comparison does not run here, or None."""
+    if want is False:
+        return "not asked for (--no-torch-cp)"
+    if importlib.util.find_spec("transformers") is None:
+        return "transformers is not installed: pip install 'andromeda[hf]'"
+    if device.type != "cuda":
+        return CPU_REASON
+    try:
+        from torch.distributed.tensor.experimental import context_parallel  # noqa: F401
+    except ImportError:
+        return f"torch {torch.__version__} has no torch.distributed.tensor.experimental.context_parallel"
+    return None
+
+
+def matched_llama(preset: str, max_len: int, device: torch.device, dtype: torch.dtype):
+    """The suite's hf:matched:<preset> Llama (SDPA) with positions up to max_len, built on `device` from the seed
+    set before (the same weights on every rank)."""
+    from andromeda.sources import models
+
+    with torch.device(device):
+        return models.build(f"hf:matched:{preset}?max_seq_len={max_len}", device, dtype)
+
+
+@contextlib.contextmanager
+def repeated_kv(on: bool):
+    """With on: transformers repeats the Llama's one K/V head for every query head before SDPA (as torchtitan's
+    models do) instead of passing enable_gqa=True, for an SDPA whose grouped-query path context_parallel does not
+    shard."""
+    if not on:
+        yield
+        return
+    from transformers.integrations import sdpa_attention
+
+    saved = sdpa_attention.use_gqa_in_sdpa
+    sdpa_attention.use_gqa_in_sdpa = lambda *a, **k: False
+    try:
+        yield
+    finally:
+        sdpa_attention.use_gqa_in_sdpa = saved
+
+
+def llama_prefill(model, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The Llama's logits for its last position (B, 1, V). The all-ones mask keeps transformers from reading a jump in
+    position_ids (context_parallel's head-tail shard) as packed sequences: SDPA then gets no mask and is_causal=True,
+    which the ring needs."""
+    with torch.no_grad():
+        return model(input_ids=ids, position_ids=positions, attention_mask=torch.ones_like(ids), use_cache=False,
+                     logits_to_keep=1).logits
+
+
+def torch_cp_prefill(model, mesh, tokens: torch.Tensor) -> torch.Tensor:
+    """One prefill of tokens (B, N), the same on every rank, under context_parallel: the ids and positions are
+    sharded (head-tail) on entry and SDPA runs as ring attention."""
+    from torch.distributed.tensor.experimental import context_parallel
+
+    ids = tokens.clone()
+    pos = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens).clone()
+    with context_parallel(mesh, buffers=[ids, pos], buffer_seq_dims=[1, 1], no_restore_buffers={ids, pos}):
+        return llama_prefill(model, ids, pos)
+
+
+def torch_row(llama, tokens: torch.Tensor, reps: int, device: torch.device, single: bool, mesh) -> dict:
+    """The Llama under PyTorch's context_parallel, timed as row() times ours; an error is recorded, not raised."""
+    world = dist.get_world_size()
+    try:
+        torch_cp_prefill(llama, mesh, tokens)  # warm-up
+        runs = sorted(_timed(lambda: torch_cp_prefill(llama, mesh, tokens), device) for _ in range(reps))
+    except Exception as e:  # noqa: BLE001 - a prototype API: say what failed, keep our rows
+        dist.barrier()
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]}
+    r = {"prefill_ms": 1e3 * runs[len(runs) // 2], "prefill_ms_runs": [1e3 * t for t in runs]}
+    if single:
+        one = None
+        if dist.get_rank() == 0:
+            pos = torch.arange(tokens.shape[1], device=device).expand_as(tokens)
+            try:
+                llama_prefill(llama, tokens, pos)
+                with Stopwatch(device) as sw:
+                    llama_prefill(llama, tokens, pos)
+                one = sw.elapsed_s
+            except torch.OutOfMemoryError:
+                one = None
+        dist.barrier()
+        if one is not None:
+            r["single_device_ms"] = 1e3 * one
+            r["scaling_efficiency"] = one / (world * runs[len(runs) // 2])
+    return r
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--preset", default="andromeda")
@@ -89,7 +196,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-single", action="store_true", help="skip the single-device forward on rank 0")
     ap.add_argument("--smoke", action="store_true", help="CPU and gloo: the tiny preset, short lengths")
-    args = ap.parse_args(argv)
+    ap.add_argument("--torch-cp", action=argparse.BooleanOptionalAction, default=None,
+                    help="PyTorch's context_parallel on hf:matched:<preset> beside ours (default: on CUDA when "
+                         "transformers is installed)")
+    ap.add_argument("--cp-rotate", choices=["alltoall", "allgather"], default="alltoall",
+                    help="how PyTorch's context_parallel moves K/V shards: alltoall (the ring) or allgather")
+    ap.add_argument("--cp-repeat-kv", action="store_true",
+                    help="the Llama repeats its K/V head per query head before SDPA (no enable_gqa)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     smoke = args.smoke or not torch.cuda.is_available()
     dist.init_process_group("gloo" if smoke else "nccl")
     rank = dist.get_rank()
@@ -97,20 +215,46 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     lengths = [128, 256] if args.smoke else args.lengths
-    cfg = from_name("tiny" if smoke else args.preset, max_seq_len=max(lengths))
+    preset = "tiny" if smoke else args.preset
+    dtype = torch.float32 if smoke else torch.bfloat16
+    cfg = from_name(preset, max_seq_len=max(lengths))
     torch.manual_seed(0)
     with torch.device(device):
-        model = Andromeda(cfg).to(torch.float32 if smoke else torch.bfloat16).eval()
+        model = Andromeda(cfg).to(dtype).eval()
     fl = None if smoke or rank else floors.measure(device)
     res = {**floors.provenance(collect_env(), fl), "args": {**vars(args), "json": str(args.json)}, "rows": []}
+    llama = mesh = None
+    why = torch_cp_unavailable(device, args.torch_cp)
+    if why is None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor.experimental._attention import set_rotate_method  # torch >= 2.5
+
+        torch.manual_seed(0)
+        llama = matched_llama(preset, max(lengths), device, dtype)
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+        set_rotate_method(args.cp_rotate)
+        res["torch_cp"] = {"source": llama.source, "matched": llama.info.get("matched"), "rotate": args.cp_rotate,
+                           "gqa": "K/V repeated per query head" if args.cp_repeat_kv else "SDPA enable_gqa",
+                           "load_balance": "head-tail (context_parallel's default for causal SDPA)",
+                           "params": llama.facts.params, "andromeda_params": sum(p.numel() for p in model.parameters())}
+    else:
+        res["torch_cp"] = {"skipped": why}
     for n in lengths:
         r = row(model, n, 2 if smoke else args.reps, device, not args.no_single)
+        if llama is not None:
+            tokens = torch.randint(0, cfg.num_tokens, (1, n), generator=torch.Generator().manual_seed(n)).to(device)
+            with repeated_kv(args.cp_repeat_kv):
+                r["torch_cp"] = torch_row(llama.model, tokens, args.reps, device, not args.no_single, mesh)
+            if "prefill_ms" in r["torch_cp"]:
+                r["speedup_vs_torch_cp"] = r["torch_cp"]["prefill_ms"] / r["prefill_ms"]
         res["rows"].append(r)
         if rank == 0:
             args.json.write_text(json.dumps(res, indent=1, default=str))
+            vs = f", PyTorch context_parallel (Llama) {r['torch_cp'].get('prefill_ms', float('nan')):.1f} ms" \
+                if "torch_cp" in r else ""
             print(f"N={n} on {r['world']} ranks: {r['prefill_ms']:.1f} ms, communication {r['comm_share']:.1%}, "
                   f"balance {r['balance_max_over_min']:.2f}, scaling efficiency "
-                  f"{r.get('scaling_efficiency', float('nan')):.1%}", flush=True)
+                  f"{r.get('scaling_efficiency', float('nan')):.1%}{vs}", flush=True)
     dist.destroy_process_group()
     return 0
 

@@ -208,7 +208,7 @@ def test_preset_runs_every_case_across_two_gloo_processes(quick):
     manifest = yaml.safe_load((out / "manifest.yml").read_text())
     assert manifest["launcher"]["nproc"] == 2 and manifest["device"] == "cpu"
     cases = [r for r in records if not r.params.get("efficiency")]
-    assert {r.scenario for r in cases} == {"data_parallel", "collectives", "load_balance"}
+    assert {r.scenario for r in cases} == {"data_parallel", "collectives", "load_balance", "context_parallel"}
     for r in cases:
         n = r.params["ranks"]
         assert r.info["world_size"] == n and [x["rank"] for x in r.info["ranks"]] == list(range(n))
@@ -244,7 +244,7 @@ def test_gathered_data_parallel_records_hold_both_ranks(quick):
 
 def test_scaling_efficiency_records_recompute_from_the_cases(quick):
     _, _, records = quick
-    eff = {r.params["strategy"]: r for r in records if r.params.get("efficiency")}
+    eff = {r.params["strategy"]: r for r in records if r.scenario == "data_parallel" and r.params.get("efficiency")}
     assert set(eff) == {"ddp", "fsdp"}
     for strategy, e in eff.items():
         t = {r.params["ranks"]: r.metrics["tokens_per_s"] for r in records if r.scenario == "data_parallel"

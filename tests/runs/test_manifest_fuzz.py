@@ -33,6 +33,7 @@ LAUNCHER = {"type": "torchrun", "nproc": 2}
 ENTRIES: dict[str, dict[str, Any]] = {
     "attention": {"impl": ["eager"], "seq_len": [32], "heads": 2, "kv_heads": 1, "head_dim": 8},
     "collectives": {"ranks": [2], "sizes_mib": [0.25], "iters": 2},
+    "context_parallel": {"ranks": [2], "seq_lens": [16], "iters": 2, "check_len": 16},
     "data_parallel": {"ranks": [1], "batch": 2, "seq_len": 16, "steps": 2},
     "diagnostics": {"probe": ["params"], "seq_len": 16},
     "generation": {"prompt_len": [4], "gen_len": [4]},

@@ -4,6 +4,8 @@ data_parallel  tokens/s vs processes with the ideal (linear) line, scaling effic
                processes, communication share vs processes, per-rank box plots of step time
 collectives    bus bandwidth vs message size
 load_balance   per-rank box plots of compute time
+context_parallel  prefill latency vs processes per length with the ideal 1/N line and the spec's 100 ms line,
+               scaling efficiency vs processes, communication share vs processes
 """
 
 from __future__ import annotations
@@ -184,3 +186,86 @@ def busbw(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
         ax.set_xlabel("size S (MiB; all-gather: the gathered output)")
         ax.set_ylabel("bus bandwidth (GB/s)")
     return drawn
+
+
+# ---- context_parallel ------------------------------------------------------------------------------
+SPEC_MS = 100.0  # the spec's claim: "32,000+ tokens in < 100 ms"
+
+
+def _cp_curves(recs: Sequence[Record], efficiency: bool) -> dict[str, list[Record]]:
+    """label -> ok context_parallel records of one (model, dtype, batch, length) by ranks: the cases, or the
+    efficiency records."""
+    ok = [r for r in recs if r.status == "ok" and bool(r.params.get("efficiency")) is efficiency
+          and isinstance(r.params.get("ranks"), int) and "latency_ms" in r.metrics]
+    many = len({(r.params.get("model"), r.params.get("dtype"), r.params.get("batch")) for r in ok}) > 1
+    out: dict[str, list[Record]] = {}
+    for r in sorted(ok, key=lambda r: (str(r.params.get("model")), r.params.get("seq_len", 0))):
+        p = r.params
+        label = f"{p.get('seq_len'):,} tokens"
+        if many:
+            label = f"{p.get('model')} · {p.get('dtype')} · b={p.get('batch')} · {label}"
+        out.setdefault(label, []).append(r)
+    return {k: sorted(v, key=lambda r: r.params["ranks"]) for k, v in out.items()}
+
+
+@register("context_parallel", "latency_vs_ranks",
+          "Prefill latency vs processes (ideal 1/N; spec: 100 ms)", key=True)
+def cp_latency_vs_ranks(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
+    ns: set[int] = set()
+    for label, curve in _cp_curves(recs, efficiency=False).items():
+        x = np.array([r.params["ranks"] for r in curve], dtype=float)
+        y = np.array([r.metrics["latency_ms"] for r in curve])
+        lo = np.array([r.metrics.get("latency_ms_ci_low", np.nan) for r in curve])
+        hi = np.array([r.metrics.get("latency_ms_ci_high", np.nan) for r in curve])
+        yerr = np.vstack([np.nan_to_num(y - lo).clip(0), np.nan_to_num(hi - y).clip(0)])
+        line = ax.errorbar(x, y, yerr=yerr, marker="o", markersize=4, capsize=3, label=label)[0]
+        if len(x) > 1:
+            ax.plot(x, y[0] * x[0] / x, linestyle="--", color=line.get_color(), alpha=0.6,
+                    label=f"{label} · ideal T({int(x[0])})·{int(x[0])}/N")
+        ns.update(int(v) for v in x)
+    if not ns:
+        return False
+    ax.axhline(SPEC_MS, color="black", linestyle=":", linewidth=1.2, label="100 ms (spec: 32,000+ tokens in < 100 ms)")
+    _ranks_axis(ax, ns)
+    ax.set_yscale("log")
+    ax.set_ylabel("prefill latency, slowest rank (ms)")
+    return True
+
+
+@register("context_parallel", "efficiency", "Prefill scaling efficiency vs processes", key=True)
+def cp_efficiency(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
+    ns: set[int] = set()
+    for label, curve in _cp_curves(recs, efficiency=True).items():
+        x = [r.params["ranks"] for r in curve]
+        eff = [r.metrics["scaling_efficiency"] for r in curve]
+        ax.plot(x, eff, marker="o", markersize=4, label=label)
+        for xi, ei in zip(x, eff, strict=True):
+            ax.annotate(fmt_number(ei, 2), (xi, ei), textcoords="offset points", xytext=(0, 5), fontsize=7,
+                        ha="center")
+        ns.update(x)
+    if not ns:
+        return False
+    ax.axhline(1.0, color="black", linestyle=":", linewidth=1, label="linear scaling")
+    _ranks_axis(ax, ns)
+    ax.set_ylim(bottom=0, top=max(1.1, ax.get_ylim()[1]))
+    ax.set_ylabel("scaling efficiency  T(n₀)·n₀ / (N·T(N))")
+    return True
+
+
+@register("context_parallel", "comm_share", "Prefill communication share vs processes")
+def cp_comm_share(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
+    ns: set[int] = set()
+    for label, curve in _cp_curves(recs, efficiency=False).items():
+        pts = [(r.params["ranks"], r.metrics["comm_share"]) for r in curve
+               if r.params["ranks"] > 1 and "comm_share" in r.metrics]
+        if not pts:
+            continue
+        x, y = zip(*pts, strict=True)
+        ax.plot(x, y, marker="o", markersize=4, label=label)
+        ns.update(x)
+    if not ns:
+        return False
+    _ranks_axis(ax, ns)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of a rank's prefill in collectives")
+    return True

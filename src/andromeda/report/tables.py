@@ -155,6 +155,7 @@ def _table(scenario: str, title: str, label: str, recs: Sequence[Record]) -> Tab
 SPLIT_BY: dict[str, tuple[str, dict[str, str]]] = {
     "diagnostics": ("probe", {}),
     "training": ("final", {"yes": "summary", "": "per logged step"}),
+    "context_parallel": ("efficiency", {"yes": "scaling efficiency", "": "per processes and length"}),
 }
 
 
