@@ -14,9 +14,9 @@ on out-of-memory, the rest as gradient accumulation), the Trainer of andromeda.t
   +fused-ce                + the fused, chunked LM head + cross-entropy
   +bf16-master+fused-adamw + bf16 weights with float32 masters and torch's fused AdamW: "the fast step"
   +selective-ckpt / +full-ckpt   the fast step with selective / full activation checkpointing (HFU counts it);
-                           selective under compile needs one graph per block, which the Triton attention kernel
-                           (opaque to dynamo) prevents: that row then says so, and +selective-ckpt-eager measures
-                           selective checkpointing on eager blocks
+                           selective keeps the matmul and attention-kernel outputs (the Triton kernel is a custom
+                           op: a compiled block stays one graph); +selective-ckpt-eager measures selective
+                           checkpointing on eager blocks
   +health                  the fast step with the health metrics on (--health-every); overhead_pct vs the fast step
   adamw8bit                the fast step with bitsandbytes' 8-bit AdamW (over the float32 masters)
   llama-fast               the matched-work transformers Llama (sources hf:matched:<preset>, SDPA) in the fast step

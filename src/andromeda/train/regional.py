@@ -9,9 +9,9 @@ not once per layer. Andromeda's block takes its layer index for the KV cache; a 
 it out, so it does not specialize the graph. Calls with a cache or without gradients (generation, validation)
 run the block eagerly.
 
-fullgraph: a block whose attention kernel dynamo traces (eager, sdpa) compiles as one graph; the Triton kernel is
-opaque to dynamo (torch.compiler.disable), so those blocks compile as the graphs before and after it. A block
-whose full-graph trace fails anyway falls back to graph breaks, once, and says so (BlockWrappers.info).
+fullgraph: a block whose attention kernel dynamo traces compiles as one graph: eager and sdpa (aten ops) and our
+Triton kernel (the custom op andromeda::flash_attention_fwd, model/backends/triton_op.py: one node of the graph). A
+block whose full-graph trace fails anyway falls back to graph breaks, once, and says so (BlockWrappers.info).
 
 Composition: full checkpointing wraps the compiled block (its recompute runs the compiled forward); selective
 checkpointing is inside the compiled region, where the partitioner applies the policy (outside it the policy
@@ -28,20 +28,24 @@ from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from andromeda.errors import UnsupportedError
+from andromeda.model.backends import triton_op  # noqa: F401  (registers torch.ops.andromeda.flash_attention_fwd)
 
 aten = torch.ops.aten
-# outputs selective checkpointing keeps: the matmuls and torch's attention kernels (recomputing them would cost
-# FLOPs); everything else is recomputed from them. Our Triton attention is an autograd.Function launching its own
-# kernels, not an aten op, so the policy cannot keep its output: it runs again (flops: selective_recompute_flops).
+# outputs selective checkpointing keeps: the matmuls, torch's attention kernels and ours (the custom op's out and
+# log-sum-exp); recomputing them would cost FLOPs. Everything else is recomputed from them, so selective
+# checkpointing recomputes no matmul or attention FLOPs (train/loop.py's hardware FLOPs: ATTENTION_SAVED_BY_POLICY).
 SAVED_OPS = frozenset(op for op in (  # overload packets: every overload of each
     aten.mm, aten.addmm, aten.bmm, aten.baddbmm,
     getattr(aten, "_scaled_dot_product_flash_attention", None),
     getattr(aten, "_scaled_dot_product_efficient_attention", None),
     getattr(aten, "_scaled_dot_product_cudnn_attention", None),
     getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None),
+    torch.ops.andromeda.flash_attention_fwd,
 ) if op is not None)
-# attention implementations whose work is aten ops in SAVED_OPS (so selective checkpointing keeps it)
-ATTENTION_SAVED_BY_POLICY = ("eager", "sdpa", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn")
+# attention implementations whose work is ops in SAVED_OPS (so selective checkpointing keeps it)
+ATTENTION_SAVED_BY_POLICY = ("eager", "sdpa", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "triton")
+# attention backends dynamo traces (aten ops, or one custom op), so a block with them can be one graph
+TRACEABLE_ATTENTION = ("eager", "sdpa", "triton")
 
 
 def _policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
@@ -85,10 +89,9 @@ def _call_selective(blk: nn.Module, *args, **kwargs):
 
 _SELECTIVE_NEEDS_ONE_GRAPH = (
     "checkpointing: selective with compile: blocks needs each block traced as one graph (the policy is applied "
-    "inside it), but this model's attention kernel is opaque to torch.compile (the Triton kernel runs under "
-    "torch.compiler.disable; outside one graph the policy's dispatch mode would turn compilation off and the "
-    "blocks would run eagerly). Use checkpointing: full, compile: none, or an attention backend dynamo traces "
-    "(sdpa, eager)")
+    "inside it), but this model's attention kernel is opaque to torch.compile (outside one graph the policy's "
+    "dispatch mode would turn compilation off and the blocks would run eagerly). Use checkpointing: full, "
+    "compile: none, or an attention backend dynamo traces (" + ", ".join(TRACEABLE_ATTENTION) + ")")
 _COMPILED: dict = {}
 
 
@@ -188,14 +191,14 @@ def _resolve_backend(blk: nn.Module, x: torch.Tensor) -> None:
 
 
 def _traceable_attention(model: nn.Module) -> bool:
-    """Whether dynamo traces the model's attention kernel (eager or sdpa), so a block can be one graph."""
+    """Whether dynamo traces the model's attention kernel (TRACEABLE_ATTENTION), so a block can be one graph."""
     from andromeda.measure.recompute import model_attention_impl
 
     p = next(iter(model.parameters()), None)
     if p is None:
         return False
     impl = model_attention_impl(model, p.device, p.dtype if p.dtype != torch.float32 else torch.bfloat16)
-    return impl in ("eager", "sdpa")
+    return impl in TRACEABLE_ATTENTION
 
 
 def enable_activation_checkpointing(model: nn.Module) -> Callable[[], None]:
@@ -223,4 +226,4 @@ def recompute_stops_early(model: nn.Module) -> bool:
 
 
 __all__ = ["BlockWrappers", "model_blocks", "selective_context", "SAVED_OPS", "ATTENTION_SAVED_BY_POLICY",
-           "enable_activation_checkpointing", "recompute_stops_early"]
+           "TRACEABLE_ATTENTION", "enable_activation_checkpointing", "recompute_stops_early"]

@@ -26,6 +26,10 @@ On Hopper (sm90+) tiles arrive through TMA descriptors; other GPUs load through 
 settings are tried in order (`_candidates`: H100-tuned first) and a launch that runs out of shared
 memory falls back to smaller tiles, so GPUs with less shared memory than Hopper run too.
 
+The forward and backward here are the CUDA and CPU kernels of the custom ops andromeda::flash_attention_fwd and
+_bwd (triton_op.py: schemas, fake shapes, autograd), which flash_attention() calls: torch.compile traces a call
+as one node of its graph. They read the tuning when they run; the backward works out its launches again from the
+forward's inputs and the settings (the ALiBi head prefix is cached per slopes tensor, so without a host read).
 Queries are the last Nq of Nk positions (offset Nk - Nq), so cached decoding works too.
 ALiBi adds -slope_h * (i - j) (|i - j| when not causal); a zero slope is no bias.
 Under TRITON_INTERPRET=1 the same kernels run on the CPU (small fixed blocks, both load paths):
@@ -40,7 +44,7 @@ import weakref
 
 import torch
 
-from andromeda.model.backends import block_count
+from andromeda.model.backends import block_count, triton_op
 from andromeda.model.backends.registry import register
 from andromeda.model.backends.settings import TritonTuning, tuning
 
@@ -284,10 +288,10 @@ def _nvmma_layout(rows: int, d: int, dtype: torch.dtype):
     return gl.NVMMASharedLayout.get_default_for([rows, d], gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
 
 
-def _forward_sm90(q, k, v, slopes, out, lse, runs, scale: float, skip: bool, qn, kn) -> torch.Tensor:
+def _forward_sm90(q, k, v, slopes, out, lse, runs, scale: float, skip: bool, qn, kn) -> None:
     """The Hopper forward's launches: heads without ALiBi first (they need no bounds, so the GPU starts while
-    the host prepares the rest), then each ALiBi run after its skip bounds. Returns the key-norm bounds
-    (the backward's; the slopes when not skipping). qn, kn: the score norms (flash_attention) or None."""
+    the host prepares the rest), then each ALiBi run after its skip bounds. qn, kn: the score norms
+    (flash_attention) or None."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from andromeda.model.backends import triton_flash_kernels as tk
@@ -324,107 +328,119 @@ def _forward_sm90(q, k, v, slopes, out, lse, runs, scale: float, skip: bool, qn,
                 count.add("forward", (ends - firsts).sum(), 2 * bm, bn, d)
             else:
                 count.add("forward", int(ends.sum()) * b * hr, 2 * bm, bn, d)
-    return knorm
 
 
-class _FlashAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, slopes, alibi: bool, causal: bool, scale: float, runs: tuple, qn, kn):
-        fwd, _, _ = _kernels()
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        b, h, nq, d = q.shape
-        hkv, nk = k.shape[1], k.shape[2]
-        out = torch.empty_like(q)
-        lse = torch.empty(b, h, nq, device=q.device, dtype=torch.float32)  # base-2 log-sum-exp
+def _plan(slopes: torch.Tensor | None, h: int, nk: int, causal: bool) -> tuple[tuple, bool]:
+    """(head runs, skip far keys) of a call, from the active tuning and the slopes: the forward's and, worked out
+    again from the same inputs, its backward's."""
+    tune = tuning(TritonTuning)
+    alibi = slopes is not None
+    runs = _head_runs(h, alibi, _alibi_prefix(slopes) if alibi and tune.split_heads else None)
+    skip = causal and tune.skip_far and nk >= tune.skip_min_keys and any(ab for _, _, ab in runs)
+    return runs, skip
 
-        tune = tuning(TritonTuning)
-        skip = causal and tune.skip_far and nk >= tune.skip_min_keys and any(ab for _, _, ab in runs)
-        # the backward counts into the forward's BlockCount: autograd may run it on another thread (CUDA),
-        # where the context variable that count_blocks() set is not visible
-        ctx.count = block_count.active()
-        qn = qn.float().contiguous() if skip and qn is not None else None  # (B, H, Nq): rows of QN
-        kn = kn if qn is not None else None
-        if _sm90_fits(q, k, v, causal, scale):
-            knorm = _forward_sm90(q, k, v, slopes, out, lse, runs, scale, skip, qn, kn)
-            ctx.save_for_backward(q, k, v, slopes, out, lse, knorm, qn)
-            ctx.runs, ctx.causal, ctx.scale, ctx.skip = runs, causal, scale, skip
-            ctx.nkn = knorm.shape[-1] if skip else 0
-            return out
-        knorm = _key_norm_prefix_max(k, kn) if skip else slopes
-        nkn = knorm.shape[-1] if skip else 0
 
-        def run(cfg):
-            tma = _use_tma(cfg, q, k, v)
-            bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-            descs = (_desc(q, bm, tma), _desc(k, bn, tma), _desc(v, bn, tma))
-            cnt = _counter("forward", q, bm, bn)
-            for head0, hr, ab in runs:
-                fwd[(b * hr, triton_cdiv(nq, bm))](
-                    *descs, q, k, v, slopes, knorm, lse if qn is None else qn, out, lse,
-                    lse if cnt is None else cnt,
-                    q.stride(1), q.stride(2), k.stride(1), k.stride(2), out.stride(1), out.stride(2),
-                    h, h // hkv, nq, nk, nk - nq, scale * LOG2E, head0, hr, nkn,
-                    _skip_threshold(nk),
-                    ALIBI=ab, CAUSAL=causal, SKIP=skip and ab, KNB=KNORM_BLOCK, IEEE=q.dtype == torch.float32,
-                    COUNT=cnt is not None, HAS_QN=qn is not None, **_bounds(nq, nk), D=d, **{**cfg, "TMA": tma})
+def _forward(q, k, v, slopes, qn, kn, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel of andromeda::flash_attention_fwd (triton_op.py): (out, base-2 log-sum-exp (B, H, Nq))."""
+    fwd, _, _ = _kernels()
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    b, h, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    runs, skip = _plan(slopes, h, nk, causal)
+    slopes = _slopes(slopes, h, q.device)
+    out = torch.empty_like(q)
+    lse = torch.empty(b, h, nq, device=q.device, dtype=torch.float32)  # base-2 log-sum-exp
+    qn = qn.float().contiguous() if skip and qn is not None else None  # (B, H, Nq): rows of QN
+    kn = kn if qn is not None else None
+    if _sm90_fits(q, k, v, causal, scale):
+        _forward_sm90(q, k, v, slopes, out, lse, runs, scale, skip, qn, kn)
+        return out, lse
+    knorm = _key_norm_prefix_max(k, kn) if skip else slopes
+    nkn = knorm.shape[-1] if skip else 0
 
-        _launch("fwd", q.device, q.dtype, d, run)
-        ctx.save_for_backward(q, k, v, slopes, out, lse, knorm, qn)
-        ctx.runs, ctx.causal, ctx.scale, ctx.skip, ctx.nkn = runs, causal, scale, skip, nkn
-        return out
+    def run(cfg):
+        tma = _use_tma(cfg, q, k, v)
+        bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+        descs = (_desc(q, bm, tma), _desc(k, bn, tma), _desc(v, bn, tma))
+        cnt = _counter("forward", q, bm, bn)
+        for head0, hr, ab in runs:
+            fwd[(b * hr, triton_cdiv(nq, bm))](
+                *descs, q, k, v, slopes, knorm, lse if qn is None else qn, out, lse,
+                lse if cnt is None else cnt,
+                q.stride(1), q.stride(2), k.stride(1), k.stride(2), out.stride(1), out.stride(2),
+                h, h // hkv, nq, nk, nk - nq, scale * LOG2E, head0, hr, nkn,
+                _skip_threshold(nk),
+                ALIBI=ab, CAUSAL=causal, SKIP=skip and ab, KNB=KNORM_BLOCK, IEEE=q.dtype == torch.float32,
+                COUNT=cnt is not None, HAS_QN=qn is not None, **_bounds(nq, nk), D=d, **{**cfg, "TMA": tma})
 
-    @staticmethod
-    def backward(ctx, dout):
-        _, dkdv, dqk = _kernels()
-        q, k, v, slopes, out, lse, knorm, qn = ctx.saved_tensors
-        b, h, nq, d = q.shape
-        hkv, nk = k.shape[1], k.shape[2]
-        dout = dout.contiguous()
-        delta = torch.empty(b, h, nq, device=q.device, dtype=torch.float32)  # rowsum(dO * O), from the dQ kernel
-        g = h // hkv
-        dq = torch.empty_like(q)
-        # a dK/dV program sums hc heads of a KV group; the slices (float32 when a group has more) are summed here
-        hc = _group_heads(g, ctx.runs)
-        part = k.dtype if g == 1 else torch.float32
-        dk = torch.empty(b, h // hc, nk, d, device=k.device, dtype=part)
-        dv = torch.empty(b, h // hc, nk, d, device=v.device, dtype=part)
-        # skipping (as in the forward): the dQ kernel writes each head's max of |q_i| |k|max c - lse_i into u
-        u = torch.full((b * h,), float("-inf"), device=q.device, dtype=torch.float32) if ctx.skip else lse
-        skip_t = _skip_threshold(nk)
-        flags = dict(CAUSAL=ctx.causal, IEEE=q.dtype == torch.float32, **_bounds(nq, nk), D=d)
-        common = (q.stride(1), q.stride(2), k.stride(1), k.stride(2))
+    _launch("fwd", q.device, q.dtype, d, run)
+    return out, lse
 
-        def operands(cfg):
-            tma = _use_tma(cfg, q, k, v, dout)
-            bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-            descs = (_desc(q, bm, tma), _desc(k, bn, tma), _desc(v, bn, tma), _desc(dout, bm, tma))
-            return descs, {**flags, **cfg, "TMA": tma}
 
-        def run_dkdv(cfg):
-            descs, kw = operands(cfg)
-            cnt = _counter("dkdv", q, cfg["BLOCK_M"], cfg["BLOCK_N"], ctx.count)
-            for head0, hr, ab in ctx.runs:
-                dkdv[(b * hr // hc, triton_cdiv(nk, cfg["BLOCK_N"]))](
-                    *descs, q, k, v, slopes, dout, lse, delta, dk, dv, u, lse if cnt is None else cnt, *common,
-                    dk.stride(1), dk.stride(2), h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale, head0, hr,
-                    skip_t, ALIBI=ab, SKIP=ctx.skip and ab, HC=hc, COUNT=cnt is not None, **kw)
+def _backward(dout, q, k, v, out, lse, slopes, qn, kn, causal: bool,
+              scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kernel of andromeda::flash_attention_bwd (triton_op.py): (dq, dk, dv). The head runs and the skipping
+    are the forward's (_plan of the same inputs and settings); so are the key-norm bounds, computed again."""
+    _, dkdv, dqk = _kernels()
+    q, k, v, out, dout = q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), dout.contiguous()
+    b, h, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    runs, skip = _plan(slopes, h, nk, causal)
+    slopes = _slopes(slopes, h, q.device)
+    qn = qn.float().contiguous() if skip and qn is not None else None
+    kn = kn if qn is not None else None
+    knorm = _key_norm_prefix_max(k, kn) if skip else slopes
+    nkn = knorm.shape[-1] if skip else 0
+    count = triton_op.backward_count()  # the forward's BlockCount, or None: the active one
+    delta = torch.empty(b, h, nq, device=q.device, dtype=torch.float32)  # rowsum(dO * O), from the dQ kernel
+    g = h // hkv
+    dq = torch.empty_like(q)
+    # a dK/dV program sums hc heads of a KV group; the slices (float32 when a group has more) are summed here
+    hc = _group_heads(g, runs)
+    part = k.dtype if g == 1 else torch.float32
+    dk = torch.empty(b, h // hc, nk, d, device=k.device, dtype=part)
+    dv = torch.empty(b, h // hc, nk, d, device=v.device, dtype=part)
+    # skipping (as in the forward): the dQ kernel writes each head's max of |q_i| |k|max c - lse_i into u
+    u = torch.full((b * h,), float("-inf"), device=q.device, dtype=torch.float32) if skip else lse
+    skip_t = _skip_threshold(nk)
+    flags = dict(CAUSAL=causal, IEEE=q.dtype == torch.float32, **_bounds(nq, nk), D=d)
+    common = (q.stride(1), q.stride(2), k.stride(1), k.stride(2))
 
-        def run_dq(cfg):
-            descs, kw = operands(cfg)
-            cnt = _counter("dq", q, cfg["BLOCK_M"], cfg["BLOCK_N"], ctx.count)
-            for head0, hr, ab in ctx.runs:
-                dqk[(b * hr, triton_cdiv(nq, cfg["BLOCK_M"]))](
-                    *descs, q, k, v, slopes, dout, out, lse, delta, dq, knorm, lse if qn is None else qn, u,
-                    lse if cnt is None else cnt, *common, h, g, nq, nk, nk - nq, ctx.scale * LOG2E, ctx.scale,
-                    head0, hr, ctx.nkn, skip_t, ALIBI=ab, SKIP=ctx.skip and ab, KNB=KNORM_BLOCK,
-                    COUNT=cnt is not None, HAS_QN=qn is not None, **kw)
+    def operands(cfg):
+        tma = _use_tma(cfg, q, k, v, dout)
+        bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+        descs = (_desc(q, bm, tma), _desc(k, bn, tma), _desc(v, bn, tma), _desc(dout, bm, tma))
+        return descs, {**flags, **cfg, "TMA": tma}
 
-        _launch("dq", q.device, q.dtype, d, run_dq)  # first: it writes delta (and u)
-        _launch("bwd", q.device, q.dtype, d, run_dkdv)
-        if g > 1:  # (B, H / hc, Nk, D) -> (B, H_kv, Nk, D): sum each KV head's slices
-            dk = dk.view(b, hkv, g // hc, nk, d).sum(2).to(k.dtype)
-            dv = dv.view(b, hkv, g // hc, nk, d).sum(2).to(v.dtype)
-        return dq, dk, dv, None, None, None, None, None, None, None
+    def run_dkdv(cfg):
+        descs, kw = operands(cfg)
+        cnt = _counter("dkdv", q, cfg["BLOCK_M"], cfg["BLOCK_N"], count)
+        for head0, hr, ab in runs:
+            dkdv[(b * hr // hc, triton_cdiv(nk, cfg["BLOCK_N"]))](
+                *descs, q, k, v, slopes, dout, lse, delta, dk, dv, u, lse if cnt is None else cnt, *common,
+                dk.stride(1), dk.stride(2), h, g, nq, nk, nk - nq, scale * LOG2E, scale, head0, hr,
+                skip_t, ALIBI=ab, SKIP=skip and ab, HC=hc, COUNT=cnt is not None, **kw)
+
+    def run_dq(cfg):
+        descs, kw = operands(cfg)
+        cnt = _counter("dq", q, cfg["BLOCK_M"], cfg["BLOCK_N"], count)
+        for head0, hr, ab in runs:
+            dqk[(b * hr, triton_cdiv(nq, cfg["BLOCK_M"]))](
+                *descs, q, k, v, slopes, dout, out, lse, delta, dq, knorm, lse if qn is None else qn, u,
+                lse if cnt is None else cnt, *common, h, g, nq, nk, nk - nq, scale * LOG2E, scale,
+                head0, hr, nkn, skip_t, ALIBI=ab, SKIP=skip and ab, KNB=KNORM_BLOCK,
+                COUNT=cnt is not None, HAS_QN=qn is not None, **kw)
+
+    _launch("dq", q.device, q.dtype, d, run_dq)  # first: it writes delta (and u)
+    _launch("bwd", q.device, q.dtype, d, run_dkdv)
+    if g > 1:  # (B, H / hc, Nk, D) -> (B, H_kv, Nk, D): sum each KV head's slices
+        dk = dk.view(b, hkv, g // hc, nk, d).sum(2).to(k.dtype)
+        dv = dv.view(b, hkv, g // hc, nk, d).sum(2).to(v.dtype)
+    return dq, dk, dv
+
+
+triton_op.flash_attention_fwd.register_kernel(("cuda", "cpu"), _forward)
+triton_op.flash_attention_bwd.register_kernel(("cuda", "cpu"), _backward)
 
 
 def _counter(kernel: str, q: torch.Tensor, rows: int, keys: int,
@@ -439,17 +455,17 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-@torch.compiler.disable  # torch.compile'd models call the kernels as they are (dynamo does not trace TMA setup)
 def flash_attention(q, k, v, *, causal: bool, scale: float, alibi_slopes: torch.Tensor | None = None,
                     norms: tuple[torch.Tensor, torch.Tensor] | None = None):
     """q (B, H, Nq, D), k/v (B, H_kv, Nk, D) -> (B, H, Nq, D). `norms`: (B, H, Nq) and (B, H_kv, Nk) float32
     with |q_i . k_j| <= qn_i kn_j for every causal pair, tighter than |q_i| |k_j| (the kernels' `_reach`:
-    the model's norms before xPos), for the ALiBi heads' skipping bound; detached."""
-    h, alibi = q.shape[1], alibi_slopes is not None
-    split = alibi and tuning(TritonTuning).split_heads
-    runs = _head_runs(h, alibi, _alibi_prefix(alibi_slopes) if split else None)
+    the model's norms before xPos), for the ALiBi heads' skipping bound; detached. One call of the custom op
+    andromeda::flash_attention_fwd (triton_op.py): torch.compile traces it without a graph break. q, k, v are
+    made contiguous here, where a compiled graph can fuse the copy with what produced them, and the backward
+    gets the copies the forward used."""
     qn, kn = (None, None) if norms is None else (norms[0].detach(), norms[1].detach())
-    return _FlashAttention.apply(q, k, v, _slopes(alibi_slopes, h, q.device), alibi, causal, scale, runs, qn, kn)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    return triton_op.flash_attention_fwd(q, k, v, alibi_slopes, qn, kn, causal, scale)[0]
 
 
 @register("triton")
