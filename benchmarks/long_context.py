@@ -9,7 +9,9 @@ Per length N, for Andromeda (bf16, the default attention backend: our Triton / G
 - prefill_ms: `model(tokens, cache=cache, logits="last")` of N tokens into a fresh cache, synchronized, in
   one call or in chunks of --chunks tokens (a chunk's activations bound the memory); logits for the last
   position only: nothing O(N^2) or O(N x vocab) is materialized. ttft_ms includes the first token's argmax.
-  One timed run after a warm-up at 8K (a long prefill takes seconds; --reps repeats it).
+  One timed run (--reps repeats it) after one untimed prefill of the shortest length for each chunk size:
+  the ALiBi skip kernels first run (and compile) past skip_min_keys, so an 8K warm-up would leave their
+  compilation inside the first timed length.
 - peak_gib: torch.cuda.max_memory_allocated over the prefill (weights included); kv_cache_bytes: the
   cache's buffers (all N + decode slots).
 - decode: median ms/token of the captured decode step (fused Triton kernels, GraphedDecoder(kernels="auto"))
@@ -131,17 +133,22 @@ def _greedy(dec, token):
 
 
 def llama_row(cfg, n: int) -> dict:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, LlamaForCausalLM
 
-    from andromeda.sources.spec import llama_config_for
+    from andromeda.sources.spec import hf_config, llama_config_for
 
     row = {"n": n}
+    model = None
     try:
+        # hf_config: transformers refuses hidden_size 2560 over 24 heads although Llama takes head_dim from the config
+        config = hf_config(AutoConfig, "llama", {**llama_config_for(cfg), "max_position_embeddings": n})
+        config._attn_implementation = "sdpa"
         with torch.device("cuda"):
-            model = LlamaForCausalLM(LlamaConfig(**{**llama_config_for(cfg), "max_position_embeddings": n},
-                                                 attn_implementation="sdpa", torch_dtype=torch.bfloat16))
+            model = LlamaForCausalLM(config)
         model = model.to(torch.bfloat16).eval()
         tokens = torch.randint(0, cfg.num_tokens, (1, n), device="cuda")
+        with torch.no_grad():  # warm-up: the first call selects kernels and allocates
+            model(tokens[:, :4096], use_cache=True, logits_to_keep=1)
         torch.cuda.reset_peak_memory_stats()
         with torch.no_grad():
             ms, _ = _sync_ms(lambda: model(tokens, use_cache=True, logits_to_keep=1))
@@ -182,8 +189,11 @@ def main(argv: list[str] | None = None) -> None:
         model = Andromeda(cfg).to(torch.float32 if args.smoke else torch.bfloat16).eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     res["weight_bytes"] = weight_bytes
-    warm = min(8192, min(args.lengths))
-    _prefill(model, torch.randint(0, cfg.num_tokens, (1, warm), device=device), warm)  # compile and tune
+    warm = min(args.lengths)  # compile and tune every kernel the timed prefills use (the skip kernels included)
+    for chunk in args.chunks:
+        if chunk < warm:
+            _prefill(model, torch.randint(0, cfg.num_tokens, (1, warm), device=device), warm, chunk)
+    _empty_cache()
     for n, chunk in [(n, c) for n in sorted(args.lengths) for c in args.chunks if c < n]:
         try:
             row = andromeda_row(model, n, chunk, args.steps, args.reps, fl, weight_bytes)
