@@ -41,15 +41,16 @@ def head_slopes(heads: int, alibi_heads: int, interpolation_factor: float = 1.0)
     return (slopes / interpolation_factor).float()
 
 
-def rotary_inv_freq(rot_dim: int, theta: float = 10000.0) -> torch.Tensor:
-    """(rot_dim/2,) float64: inv_freq_i = 1 / theta^(2i / rot_dim)."""
-    i = torch.arange(0, rot_dim, 2, dtype=torch.float64)
+def rotary_inv_freq(rot_dim: int, theta: float = 10000.0, device: torch.device | str | None = None) -> torch.Tensor:
+    """(rot_dim/2,) float64: inv_freq_i = 1 / theta^(2i / rot_dim), built on `device` (no host-to-device copy,
+    which would synchronize a queued training step)."""
+    i = torch.arange(0, rot_dim, 2, dtype=torch.float64, device=device)
     return 1.0 / theta ** (i / rot_dim)
 
 
-def xpos_zeta(rot_dim: int) -> torch.Tensor:
-    """(rot_dim/2,) float64: zeta_i = (2i + 0.4 d) / (1.4 d), the per-pair xPos decay base."""
-    i = torch.arange(0, rot_dim, 2, dtype=torch.float64)
+def xpos_zeta(rot_dim: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(rot_dim/2,) float64: zeta_i = (2i + 0.4 d) / (1.4 d), the per-pair xPos decay base, built on `device`."""
+    i = torch.arange(0, rot_dim, 2, dtype=torch.float64, device=device)
     return (i + 0.4 * rot_dim) / (1.4 * rot_dim)
 
 
@@ -134,7 +135,7 @@ def anchored_xpos(first: int, n: int, rot_dim: int, scale_base: float, interpola
     positions = torch.arange(first, first + n, device=device)
     anchor = positions // period * period + period // 2
     rel = (positions - anchor).to(torch.float64) / interpolation_factor / scale_base  # (N,)
-    log_zeta = xpos_zeta(rot_dim).log().to(positions.device)
+    log_zeta = xpos_zeta(rot_dim, positions.device).log()
     log_zeta = torch.cat([log_zeta, log_zeta])  # (rot_dim,)
     power = rel[:, None] * log_zeta[None, :]
     return XPos(torch.exp(power).float(), torch.exp(-power).float(), first, period,
@@ -146,7 +147,7 @@ def rotary_tables(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin (N, rot_dim) float32 of (N,) integer positions; interpolation divides them by the factor."""
     pos = positions.to(torch.float64) / interpolation_factor  # (N,)
-    angles = pos[:, None] * rotary_inv_freq(rot_dim, theta).to(pos.device)[None, :]  # (N, r/2)
+    angles = pos[:, None] * rotary_inv_freq(rot_dim, theta, pos.device)[None, :]  # (N, r/2)
     angles = torch.cat([angles, angles], dim=-1)  # (N, r)
     return angles.cos().float(), angles.sin().float()
 
