@@ -1,6 +1,7 @@
 """What the scenarios that run across processes (collectives, data_parallel, load_balance, context_parallel)
 share: which rank this process is (dist_of), timing with the same number of runs on every rank
-(fixed_count_timing), and a barrier outside timed regions. The torchrun worker (runs/worker.py) puts a DistInfo in ctx.extra["dist"]."""
+(fixed_count_timing), and a barrier outside timed regions. The torchrun worker (runs/worker.py) puts a
+DistInfo in ctx.extra["dist"]."""
 
 from __future__ import annotations
 
