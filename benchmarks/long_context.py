@@ -16,7 +16,9 @@ Per length N, for Andromeda (bf16, the default attention backend: our Triton / G
   cache's buffers (all N + decode slots).
 - decode: median ms/token of the captured decode step (fused Triton kernels, GraphedDecoder(kernels="auto"))
   over --steps steps at context N, against the floor of reading the weights and the filled KV cache once a
-  step, at the measured copy bandwidth and at the datasheet's.
+  step, at the measured copy bandwidth and at the datasheet's. --decode-max-splits M ...: the same number of
+  steps again (continuing the cache) with the fused attention split into at most M programs a KV head, each
+  in its own CUDA graph (DecodeTuning.max_splits; default 128).
 - alibi_skip: with block_count.count_blocks() around a second prefill, the share of causal key tiles the
   attention kernels computed (what the ALiBi heads skipped on the model's own q/k; the non-ALiBi heads
   compute every causal tile).
@@ -36,7 +38,7 @@ from andromeda.measure import floors
 from andromeda.measure.env import collect_env
 from andromeda.measure.timing import Stopwatch
 from andromeda.model import Andromeda, GraphedDecoder, from_name
-from andromeda.model.backends import block_count
+from andromeda.model.backends import DecodeTuning, block_count, tuned
 
 LENGTHS = (32_768, 65_536, 131_072, 200_000, 262_144)
 SHOWN = ("prefill_ms", "peak_gib", "kv_cache_bytes", "decode_kernels", "decode_ms", "decode_floor_ms",
@@ -75,36 +77,35 @@ def _prefill(model, tokens, n_cache: int, chunk: int = 0):
     return ms, _peak_gib(), cache, first
 
 
-def andromeda_row(model, n: int, chunk: int, steps: int, reps: int, fl: dict, weight_bytes: int) -> dict:
+def andromeda_row(model, n: int, chunk: int, steps: int, reps: int, fl: dict, weight_bytes: int,
+                  max_splits: list[int] | None = None) -> dict:
     tokens = torch.randint(0, model.cfg.num_tokens, (1, n), device=model.head.weight.device)
     times, peak = [], 0.0
     for _ in range(reps):
-        ms, peak, cache, first = _prefill(model, tokens, n + steps + 1, chunk)
+        ms, peak, cache, first = _prefill(model, tokens, n + steps * (1 + len(max_splits or ())) + 1, chunk)
         times.append(ms)
     row = {"n": n, "chunk": chunk, "prefill_ms": sorted(times)[len(times) // 2], "prefill_ms_runs": times,
            "peak_gib": peak, "kv_cache_bytes": cache.nbytes, "kv_filled_bytes_at_n": cache.filled_bytes()}
     row["prefill_tokens_per_s"] = n / (row["prefill_ms"] / 1e3)
     # time to first token: the prefill with its last-position logits and argmax (already inside _prefill)
     row["ttft_ms"] = row["prefill_ms"]
-    dec = GraphedDecoder(model, cache, greedy=True)
-    row["decode_kernels"] = dec.kernels
-    token = first.view(1, 1)
-    for _ in range(3):  # (the capture warmed up already) the first replays
-        token = _greedy(dec, token)
-    ts = []
-    for _ in range(steps - 3):
-        ms, token = _sync_ms(lambda t=token, d=dec: _greedy(d, t))
-        ts.append(ms)
-    ts.sort()
+    row["decode_kernels"], ts = _decode_times(model, cache, first, steps)
     row["decode_ms"] = ts[len(ts) // 2]
     row["decode_ms_p10_p90"] = [ts[len(ts) // 10], ts[(9 * len(ts)) // 10]]
-    step_bytes = weight_bytes + cache.filled_bytes()
+    filled = cache.filled_bytes()  # the floor's KV bytes: the cache after the timed steps
+    if max_splits:  # as many steps further on, the fused attention split into at most m programs a KV head (A/B)
+        row["decode_ms_by_max_splits"] = {}
+        for m in max_splits:
+            with tuned(DecodeTuning(max_splits=m)):
+                _, tm = _decode_times(model, cache, first, steps)
+            row["decode_ms_by_max_splits"][str(m)] = tm[len(tm) // 2]
+    step_bytes = weight_bytes + filled
     row["decode_step_bytes"] = step_bytes
     for key, bw in (("", "copy_gb_per_s"), ("_datasheet", "datasheet_gb_per_s")):
         floor = floors.floor_ms(step_bytes, fl.get(bw))
         row[f"decode_floor{key}_ms"] = floor
         row[f"decode_of{key}_floor"] = None if floor is None else floor / row["decode_ms"]
-    del dec, cache
+    del cache
     _empty_cache()
     with block_count.count_blocks() as count:  # the tiles the kernels computed, against dense causal
         _prefill(model, tokens, n, chunk)
@@ -119,6 +120,20 @@ def andromeda_row(model, n: int, chunk: int, steps: int, reps: int, fl: dict, we
     if alibi:
         row["alibi_computed_of_dense_causal"] = (computed - per_head * (cfg.heads - alibi)) / (per_head * alibi)
     return row
+
+
+def _decode_times(model, cache, first, steps: int) -> tuple[str, list[float]]:
+    """(kernels, sorted ms of steps - 3 captured greedy steps after 3 untimed ones) continuing the filled
+    `cache` (a later call continues `steps` positions further on)."""
+    dec = GraphedDecoder(model, cache, greedy=True)
+    token = first.view(1, 1)
+    for _ in range(3):  # (the capture warmed up already) the first replays
+        token = _greedy(dec, token)
+    ts = []
+    for _ in range(steps - 3):
+        ms, token = _sync_ms(lambda t=token, d=dec: _greedy(d, t))
+        ts.append(ms)
+    return dec.kernels, sorted(ts)
 
 
 def _empty_cache():
@@ -171,6 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=24, help="decode steps per length (3 of them warm-up)")
     ap.add_argument("--reps", type=int, default=1, help="timed prefills per length")
     ap.add_argument("--no-llama", action="store_true")
+    ap.add_argument("--decode-max-splits", type=int, nargs="*", default=[],
+                    help="also time decode with the fused attention split into at most these many programs "
+                         "(DecodeTuning.max_splits; the default is 128), side by side")
     ap.add_argument("--smoke", action="store_true",
                     help="CPU check of the script: the tiny preset with anchor blocks of 192 positions, no floors")
     args = ap.parse_args(argv)
@@ -196,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     _empty_cache()
     for n, chunk in [(n, c) for n in sorted(args.lengths) for c in args.chunks if c < n]:
         try:
-            row = andromeda_row(model, n, chunk, args.steps, args.reps, fl, weight_bytes)
+            row = andromeda_row(model, n, chunk, args.steps, args.reps, fl, weight_bytes, args.decode_max_splits)
         except torch.OutOfMemoryError:
             res["andromeda"].append({"n": n, "chunk": chunk, "status": "oom"})
             _empty_cache()

@@ -25,6 +25,13 @@ def test_long_cache_splits_hold_several_key_blocks():
     drive(tiny_model(), "cpu", tol=2e-5, max_len=2100)
 
 
+def test_one_split_holds_every_key_block(tune):
+    """DecodeTuning.max_splits=1: one program streams both 16-key blocks of a 32-slot cache; the steps'
+    positions (13..19) cross from the first block into the second."""
+    tune(DecodeTuning(max_splits=1))
+    drive(tiny_model(), "cpu", tol=2e-5)
+
+
 @pytest.mark.parametrize("setting", [None, dict(BLOCK_N=8, BLOCK_K=16), dict(BLOCK_N=4, BLOCK_K=64)],
                          ids=["default", "8x16", "4x64-past-K"])
 @pytest.mark.parametrize("pre", [1, 4])

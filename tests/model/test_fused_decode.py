@@ -76,7 +76,7 @@ def drive(m, device, tol, dtype=torch.float32, max_len=32):
 
 
 def test_fused_step_matches_in_interpreter():
-    run_interpreter_cases("interp_fused_decode_cases.py", len(INTERP_CONFIGS) + 8)
+    run_interpreter_cases("interp_fused_decode_cases.py", len(INTERP_CONFIGS) + 9)
 
 
 def test_auto_picks_the_torch_step_where_the_fused_one_cannot_run(monkeypatch):

@@ -23,7 +23,7 @@ def test_defaults_are_the_shipped_settings():
         split_heads=True, skip_far=True, skip_min_keys=1024, group_heads=3, sm90_forward=True,
         sm90=dict(BLOCK_M=64, BLOCK_N=128, STAGES=2, LOADER_REGS=24, CONSUMER_REGS=240), config_override={})
     assert dataclasses.asdict(DecodeTuning()) == dict(gemv=None, gemv_by_shape={}, pdl=None, early_out=True,
-                                                      out_pre=3, early_in=True)
+                                                      out_pre=3, early_in=True, max_splits=128)
     assert tuning(TritonTuning) == TritonTuning() and tuning(DecodeTuning) == DecodeTuning()
     assert tuning("triton") is tuning(TritonTuning) and tuning("fused_decode") is tuning(DecodeTuning)
 
@@ -63,6 +63,7 @@ def test_settings_are_frozen_and_their_mappings_read_only():
     (TritonTuning, dict(config_override={"fwd": dict(BLOCK_M=16, BLOCK_N=16, TMA=1)}), "TMA: True or False"),
     (DecodeTuning, dict(pdl="on"), "pdl: True or False or None"),
     (DecodeTuning, dict(out_pre=5), "out_pre: an integer from 1 to 4"),
+    (DecodeTuning, dict(max_splits=0), "max_splits: an integer from 1 to 65536"),
     (DecodeTuning, dict(gemv=dict(BLOCK_N=8)), "gemv: missing BLOCK_K"),
     (DecodeTuning, dict(gemv_by_shape={64: dict(BLOCK_N=8, BLOCK_K=16)}), r"\(rows, K\) tuples"),
 ])

@@ -202,11 +202,11 @@ class FusedStep:
         self.argmax = (torch.full((1,), -(2**63), device=device, dtype=torch.int64),
                        torch.zeros(1, device=device, dtype=torch.int32),
                        torch.zeros(1, 1, device=device, dtype=torch.long))
-        # attention splits: one key block each (up to 128 a KV head; more blocks a split past that)
+        # attention splits: one key block each, up to DecodeTuning.max_splits a KV head (more blocks a split past it)
         t = cache.max_len
         self.block_t = _block_t(device)
         blocks = -(-t // self.block_t)
-        self.split_t = -(-blocks // 128) * self.block_t
+        self.split_t = -(-blocks // tuning(DecodeTuning).max_splits) * self.block_t
         self.n_split = -(-t // self.split_t)
         self.bg = max(16, _pow2(self.g))
         ws = self.hkv * self.n_split * self.bg

@@ -148,6 +148,10 @@ class DecodeTuning:
     early_in: ... and the out-projection in turn lets w_in launch before its wait, whose programs load their first
         tile meanwhile. On the H100 (2.5B preset, 4K context) these three took 2.111 to 2.064 ms/token; more
         w_in tiles ahead lost (4: 2.282). Read at each step (a CUDA graph keeps what it captured).
+    max_splits: the most programs a KV head's attention is split into (keys per split: whole 64-key tiles, as
+        few as keep the count at or under this). With one KV head and batch 1 they are all the attention's
+        parallelism: 128 programs on a 132-SM H100 hold 25 tiles each at 200K keys, one program per SM
+        streaming them in turn. Read when a FusedStep is made.
     """
 
     name: ClassVar[str] = "fused_decode"
@@ -158,10 +162,12 @@ class DecodeTuning:
     early_out: bool = True
     out_pre: int = 3
     early_in: bool = True
+    max_splits: int = 128
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
         _flag(owner, "pdl", self.pdl, optional=True)
+        _count(owner, "max_splits", self.max_splits, 1, 65536)
         _flag(owner, "early_out", self.early_out)
         _flag(owner, "early_in", self.early_in)
         _count(owner, "out_pre", self.out_pre, 1, 4)
