@@ -110,8 +110,9 @@ def test_regional_compile_is_one_graph_for_every_block():
 
 
 def test_an_attention_kernel_dynamo_cannot_trace(monkeypatch):
-    """As the Triton kernel on CUDA (torch.compiler.disable): full graphs fall back to graph breaks around it, once,
-    and say so; selective checkpointing, whose policy needs one graph, is refused with the reason."""
+    """An attention kernel hidden from dynamo (torch.compiler.disable; ours is a custom operator and traces): full
+    graphs fall back to graph breaks around it, once, and say so; selective checkpointing, whose policy needs one
+    graph, is refused with the reason."""
     from andromeda.errors import UnsupportedError
     from andromeda.model import backends
 

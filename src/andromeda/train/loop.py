@@ -184,7 +184,7 @@ class Trainer:
             early = cfg.compile == "none" and recompute_stops_early(model)
             again = recomputed_forward_flops(facts, *tokens, early_stop=early).total
             self.hardware_flops_per_step = self.flops_per_step + again
-        elif cfg.checkpointing == "selective":  # matmul outputs are kept; attention only if it is an aten op
+        elif cfg.checkpointing == "selective":  # matmul outputs are kept; attention if the policy saves its op
             impl = model_attention_impl(model, self.device, self._math_dtype())
             attention = forward_flops(facts, *tokens, lm_head="none").attention
             again = 0.0 if impl in ATTENTION_SAVED_BY_POLICY else attention

@@ -1,4 +1,5 @@
-"""Triton kernels of the flash-attention backend (the autograd wrapper is in triton_flash.py).
+"""Triton kernels of the flash-attention backend (their launches are in triton_flash.py, the custom operator
+wrapping them in triton_op.py).
 
 Imported only when the backend first runs, so the package imports without Triton. Tiles are
 addressed as (batch x heads, positions, head dim); `_rows` loads one through a TMA descriptor or
