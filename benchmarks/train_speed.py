@@ -1,7 +1,9 @@
-"""Issue 26: the training step of an Andromeda preset, change by change, side by side in one run on one CUDA GPU.
+r"""Issue 26: the training step of an Andromeda preset, change by change, side by side in one run on one CUDA GPU.
 
     python benchmarks/train_speed.py [--preset andromeda] [--seq 2048 8192] [--json out.json]
     python benchmarks/train_speed.py --smoke --json /tmp/smoke.json      # CPU, the tiny preset, seconds
+    python benchmarks/train_speed.py --json t.json --variants +bf16-master+fused-adamw +selective-ckpt llama-fast \
+        --profile                                                          # ...and where each row's GPU time goes
 
 Rows, each at every --seq with --tokens-per-step tokens a step (the micro-batch is the largest that fits: halved
 on out-of-memory, the rest as gradient accumulation), the Trainer of andromeda.train driving every one:
@@ -29,6 +31,13 @@ and host gaps). Then the loss over --loss-steps steps of the fast step against t
 data and initial weights (relative difference of the mean loss), and the LM head + loss alone (forward +
 backward at --head-tokens tokens): unfused, ours, ours compiled, and liger-kernel's / cut-cross-entropy's fused
 kernels where they import.
+
+--profile: after each row's timed steps, --profile-steps (2) more under torch.profiler (CUDA kernels on a GPU; on a
+CPU the ops' self time, so the code path is testable); the row's "profile" holds their time per step by category
+(matmul, attention, elementwise_norm, loss_head, optimizer, copy_memset, communication, other: ms, share, kernel
+count; the same by phase), the top --profile-top kernels with their counts, and on a GPU the time some kernel ran
+(busy_ms) beside the profiled steps' wall time (step_ms). benchmarks/profile_split.py says what goes where. A
+side-by-side table of the categories closes the run. The timed rows' numbers are the steps before: unprofiled.
 
 Rows run in priority order (the fast step and the Llama first, then the loss check, then the ladder) and no new
 row starts past --budget-s: the rest are recorded as skipped. The JSON (rewritten after every row) leads with
@@ -59,6 +68,9 @@ from andromeda.model import PRESETS, Andromeda, from_name
 from andromeda.train import TrainConfig, Trainer
 from andromeda.train.fused_ce import linear_cross_entropy, reference_loss
 from andromeda.train.optim import adamw8bit_unavailable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
+import profile_split  # noqa: E402
 
 FAST = dict(precision="bf16-master", fused_adamw=True, compile="blocks", fused_ce=True)
 
@@ -164,11 +176,34 @@ class Bench:
             for _ in range(a.steps):
                 t.run_step()
             recs = t.collect()
+            prof = self._profile(t) if a.profile else None
         info.update(attn_impl=model_attention_impl(t.model, self.dev, t._math_dtype()),
                     optimizer=type(t.optimizer).__name__)
         out = self._metrics(t, recs, warm_s, info)
         out["losses"] = [r["loss"] for r in warm + recs]  # every step, warm-up included: same data in every row
+        if prof is not None:
+            out["profile"] = prof
         return out
+
+    def _profile(self, t: Trainer) -> dict:
+        """--profile-steps more steps under torch.profiler: their time by category (profile_split.split). A failure
+        is the profile's, recorded in it; the row's timed numbers stand."""
+        from torch.profiler import ProfilerActivity, profile
+
+        n, cuda = self.a.profile_steps, self.dev.type == "cuda"
+        try:
+            with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+                for _ in range(n):
+                    t.run_step()
+                recs = t.collect()  # waits for the device: every kernel ends inside the profile
+            p0 = time.perf_counter()
+            out = profile_split.split(prof, n, self.dev.type, self.a.profile_top)
+            out.update(status="ok", step_ms=float(np.median([r["step_ms"] for r in recs])),
+                       parse_s=time.perf_counter() - p0)
+            return out
+        except Exception as e:  # noqa: BLE001 - out of memory included: the profile's failure, not the row's
+            traceback.print_exc()
+            return {"status": "error", "message": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
 
     def _metrics(self, t: Trainer, recs: list[dict], warm_s: float, info: dict) -> dict:
         ms = np.array([r["step_ms"] for r in recs])
@@ -236,6 +271,8 @@ class Bench:
             row["oom_micro_batches"] = tried
         _cleanup(self.dev)
         print(_line(row), flush=True)
+        if row.get("profile"):
+            print(profile_split.brief(row["profile"]), flush=True)
         self.save()
         return row
 
@@ -415,6 +452,11 @@ def parse(argv=None):
     ap.add_argument("--variants", nargs="+", default=None, choices=list(BY_NAME), help="a subset of the rows")
     ap.add_argument("--budget-s", type=float, default=420.0, help="no new row starts after this many seconds")
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled rows")
+    ap.add_argument("--profile", action="store_true",
+                    help="after each row's timed steps, --profile-steps more under torch.profiler: device time by "
+                         "category and the top kernels in the row's JSON, a table of the categories at the end")
+    ap.add_argument("--profile-steps", type=int, default=2)
+    ap.add_argument("--profile-top", type=int, default=15, help="kernels listed per profiled row")
     ap.add_argument("--device", default=None)
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny preset, a few steps: checks the script runs")
     ap.add_argument("--json", default=None)
@@ -462,6 +504,14 @@ def main(argv=None) -> int:
     print(HEADER)
     for r in b.res["rows"]:
         print(_line(r))
+    if lines := profile_split.table(b.res["rows"]):
+        src = next(r["profile"]["source"] for r in b.res["rows"] if r.get("profile", {}).get("status") == "ok")
+        print(f"\nprofiled: device time per step by category ({src}; ms, share, ms minus the first column's at "
+              "that seq):")
+        print("\n".join(lines))
+    for r in b.res["rows"]:
+        if r.get("profile", {}).get("status") == "error":
+            print(f"profile of {r['variant']} at {r['seq']} failed: {r['profile']['message']}")
     for seq, pct in b.res["health_overhead_pct"].items():
         print(f"health metrics overhead at {seq}: {pct:+.2f}% of the fast step's mean time")
     print(f"done in {b.res['elapsed_s']:.0f} s" + (f"; JSON: {args.json}" if args.json else ""))
