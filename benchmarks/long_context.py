@@ -18,7 +18,9 @@ Per length N, for Andromeda (bf16, the default attention backend: our Triton / G
   over --steps steps at context N, against the floor of reading the weights and the filled KV cache once a
   step, at the measured copy bandwidth and at the datasheet's. --decode-max-splits M ...: the same number of
   steps again (continuing the cache) with the fused attention split into at most M programs a KV head, each
-  in its own CUDA graph (DecodeTuning.max_splits; default 128).
+  in its own CUDA graph (DecodeTuning.max_splits; default 128). --sm90-offset-ab: each prefill again with
+  TritonTuning.sm90_offset on (prefill_ms_sm90_offset): past the first xPos anchor block (28,160 positions)
+  and in chunks, queries follow earlier keys, which the Hopper forward covers only with it.
 - alibi_skip: with block_count.count_blocks() around a second prefill, the share of causal key tiles the
   attention kernels computed (what the ALiBi heads skipped on the model's own q/k; the non-ALiBi heads
   compute every causal tile).
@@ -29,6 +31,7 @@ prefills the same N with logits_to_keep=1; a length that does not fit is recorde
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -38,7 +41,7 @@ from andromeda.measure import floors
 from andromeda.measure.env import collect_env
 from andromeda.measure.timing import Stopwatch
 from andromeda.model import Andromeda, GraphedDecoder, from_name
-from andromeda.model.backends import DecodeTuning, block_count, tuned
+from andromeda.model.backends import DecodeTuning, TritonTuning, block_count, tuned, tuning
 
 LENGTHS = (32_768, 65_536, 131_072, 200_000, 262_144)
 SHOWN = ("prefill_ms", "peak_gib", "kv_cache_bytes", "decode_kernels", "decode_ms", "decode_floor_ms",
@@ -78,7 +81,7 @@ def _prefill(model, tokens, n_cache: int, chunk: int = 0):
 
 
 def andromeda_row(model, n: int, chunk: int, steps: int, reps: int, fl: dict, weight_bytes: int,
-                  max_splits: list[int] | None = None) -> dict:
+                  max_splits: list[int] | None = None, sm90_offset: bool = False) -> dict:
     tokens = torch.randint(0, model.cfg.num_tokens, (1, n), device=model.head.weight.device)
     times, peak = [], 0.0
     for _ in range(reps):
@@ -87,6 +90,12 @@ def andromeda_row(model, n: int, chunk: int, steps: int, reps: int, fl: dict, we
     row = {"n": n, "chunk": chunk, "prefill_ms": sorted(times)[len(times) // 2], "prefill_ms_runs": times,
            "peak_gib": peak, "kv_cache_bytes": cache.nbytes, "kv_filled_bytes_at_n": cache.filled_bytes()}
     row["prefill_tokens_per_s"] = n / (row["prefill_ms"] / 1e3)
+    if sm90_offset:  # A/B: the same prefill with the Hopper forward for the later xPos blocks and chunks
+        with tuned(dataclasses.replace(tuning(TritonTuning), sm90_offset=True)):
+            _prefill(model, tokens, n, chunk)  # its launches compile
+            ab = [_prefill(model, tokens, n, chunk)[0] for _ in range(reps)]
+        row["prefill_ms_sm90_offset"] = sorted(ab)[len(ab) // 2]
+        _empty_cache()
     # time to first token: the prefill with its last-position logits and argmax (already inside _prefill)
     row["ttft_ms"] = row["prefill_ms"]
     row["decode_kernels"], ts = _decode_times(model, cache, first, steps)
@@ -186,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=24, help="decode steps per length (3 of them warm-up)")
     ap.add_argument("--reps", type=int, default=1, help="timed prefills per length")
     ap.add_argument("--no-llama", action="store_true")
+    ap.add_argument("--sm90-offset-ab", action="store_true",
+                    help="also time each prefill with TritonTuning.sm90_offset on (the Hopper forward for queries "
+                         "after earlier keys), side by side")
     ap.add_argument("--decode-max-splits", type=int, nargs="*", default=[],
                     help="also time decode with the fused attention split into at most these many programs "
                          "(DecodeTuning.max_splits; the default is 128), side by side")
@@ -214,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     _empty_cache()
     for n, chunk in [(n, c) for n in sorted(args.lengths) for c in args.chunks if c < n]:
         try:
-            row = andromeda_row(model, n, chunk, args.steps, args.reps, fl, weight_bytes, args.decode_max_splits)
+            row = andromeda_row(model, n, chunk, args.steps, args.reps, fl, weight_bytes, args.decode_max_splits,
+                                args.sm90_offset_ab)
         except torch.OutOfMemoryError:
             res["andromeda"].append({"n": n, "chunk": chunk, "status": "oom"})
             _empty_cache()

@@ -160,17 +160,18 @@ def test_launch_falls_back_when_a_setting_runs_out_of_shared_memory(monkeypatch)
 
 
 def _first_blocks(q, k, slopes, scale, tile, block_n, norms=None):
-    """alibi_first_block's LO for every head (all with ALiBi) of q (1, H, N, D), k (1, 1, N, D); `norms`: the
-    (qn (1, H, N), kn (1, 1, N)) score norms (flash_attention's), else the kernel bounds by |q| and |k|."""
+    """alibi_first_block's LO for every head (all with ALiBi) of q (1, H, NQ, D), the last NQ positions of
+    k (1, 1, N, D); `norms`: the (qn (1, H, NQ), kn (1, 1, N)) score norms (flash_attention's), else the kernel
+    bounds by |q| and |k|."""
     from andromeda.model.backends import triton_flash_kernels as tk
 
-    h, n, d = q.shape[1], q.shape[2], q.shape[3]
-    tiles = -(-n // tile)
+    h, nq, d, n = q.shape[1], q.shape[2], q.shape[3], k.shape[2]
+    tiles = -(-nq // tile)
     knorm = triton_flash._key_norm_prefix_max(k, None if norms is None else norms[1])
     qn = knorm if norms is None else norms[0].float().contiguous()
     lo = torch.full((h, tiles), -1, dtype=torch.int32)
     tk.alibi_first_block[(h, tiles)](
-        q, k, slopes, knorm, qn, lo, q.stride(1), q.stride(2), k.stride(1), k.stride(2), h, h, n,
+        q, k, slopes, knorm, qn, lo, q.stride(1), q.stride(2), k.stride(1), k.stride(2), h, h, nq, n - nq,
         scale * triton_flash.LOG2E, 0, h, knorm.shape[-1], triton_flash._skip_threshold(n),
         KNB=triton_flash.KNORM_BLOCK, TILE=tile, BLOCK_N=block_n, D=d, HAS_QN=norms is not None)
     return lo
@@ -251,3 +252,23 @@ def test_skip_bound_from_unscaled_norms_on_the_models_own_q_k():
     assert _skipped_mass(q, k, slopes, scale, lo, tile, block_n).max() < 2.0**-32
     assert (lo[:, -1] * block_n >= n // 2).all()  # the last tile skips at least half its keys
     assert (_first_blocks(q, k, slopes, scale, tile, block_n) == 0).all()  # the scaled norms bound nothing
+
+
+@pytest.mark.parametrize("norms", [False, True])
+def test_alibi_first_block_after_earlier_keys_bounds_as_the_whole_sequence(norms):
+    """Queries after earlier keys (the Hopper forward with an offset, TritonTuning.sm90_offset): the first
+    blocks of the last 160 queries of 256 keys, an offset of three 32-row tiles, are those the same rows get
+    as part of the whole sequence: same scores, same bound, tiles shifted by three."""
+    tile, block_n, off = 32, 16, 96
+    q, k, _, slopes, g = _unit_norm_case(3, n=256)
+    q, k = q.detach(), k.detach()
+    qn = kn = None
+    if norms:
+        qn = torch.linalg.vector_norm(q, dim=-1) * 1.5  # loose but valid norms: they bound the scores
+        kn = torch.linalg.vector_norm(k, dim=-1)
+    whole = _first_blocks(q, k, slopes, 1.0, tile, block_n, None if qn is None else (qn, kn))
+    tail = q[:, :, off:].contiguous()
+    after = _first_blocks(tail, k, slopes, 1.0, tile, block_n,
+                          None if qn is None else (qn[:, :, off:].contiguous(), kn))
+    assert torch.equal(after, whole[:, off // tile:])
+    assert (whole[:, off // tile:] > 0).any()  # something is skipped, so the comparison bites

@@ -72,7 +72,7 @@ def _check(case, device, dtype, tol, slopes=None, gain=1.0):
 
 def test_triton_matches_eager_in_interpreter():
     # the cases at every launch setting, plus the fallback test and the 6 skipping tests
-    run_interpreter_cases("interp_triton_cases.py", len(CASES) * len(INTERP_CONFIGS) + 10)
+    run_interpreter_cases("interp_triton_cases.py", len(CASES) * len(INTERP_CONFIGS) + 12)
 
 
 @pytest.mark.cuda
@@ -248,4 +248,46 @@ def test_sm90_forward_matches_the_triton_forward(tune, dtype, alibi_heads):
 
     for name, s, t, r in zip(("out", "dq", "dk", "dv"), sm90, tri, ref, strict=True):
         assert rel(s, t) < 4e-3, name  # both round to 16 bits, in different orders
+        assert rel(s, r) < 1.1 * rel(t, r) + 1e-4 and rel(s, r) < 1.5e-2, name
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the Hopper forward runs on sm90 GPUs only")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("alibi_heads", [0, 4])
+@pytest.mark.parametrize("nq", [512, 128])
+def test_sm90_forward_after_earlier_keys_matches_the_triton_forward(tune, dtype, alibi_heads, nq):
+    """TritonTuning.sm90_offset: the Gluon forward for the last nq queries of 1024 keys (offsets of whole
+    128-row tiles and 128-key blocks: a chunk after a KV cache, a long prefill's later xPos blocks) against the
+    Triton forward and float32 eager, output and gradients; a 1088-key call (offset 576, not a whole block
+    past the tiles) keeps the Triton forward."""
+    from andromeda.model.backends import TritonTuning, triton_flash, tuning
+
+    g = torch.Generator(device="cuda").manual_seed(alibi_heads + nq)
+    q = torch.randn(2, 8, nq, 128, device="cuda", generator=g)
+    k, v = (torch.randn(2, 1, 1024, 128, device="cuda", generator=g) for _ in range(2))
+    grad = torch.randn(2, 8, nq, 128, device="cuda", generator=g)
+    slopes = head_slopes(8, alibi_heads).cuda() if alibi_heads else None
+    tune(TritonTuning(skip_min_keys=0, sm90_offset=True))
+
+    def run(backend, dt):
+        x = [t.to(dt).requires_grad_() for t in (q, k, v)]
+        out = backends.get(backend)(*x, causal=True, scale=128**-0.5, alibi_slopes=slopes)
+        return (out, *torch.autograd.grad(out, x, grad.to(dt)))
+
+    assert triton_flash._sm90_fits(q.to(dtype), k.to(dtype), v.to(dtype), True, 128**-0.5)
+    longer = torch.zeros(2, 1, 1088, 128, device="cuda", dtype=dtype)
+    assert not triton_flash._sm90_fits(q.to(dtype), longer, longer, True, 128**-0.5)
+    sm90 = run("triton", dtype)
+    tune(dataclasses.replace(tuning(TritonTuning), sm90_offset=False))
+    assert not triton_flash._sm90_fits(q.to(dtype), k.to(dtype), v.to(dtype), True, 128**-0.5)
+    tri = run("triton", dtype)
+    ref = run("eager", torch.float32)
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    for name, s, t, r in zip(("out", "dq", "dk", "dv"), sm90, tri, ref, strict=True):
+        assert rel(s, t) < 4e-3, name
         assert rel(s, r) < 1.1 * rel(t, r) + 1e-4 and rel(s, r) < 1.5e-2, name

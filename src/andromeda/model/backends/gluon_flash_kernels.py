@@ -11,7 +11,8 @@ Here each program is three warp-specialized partitions sharing one query tile of
   while the second matmul runs (FlashAttention-3's intra-warpgroup overlap); the two warpgroups are
   independent instruction streams, so one's softmax also runs under the other's matmuls.
 
-Semantics are the Triton forward's (triton_flash_kernels.flash_fwd): causal, queries = keys (no offset),
+Semantics are the Triton forward's (triton_flash_kernels.flash_fwd): causal, queries the last of the keys
+(an offset of whole tiles and key blocks),
 scores in base 2, ALiBi in per-key form slope * (j - q0) with q0 the tile's first query (the stored
 log-sum-exp takes the per-row constant back out), row log-sum-exp stored for the backward. Key blocks
 before `LO[tile]` are skipped (causal ALiBi: triton_flash_kernels.alibi_first_block bounds them). The
@@ -138,12 +139,14 @@ def _consume(q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, 
 
 
 @gluon.jit
-def flash_fwd_sm90(q_desc, k_desc, v_desc, o_desc, S, LO, L, N, H, G, c, HEAD0, HR,
+def flash_fwd_sm90(q_desc, k_desc, v_desc, o_desc, S, LO, L, NQ, NK, OFF, H, G, c, HEAD0, HR,
                    ALIBI: gl.constexpr, SKIP: gl.constexpr, STAGES: gl.constexpr, BLOCK_M: gl.constexpr,
                    BLOCK_N: gl.constexpr, D: gl.constexpr, LOADER_REGS: gl.constexpr,
                    CONSUMER_REGS: gl.constexpr):
-    """Causal forward over (B*H*N, D) / (B*H_kv*N, D) row views; grid (N / (2 BLOCK_M), B * HR) for heads
-    HEAD0 .. HEAD0 + HR. LO (B*H, N / (2 BLOCK_M)) int32: each tile's first key block (SKIP only)."""
+    """Causal forward over (B*H*NQ, D) / (B*H_kv*NK, D) row views, the queries at positions OFF .. OFF + NQ - 1
+    of the keys (OFF a multiple of the tile and of BLOCK_N, so a tile's last key block is its one diagonal
+    block, as at OFF = 0); grid (NQ / (2 BLOCK_M), B * HR) for heads HEAD0 .. HEAD0 + HR. LO (B*H, NQ /
+    (2 BLOCK_M)) int32: each tile's first key block (SKIP only)."""
     TILE: gl.constexpr = 2 * BLOCK_M
     pid_m = gl.num_programs(0) - 1 - gl.program_id(0)  # longest causal rows first: a shorter tail
     i = gl.program_id(1)
@@ -151,8 +154,8 @@ def flash_fwd_sm90(q_desc, k_desc, v_desc, o_desc, S, LO, L, N, H, G, c, HEAD0, 
     h = HEAD0 + i % HR
     bh = b * H + h
     kbh = b * (H // G) + h // G
-    q0 = pid_m * TILE
-    q_row = bh * N + q0
+    q0 = pid_m * TILE + OFF  # the position of the tile's first query
+    q_row = bh * NQ + pid_m * TILE
     n_blocks = (q0 + TILE) // BLOCK_N
     j0 = 0
     if SKIP:
@@ -183,5 +186,5 @@ def flash_fwd_sm90(q_desc, k_desc, v_desc, o_desc, S, LO, L, N, H, G, c, HEAD0, 
         (_consume, (q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, L, q_row, q_row,
                     j0, n_blocks, q0, c, slope, 1, ALIBI, STAGES, BLOCK_M, BLOCK_N, D)),
         (_load, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
-                 q_row, kbh * N, j0, n_blocks, STAGES, BLOCK_M, BLOCK_N)),
+                 q_row, kbh * NK, j0, n_blocks, STAGES, BLOCK_M, BLOCK_N)),
     ], [4, 1], [CONSUMER_REGS, LOADER_REGS])

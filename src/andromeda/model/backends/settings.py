@@ -94,6 +94,10 @@ class TritonTuning:
         programs to balance.
     sm90_forward: on sm90 GPUs, the Hopper forward (gluon_flash_kernels) for the shapes it covers
         (triton_flash._sm90_fits); False: the Triton forward there too.
+    sm90_offset: the Hopper forward also for queries after earlier keys (a chunk after a KV cache, or the
+        query blocks of a long prefill past the first xPos anchor block), offset by whole tiles and key blocks.
+        Off until measured and tested on an sm90 GPU (tests/model/test_triton.py's CUDA case); off, those
+        calls take the Triton forward, at about 0.8x the Hopper forward's rate.
     sm90: the Hopper forward's launch setting: BLOCK_M, BLOCK_N, STAGES, LOADER_REGS, CONSUMER_REGS (H100-tuned;
         a query tile is 2 BLOCK_M rows).
     config_override: launch settings to use instead of the tuned ones (benchmarks/attention_kernels.py --configs),
@@ -110,13 +114,14 @@ class TritonTuning:
     skip_min_keys: int = 1024
     group_heads: int = 3
     sm90_forward: bool = True
+    sm90_offset: bool = False
     sm90: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(
         BLOCK_M=64, BLOCK_N=128, STAGES=2, LOADER_REGS=24, CONSUMER_REGS=240))
     config_override: Mapping[str, Mapping[str, int | bool]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
-        for name in ("split_heads", "skip_far", "sm90_forward"):
+        for name in ("split_heads", "skip_far", "sm90_forward", "sm90_offset"):
             _flag(owner, name, getattr(self, name))
         _count(owner, "skip_min_keys", self.skip_min_keys, 0)
         _count(owner, "group_heads", self.group_heads, 1)

@@ -19,7 +19,8 @@ separately, each kernel compiled for its case, so heads without ALiBi do not add
 Under causal ALiBi (keys >= skip_min_keys), forward and backward skip the key blocks too far back to
 count: the forward runs a tile's diagonal blocks first and bounds the rest by Cauchy-Schwarz from the
 row maxima, the backward from the stored log-sum-exp; what is skipped weighs under 2^-32 of a row's sum.
-On sm90 GPUs the forward of causal self-attention over whole 128-row tiles (head dim 128, 16-bit) is
+On sm90 GPUs the forward of causal self-attention over whole 128-row tiles (head dim 128, 16-bit; with
+TritonTuning.sm90_offset also queries after whole tiles of earlier keys) is
 instead the warp-specialized Gluon kernel of gluon_flash_kernels.py (`_sm90_fits`, `_forward_sm90`); its
 ALiBi heads skip far blocks from bounds taken before the loop (alibi_first_block). The backward is the same.
 On Hopper (sm90+) tiles arrive through TMA descriptors; other GPUs load through pointers. Launch
@@ -238,16 +239,27 @@ def _is_sm90(index: int) -> bool:
     return torch.cuda.get_device_capability(index) == (9, 0)
 
 
+def _sm90_offset_fits(nq: int, nk: int, tune: TritonTuning) -> bool:
+    """Queries the last nq of nk keys in a way the Hopper forward covers: none before them, or (sm90_offset) an
+    offset of whole query tiles and key blocks, so each tile's last key block is its one diagonal block."""
+    if nq == nk:
+        return True
+    step = max(2 * tune.sm90["BLOCK_M"], tune.sm90["BLOCK_N"])
+    return tune.sm90_offset and nq < nk and (nk - nq) % step == 0
+
+
 def _sm90_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float) -> bool:
     """Whether the Hopper forward covers this call: an sm90 GPU (its matmuls are wgmma, which other
-    generations lack), causal self-attention (queries = keys) over a whole number of query tiles, head dim
-    128, 16-bit inputs (contiguous, 16-byte aligned: TMA), a positive scale; unless tuned off (sm90_forward)."""
+    generations lack), causal attention over a whole number of query tiles (self-attention, or with
+    sm90_offset queries after whole tiles of earlier keys), head dim 128, 16-bit inputs (contiguous, 16-byte
+    aligned: TMA), a positive scale; unless tuned off (sm90_forward)."""
     tune = tuning(TritonTuning)
     tile = 2 * tune.sm90["BLOCK_M"]
     return (tune.sm90_forward and q.is_cuda and not _interpreting() and causal and scale > 0
             and q.dtype in (torch.float16, torch.bfloat16) and k.dtype == v.dtype == q.dtype and q.shape[3] == 128
             and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (q, k, v))
-            and q.shape[2] == k.shape[2] and q.shape[2] % tile == 0 and q.shape[2] >= tune.sm90["BLOCK_N"]
+            and _sm90_offset_fits(q.shape[2], k.shape[2], tune) and q.shape[2] % tile == 0
+            and q.shape[2] >= tune.sm90["BLOCK_N"]
             and _is_sm90(q.device.index if q.device.index is not None else torch.cuda.current_device())
             and _gluon_kernels() is not None)
 
@@ -297,11 +309,13 @@ def _forward_sm90(q, k, v, slopes, out, lse, runs, scale: float, skip: bool, qn,
     from andromeda.model.backends import triton_flash_kernels as tk
 
     gk = _gluon_kernels()
-    b, h, n, d = q.shape
+    b, h, nq, d = q.shape
+    nk = k.shape[2]
+    off = nk - nq  # the queries' first position (_sm90_fits: a whole number of tiles and key blocks)
     g = h // k.shape[1]
     sm90 = tuning(TritonTuning).sm90
     bm, bn = sm90["BLOCK_M"], sm90["BLOCK_N"]
-    tiles = n // (2 * bm)
+    tiles = nq // (2 * bm)
 
     def desc(t, rows):
         return TensorDescriptor.from_tensor(t.view(-1, d), [rows, d], _nvmma_layout(rows, d, t.dtype))
@@ -315,14 +329,15 @@ def _forward_sm90(q, k, v, slopes, out, lse, runs, scale: float, skip: bool, qn,
         if skip and ab:
             _cached_launch(tk.alibi_first_block, (b * hr, tiles), (
                 q, k, slopes, knorm, lse if qn is None else qn, lo, q.stride(1), q.stride(2), k.stride(1),
-                k.stride(2), h, g, n, scale * LOG2E, head0, hr, knorm.shape[-1], _skip_threshold(n)),
+                k.stride(2), h, g, nq, off, scale * LOG2E, head0, hr, knorm.shape[-1], _skip_threshold(nk)),
                 dict(KNB=KNORM_BLOCK, TILE=2 * bm, BLOCK_N=bn, D=d, HAS_QN=qn is not None), 8)
-        _cached_launch(gk.flash_fwd_sm90, (tiles, b * hr), (*descs, slopes, lo, lse, n, h, g, scale * LOG2E, head0, hr),
+        _cached_launch(gk.flash_fwd_sm90, (tiles, b * hr), (*descs, slopes, lo, lse, nq, nk, off, h, g, scale * LOG2E,
+                                                            head0, hr),
                        dict(ALIBI=ab, SKIP=skip and ab, STAGES=sm90["STAGES"], BLOCK_M=bm, BLOCK_N=bn, D=d,
                             LOADER_REGS=sm90["LOADER_REGS"], CONSUMER_REGS=sm90["CONSUMER_REGS"]), 4)
         count = block_count.active()
         if count is not None:  # the kernel runs key blocks LO[tile] .. (q0 + TILE) / BLOCK_N of each tile
-            ends = (torch.arange(1, tiles + 1, device=q.device) * 2 * bm) // bn
+            ends = (torch.arange(1, tiles + 1, device=q.device) * 2 * bm + off) // bn
             if skip and ab:
                 firsts = lo.view(b, h, tiles)[:, head0:head0 + hr].to(torch.int64)
                 count.add("forward", (ends - firsts).sum(), 2 * bm, bn, d)

@@ -208,29 +208,31 @@ def _first_needed_key(reach, m_i, kn, q0, slope, skip_t, full, BLOCK_N: tl.const
 
 
 @triton.jit
-def alibi_first_block(Q, K, S, KN, QN, LO, s_qbh, s_qn, s_kbh, s_kn, H, G, N, qk_scale, HEAD0, HR, NKN, SKIP_T,
-                      KNB: tl.constexpr, TILE: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+def alibi_first_block(Q, K, S, KN, QN, LO, s_qbh, s_qn, s_kbh, s_kn, H, G, NQ, OFF, qk_scale, HEAD0, HR, NKN,
+                      SKIP_T, KNB: tl.constexpr, TILE: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                       HAS_QN: tl.constexpr):
-    """For the Hopper forward (gluon_flash_kernels), causal ALiBi with queries = keys: the first key block
-    (index, in blocks of BLOCK_N) that can still count for a row of each TILE-row query tile, into LO[bh, tile].
+    """For the Hopper forward (gluon_flash_kernels), causal ALiBi, the NQ queries at positions OFF .. OFF + NQ - 1
+    of the keys: the first key block (index, in blocks of BLOCK_N) that can still count for a row of each
+    TILE-row query tile, into LO[bh, tile].
 
     `_first_needed_key`'s bound with a lower bound on every row's final maximum taken before any block
     runs: row i sees its own key, so its maximum is at least its own score s_ii = q_i.k_i qk_scale
-    + slope (i - q0) (per-key form). Rows past N count as no constraint."""
+    + slope (i - q0) (per-key form). Rows past NQ count as no constraint."""
     pid_m = tl.program_id(1)
     bh, b, h = _head(HEAD0, HR, H, 1)
     kbh = b * (H // G) + h // G
-    q0 = pid_m * TILE
-    offs = q0 + tl.arange(0, TILE)
+    rows = pid_m * TILE + tl.arange(0, TILE)  # the tile's query rows
+    q0 = pid_m * TILE + OFF  # the position of its first query
+    offs = rows + OFF  # the rows' positions: their own keys
     dims = tl.arange(0, D)
-    inside = offs < N
-    q = tl.load(Q + bh * s_qbh + offs[:, None] * s_qn + dims[None, :], mask=inside[:, None], other=0.0)
+    inside = rows < NQ
+    q = tl.load(Q + bh * s_qbh + rows[:, None] * s_qn + dims[None, :], mask=inside[:, None], other=0.0)
     k = tl.load(K + kbh * s_kbh + offs[:, None] * s_kn + dims[None, :], mask=inside[:, None], other=0.0)
     slope = _slope(S, h, True)
     own = tl.sum(q.to(tl.float32) * k.to(tl.float32), 1) * qk_scale + slope * (offs - q0).to(tl.float32)
     full = q0 // BLOCK_N * BLOCK_N  # keys every row of the tile sees
     kn = tl.load(KN + kbh * NKN + tl.maximum(full - 1, 0) // KNB)
-    reach = _reach(q, QN, bh, offs, N, qk_scale, HAS_QN)
+    reach = _reach(q, QN, bh, rows, NQ, qk_scale, HAS_QN)
     cut = (own - reach * kn - (SKIP_T + 1.0)) / tl.where(slope > 0, slope, 1.0)
     cut = tl.where(inside, cut, float("inf"))  # a row past N: no constraint
     lo = _skip_to(cut, q0, slope, full, BLOCK_N)
