@@ -255,7 +255,8 @@ def _sm90_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, 
     aligned: TMA), a positive scale; unless tuned off (sm90_forward)."""
     tune = tuning(TritonTuning)
     step = tune.sm90["BLOCK_N"]  # the kernel masks a tile's last key block only: tiles of 2 BLOCK_M = BLOCK_N
-    return (tune.sm90_forward and step == 2 * tune.sm90["BLOCK_M"] and q.is_cuda and not _interpreting() and causal and scale > 0
+    return (tune.sm90_forward and step == 2 * tune.sm90["BLOCK_M"] and q.is_cuda and not _interpreting()
+            and causal and scale > 0
             and q.dtype in (torch.float16, torch.bfloat16) and k.dtype == v.dtype == q.dtype and q.shape[3] == 128
             and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (q, k, v))
             and _sm90_offset_fits(q.shape[2], k.shape[2], tune) and q.shape[2] % step == 0
