@@ -75,21 +75,30 @@ def row(model, n: int, reps: int, device: torch.device, single: bool) -> dict:
          / min(t - c for c, t in zip(comms, totals, strict=True)),
          "chunks": layout(n, world, model.cfg.shift_tokens)}
     if single:
-        one = None
-        if dist.get_rank() == 0:
-            try:
-                with torch.no_grad():
-                    model(tokens, logits="last")
-                    with Stopwatch(device) as sw:
-                        model(tokens, logits="last")
-                one = sw.elapsed_s
-            except torch.OutOfMemoryError:
-                one = None
-        dist.barrier()
-        if one is not None:
-            r["single_device_ms"] = 1e3 * one
-            r["scaling_efficiency"] = one / (world * runs[len(runs) // 2])
+        def forward():
+            with torch.no_grad():
+                model(tokens, logits="last")
+
+        _add_single_device(r, forward, device, world, runs[len(runs) // 2])
     return r
+
+
+def _add_single_device(r: dict, prefill, device, world: int, sharded_s: float) -> None:
+    """Rank 0 times `prefill` alone on its device (after one untimed call) while the others wait; r gets
+    single_device_ms and scaling_efficiency T(1) / (world T(world)) unless it ran out of memory."""
+    one = None
+    if dist.get_rank() == 0:
+        try:
+            prefill()
+            with Stopwatch(device) as sw:
+                prefill()
+            one = sw.elapsed_s
+        except torch.OutOfMemoryError:
+            one = None
+    dist.barrier()
+    if one is not None:
+        r["single_device_ms"] = 1e3 * one
+        r["scaling_efficiency"] = one / (world * sharded_s)
 
 
 # ---- PyTorch's context_parallel on a Llama of matched work ----------------------------------------------
@@ -171,20 +180,8 @@ def torch_row(llama, tokens: torch.Tensor, reps: int, device: torch.device, sing
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]}
     r = {"prefill_ms": 1e3 * runs[len(runs) // 2], "prefill_ms_runs": [1e3 * t for t in runs]}
     if single:
-        one = None
-        if dist.get_rank() == 0:
-            pos = torch.arange(tokens.shape[1], device=device).expand_as(tokens)
-            try:
-                llama_prefill(llama, tokens, pos)
-                with Stopwatch(device) as sw:
-                    llama_prefill(llama, tokens, pos)
-                one = sw.elapsed_s
-            except torch.OutOfMemoryError:
-                one = None
-        dist.barrier()
-        if one is not None:
-            r["single_device_ms"] = 1e3 * one
-            r["scaling_efficiency"] = one / (world * runs[len(runs) // 2])
+        pos = torch.arange(tokens.shape[1], device=device).expand_as(tokens)
+        _add_single_device(r, lambda: llama_prefill(llama, tokens, pos), device, world, runs[len(runs) // 2])
     return r
 
 

@@ -86,18 +86,27 @@ def efficiency(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
             continue
         p = r.params
         label = f"{p.get('strategy')} · {p.get('scaling')} · b={p.get('batch')} · n={p.get('seq_len')}"
-        ax.plot(x, eff, marker="o", markersize=4, label=label)
-        for xi, ei in zip(x, eff, strict=True):
-            ax.annotate(fmt_number(ei, 2), (xi, ei), textcoords="offset points", xytext=(0, 5), fontsize=7,
-                        ha="center")
+        _efficiency_curve(ax, x, eff, label)
         ns.update(int(v) for v in x)
         drawn = True
     if drawn:
-        ax.axhline(1.0, color="black", linestyle=":", linewidth=1, label="linear scaling")
-        _ranks_axis(ax, ns)
-        ax.set_ylim(bottom=0, top=max(1.1, ax.get_ylim()[1]))
-        ax.set_ylabel("scaling efficiency  T(n) / (n/n₀ · T(n₀))")
+        _efficiency_axes(ax, ns, "scaling efficiency  T(n) / (n/n₀ · T(n₀))")
     return drawn
+
+
+def _efficiency_curve(ax: Axes, x: Sequence[int], eff: Sequence[float], label: str) -> None:
+    """One efficiency curve against process counts, each point annotated with its value."""
+    ax.plot(x, eff, marker="o", markersize=4, label=label)
+    for xi, ei in zip(x, eff, strict=True):
+        ax.annotate(fmt_number(ei, 2), (xi, ei), textcoords="offset points", xytext=(0, 5), fontsize=7, ha="center")
+
+
+def _efficiency_axes(ax: Axes, ns: set[int], ylabel: str) -> None:
+    """The linear-scaling line, the process-count axis over `ns` and the efficiency axis from 0."""
+    ax.axhline(1.0, color="black", linestyle=":", linewidth=1, label="linear scaling")
+    _ranks_axis(ax, ns)
+    ax.set_ylim(bottom=0, top=max(1.1, ax.get_ylim()[1]))
+    ax.set_ylabel(ylabel)
 
 
 @register("data_parallel", "comm_share", "Communication share of a step vs processes")
@@ -238,17 +247,11 @@ def cp_efficiency(ax: Axes, df: pd.DataFrame, recs: Sequence[Record]) -> bool:
     for label, curve in _cp_curves(recs, efficiency=True).items():
         x = [r.params["ranks"] for r in curve]
         eff = [r.metrics["scaling_efficiency"] for r in curve]
-        ax.plot(x, eff, marker="o", markersize=4, label=label)
-        for xi, ei in zip(x, eff, strict=True):
-            ax.annotate(fmt_number(ei, 2), (xi, ei), textcoords="offset points", xytext=(0, 5), fontsize=7,
-                        ha="center")
+        _efficiency_curve(ax, x, eff, label)
         ns.update(x)
     if not ns:
         return False
-    ax.axhline(1.0, color="black", linestyle=":", linewidth=1, label="linear scaling")
-    _ranks_axis(ax, ns)
-    ax.set_ylim(bottom=0, top=max(1.1, ax.get_ylim()[1]))
-    ax.set_ylabel("scaling efficiency  T(n₀)·n₀ / (N·T(N))")
+    _efficiency_axes(ax, ns, "scaling efficiency  T(n₀)·n₀ / (N·T(N))")
     return True
 
 
