@@ -239,13 +239,11 @@ def _is_sm90(index: int) -> bool:
     return torch.cuda.get_device_capability(index) == (9, 0)
 
 
-def _sm90_offset_fits(nq: int, nk: int, tune: TritonTuning) -> bool:
-    """Queries the last nq of nk keys in a way the Hopper forward covers: none before them, or (sm90_offset) an
-    offset of whole query tiles and key blocks, so each tile's last key block is its one diagonal block."""
-    if nq == nk:
-        return True
-    step = max(2 * tune.sm90["BLOCK_M"], tune.sm90["BLOCK_N"])
-    return tune.sm90_offset and nq < nk and (nk - nq) % step == 0
+def _sm90_offset_fits(nq: int, nk: int, offset: bool, step: int) -> bool:
+    """Queries the last nq of nk keys in a way the Hopper forward covers: none before them, or (`offset`:
+    TritonTuning.sm90_offset) an offset of whole `step`-row tiles, each tile's last key block its one diagonal
+    block."""
+    return nq == nk or (offset and nq < nk and (nk - nq) % step == 0)
 
 
 def _sm90_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float) -> bool:
@@ -259,7 +257,7 @@ def _sm90_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, 
             and causal and scale > 0
             and q.dtype in (torch.float16, torch.bfloat16) and k.dtype == v.dtype == q.dtype and q.shape[3] == 128
             and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (q, k, v))
-            and _sm90_offset_fits(q.shape[2], k.shape[2], tune) and q.shape[2] % step == 0
+            and _sm90_offset_fits(q.shape[2], k.shape[2], tune.sm90_offset, step) and q.shape[2] % step == 0
             and _is_sm90(q.device.index if q.device.index is not None else torch.cuda.current_device())
             and _gluon_kernels() is not None)
 
