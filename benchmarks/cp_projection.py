@@ -1,0 +1,324 @@
+"""Context-parallel prefill latency on W = 1, 2, 4, 8 GPUs, projected from one GPU (issue 27: "32,768 tokens in
+< 100 ms on 8 GPUs with context parallelism"; multi-GPU hosts are not at hand, benchmarks/context_parallel.py
+measures it where they are).
+
+    python benchmarks/cp_projection.py --json cp-proj.json --lengths 32768 65536
+    python benchmarks/cp_projection.py --smoke --json /tmp/cp-proj.json   # CPU check: tiny preset, float32
+
+Method. The context-parallel prefill (model/context_parallel.py) gives rank r the chunks r and 2W - 1 - r of
+`layout(n, W, shift_tokens)`; layer by layer, a chunk [a, b)'s queries attend the all-gathered keys of positions
+0 .. b - 1, and its token shift takes the rows of position a - 1. That is exactly the work of a chunked prefill
+through a KV cache: `model(tokens[:, a:b], cache=cache, logits=...)` with the cache holding positions [0, a)
+(token-shift state of position a - 1 included); logits for the last position on the chunk that ends at n, none
+on the others (as prefill(logits="last")). Per (n, W) the script fills a bf16 cache once, chunk by chunk along
+the layout's edges, keeping a snapshot at each edge (length, key-norm count, token-shift rows), and times each
+chunk [a, b) with the cache rewound to its snapshot at a: one untimed run, then the median of --reps
+synchronized runs (Stopwatch). A rank's compute is the sum of its two chunks. Single device: the median of
+`model(tokens, logits="last")`, the scaling efficiency T1 / (W x TW).
+
+The projection (every figure in the JSON; the assumptions as strings under "assumptions"):
+- communication: per layer and chunk the implementation all-gathers keys and values (B, H_kv, chunk, dim_head,
+  model dtype; padded to the longest chunk of that piece), the keys' float32 norms where the attention backend
+  takes them (xPos + ALiBi + a backend with score_norms: our Triton kernel, not the CPU's eager one), and per
+  token-shift site (2 a block, 1 for parallel blocks) `shift_tokens` rows of width dim: 2 x depth x (2 + norms
+  + sites) all-gathers a rank. The script counts the cache calls that _Shards replaces by all-gathers during the
+  fill and refuses to project when they differ from the formula. Each costs alpha + (W - 1)/W x output bytes /
+  busbw (nccl-tests' bus bandwidth of all_gather), alpha 20 us, busbw 360 GB/s (--alpha-us, --busbw-gbs). W = 1:
+  none. No overlap (the implementation synchronizes each collective between the blocks' kernels).
+- projected_ms (lockstep): every all-gather waits for the slowest rank, and the implementation gathers each
+  piece (every rank's first chunk, then every rank's second) per layer, so the slowest rank of each piece sets
+  the pace: sum over the two pieces of max over ranks of the chunk's time, plus communication. Rank W - 1 is
+  slowest on the first piece, rank 0 on the second, so the balanced layout balances the sum, not the pieces.
+- projected_ms_balanced: max over ranks of (its two chunks + communication), what a gather of both pieces at
+  once per layer would give (a lower bound on projected_ms).
+- the ranks' GPUs run as this one; the copies of gathered pieces into the full-length buffers are not timed.
+A correctness check per length, for the smallest W > 1: the chunks' last hidden states, run through the rewound
+cache, against the single forward's (max abs difference, recorded, not asserted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from andromeda.errors import ConfigError
+from andromeda.measure import floors
+from andromeda.measure.env import collect_env
+from andromeda.measure.timing import Stopwatch
+from andromeda.model import Andromeda, from_name
+from andromeda.model.context_parallel import layout
+
+TARGET_MS = 100.0
+ASSUMPTIONS = {
+    "all_gather_cost": "alpha + (W - 1) / W x output bytes / busbw: nccl-tests' bus bandwidth of all_gather "
+                       "(busbw = algbw x (n - 1) / n, algbw = output bytes / time; nccl-tests doc/PERFORMANCE.md)",
+    "busbw": "default 360 GB/s: H100 SXM NVLink 4 moves 450 GB/s per direction (900 GB/s total, NVIDIA H100 "
+             "datasheet); nccl-tests all_gather reaches about 80% of it for large messages on 8 GPUs",
+    "alpha": "default 20 us a collective: a small-message NCCL all_gather on one NVLink/NVSwitch host (an "
+             "assumption; --alpha-us)",
+    "no_overlap": "communication is not overlapped with compute: the implementation runs each all-gather "
+                  "synchronously between the blocks' kernels",
+    "world_1": "W = 1: no communication modelled (one rank's all_gather is a local copy)",
+    "lockstep": "projected_ms: each all-gather waits for the slowest rank, per layer and piece (every rank's first "
+                "chunks, then their second): sum over the two pieces of max over ranks of the chunk time + comm",
+    "balanced": "projected_ms_balanced: max over ranks of (its two chunks + comm), as if both pieces were gathered "
+                "at once a layer; a lower bound on projected_ms",
+    "same_gpus": "every rank's GPU runs its chunks as this GPU ran them, one at a time (same clocks, no contention)",
+    "untimed": "the copies of gathered pieces into full-length key/value buffers (_Shards._place) and the padding "
+               "to the longest chunk are not timed (a few MB a layer)",
+}
+
+
+def collective_count(cfg, key_norms: bool) -> dict:
+    """All-gathers one chunk's forward makes in a context-parallel prefill, per layer, by kind (as _Shards)."""
+    sites = 0 if not cfg.shift_tokens else 1 if cfg.parallel_block else 2
+    return {"kv": 2, "key_norms": int(key_norms), "shift": sites}
+
+
+def comm_model(cfg, pieces, batch: int, elt: int, key_norms: bool, alpha_s: float, busbw: float) -> dict:
+    """Modelled all-gathers of one rank (the same on every rank) for the layout `pieces`: count, output bytes,
+    seconds."""
+    w = len(pieces)
+    if w == 1:
+        return {"collectives": 0, "out_bytes": 0, "ms": 0.0}
+    per = collective_count(cfg, key_norms)
+    count, out_bytes = 0, 0
+    for j in range(2):
+        longest = max(p[j][1] - p[j][0] for p in pieces)
+        layer = (per["kv"] * w * longest * batch * cfg.n_kv_heads * cfg.dim_head * elt
+                 + per["key_norms"] * w * longest * batch * cfg.n_kv_heads * 4
+                 + per["shift"] * w * cfg.shift_tokens * batch * cfg.dim * elt)
+        out_bytes += cfg.depth * layer
+        count += cfg.depth * sum(per.values())
+    seconds = count * alpha_s + (w - 1) / w * out_bytes / busbw
+    return {"collectives": count, "out_bytes": out_bytes, "ms": 1e3 * seconds}
+
+
+class _Counting:
+    """A KVCache that counts the calls a context-parallel prefill's _Shards answers with all-gathers."""
+
+    def __init__(self, cache):
+        self._cache = cache
+        self.counts = {"kv": 0, "key_norms": 0, "shift": 0}
+
+    def __getattr__(self, name):
+        return getattr(self._cache, name)
+
+    def update(self, layer, k, v):
+        self.counts["kv"] += 2
+        return self._cache.update(layer, k, v)
+
+    def key_norms(self, layer, norms):
+        self.counts["key_norms"] += 1
+        return self._cache.key_norms(layer, norms)
+
+    def shift_state(self, layer, site):
+        self.counts["shift"] += 1
+        return self._cache.shift_state(layer, site)
+
+
+def _snapshot(cache, depth: int) -> tuple:
+    """What a cache holding [0, length) needs to continue: length, key-norm count, token-shift rows."""
+    shift = {(i, s): st.clone() for i in range(depth) for s in ("attn", "ff")
+             if (st := cache.shift_state(i, s)) is not None}
+    return cache.length, cache._normed, shift
+
+
+def _rewind(cache, snap: tuple) -> None:
+    """Back to a snapshot: later keys, values and norms are overwritten before they are read. KVCache has no
+    public rollback; `_normed` (positions whose key norms are stored) must match the length, or the attention
+    backend loses its key norms (KVCache.key_norms returns None)."""
+    length, normed, shift = snap
+    cache.reset()  # shift rows zeroed: what position 0 reads
+    cache.advance(length)
+    cache._normed = normed
+    for (i, site), st in shift.items():
+        cache.set_shift_state(i, site, st)
+
+
+def _chunk(model, tokens, cache, a: int, b: int):
+    return model(tokens[:, a:b], cache=cache, logits="last" if b == tokens.shape[1] else "none")
+
+
+@torch.no_grad()
+def _fill(model, tokens, pieces) -> tuple:
+    """A cache filled along the layout's edges: (cache, {edge: snapshot}, calls counted per chunk)."""
+    n, depth = tokens.shape[1], model.cfg.depth
+    edges = sorted({a for p in pieces for a, _ in p} | {n})
+    cache = model.new_cache(tokens.shape[0], n)
+    snaps, counts = {}, []
+    for a, b in zip(edges, edges[1:], strict=False):
+        snaps[a] = _snapshot(cache, depth)
+        counting = _Counting(cache)
+        _chunk(model, tokens, counting, a, b)
+        counts.append(counting.counts)
+    return cache, snaps, counts
+
+
+@torch.no_grad()
+def _time_chunk(model, tokens, cache, snap, a: int, b: int, reps: int, device) -> list[float]:
+    _rewind(cache, snap)
+    _chunk(model, tokens, cache, a, b)  # warm-up: kernels for this shape
+    runs = []
+    for _ in range(reps):
+        _rewind(cache, snap)
+        with Stopwatch(device) as sw:
+            _chunk(model, tokens, cache, a, b)
+        runs.append(sw.elapsed_ms)
+    return runs
+
+
+@torch.no_grad()
+def _check(model, tokens, cache, snaps, pieces, ref) -> dict:
+    """The chunks' last hidden states through the rewound cache against the single forward's."""
+    out = torch.empty_like(ref)
+    for p in pieces:
+        for a, b in p:
+            _rewind(cache, snaps[a])
+            out[:, a:b] = model(tokens[:, a:b], cache=cache, logits="none")
+    return {"world": len(pieces), "hidden_max_abs_diff": float((out.float() - ref.float()).abs().max()),
+            "hidden_max_abs": float(ref.float().abs().max())}
+
+
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+@torch.no_grad()
+def _single(model, tokens, reps: int, device) -> float | None:
+    """Median ms of the single-device prefill model(tokens, logits="last"), None when it runs out of memory."""
+    try:
+        model(tokens, logits="last")
+        runs = []
+        for _ in range(reps):
+            with Stopwatch(device) as sw:
+                model(tokens, logits="last")
+            runs.append(sw.elapsed_ms)
+    except torch.OutOfMemoryError:
+        _empty_cache()
+        return None
+    return _median(runs)
+
+
+def _empty_cache():
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def row(model, tokens, world: int, reps: int, device, key_norms: bool, alpha_s: float, busbw: float,
+        single_ms: float | None, ref=None) -> dict:
+    cfg, n = model.cfg, tokens.shape[1]
+    pieces = layout(n, world, cfg.shift_tokens)
+    cache, snaps, counts = _fill(model, tokens, pieces)
+    want = {k: cfg.depth * v for k, v in collective_count(cfg, key_norms).items()}
+    if any(c != want for c in counts):
+        raise RuntimeError(f"cp_projection: a chunk's cache calls {counts[0]} differ from the collective count "
+                           f"{want}: the communication model no longer mirrors context_parallel._Shards")
+    runs = [[_time_chunk(model, tokens, cache, snaps[a], a, b, reps, device) for a, b in p] for p in pieces]
+    chunk_ms = [[_median(r) for r in rank] for rank in runs]
+    compute = [sum(c) for c in chunk_ms]
+    comm = comm_model(cfg, pieces, tokens.shape[0], model.head.weight.element_size(),
+                      key_norms, alpha_s, busbw)
+    lockstep = sum(max(c[j] for c in chunk_ms) for j in range(2))
+    r = {"n": n, "world": world, "rank_chunks": pieces, "rank_chunk_ms": chunk_ms, "rank_chunk_ms_runs": runs,
+         "rank_compute_ms": compute, "compute_ms_max": max(compute),
+         "balance_max_over_min": max(compute) / min(compute), "lockstep_compute_ms": lockstep,
+         "collectives_per_rank": comm["collectives"], "collectives_per_rank_counted": 2 * sum(counts[0].values())
+         if world > 1 else 0, "comm_out_bytes_per_rank": comm["out_bytes"], "comm_ms": comm["ms"],
+         "projected_ms": lockstep + comm["ms"], "projected_ms_balanced": max(compute) + comm["ms"],
+         "single_device_ms": single_ms}
+    for key, proj in (("", r["projected_ms"]), ("_balanced", r["projected_ms_balanced"])):
+        r[f"scaling_efficiency{key}"] = None if single_ms is None else single_ms / (world * proj)
+        r[f"under_{TARGET_MS:.0f}ms{key}"] = proj < TARGET_MS
+    if ref is not None:
+        r["check"] = _check(model, tokens, cache, snaps, pieces, ref)
+    return r
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument("--lengths", type=int, nargs="+", default=None, help="default 32768 (--smoke: 128 256)")
+    ap.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--preset", default="andromeda")
+    ap.add_argument("--reps", type=int, default=None, help="timed runs a chunk (default 5, --smoke 2)")
+    ap.add_argument("--busbw-gbs", type=float, default=360.0, help="all_gather bus bandwidth, GB/s")
+    ap.add_argument("--alpha-us", type=float, default=20.0, help="latency of one all_gather, us")
+    ap.add_argument("--smoke", action="store_true", help="CPU check: the tiny preset in float32, short lengths")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    device = torch.device("cpu" if args.smoke else "cuda")
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    lengths = args.lengths or ([128, 256] if args.smoke else [32768])
+    reps = args.reps or (2 if args.smoke else 5)
+    worlds = sorted(set(args.worlds))
+    alpha_s, busbw = args.alpha_us * 1e-6, args.busbw_gbs * 1e9
+    extra = dict(xpos_scale_base=4) if args.smoke else {}  # smoke: xPos anchor blocks of 192 positions
+    cfg = from_name("tiny" if args.smoke else args.preset, max_seq_len=max(lengths), **extra)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Andromeda(cfg).to(dtype).eval()
+    backend = model.blocks[0].attn.backend(device, dtype)
+    key_norms = bool(cfg.use_rotary and cfg.rotary_xpos and cfg.n_alibi_heads and getattr(backend, "score_norms",
+                                                                                         False))
+    fl = {} if args.smoke else floors.measure(device)
+    res = {**floors.provenance(collect_env(), fl), "args": {**vars(args), "json": str(args.json)},
+           "assumptions": {**ASSUMPTIONS, "alpha_us": args.alpha_us, "busbw_gbs": args.busbw_gbs},
+           "model": {"preset": "tiny" if args.smoke else args.preset, "dtype": str(dtype),
+                     "depth": cfg.depth, "dim": cfg.dim, "n_kv_heads": cfg.n_kv_heads, "dim_head": cfg.dim_head,
+                     "shift_tokens": cfg.shift_tokens, "parallel_block": cfg.parallel_block,
+                     "attention_backend": type(backend).__name__, "key_norms_gathered": key_norms},
+           "collectives_per_chunk_layer": collective_count(cfg, key_norms), "target_ms": TARGET_MS, "rows": []}
+    print("assumptions:\n" + "\n".join(f"  {k}: {v}" for k, v in res["assumptions"].items()), flush=True)
+    print(f"all-gathers a chunk and layer: {res['collectives_per_chunk_layer']} (backend "
+          f"{type(backend).__name__})", flush=True)
+    checked = min((w for w in worlds if w > 1), default=None)
+    for n in lengths:
+        tokens = torch.randint(0, cfg.num_tokens, (1, n), generator=torch.Generator().manual_seed(n)).to(device)
+        single_ms = _single(model, tokens, reps, device)
+        for w in worlds:
+            ref = None
+            if w == checked:
+                try:
+                    with torch.no_grad():
+                        ref = model(tokens, logits="none")
+                except torch.OutOfMemoryError:  # no check at this length; the projection still runs
+                    _empty_cache()
+            try:
+                r = row(model, tokens, w, reps, device, key_norms, alpha_s, busbw, single_ms, ref)
+            except ConfigError as e:
+                r = {"n": n, "world": w, "status": "skipped", "reason": str(e)}
+            except torch.OutOfMemoryError:
+                r = {"n": n, "world": w, "status": "oom"}
+            del ref
+            _empty_cache()
+            res["rows"].append(r)
+            args.json.write_text(json.dumps(res, indent=1, default=str))
+            print(_line(r), flush=True)
+    return 0
+
+
+def _line(r: dict) -> str:
+    head = f"N={r['n']} W={r['world']}: "
+    if "status" in r:
+        return head + f"{r['status']} {r.get('reason', '')}"
+    eff = r["scaling_efficiency"]
+    s = (f"rank compute {min(r['rank_compute_ms']):.2f}-{r['compute_ms_max']:.2f} ms (max/min "
+         f"{r['balance_max_over_min']:.2f}), comm {r['comm_ms']:.2f} ms modelled ({r['collectives_per_rank']} "
+         f"all-gathers, {r['comm_out_bytes_per_rank'] / 1e6:.1f} MB), projected {r['projected_ms']:.2f} ms "
+         f"lockstep / {r['projected_ms_balanced']:.2f} ms balanced; single device "
+         f"{r['single_device_ms'] or float('nan'):.2f} ms, efficiency {eff if eff is not None else float('nan'):.0%}"
+         f"; under {TARGET_MS:.0f} ms: {'yes' if r[f'under_{TARGET_MS:.0f}ms'] else 'no'}")
+    if "check" in r:
+        s += f"; check vs single forward: max |diff| {r['check']['hidden_max_abs_diff']:.2e}"
+    return head + s
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
