@@ -11,7 +11,7 @@ Method. The context-parallel prefill (model/context_parallel.py) gives rank r th
 through a KV cache: `model(tokens[:, a:b], cache=cache, logits=...)` with the cache holding positions [0, a)
 (token-shift state of position a - 1 included); logits for the last position on the chunk that ends at n, none
 on the others (as prefill(logits="last")). Per (n, W) the script fills a bf16 cache once, chunk by chunk along
-the layout's edges, keeping a snapshot at each edge (length, key-norm count, token-shift rows), and times each
+the layout's edges, keeping a snapshot at each edge (length, token-shift rows), and times each
 chunk [a, b) with the cache rewound to its snapshot at a: one untimed run, then the median of --reps
 synchronized runs (Stopwatch). A rank's compute is the sum of its two chunks. Single device: the median of
 `model(tokens, logits="last")`, the scaling efficiency T1 / (W x TW).
@@ -121,22 +121,20 @@ class _Counting:
 
 
 def _snapshot(cache, depth: int) -> tuple:
-    """What a cache holding [0, length) needs to continue: length, key-norm count, token-shift rows."""
+    """What a cache holding [0, length) needs to continue: its length and token-shift rows."""
     shift = {(i, s): st.clone() for i in range(depth) for s in ("attn", "ff")
              if (st := cache.shift_state(i, s)) is not None}
-    return cache.length, cache._normed, shift
+    return cache.length, shift
 
 
 def _rewind(cache, snap: tuple) -> None:
-    """Back to a snapshot: later keys, values and norms are overwritten before they are read. KVCache has no
-    public rollback; `_normed` (positions whose key norms are stored) must match the length, or the attention
-    backend loses its key norms (KVCache.key_norms returns None)."""
-    length, normed, shift = snap
-    cache.reset()  # shift rows zeroed: what position 0 reads
-    cache.advance(length)
-    cache._normed = normed
+    """Back to a snapshot: later keys, values and norms are overwritten before they are read."""
+    length, shift = snap
+    cache.rewind(length)
     for (i, site), st in shift.items():
         cache.set_shift_state(i, site, st)
+    if length == 0:  # before position 0 the shift reads zeros
+        cache.reset()
 
 
 def _chunk(model, tokens, cache, a: int, b: int):
@@ -175,10 +173,9 @@ def _time_chunk(model, tokens, cache, snap, a: int, b: int, reps: int, device) -
 def _check(model, tokens, cache, snaps, pieces, ref) -> dict:
     """The chunks' last hidden states through the rewound cache against the single forward's."""
     out = torch.empty_like(ref)
-    for p in pieces:
-        for a, b in p:
-            _rewind(cache, snaps[a])
-            out[:, a:b] = model(tokens[:, a:b], cache=cache, logits="none")
+    for a, b in sorted(sum(pieces, [])):  # in position order, as row times them
+        _rewind(cache, snaps[a])
+        out[:, a:b] = model(tokens[:, a:b], cache=cache, logits="none")
     return {"world": len(pieces), "hidden_max_abs_diff": float((out.float() - ref.float()).abs().max()),
             "hidden_max_abs": float(ref.float().abs().max())}
 
@@ -217,7 +214,9 @@ def row(model, tokens, world: int, reps: int, device, key_norms: bool, alpha_s: 
     if any(c != want for c in counts):
         raise RuntimeError(f"cp_projection: a chunk's cache calls {counts[0]} differ from the collective count "
                            f"{want}: the communication model no longer mirrors context_parallel._Shards")
-    runs = [[_time_chunk(model, tokens, cache, snaps[a], a, b, reps, device) for a, b in p] for p in pieces]
+    # in position order: each chunk leaves the cache at its end, the next chunk's start (rewind goes back only)
+    timed = {c: _time_chunk(model, tokens, cache, snaps[c[0]], *c, reps, device) for c in sorted(sum(pieces, []))}
+    runs = [[timed[c] for c in p] for p in pieces]
     chunk_ms = [[_median(r) for r in rank] for rank in runs]
     compute = [sum(c) for c in chunk_ms]
     comm = comm_model(cfg, pieces, tokens.shape[0], model.head.weight.element_size(),

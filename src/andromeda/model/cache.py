@@ -199,6 +199,17 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def rewind(self, length: int) -> None:
+        """Forget every position from `length` on: the next update writes there. Key norms stored for the kept
+        positions stay valid. Token-shift state holds only the rows before the last position written, so a
+        caller that rewinds must restore it (set_shift_state) from where it kept it."""
+        if not 0 <= length <= self.length:
+            raise ConfigError(f"cache.rewind: length must be in [0, {self.length}], got {length}")
+        if self.window:
+            raise ConfigError("cache.rewind: a cache with a full-precision window cannot rewind; use window=0")
+        self.length = length
+        self._normed = min(self._normed, length)
+
     def reset(self) -> None:
         """Empty the cache. Shift-state buffers are zeroed in place (a captured decode graph holds them)."""
         self.length = self._normed = 0
