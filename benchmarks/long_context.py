@@ -18,7 +18,7 @@ Per length N, for Andromeda (bf16, the default attention backend: our Triton / G
   over --steps steps at context N, against the floor of reading the weights and the filled KV cache once a
   step, at the measured copy bandwidth and at the datasheet's. --decode-max-splits M ...: the same number of
   steps again (continuing the cache) with the fused attention split into at most M programs a KV head, each
-  in its own CUDA graph (DecodeTuning.max_splits; default 128). --sm90-offset-ab: each prefill again with
+  in its own CUDA graph (DecodeTuning.max_splits; default 1024, 4 key tiles a program past 128 programs). --sm90-offset-ab: each prefill again with
   TritonTuning.sm90_offset on (prefill_ms_sm90_offset): past the first xPos anchor block (28,160 positions)
   and in chunks, queries follow earlier keys, which the Hopper forward covers only with it.
 - alibi_skip: with block_count.count_blocks() around a second prefill, the share of causal key tiles the
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
                          "after earlier keys), side by side")
     ap.add_argument("--decode-max-splits", type=int, nargs="*", default=[],
                     help="also time decode with the fused attention split into at most these many programs "
-                         "(DecodeTuning.max_splits; the default is 128), side by side")
+                         "(DecodeTuning.max_splits; the default is 1024), side by side")
     ap.add_argument("--smoke", action="store_true",
                     help="CPU check of the script: the tiny preset with anchor blocks of 192 positions, no floors")
     args = ap.parse_args(argv)

@@ -20,10 +20,11 @@ OLD_KNOBS = {  # the module globals these settings replace, none of which may co
 
 def test_defaults_are_the_shipped_settings():
     assert dataclasses.asdict(TritonTuning()) == dict(
-        split_heads=True, skip_far=True, skip_min_keys=1024, group_heads=3, sm90_forward=True, sm90_offset=False,
+        split_heads=True, skip_far=True, skip_min_keys=1024, group_heads=3, sm90_forward=True, sm90_offset=True,
         sm90=dict(BLOCK_M=64, BLOCK_N=128, STAGES=2, LOADER_REGS=24, CONSUMER_REGS=240), config_override={})
     assert dataclasses.asdict(DecodeTuning()) == dict(gemv=None, gemv_by_shape={}, pdl=None, early_out=True,
-                                                      out_pre=3, early_in=True, max_splits=128)
+                                                      out_pre=3, early_in=True, splits=128, split_tiles=4,
+                                                      max_splits=1024)
     assert tuning(TritonTuning) == TritonTuning() and tuning(DecodeTuning) == DecodeTuning()
     assert tuning("triton") is tuning(TritonTuning) and tuning("fused_decode") is tuning(DecodeTuning)
 
@@ -135,3 +136,18 @@ def test_the_decode_gemv_reads_the_active_settings(tune):
     tune(DecodeTuning(gemv=dict(BLOCK_N=8, BLOCK_K=16), gemv_by_shape={(64, 32): dict(BLOCK_N=4, BLOCK_K=64)}))
     assert gemv_config(64, 32, True) == dict(BLOCK_N=4, BLOCK_K=64)  # the shape's own
     assert gemv_config(48, 32, True) == dict(BLOCK_N=8, BLOCK_K=16)  # every other shape's
+
+
+@pytest.mark.parametrize(("blocks", "tune", "per_split"), [
+    (64, DecodeTuning(), 1),  # 4K keys: 64 programs of one 64-key tile
+    (513, DecodeTuning(), 4),  # 32K: 5 tiles for 128 programs is past split_tiles, so 129 programs of 4
+    (3126, DecodeTuning(), 4),  # 200K: 782 programs of 4 tiles
+    (8192, DecodeTuning(), 8),  # 512K: max_splits programs, 8 tiles each
+    (3126, DecodeTuning(max_splits=128), 25),  # max_splits alone: the fewest tiles that keep 128 programs
+    (10, DecodeTuning(max_splits=1), 10),  # one program streams the whole cache
+])
+def test_decode_splits_follow_the_documented_rule(blocks, tune, per_split):
+    from andromeda.model.fused_decode import split_blocks
+
+    assert split_blocks(blocks, tune) == per_split
+    assert -(-blocks // per_split) <= tune.max_splits

@@ -50,6 +50,13 @@ def _block_t(device: torch.device) -> int:
     return 64 if device.type == "cuda" else 16
 
 
+def split_blocks(blocks: int, tune: DecodeTuning) -> int:
+    """Key blocks per attention program for a cache of `blocks` blocks: as few as keep the programs at or under
+    tune.splits, but at most tune.split_tiles (more programs instead), and as many as keep the programs at or
+    under tune.max_splits."""
+    return max(-(-blocks // tune.max_splits), min(-(-blocks // tune.splits), tune.split_tiles))
+
+
 def unsupported(model, cache) -> str | None:
     """Why the fused step cannot run this model and cache, or None when it can."""
     cfg = model.cfg
@@ -202,11 +209,10 @@ class FusedStep:
         self.argmax = (torch.full((1,), -(2**63), device=device, dtype=torch.int64),
                        torch.zeros(1, device=device, dtype=torch.int32),
                        torch.zeros(1, 1, device=device, dtype=torch.long))
-        # attention splits: one key block each, up to DecodeTuning.max_splits a KV head (more blocks a split past it)
+        # attention splits: runs of whole key blocks, as DecodeTuning's splits, split_tiles and max_splits set
         t = cache.max_len
         self.block_t = _block_t(device)
-        blocks = -(-t // self.block_t)
-        self.split_t = -(-blocks // tuning(DecodeTuning).max_splits) * self.block_t
+        self.split_t = split_blocks(-(-t // self.block_t), tuning(DecodeTuning)) * self.block_t
         self.n_split = -(-t // self.split_t)
         self.bg = max(16, _pow2(self.g))
         ws = self.hkv * self.n_split * self.bg

@@ -95,9 +95,9 @@ class TritonTuning:
     sm90_forward: on sm90 GPUs, the Hopper forward (gluon_flash_kernels) for the shapes it covers
         (triton_flash._sm90_fits); False: the Triton forward there too.
     sm90_offset: the Hopper forward also for queries after earlier keys (a chunk after a KV cache, or the
-        query blocks of a long prefill past the first xPos anchor block), offset by whole tiles and key blocks.
-        Off until measured and tested on an sm90 GPU (tests/model/test_triton.py's CUDA case); off, those
-        calls take the Triton forward, at about 0.8x the Hopper forward's rate.
+        query blocks of a long prefill past the first xPos anchor block), offset by whole tiles and key blocks;
+        off, those calls take the Triton forward. On an H200 (2.5B preset, bf16) the 200K-token prefill in
+        32K chunks took 9.69 s on, 10.53 s off; tests/model/test_triton.py's CUDA case checks it.
     sm90: the Hopper forward's launch setting: BLOCK_M, BLOCK_N, STAGES, LOADER_REGS, CONSUMER_REGS (H100-tuned;
         a query tile is 2 BLOCK_M rows).
     config_override: launch settings to use instead of the tuned ones (benchmarks/attention_kernels.py --configs),
@@ -114,7 +114,7 @@ class TritonTuning:
     skip_min_keys: int = 1024
     group_heads: int = 3
     sm90_forward: bool = True
-    sm90_offset: bool = False
+    sm90_offset: bool = True
     sm90: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(
         BLOCK_M=64, BLOCK_N=128, STAGES=2, LOADER_REGS=24, CONSUMER_REGS=240))
     config_override: Mapping[str, Mapping[str, int | bool]] = dataclasses.field(default_factory=dict)
@@ -153,10 +153,12 @@ class DecodeTuning:
     early_in: ... and the out-projection in turn lets w_in launch before its wait, whose programs load their first
         tile meanwhile. On the H100 (2.5B preset, 4K context) these three took 2.111 to 2.064 ms/token; more
         w_in tiles ahead lost (4: 2.282). Read at each step (a CUDA graph keeps what it captured).
-    max_splits: the most programs a KV head's attention is split into (keys per split: whole 64-key tiles, as
-        few as keep the count at or under this). With one KV head and batch 1 they are all the attention's
-        parallelism: 128 programs on a 132-SM H100 hold 25 tiles each at 200K keys, one program per SM
-        streaming them in turn. Read when a FusedStep is made.
+    splits, split_tiles, max_splits: how a KV head's attention is split into programs, each a run of whole
+        64-key tiles of the cache: up to `splits` programs; past `split_tiles` tiles each, more programs
+        instead, up to `max_splits` (then more tiles each). With one KV head and batch 1 they are all the
+        attention's parallelism. On an H200 (2.5B preset) 128 programs of 25 tiles took 6.76 ms/token at 200K
+        keys and 782 of 4 took 4.27; at 32K, 103 of 5 took 2.18 and 513 of 1 took 2.69. Read when a FusedStep
+        is made.
     """
 
     name: ClassVar[str] = "fused_decode"
@@ -167,12 +169,15 @@ class DecodeTuning:
     early_out: bool = True
     out_pre: int = 3
     early_in: bool = True
-    max_splits: int = 128
+    splits: int = 128
+    split_tiles: int = 4
+    max_splits: int = 1024
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
         _flag(owner, "pdl", self.pdl, optional=True)
-        _count(owner, "max_splits", self.max_splits, 1, 65536)
+        for name in ("splits", "split_tiles", "max_splits"):
+            _count(owner, name, getattr(self, name), 1, 65536)
         _flag(owner, "early_out", self.early_out)
         _flag(owner, "early_in", self.early_in)
         _count(owner, "out_pre", self.out_pre, 1, 4)
