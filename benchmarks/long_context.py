@@ -18,9 +18,10 @@ Per length N, for Andromeda (bf16, the default attention backend: our Triton / G
   over --steps steps at context N, against the floor of reading the weights and the filled KV cache once a
   step, at the measured copy bandwidth and at the datasheet's. --decode-max-splits M ...: the same number of
   steps again (continuing the cache) with the fused attention split into at most M programs a KV head, each
-  in its own CUDA graph (DecodeTuning.max_splits; default 1024, 4 key tiles a program past 128 programs). --sm90-offset-ab: each prefill again with
-  TritonTuning.sm90_offset on (prefill_ms_sm90_offset): past the first xPos anchor block (28,160 positions)
-  and in chunks, queries follow earlier keys, which the Hopper forward covers only with it.
+  in its own CUDA graph (DecodeTuning.max_splits; default 1024, 4 key tiles a program past 128 programs).
+  --sm90-offset-ab: each prefill again with TritonTuning.sm90_offset flipped (prefill_ms_sm90_offset_off
+  with the default on): past the first xPos anchor block (28,160 positions) and in chunks, queries follow
+  earlier keys, which the Hopper forward covers only with it.
 - alibi_skip: with block_count.count_blocks() around a second prefill, the share of causal key tiles the
   attention kernels computed (what the ALiBi heads skipped on the model's own q/k; the non-ALiBi heads
   compute every causal tile).
@@ -90,11 +91,12 @@ def andromeda_row(model, n: int, chunk: int, steps: int, reps: int, fl: dict, we
     row = {"n": n, "chunk": chunk, "prefill_ms": sorted(times)[len(times) // 2], "prefill_ms_runs": times,
            "peak_gib": peak, "kv_cache_bytes": cache.nbytes, "kv_filled_bytes_at_n": cache.filled_bytes()}
     row["prefill_tokens_per_s"] = n / (row["prefill_ms"] / 1e3)
-    if sm90_offset:  # A/B: the same prefill with the Hopper forward for the later xPos blocks and chunks
-        with tuned(dataclasses.replace(tuning(TritonTuning), sm90_offset=True)):
+    if sm90_offset:  # A/B: the same prefill with(out) the Hopper forward for the later xPos blocks and chunks
+        flip = not tuning(TritonTuning).sm90_offset
+        with tuned(dataclasses.replace(tuning(TritonTuning), sm90_offset=flip)):
             _prefill(model, tokens, n, chunk)  # its launches compile
             ab = [_prefill(model, tokens, n, chunk)[0] for _ in range(reps)]
-        row["prefill_ms_sm90_offset"] = sorted(ab)[len(ab) // 2]
+        row[f"prefill_ms_sm90_offset_{'on' if flip else 'off'}"] = sorted(ab)[len(ab) // 2]
         _empty_cache()
     # time to first token: the prefill with its last-position logits and argmax (already inside _prefill)
     row["ttft_ms"] = row["prefill_ms"]
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=1, help="timed prefills per length")
     ap.add_argument("--no-llama", action="store_true")
     ap.add_argument("--sm90-offset-ab", action="store_true",
-                    help="also time each prefill with TritonTuning.sm90_offset on (the Hopper forward for queries "
+                    help="also time each prefill with TritonTuning.sm90_offset flipped (the Hopper forward for queries "
                          "after earlier keys), side by side")
     ap.add_argument("--decode-max-splits", type=int, nargs="*", default=[],
                     help="also time decode with the fused attention split into at most these many programs "
