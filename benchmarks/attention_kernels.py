@@ -109,6 +109,9 @@ def model_inputs(b: int, n: int, preset: str = "andromeda", layer: int = 0, devi
         pass
     q, k, v = (got[x].contiguous() for x in "qkv")
     del bundle, model
+    if q.shape[2] != n:  # the model attended the first of several calls (Attention._attend)
+        raise ValueError(f"--inputs model: at {n} tokens the model's attention is one call per xPos anchor block "
+                         f"({q.shape[2]} positions here), not one call of {n}; use --inputs random at this length")
     if device == "cuda":
         torch.cuda.empty_cache()
     return q, k, v, got["slopes"], got["scale"]
@@ -235,7 +238,12 @@ def main() -> None:
         for source in args.inputs.split(","):
             qkv, fns = None, table
             if source == "model":
-                *qkv, slopes, scale = model_inputs(b, n)
+                try:
+                    *qkv, slopes, scale = model_inputs(b, n)
+                except ValueError as e:
+                    rows.append({"impl": "all", "inputs": source, "n": n, "batch": b, "pass": "-", "error": str(e)})
+                    print(rows[-1], flush=True)
+                    continue
                 fns = impls(slopes=slopes, scale=scale)
             for name, fn in fns.items():
                 for backward in (False, True):
