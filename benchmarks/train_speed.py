@@ -20,6 +20,9 @@ on out-of-memory, the rest as gradient accumulation), the Trainer of andromeda.t
                            op: a compiled block stays one graph); +selective-ckpt-eager measures selective
                            checkpointing on eager blocks
   +health                  the fast step with the health metrics on (--health-every); overhead_pct vs the fast step
+  +gemm-autotune / +coord-descent   the fast step with its blocks compiled with inductor's matmul autotuning
+                           (Triton templates against cuBLAS, epilogues fused) / coordinate-descent tuning of the
+                           generated pointwise and reduction kernels (train_variants.py)
   adamw8bit                the fast step with bitsandbytes' 8-bit AdamW (over the float32 masters)
   llama-fast               the matched-work transformers Llama (sources hf:matched:<preset>, SDPA) in the fast step
 
@@ -52,7 +55,6 @@ import json
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,39 +73,7 @@ from andromeda.train.optim import adamw8bit_unavailable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
 import profile_split  # noqa: E402
-
-FAST = dict(precision="bf16-master", fused_adamw=True, compile="blocks", fused_ce=True)
-
-
-@dataclass
-class Variant:
-    name: str
-    adds: str
-    train: dict
-    attn: str = "fast"  # "baseline": --baseline-attn; "fast": the model's auto choice
-    model: str = "andromeda"  # or "llama"
-    extra: dict = field(default_factory=dict)
-
-
-LADDER = [
-    Variant("fp32-eager", "float32, eager, torch's attention, unfused loss", dict(precision="fp32"), "baseline"),
-    Variant("bf16-autocast", "+ bf16 autocast", dict(precision="bf16"), "baseline"),
-    Variant("+attn-kernels", "+ our attention kernels", dict(precision="bf16")),
-    Variant("+compile-blocks", "+ regional compile", dict(precision="bf16", compile="blocks")),
-    Variant("+fused-ce", "+ fused LM head + loss", dict(precision="bf16", compile="blocks", fused_ce=True)),
-    Variant("+bf16-master+fused-adamw", "+ bf16 weights, fp32 masters, fused AdamW", FAST),
-    Variant("+selective-ckpt", "fast + selective checkpointing", dict(FAST, checkpointing="selective")),
-    Variant("+full-ckpt", "fast + full checkpointing", dict(FAST, checkpointing="full")),
-    Variant("+selective-ckpt-eager", "fast, eager blocks + selective checkpointing",
-            dict(FAST, compile="none", checkpointing="selective")),
-    Variant("+health", "fast + health metrics", FAST, extra={"health": True}),
-    Variant("adamw8bit", "fast with 8-bit AdamW", dict(FAST, fused_adamw=False, optimizer="adamw8bit")),
-    Variant("llama-fast", "matched Llama, fast step", FAST, "fast", "llama"),
-]
-BY_NAME = {v.name: v for v in LADDER}
-FIRST = ["+bf16-master+fused-adamw", "llama-fast"]  # per seq, before the loss check and the rest of the ladder
-THEN = ["+health", "bf16-autocast", "+attn-kernels", "+compile-blocks", "+fused-ce", "+selective-ckpt",
-        "+full-ckpt", "+selective-ckpt-eager", "adamw8bit", "fp32-eager"]
+from train_variants import BY_NAME, FIRST, LADDER, THEN, Variant, inductor_backend  # noqa: E402
 
 
 def _cleanup(dev: torch.device) -> None:
@@ -155,8 +125,12 @@ class Bench:
         health = self.a.health_every if v.extra.get("health") else 0
         cfg = TrainConfig(**{**dict(steps=steps, batch=micro, grad_accum=accum, seq_len=seq, lr=lr, warmup_steps=warmup,
                                     grad_clip=1.0, log_every=10**6, eval_every=0, health_every=health), **v.train})
+        backend = self.a.compile_backend
+        if v.extra.get("inductor") and backend == "inductor":
+            backend = inductor_backend(v.extra["inductor"])
+            info["inductor_options"] = v.extra["inductor"]
         t = Trainer(model, cfg, batches, device=self.dev, facts=facts, peak_tflops=self.floors["datasheet_bf16_tflops"],
-                    compile_backend=self.a.compile_backend)
+                    compile_backend=backend)
         return t, info
 
     def _pool(self, micro: int, seq: int, count: int) -> list[torch.Tensor]:
