@@ -25,3 +25,11 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "cuda" in item.keywords:
                 item.add_marker(skip)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`-n auto`, the README's command), a module's tests go to one worker, so a module-scoped
+    fixture runs once: the quick preset's run behind tests/runs/test_runner.py takes ~80 s on CI's machine, and
+    split over two workers it ran twice. Plain load scheduling becomes loadscope; other --dist modes are kept."""
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadscope"
