@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from andromeda.model import from_name
@@ -71,3 +72,33 @@ def test_smoke_rows_comm_model_and_check(tmp_path):
             assert r["check"]["hidden_max_abs_diff"] < 1e-4
         else:
             assert "check" not in r
+
+
+def _cpp():
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module("cp_projection")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_graphs_need_a_gpu(tmp_path, capsys):
+    assert _cpp().main(["--smoke", "--graphs", "--json", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--graphs" in err and len(err.splitlines()) == 1 and not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.cuda
+def test_graphed_chunks_on_cuda(tmp_path):
+    """--graphs: every chunk replayed from a CUDA graph, its projection beside the eager one, and the cache left
+    as the eager path leaves it (the check after the graphed runs still matches the single forward)."""
+    out = tmp_path / "cpp.json"
+    assert _cpp().main(["--preset", "tiny", "--graphs", "--lengths", "1024", "--worlds", "1", "2", "--reps", "2",
+                        "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    for r in rows:
+        assert "graphed_error" not in r, r["graphed_error"]
+        assert [len(c) for c in r["rank_chunk_ms_graphed"]] == [2] * r["world"]
+        assert r["projected_ms_graphed"] == pytest.approx(r["lockstep_compute_ms_graphed"] + r["comm_ms"])
+    check = rows[1]["check"]
+    assert check["hidden_max_abs_diff"] <= 0.05 * check["hidden_max_abs"]
