@@ -122,3 +122,22 @@ def test_cuda_prefill_and_fused_decode_over_anchor_blocks_match_float64(dtype):
     tol = TOL if dtype == torch.float32 else 3e-2
     assert rel_err(first.float().cpu(), ref[:, :360]) <= tol
     assert rel_err(torch.stack(outs, 1).float().cpu(), ref[:, 360:]) <= tol
+
+
+def test_anchor_blocks_are_whole_tiles_of_the_kernels_within_the_finite_span():
+    """Every period stays within the span whose factors are finite, on the decode kernel's 64-key tiles; from
+    1,024 positions on, on the Hopper forward's 128-row tiles too, so that a long prefill's per-block calls
+    (queries of one block after whole blocks of keys) are ones it takes (triton_flash._sm90_fits)."""
+    from andromeda.model.backends.settings import TritonTuning
+
+    sm90 = TritonTuning().sm90
+    for base in (2, 4, 8, 16, 64, 100, 512, 1000, 4096):
+        for factor in (1.0, 2.0, 8.0):
+            span = xpos_max_position(base, factor)
+            period = xpos_period(base, factor)
+            assert 0 < period <= span, (base, factor)
+            if span >= 64:
+                assert period % 64 == 0 and span - period < (128 if span >= 1024 else 64), (base, factor)
+            if span >= 1024:
+                assert period % sm90["BLOCK_N"] == 0 and period % (2 * sm90["BLOCK_M"]) == 0, (base, factor)
+    assert xpos_period(512) == 28_160  # the spec default: 220 tiles of 128

@@ -81,7 +81,7 @@ def test_xpos_anchored_scales_formula(base, first):
     d, n = 16, 300
     xp = anchored_xpos(first, n, d, base)
     period = xp.period
-    assert period == (int(base * math.log(1e30) / math.log(3.5)) // 64 * 64 if base > 100 else 64)
+    assert period == (int(base * math.log(1e30) / math.log(3.5)) // 128 * 128 if base > 100 else 64)  # 128: >= 1,024
     p = torch.arange(first, first + n, dtype=torch.float64)
     c = torch.div(p, period, rounding_mode="floor") * period + period // 2
     i = torch.arange(d // 2, dtype=torch.float64)

@@ -68,13 +68,17 @@ def xpos_max_position(scale_base: float, interpolation_factor: float = 1.0) -> f
 
 def xpos_period(scale_base: float, interpolation_factor: float = 1.0, dtype: torch.dtype = torch.float32) -> int:
     """Positions per xPos anchor block (`XPos`): the span `xpos_max_position` allows, rounded down to a
-    multiple of 64 (a decode kernel's key tile) where it is that long. float16 holds the scaled q and k
-    themselves (up to 3.5^(period / 2 base) at a block's edge), so its blocks are 10 bases long: 3.5^5 ~ 525."""
+    multiple of 64 (a decode kernel's key tile) where it is that long, and of 128 from 1,024 on: a long
+    prefill attends block by block, and the Hopper forward (triton_flash._sm90_fits) takes only whole
+    128-row query tiles after whole tiles of earlier keys (the spec default's 28,224 took the Triton forward
+    for every block; 28,160 does not). float16 holds the scaled q and k themselves (up to
+    3.5^(period / 2 base) at a block's edge), so its blocks are 10 bases long: 3.5^5 ~ 525."""
     span = xpos_max_position(scale_base, interpolation_factor)
     if dtype == torch.float16:
         span = min(span, 10 * scale_base * interpolation_factor)
     span = int(span)
-    return span // 64 * 64 if span >= 64 else max(span, 1)
+    tile = 128 if span >= 1024 else 64
+    return span // tile * tile if span >= 64 else max(span, 1)
 
 
 @dataclass(frozen=True)
