@@ -180,21 +180,22 @@ def _time_chunk_graphed(model, tokens, cache, snap, a: int, b: int, reps: int, d
     are restored in place, outside the graph). Returns why when capture fails. Warm-up: the eager timing's."""
     _rewind(cache, snap)
     graph = torch.cuda.CUDAGraph()
+    runs: list[float] | str = []
     try:
         with torch.cuda.graph(graph):
             _chunk(model, tokens, cache, a, b)
     except Exception as e:  # noqa: BLE001 - the eager numbers stand; the row says why there are no graphed ones
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    runs = []
-    for _ in range(reps):
-        _rewind(cache, snap)
-        with Stopwatch(device) as sw:
-            graph.replay()
-        runs.append(sw.elapsed_ms)
+        runs = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    else:
+        for _ in range(reps):
+            _rewind(cache, snap)
+            with Stopwatch(device) as sw:
+                graph.replay()
+            runs.append(sw.elapsed_ms)
     del graph
     _rewind(cache, snap)
-    _chunk(model, tokens, cache, a, b)  # eagerly once more: the cache's length and key-norm count at b, as replays
-    return runs                         # leave them at a (the next chunk rewinds to b)
+    _chunk(model, tokens, cache, a, b)  # eagerly once more: the cache's length and key-norm count at b (replays
+    return runs                         # and a failed capture leave them elsewhere; the next chunk rewinds to b)
 
 
 def _projection(chunk_ms: list[list[float]], comm_ms: float, single_ms: float | None, world: int,
@@ -268,8 +269,11 @@ def row(model, tokens, world: int, reps: int, device, key_norms: bool, alpha_s: 
          if world > 1 else 0, "comm_out_bytes_per_rank": comm["out_bytes"], "comm_ms": comm["ms"],
          "single_device_ms": single_ms}
     if graphs:
-        graphed = {c: _time_chunk_graphed(model, tokens, cache, snaps[c[0]], *c, reps, device)
-                   for c in sorted(sum(pieces, []))}
+        graphed = {}
+        for c in sorted(sum(pieces, [])):  # in position order, as above; the first failed capture ends them
+            graphed[c] = _time_chunk_graphed(model, tokens, cache, snaps[c[0]], *c, reps, device)
+            if isinstance(graphed[c], str):
+                break
         failed = [g for g in graphed.values() if isinstance(g, str)]
         if failed:
             r["graphed_error"] = failed[0]
