@@ -1,28 +1,20 @@
 """benchmarks/model_speed.py and attention_kernels.py: their pure helpers on CPU (the scripts run on a GPU)."""
 
-import importlib
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from bench_scripts import load
 
 from andromeda.measure.facts import facts_from_config
 from andromeda.model import Andromeda, from_name
 from andromeda.model.backends import tuning_record
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield SimpleNamespace(ms=importlib.import_module("model_speed"),
-                              ak=importlib.import_module("attention_kernels"))
-    finally:
-        sys.path.remove(str(BENCH))
+    return SimpleNamespace(ms=load("model_speed"), ak=load("attention_kernels"))
 
 
 def test_decode_floor_of_a_bf16_model_by_hand(bench):

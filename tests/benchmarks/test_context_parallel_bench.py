@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from bench_scripts import load
 
 from andromeda.measure.facts import facts_from_config
 from andromeda.model import from_name
@@ -22,11 +23,7 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "context_parallel.p
 
 @pytest.fixture(scope="module")
 def cpb():
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        return importlib.import_module("context_parallel")
-    finally:
-        sys.path.remove(str(BENCH.parent))
+    return load("context_parallel")
 
 
 def _free_port() -> int:

@@ -2,27 +2,19 @@
 model against a count made here from the config (as context_parallel._Shards gathers), and the chunked runs through
 the rewound cache against the single forward."""
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import load
 
 from andromeda.model import from_name
 from andromeda.model.backends import registry
 from andromeda.model.context_parallel import layout
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 def test_smoke_rows_comm_model_and_check(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        cpp = importlib.import_module("cp_projection")
-    finally:
-        sys.path.remove(str(BENCH))
+    cpp = load("cp_projection")
     out = tmp_path / "cpp.json"
     alpha_us, busbw_gbs = 15.0, 200.0
     assert cpp.main(["--smoke", "--json", str(out), "--lengths", "96", "256", "--alpha-us", str(alpha_us),
@@ -74,16 +66,8 @@ def test_smoke_rows_comm_model_and_check(tmp_path):
             assert "check" not in r
 
 
-def _cpp():
-    sys.path.insert(0, str(BENCH))
-    try:
-        return importlib.import_module("cp_projection")
-    finally:
-        sys.path.remove(str(BENCH))
-
-
 def test_graphs_need_a_gpu(tmp_path, capsys):
-    assert _cpp().main(["--smoke", "--graphs", "--json", str(tmp_path / "x.json")]) == 2
+    assert load("cp_projection").main(["--smoke", "--graphs", "--json", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "--graphs" in err and len(err.splitlines()) == 1 and not (tmp_path / "x.json").exists()
 
@@ -93,8 +77,8 @@ def test_graphed_chunks_on_cuda(tmp_path):
     """--graphs: every chunk replayed from a CUDA graph, its projection beside the eager one, and the cache left
     as the eager path leaves it (the check after the graphed runs still matches the single forward)."""
     out = tmp_path / "cpp.json"
-    assert _cpp().main(["--preset", "tiny", "--graphs", "--lengths", "1024", "--worlds", "1", "2", "--reps", "2",
-                        "--json", str(out)]) == 0
+    assert load("cp_projection").main(["--preset", "tiny", "--graphs", "--lengths", "1024", "--worlds", "1", "2",
+                                       "--reps", "2", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     for r in rows:
         assert "graphed_error" not in r, r["graphed_error"]

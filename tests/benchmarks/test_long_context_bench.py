@@ -1,22 +1,15 @@
 """benchmarks/long_context.py --smoke on the CPU: prefill (whole and chunked through the cache) and captured
 decode of the tiny preset over several xPos anchor blocks; the JSON's rows and their arithmetic."""
 
-import importlib
 import json
-import sys
-from pathlib import Path
+
+from bench_scripts import load
 
 from andromeda.model.backends import tuning_record
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 def test_smoke_rows_and_arithmetic(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        lc = importlib.import_module("long_context")
-    finally:
-        sys.path.remove(str(BENCH))
+    lc = load("long_context")
     out = tmp_path / "lc.json"
     lc.main(["--smoke", "--json", str(out), "--lengths", "250", "--chunks", "0", "100", "--steps", "6"])
     res = json.loads(out.read_text())

@@ -2,25 +2,17 @@
 Triton and inductor name them) to categories, the aggregation, the attribution of a kernel to the op that launched
 it (on a stand-in for torch.profiler's events), the table; and train_speed.py --smoke --profile on the CPU."""
 
-import importlib
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from bench_scripts import load
 from torch.autograd import DeviceType
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def ps():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("profile_split")
-    finally:
-        sys.path.remove(str(BENCH))
+    return load("profile_split")
 
 
 KERNELS = {
@@ -240,11 +232,7 @@ def test_table_side_by_side(ps):
 
 
 def test_smoke_profile_on_cpu(tmp_path, capsys, monkeypatch):
-    sys.path.insert(0, str(BENCH))
-    try:
-        ts = importlib.import_module("train_speed")
-    finally:
-        sys.path.remove(str(BENCH))
+    ts = load("train_speed")
     monkeypatch.setattr(ts.Bench, "head_loss", lambda self: None)  # half the run; tests/train's smoke test has it
     out = tmp_path / "train_speed.json"
     assert ts.main(["--smoke", "--profile", "--loss-steps", "0", "--variants", "+bf16-master+fused-adamw",

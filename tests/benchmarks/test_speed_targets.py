@@ -1,23 +1,16 @@
 """benchmarks/speed_targets.py: the verdict table of issue 9's targets, from measured numbers (no GPU needed)."""
 
-import importlib
 import sys
-from pathlib import Path
 
 import pytest
+from bench_scripts import load
 
 from andromeda.model.backends import tuning_record
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def st():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("speed_targets")
-    finally:
-        sys.path.remove(str(BENCH))
+    return load("speed_targets")
 
 
 def _attention(tri_fwd, flex_fwd, cudnn_fwd, tri_fb, cudnn_fb, n=8192):

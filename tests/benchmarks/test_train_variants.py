@@ -2,27 +2,15 @@
 block's graphs (a stand-in compile_fx records them; the real one is the GPU run's), and train_speed uses them
 only with the inductor backend."""
 
-import importlib
-import sys
-from pathlib import Path
 
 import torch
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _module(name):
-    sys.path.insert(0, str(BENCH))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(BENCH))
+from bench_scripts import load
 
 
 def test_inductor_backend_passes_its_options_and_runs_the_graph(monkeypatch):
     import torch._inductor.compile_fx as cfx
 
-    tv = _module("train_variants")
+    tv = load("train_variants")
     seen = []
 
     def fake_compile_fx(gm, example_inputs, config_patches=None):
@@ -42,7 +30,7 @@ def test_inductor_backend_passes_its_options_and_runs_the_graph(monkeypatch):
 
 
 def test_tuned_rows_are_the_fast_step_with_inductor_options():
-    tv = _module("train_variants")
+    tv = load("train_variants")
     for name, option in (("+gemm-autotune", "max_autotune_gemm"), ("+coord-descent", "coordinate_descent_tuning")):
         v = tv.BY_NAME[name]
         assert v.train == tv.FAST and v.extra["inductor"] == {option: True}
