@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from interp_child import run_interpreter_cases
 
 from andromeda.errors import ConfigError
 from andromeda.model import Andromeda, from_name
@@ -81,3 +82,8 @@ def test_layout_balances_causal_work_and_refuses_too_few_tokens():
     assert max(work) / min(work) < 1.1
     with pytest.raises(ConfigError, match="2 x 4 chunks"):
         layout(7, 4)
+
+
+def test_both_chunks_in_one_call_with_our_kernels_in_interpreter():
+    """Both chunks of a rank in one block call, through our Triton kernels' skipping path (interp_cp_cases.py)."""
+    run_interpreter_cases("interp_cp_cases.py", 1)

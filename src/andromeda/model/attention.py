@@ -126,5 +126,12 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = cache.update(layer, k, v)  # (B, H_kv, N_past + N, D)
                 key_first = cache.start
-            out = self._attend(q, k, v, xpos, key_first, alibi_slopes, backend, norms)  # (B, H, N, D)
+            runs = getattr(cache, "query_runs", None)
+            if runs is None:
+                out = self._attend(q, k, v, xpos, key_first, alibi_slopes, backend, norms)  # (B, H, N, D)
+            else:  # a context-parallel prefill: rows [a, b) of q are positions whose keys are k[:, :, :e]
+                out = torch.cat([self._attend(q[:, :, a:b], k[:, :, :e], v[:, :, :e], xp, key_first, alibi_slopes,
+                                              backend, None if norms is None else (norms[0][:, :, a:b],
+                                                                                   norms[1][:, :, :e]))
+                                 for a, b, e, xp in runs], dim=2)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))

@@ -2,19 +2,22 @@
 
 The sequence of N tokens is cut into 2W chunks for W ranks; rank r takes chunks r and 2W - 1 - r, so every
 rank holds one early and one late chunk and the causal work is balanced (`layout`). Layer by layer, each rank
-runs its chunks through the model's own blocks (`Block.forward`) with a `_Shards` object in place of a KV
-cache:
+runs both its chunks, one after the other in one call, through the model's own blocks (`Block.forward`) with a
+`_Shards` object in place of a KV cache:
 
-- attention: each chunk's keys (with xPos anchored: `positional.XPos`, as a KV cache stores them), values and
-  key norms are all-gathered, once per chunk and layer, into full-length buffers; a chunk's queries attend to
-  the keys of positions 0 .. its last (`Attention._attend`: per anchor block, any backend). With one KV head a
-  layer's keys and values are small (2.5B preset: 16 MB for 32K tokens), so gathering them is cheap;
+- attention: both chunks' keys (with xPos anchored: `positional.XPos`, as a KV cache stores them), values and
+  key norms are all-gathered, once per layer, into full-length buffers; each chunk's queries (a run of the
+  call's rows, `_Shards.query_runs`) attend to the keys of positions 0 .. its last (`Attention._attend`: per
+  anchor block, any backend). With one KV head a layer's keys and values are small (2.5B preset: 16 MB for
+  32K tokens), so gathering them is cheap;
 - token shift: the last `shift_tokens` normalized rows of every chunk are all-gathered at each shift site, and
-  a chunk takes its predecessor's (zeros before position 0);
+  each chunk takes its predecessor's (zeros before position 0);
 - ALiBi and xPos need nothing more: each chunk's positions are its own.
 
-Rank order of collectives is the same on every rank (chunk 0, then chunk 1, per layer). Uneven splits pad
-the gathered tensors to the longest chunk. The result equals the single-process forward to float rounding:
+One call for both chunks means one collective per exchange and layer, so the ranks wait for each other once
+per exchange on their whole work (early and late chunk together), which the layout balances; and half the
+kernel launches of running the chunks apart. Uneven splits pad the gathered tensors to the rank holding the
+most positions. The result equals the single-process forward to float rounding:
 `prefill` returns this rank's chunks' hidden states or logits, and with `cache` fills a KVCache (on every
 rank) with all N positions' keys, values and token-shift state, so decoding continues as after
 `model(tokens, cache=cache)`.
@@ -30,6 +33,7 @@ import torch.distributed as dist
 
 from andromeda.errors import ConfigError
 from andromeda.model.cache import KVCache
+from andromeda.model.positional import XPos
 
 
 def layout(n: int, world: int, min_chunk: int = 1) -> list[list[tuple[int, int]]]:
@@ -45,14 +49,14 @@ def layout(n: int, world: int, min_chunk: int = 1) -> list[list[tuple[int, int]]
 
 @dataclass
 class _Shards:
-    """What the blocks call in place of a KVCache during a context-parallel prefill (see the module doc)."""
+    """What the blocks call in place of a KVCache during a context-parallel prefill (see the module doc). Each
+    block call holds both of this rank's chunks, one after the other (`runs`), so every exchange gathers both."""
 
     pieces: list[list[tuple[int, int]]]  # every rank's chunks (layout)
     rank: int
     group: object
     depth: int
     start: int = 0  # keys' first position, as KVCache.start
-    piece: int = 0  # which of this rank's chunks the blocks are running
     timed: bool = False  # synchronize around each collective and add its time to comm_s (benchmarks)
 
     def __post_init__(self):
@@ -61,13 +65,14 @@ class _Shards:
         self.v: list[torch.Tensor | None] = [None] * self.depth
         self.kn: list[torch.Tensor | None] = [None] * self.depth
         self.shift_last: dict[tuple[int, str], torch.Tensor] = {}  # the final chunk's last rows, per site
-        self.chunk0_rows: dict[tuple[int, str], dict[int, torch.Tensor]] = {}  # chunk 0s' last rows by end
+        self.rows = [sum(e - a for a, e in p) for p in self.pieces]  # positions each rank holds
+        own = self.pieces[self.rank]
+        self.runs = [(0, own[0][1] - own[0][0]), (own[0][1] - own[0][0], self.rows[self.rank])]  # rows in a call
+        self.query_runs: list[tuple] | None = None  # (a, b, key end, XPos) per run, for Attention (set by prefill)
         self.comm_s = 0.0
 
-    def _gather(self, local: torch.Tensor, dim: int, rows: int | None = None) -> list[torch.Tensor]:
-        """Every rank's `local` for the current piece: its chunk's positions along dim (padded to the longest
-        chunk, then cut), or `rows` of them from every rank."""
-        sizes = [rows or p[self.piece][1] - p[self.piece][0] for p in self.pieces]
+    def _gather(self, local: torch.Tensor, dim: int, sizes: list[int]) -> list[torch.Tensor]:
+        """Every rank's `local` (sizes[r] rows along dim on rank r), padded to the largest for one all-gather."""
         longest = max(sizes)
         pad = list(local.shape)
         pad[dim] = longest - local.shape[dim]
@@ -83,17 +88,19 @@ class _Shards:
         return [t.narrow(dim, 0, s) for t, s in zip(out, sizes, strict=True)]
 
     def _place(self, store: list, layer: int, local: torch.Tensor, dim: int) -> torch.Tensor:
-        """Gather the piece's rows of every rank into the layer's full-length buffer; the rows up to this
-        rank's piece end."""
-        parts = self._gather(local, dim)
+        """Gather both chunks' rows of every rank into the layer's full-length buffer; the rows up to this rank's
+        last chunk end."""
+        parts = self._gather(local, dim, self.rows)
         if store[layer] is None:
             shape = list(local.shape)
             shape[dim] = self.n
             store[layer] = local.new_zeros(shape)
         for p, part in zip(self.pieces, parts, strict=True):
-            a, b = p[self.piece]
-            store[layer].narrow(dim, a, b - a).copy_(part)
-        end = self.pieces[self.rank][self.piece][1]
+            at = 0
+            for a, b in p:
+                store[layer].narrow(dim, a, b - a).copy_(part.narrow(dim, at, b - a))
+                at += b - a
+        end = max(e for _, e in self.pieces[self.rank])
         return store[layer].narrow(dim, 0, end)
 
     # ---- the KV-cache interface the blocks use -------------------------------------------------------
@@ -103,19 +110,29 @@ class _Shards:
     def key_norms(self, layer: int, norms: torch.Tensor) -> torch.Tensor:
         return self._place(self.kn, layer, norms, 2)
 
-    def shift_exchange(self, layer: int, site: str, h: torch.Tensor, s: int) -> torch.Tensor:
-        """The s rows before this piece's first position (zeros before position 0), from the rank that holds
-        them; h (B, n, dim) is this piece's normalized input."""
-        parts = self._gather(h[:, -s:], 1, rows=s)  # (layout: every chunk holds at least s positions)
-        ends = {p[self.piece][1]: part for p, part in zip(self.pieces, parts, strict=True)}
-        if self.piece == 0:
-            self.chunk0_rows[(layer, site)] = ends
-        else:  # the second chunks' predecessors: the other second chunks, or the last of the first ones
-            ends = {**self.chunk0_rows[(layer, site)], **ends}
-        if self.n in ends:
-            self.shift_last[(layer, site)] = ends[self.n]
-        a = self.pieces[self.rank][self.piece][0]
-        return ends[a] if a > 0 else h.new_zeros(h.shape[0], s, h.shape[2])
+    def shift_exchange(self, layer: int, site: str, h: torch.Tensor, s: int) -> list[tuple]:
+        """(a, b, the s rows before position a) for each run [a, b) of h (B, rows, dim), this call's normalized
+        input: the rows come from the rank that holds them (zeros before position 0)."""
+        local = torch.cat([h[:, b - s:b] for _, b in self.runs], dim=1)  # (layout: every chunk holds >= s rows)
+        parts = self._gather(local, 1, [2 * s] * len(self.pieces))
+        ends = {e: part[:, j * s:(j + 1) * s] for p, part in zip(self.pieces, parts, strict=True)
+                for j, (_, e) in enumerate(p)}
+        self.shift_last[(layer, site)] = ends[self.n]
+        return [(a, b, ends[pa] if pa > 0 else h.new_zeros(h.shape[0], s, h.shape[2]))
+                for (a, b), (pa, _) in zip(self.runs, self.pieces[self.rank], strict=True)]
+
+
+def _joined(ropes: list) -> tuple | None:
+    """One Rope for the rows of several runs of positions: their cos, sin and xPos scales stacked (Attention's
+    rotary takes them row by row; each run attends with its own XPos, `_Shards.query_runs`)."""
+    if ropes[0] is None:
+        return None
+    cos, sin = (torch.cat([r[i] for r in ropes]) for i in (0, 1))
+    xp = [r[2] for r in ropes]
+    if xp[0] is None:
+        return cos, sin, None
+    return cos, sin, XPos(torch.cat([x.scale for x in xp]), torch.cat([x.inv for x in xp]), xp[0].first,
+                          xp[0].period, xp[0].log_step)
 
 
 def _sync(device: torch.device) -> None:
@@ -146,10 +163,13 @@ def prefill(model, tokens: torch.Tensor, *, group=None, cache: KVCache | None = 
         positions = torch.arange(a, e, device=tokens.device)
         xs.append(model.emb_drop(model.embed(tokens[:, a:e], positions)))
         ropes.append(model.rope(a, e - a, tokens.device, dtype))
+    rope = _joined(ropes)
+    shards.query_runs = [(a, b, e, None if r is None else r[2])
+                         for (a, b), (_, e), r in zip(shards.runs, pieces[rank], ropes, strict=True)]
+    x = torch.cat(xs, dim=1)  # both chunks in one call a block
     for i, blk in enumerate(model.blocks):
-        for j in range(2):
-            shards.piece = j
-            xs[j] = blk(xs[j], ropes[j], model.alibi_slopes, shards, i)
+        x = blk(x, rope, model.alibi_slopes, shards, i)
+    xs = [x[:, a:b] for a, b in shards.runs]
     out = []
     for (a, e), x in zip(pieces[rank], xs, strict=True):
         if logits == "none":

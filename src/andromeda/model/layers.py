@@ -72,8 +72,9 @@ class Block(nn.Module):
         if cache is None:
             return self.shift(x)[0]
         exchange = getattr(cache, "shift_exchange", None)
-        if exchange is not None:  # a context-parallel prefill: the rows before this chunk come from its rank
-            return self.shift(x, exchange(layer, site, x, self.shift.shifts))[0]
+        if exchange is not None:  # a context-parallel prefill: x holds runs of positions [a, b), each shifted after
+            runs = exchange(layer, site, x, self.shift.shifts)  # the rows before it, from the rank that holds them
+            return torch.cat([self.shift(x[:, a:b], prev)[0] for a, b, prev in runs], dim=1)
         out, state = self.shift(x, cache.shift_state(layer, site))
         cache.set_shift_state(layer, site, state)
         return out
