@@ -6,35 +6,42 @@ measures it where they are).
     python benchmarks/cp_projection.py --smoke --json /tmp/cp-proj.json   # CPU check: tiny preset, float32
 
 Method. The context-parallel prefill (model/context_parallel.py) gives rank r the chunks r and 2W - 1 - r of
-`layout(n, W, shift_tokens)`; layer by layer, a chunk [a, b)'s queries attend the all-gathered keys of positions
-0 .. b - 1, and its token shift takes the rows of position a - 1. That is exactly the work of a chunked prefill
-through a KV cache: `model(tokens[:, a:b], cache=cache, logits=...)` with the cache holding positions [0, a)
-(token-shift state of position a - 1 included); logits for the last position on the chunk that ends at n, none
-on the others (as prefill(logits="last")). Per (n, W) the script fills a bf16 cache once, chunk by chunk along
-the layout's edges, keeping a snapshot at each edge (length, token-shift rows), and times each
-chunk [a, b) with the cache rewound to its snapshot at a: one untimed run, then the median of --reps
-synchronized runs (Stopwatch). A rank's compute is the sum of its two chunks. Single device: the median of
-`model(tokens, logits="last")`, the scaling efficiency T1 / (W x TW). --graphs (CUDA): each chunk is also
-captured in a CUDA graph and replayed, its GPU time without the host's kernel launches (fields *_graphed): on the
-H200, eager 2K-token chunks took 46 - 110 ms against ~39 ms for the same tokens inside one 32K prefill, which
-points at launch overhead; the graphed times say how much.
+`layout(n, W, shift_tokens)` and runs both, one after the other in one call, through each block: per layer, a
+chunk [a, b)'s queries attend the all-gathered keys of positions 0 .. b - 1, and its token shift takes the rows
+of position a - 1. Per chunk that is exactly the work of a chunked prefill through a KV cache:
+`model(tokens[:, a:b], cache=cache, logits=...)` with the cache holding positions [0, a) (token-shift state of
+position a - 1 included); logits for the last position on the chunk that ends at n, none on the others (as
+prefill(logits="last")). Per (n, W) the script fills a bf16 cache once, chunk by chunk along the layout's
+edges, keeping a snapshot at each edge (length, token-shift rows), and times each chunk [a, b) with the cache
+rewound to its snapshot at a: one untimed run, then the median of --reps synchronized runs (Stopwatch). A
+rank's compute is the sum of its two chunks. Single device: the median of `model(tokens, logits="last")`, the
+scaling efficiency T1 / (W x TW). --graphs (CUDA): each chunk is also captured in a CUDA graph and replayed,
+its GPU time without the host's kernel launches (fields *_graphed): on the H200, eager 2K-token chunks took
+46 - 110 ms against ~39 ms for the same tokens inside one 32K prefill, which points at launch overhead; the
+graphed times say how much.
 
 The projection (every figure in the JSON; the assumptions as strings under "assumptions"):
-- communication: per layer and chunk the implementation all-gathers keys and values (B, H_kv, chunk, dim_head,
-  model dtype; padded to the longest chunk of that piece), the keys' float32 norms where the attention backend
-  takes them (xPos + ALiBi + a backend with score_norms: our Triton kernel, not the CPU's eager one), and per
-  token-shift site (2 a block, 1 for parallel blocks) `shift_tokens` rows of width dim: 2 x depth x (2 + norms
-  + sites) all-gathers a rank. The script counts the cache calls that _Shards replaces by all-gathers during the
-  fill and refuses to project when they differ from the formula. Each costs alpha + (W - 1)/W x output bytes /
-  busbw (nccl-tests' bus bandwidth of all_gather), alpha 20 us, busbw 360 GB/s (--alpha-us, --busbw-gbs). W = 1:
-  none. No overlap (the implementation synchronizes each collective between the blocks' kernels).
-- projected_ms (lockstep): every all-gather waits for the slowest rank, and the implementation gathers each
-  piece (every rank's first chunk, then every rank's second) per layer, so the slowest rank of each piece sets
-  the pace: sum over the two pieces of max over ranks of the chunk's time, plus communication. Rank W - 1 is
-  slowest on the first piece, rank 0 on the second, so the balanced layout balances the sum, not the pieces.
-- projected_ms_balanced: max over ranks of (its two chunks + communication), what a gather of both pieces at
-  once per layer would give (a lower bound on projected_ms).
-- the ranks' GPUs run as this one; the copies of gathered pieces into the full-length buffers are not timed.
+- communication: per layer the implementation makes one all-gather per exchange, covering both of a rank's
+  chunks: keys and values (B, H_kv, rows, dim_head, model dtype), the keys' float32 norms (B, H_kv, rows) where
+  the attention backend takes them (xPos + ALiBi + a backend with score_norms: our Triton kernel, not the CPU's
+  eager one), and per token-shift site (2 a block, 1 for parallel blocks) the last `shift_tokens` rows of
+  width dim of each chunk (2 x shift_tokens rows). rows = max over ranks of the positions a rank holds (its
+  two chunks; every rank pads to the largest). So depth x (2 + norms + sites) all-gathers a rank for the whole
+  prefill, each of W x the rows above. The script counts the cache calls that _Shards answers with all-gathers
+  while it fills the cache and refuses to project when they differ from the formula. Each all-gather costs
+  alpha + (W - 1)/W x output bytes / busbw (nccl-tests' bus bandwidth of all_gather), alpha 20 us, busbw
+  360 GB/s (--alpha-us, --busbw-gbs). W = 1: none. No overlap (the implementation synchronizes each
+  collective between the blocks' kernels).
+- projected_ms: max over ranks of (its two chunks' compute) + communication. Every all-gather waits for the
+  rank with the most work, and each rank's work between two all-gathers is both its chunks', which the layout
+  balances; the layers are alike, so the slowest rank's total sets the pace (a lower bound where different
+  ranks are slowest between different all-gathers of a layer, e.g. one in attention and another in the FFN).
+- lockstep_compute_ms: recorded for comparison with earlier results, not a projection of the current code:
+  the previous implementation (before commit 636eebd) gathered each piece (every rank's first chunk, then
+  every rank's second) per layer, so it paid sum over the two pieces of max over ranks of the chunk's time.
+- the ranks' GPUs run as this one; the copies of gathered rows into the full-length buffers are not timed;
+  a rank's two chunks are timed as two cache calls where the implementation runs them in one (half the kernel
+  launches), so eager times count the host's launch overhead twice; --graphs times leave it out.
 A correctness check per length, for the smallest W > 1: the chunks' last hidden states, run through the rewound
 cache, against the single forward's (max abs difference, recorded, not asserted).
 """
@@ -66,43 +73,51 @@ ASSUMPTIONS = {
     "no_overlap": "communication is not overlapped with compute: the implementation runs each all-gather "
                   "synchronously between the blocks' kernels",
     "world_1": "W = 1: no communication modelled (one rank's all_gather is a local copy)",
-    "lockstep": "projected_ms: each all-gather waits for the slowest rank, per layer and piece (every rank's first "
-                "chunks, then their second): sum over the two pieces of max over ranks of the chunk time + comm",
-    "balanced": "projected_ms_balanced: max over ranks of (its two chunks + comm), as if both pieces were gathered "
-                "at once a layer; a lower bound on projected_ms",
-    "same_gpus": "every rank's GPU runs its chunks as this GPU ran them, one at a time (same clocks, no contention)",
-    "untimed": "the copies of gathered pieces into full-length key/value buffers (_Shards._place) and the padding "
-               "to the longest chunk are not timed (a few MB a layer)",
+    "collectives": "one all-gather per layer and exchange (k, v, key norms where gathered, each token-shift "
+                   "site) for both of a rank's chunks at once: depth x (2 + norms + sites) a rank; k/v/norms of "
+                   "max over ranks of (n0 + n1) rows from each rank, 2 x shift_tokens rows a shift site",
+    "projection": "projected_ms: max over ranks of (its two chunks' compute) + comm: both chunks go through each "
+                  "block in one call, so each all-gather waits for the rank with the most work (the layout "
+                  "balances it); a lower bound where different ranks are slowest between a layer's all-gathers",
+    "lockstep_compute_ms": "the previous implementation's compute (before 636eebd: one all-gather per chunk, "
+                           "ranks in lockstep per piece): sum over the two pieces of max over ranks of the chunk "
+                           "time; recorded for comparison with earlier results, not a projection",
+    "same_gpus": "every rank's GPU runs its chunks as this GPU ran them (same clocks, no contention)",
+    "two_calls": "a rank's compute is its two chunks timed as two cache calls; the implementation runs them in one "
+                 "call a block (half the kernel launches), so eager times count launch overhead twice",
+    "untimed": "the copies of gathered rows into full-length key/value buffers (_Shards._place) and the padding "
+               "to the rank holding the most positions are not timed (a few MB a layer)",
 }
 
 
 def collective_count(cfg, key_norms: bool) -> dict:
-    """All-gathers one chunk's forward makes in a context-parallel prefill, per layer, by kind (as _Shards)."""
+    """All-gathers a rank makes per layer in a context-parallel prefill, by kind (as _Shards): one per exchange,
+    each covering both of the rank's chunks."""
     sites = 0 if not cfg.shift_tokens else 1 if cfg.parallel_block else 2
     return {"kv": 2, "key_norms": int(key_norms), "shift": sites}
 
 
 def comm_model(cfg, pieces, batch: int, elt: int, key_norms: bool, alpha_s: float, busbw: float) -> dict:
-    """Modelled all-gathers of one rank (the same on every rank) for the layout `pieces`: count, output bytes,
-    seconds."""
+    """Modelled all-gathers of one rank (the same on every rank) for the layout `pieces`, the whole prefill:
+    count, output bytes, seconds. Each rank sends both its chunks' rows at once, padded to the rank holding the
+    most positions (k, v, norms), and the last shift_tokens rows of each of its two chunks (a shift site)."""
     w = len(pieces)
     if w == 1:
         return {"collectives": 0, "out_bytes": 0, "ms": 0.0}
     per = collective_count(cfg, key_norms)
-    count, out_bytes = 0, 0
-    for j in range(2):
-        longest = max(p[j][1] - p[j][0] for p in pieces)
-        layer = (per["kv"] * w * longest * batch * cfg.n_kv_heads * cfg.dim_head * elt
-                 + per["key_norms"] * w * longest * batch * cfg.n_kv_heads * 4
-                 + per["shift"] * w * cfg.shift_tokens * batch * cfg.dim * elt)
-        out_bytes += cfg.depth * layer
-        count += cfg.depth * sum(per.values())
+    rows = max(sum(b - a for a, b in p) for p in pieces)
+    layer = (per["kv"] * w * rows * batch * cfg.n_kv_heads * cfg.dim_head * elt
+             + per["key_norms"] * w * rows * batch * cfg.n_kv_heads * 4
+             + per["shift"] * w * 2 * cfg.shift_tokens * batch * cfg.dim * elt)
+    out_bytes = cfg.depth * layer
+    count = cfg.depth * sum(per.values())
     seconds = count * alpha_s + (w - 1) / w * out_bytes / busbw
     return {"collectives": count, "out_bytes": out_bytes, "ms": 1e3 * seconds}
 
 
 class _Counting:
-    """A KVCache that counts the calls a context-parallel prefill's _Shards answers with all-gathers."""
+    """A KVCache that counts the calls a context-parallel prefill's _Shards answers with all-gathers (update: k
+    and v, key_norms, shift_state where _Shards has shift_exchange), made here by one chunk's forward."""
 
     def __init__(self, cache):
         self._cache = cache
@@ -200,16 +215,15 @@ def _time_chunk_graphed(model, tokens, cache, snap, a: int, b: int, reps: int, d
 
 def _projection(chunk_ms: list[list[float]], comm_ms: float, single_ms: float | None, world: int,
                 suffix: str = "") -> dict:
-    """Per-rank compute, balance, and the lockstep / balanced projections from the chunks' times."""
+    """Per-rank compute, balance, and the projection from the chunks' times: the slowest rank's two chunks plus
+    communication (module doc). lockstep_compute_ms: the previous implementation's compute, for comparison."""
     compute = [sum(c) for c in chunk_ms]
-    lockstep = sum(max(c[j] for c in chunk_ms) for j in range(2))
+    proj = max(compute) + comm_ms
     r = {"rank_chunk_ms": chunk_ms, "rank_compute_ms": compute, "compute_ms_max": max(compute),
-         "balance_max_over_min": max(compute) / min(compute), "lockstep_compute_ms": lockstep,
-         "projected_ms": lockstep + comm_ms, "projected_ms_balanced": max(compute) + comm_ms}
-    for key in ("", "_balanced"):
-        proj = r[f"projected_ms{key}"]
-        r[f"scaling_efficiency{key}"] = None if single_ms is None else single_ms / (world * proj)
-        r[f"under_{TARGET_MS:.0f}ms{key}"] = proj < TARGET_MS
+         "balance_max_over_min": max(compute) / min(compute),
+         "lockstep_compute_ms": sum(max(c[j] for c in chunk_ms) for j in range(2)), "projected_ms": proj,
+         "scaling_efficiency": None if single_ms is None else single_ms / (world * proj),
+         f"under_{TARGET_MS:.0f}ms": proj < TARGET_MS}
     return {k + suffix: v for k, v in r.items()}
 
 
@@ -254,6 +268,9 @@ def row(model, tokens, world: int, reps: int, device, key_norms: bool, alpha_s: 
     cfg, n = model.cfg, tokens.shape[1]
     pieces = layout(n, world, cfg.shift_tokens)
     cache, snaps, counts = _fill(model, tokens, pieces)
+    # Like with like: a chunk's forward through the cache calls update / key_norms / shift_state once per layer,
+    # where _Shards all-gathers; the prefill runs both chunks in one call a block, which makes the same calls
+    # once per layer for both. So each chunk's count is the rank's whole count (not one of two halves).
     want = {k: cfg.depth * v for k, v in collective_count(cfg, key_norms).items()}
     if any(c != want for c in counts):
         raise RuntimeError(f"cp_projection: a chunk's cache calls {counts[0]} differ from the collective count "
@@ -265,7 +282,7 @@ def row(model, tokens, world: int, reps: int, device, key_norms: bool, alpha_s: 
                       key_norms, alpha_s, busbw)
     r = {"n": n, "world": world, "rank_chunks": pieces, "rank_chunk_ms_runs": runs,
          **_projection([[_median(x) for x in rank] for rank in runs], comm["ms"], single_ms, world),
-         "collectives_per_rank": comm["collectives"], "collectives_per_rank_counted": 2 * sum(counts[0].values())
+         "collectives_per_rank": comm["collectives"], "collectives_per_rank_counted": sum(counts[0].values())
          if world > 1 else 0, "comm_out_bytes_per_rank": comm["out_bytes"], "comm_ms": comm["ms"],
          "single_device_ms": single_ms}
     if graphs:
@@ -327,9 +344,9 @@ def main(argv: list[str] | None = None) -> int:
                      "depth": cfg.depth, "dim": cfg.dim, "n_kv_heads": cfg.n_kv_heads, "dim_head": cfg.dim_head,
                      "shift_tokens": cfg.shift_tokens, "parallel_block": cfg.parallel_block,
                      "attention_backend": type(backend).__name__, "key_norms_gathered": key_norms},
-           "collectives_per_chunk_layer": collective_count(cfg, key_norms), "target_ms": TARGET_MS, "rows": []}
+           "collectives_per_layer": collective_count(cfg, key_norms), "target_ms": TARGET_MS, "rows": []}
     print("assumptions:\n" + "\n".join(f"  {k}: {v}" for k, v in res["assumptions"].items()), flush=True)
-    print(f"all-gathers a chunk and layer: {res['collectives_per_chunk_layer']} (backend "
+    print(f"all-gathers a layer (both chunks): {res['collectives_per_layer']} (backend "
           f"{type(backend).__name__})", flush=True)
     checked = min((w for w in worlds if w > 1), default=None)
     for n in lengths:
@@ -365,12 +382,12 @@ def _line(r: dict) -> str:
     s = (f"rank compute {min(r['rank_compute_ms']):.2f}-{r['compute_ms_max']:.2f} ms (max/min "
          f"{r['balance_max_over_min']:.2f}), comm {r['comm_ms']:.2f} ms modelled ({r['collectives_per_rank']} "
          f"all-gathers, {r['comm_out_bytes_per_rank'] / 1e6:.1f} MB), projected {r['projected_ms']:.2f} ms "
-         f"lockstep / {r['projected_ms_balanced']:.2f} ms balanced; single device "
+         f"(previous lockstep compute {r['lockstep_compute_ms']:.2f} ms); single device "
          f"{r['single_device_ms'] or float('nan'):.2f} ms, efficiency {eff if eff is not None else float('nan'):.0%}"
          f"; under {TARGET_MS:.0f} ms: {'yes' if r[f'under_{TARGET_MS:.0f}ms'] else 'no'}")
     if "projected_ms_graphed" in r:
         s += (f"; CUDA graphs: rank compute {min(r['rank_compute_ms_graphed']):.2f}-"
-              f"{r['compute_ms_max_graphed']:.2f} ms, projected {r['projected_ms_graphed']:.2f} ms lockstep")
+              f"{r['compute_ms_max_graphed']:.2f} ms, projected {r['projected_ms_graphed']:.2f} ms")
     elif "graphed_error" in r:
         s += f"; CUDA graphs failed: {r['graphed_error']}"
     if "check" in r:
