@@ -83,6 +83,10 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, dout, _dlse):
     q, k, v, out, lse, slopes, qn, kn = ctx.saved_tensors
     token = _BACKWARD_COUNT.set(ctx.count)
+    # dout usually arrives as the (B, H, N, D) transpose of the output projection's (B, N, H*D) gradient. Made
+    # contiguous here, a compiled backward copies it with a generated kernel. Inside the op the eager copy took
+    # 10.4 ms of a 2K training step on an H100; the generated copy of the forward's output, the same bytes, 4.0.
+    dout = dout.contiguous()
     try:
         dq, dk, dv = flash_attention_bwd(dout, q, k, v, out, lse, slopes, qn, kn, ctx.causal, ctx.scale)
     finally:
