@@ -23,6 +23,8 @@ on out-of-memory, the rest as gradient accumulation), the Trainer of andromeda.t
   +gemm-autotune / +coord-descent   the fast step with its blocks compiled with inductor's matmul autotuning
                            (Triton templates against cuBLAS, epilogues fused) / coordinate-descent tuning of the
                            generated pointwise and reduction kernels (train_variants.py)
+  unfused-qk               the fast step with QK-norm + rotary + xPos as PyTorch ops (TritonTuning.fused_qk off),
+                           to measure our fused kernel (backends/qk_rope.py) in the same run
   adamw8bit                the fast step with bitsandbytes' 8-bit AdamW (over the float32 masters)
   llama-fast               the matched-work transformers Llama (sources hf:matched:<preset>, SDPA) in the fast step
 
@@ -50,6 +52,7 @@ the git commit, device, versions and floors (measure.floors.provenance).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import sys
@@ -67,6 +70,7 @@ from andromeda.measure.facts import facts_from_config
 from andromeda.measure.recompute import model_attention_impl
 from andromeda.measure.timing import TimingConfig, time_fn
 from andromeda.model import PRESETS, Andromeda, from_name
+from andromeda.model.backends import TritonTuning, tuned, tuning
 from andromeda.train import TrainConfig, Trainer
 from andromeda.train.fused_ce import linear_cross_entropy, reference_loss
 from andromeda.train.optim import adamw8bit_unavailable
@@ -137,6 +141,18 @@ class Bench:
         return [torch.from_numpy(self.data.train_batch(micro, seq, i)).to(self.dev) for i in range(count)]
 
     def _timed(self, v: Variant, seq: int, micro: int, accum: int) -> dict:
+        if not v.extra.get("triton"):
+            return self._timed_as_set(v, seq, micro, accum)
+        # the row's kernel settings, for its steps and its compiles: the compiled blocks are traced again under
+        # them, and again for the rows after it (settings read while tracing are not guarded on for sure)
+        torch._dynamo.reset()
+        try:
+            with tuned(dataclasses.replace(tuning(TritonTuning), **v.extra["triton"])):
+                return self._timed_as_set(v, seq, micro, accum)
+        finally:
+            torch._dynamo.reset()
+
+    def _timed_as_set(self, v: Variant, seq: int, micro: int, accum: int) -> dict:
         a = self.a
         pool = self._pool(micro, seq, 2 * accum)
         t, info = self.trainer(v, seq, micro, accum, a.warmup + a.steps, lambda pos: pool[pos % len(pool)], 1e-4)

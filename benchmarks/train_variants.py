@@ -19,7 +19,8 @@ class Variant:
     train: dict
     attn: str = "fast"  # "baseline": --baseline-attn; "fast": the model's auto choice
     model: str = "andromeda"  # or "llama"
-    extra: dict = field(default_factory=dict)  # health: bool; inductor: options of the compiled blocks
+    # health: bool; inductor: options of the compiled blocks; triton: TritonTuning fields for the row
+    extra: dict = field(default_factory=dict)
 
 
 LADDER = [
@@ -38,13 +39,16 @@ LADDER = [
             FAST, extra={"inductor": GEMM_AUTOTUNE}),
     Variant("+coord-descent", "fast, blocks compiled with coordinate-descent tuning of pointwise/reduction kernels",
             FAST, extra={"inductor": COORD_DESCENT}),
+    Variant("unfused-qk", "fast, QK-norm + rotary + xPos as PyTorch ops (compiled) instead of our fused kernel",
+            FAST, extra={"triton": {"fused_qk": False}}),
     Variant("adamw8bit", "fast with 8-bit AdamW", dict(FAST, fused_adamw=False, optimizer="adamw8bit")),
     Variant("llama-fast", "matched Llama, fast step", FAST, "fast", "llama"),
 ]
 BY_NAME = {v.name: v for v in LADDER}
 FIRST = ["+bf16-master+fused-adamw", "llama-fast"]  # per seq, before the loss check and the rest of the ladder
 THEN = ["+health", "bf16-autocast", "+attn-kernels", "+compile-blocks", "+fused-ce", "+selective-ckpt",
-        "+full-ckpt", "+selective-ckpt-eager", "+gemm-autotune", "+coord-descent", "adamw8bit", "fp32-eager"]
+        "+full-ckpt", "+selective-ckpt-eager", "+gemm-autotune", "+coord-descent", "unfused-qk", "adamw8bit",
+        "fp32-eager"]
 _BACKENDS: dict = {}
 
 

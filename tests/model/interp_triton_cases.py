@@ -226,7 +226,7 @@ def _bound_holds(q, k, norms, scale):
 
 
 def test_skip_bound_from_unscaled_norms_on_the_models_own_q_k():
-    """The ALiBi skip bound from the norms of q and k before xPos (model.attention._score_norms), on the q/k
+    """The ALiBi skip bound from the norms of q and k before xPos (model.attention._wants_norms), on the q/k
     of a model with QK-norm (random gains) and xPos (scale base 16: a block of 832 positions, whose scaled
     features span 3.5^(+-26) about its anchor): the stated bound |s_ij| <= c |q_i| |k_j| holds for every
     causal pair of the true scores (float64) and fails if the norms are understated (half of them); the heads

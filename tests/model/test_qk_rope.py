@@ -73,6 +73,12 @@ def test_the_op_in_the_interpreter():
     run_interpreter_cases("interp_qk_rope_cases.py", 16)
 
 
+def test_the_model_with_the_fused_op_in_the_interpreter():
+    """The model through the op (TritonTuning.fused_qk) against the model through PyTorch ops: logits, every
+    gradient, the skipped ALiBi tiles, cached chunks (tests/model/interp_qk_model_cases.py)."""
+    run_interpreter_cases("interp_qk_model_cases.py", 3)
+
+
 def test_schemas_take_flat_arguments_and_optional_tensors():
     assert str(torch.ops.andromeda.qk_rope_fwd.default._schema) == (
         "andromeda::qk_rope_fwd(Tensor x, Tensor? gain, Tensor? cos, Tensor? sin, Tensor? scale, bool norm, "

@@ -123,7 +123,7 @@ class KVCache:
 
     def key_norms(self, layer: int, norms: torch.Tensor) -> torch.Tensor | None:
         """Store the norms (B, H_kv, N) of the keys this update writes (before rotary and xPos: an attention
-        kernel's bound on scores, model.attention._score_norms) at the current length; return those of all
+        kernel's bound on scores, model.attention._wants_norms) at the current length; return those of all
         keys so far (B, H_kv, N_past + N), or None when some earlier keys were written without theirs (by a
         static decode step): the kernel then bounds by the stored keys. Call beside `update`."""
         if self._normed != self.length:

@@ -98,6 +98,9 @@ class TritonTuning:
         query blocks of a long prefill past the first xPos anchor block), offset by whole tiles and key blocks;
         off, those calls take the Triton forward. On an H200 (2.5B preset, bf16) the 200K-token prefill in
         32K chunks took 9.69 s on, 10.53 s off; tests/model/test_triton.py's CUDA case checks it.
+    fused_qk: QK-norm, rotary and xPos of q and k in one Triton kernel each way (backends/qk_rope.py), writing
+        the layout the flash kernels read, in float32 with one rounding; off, PyTorch ops (which torch.compile
+        fuses into several kernels). Read when a forward is traced or run, not inside the ops.
     sm90: the Hopper forward's launch setting: BLOCK_M, BLOCK_N, STAGES, LOADER_REGS, CONSUMER_REGS (H100-tuned;
         a query tile is 2 BLOCK_M rows).
     config_override: launch settings to use instead of the tuned ones (benchmarks/attention_kernels.py --configs),
@@ -115,13 +118,14 @@ class TritonTuning:
     group_heads: int = 3
     sm90_forward: bool = True
     sm90_offset: bool = True
+    fused_qk: bool = True
     sm90: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(
         BLOCK_M=64, BLOCK_N=128, STAGES=2, LOADER_REGS=24, CONSUMER_REGS=240))
     config_override: Mapping[str, Mapping[str, int | bool]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
-        for name in ("split_heads", "skip_far", "sm90_forward", "sm90_offset"):
+        for name in ("split_heads", "skip_far", "sm90_forward", "sm90_offset", "fused_qk"):
             _flag(owner, name, getattr(self, name))
         _count(owner, "skip_min_keys", self.skip_min_keys, 0)
         _count(owner, "group_heads", self.group_heads, 1)

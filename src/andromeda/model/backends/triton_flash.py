@@ -485,6 +485,12 @@ def flash_attention(q, k, v, *, causal: bool, scale: float, alibi_slopes: torch.
 class TritonFlashAttention:
     score_norms = True  # takes norms= (flash_attention): a bound on the scores for the skipping of far keys
 
+    @property
+    def fused_qk(self) -> bool:
+        """Whether the model runs QK-norm, rotary and xPos in our fused kernel before this one (backends/qk_rope.py,
+        model.attention.Attention._fuses): TritonTuning.fused_qk."""
+        return tuning(TritonTuning).fused_qk
+
     def supports(self, spec, device) -> str | None:
         try:
             import triton  # noqa: F401
