@@ -193,7 +193,7 @@ class Bench:
             return out
         except Exception as e:  # noqa: BLE001 - out of memory included: the profile's failure, not the row's
             traceback.print_exc()
-            return {"status": "error", "message": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            return {"status": "error", "message": f"{type(e).__name__}: {str(e).splitlines()[0][:700]}"}
 
     def _metrics(self, t: Trainer, recs: list[dict], warm_s: float, info: dict) -> dict:
         ms = np.array([r["step_ms"] for r in recs])
@@ -248,7 +248,7 @@ class Bench:
                 oom = True  # cleaned up below, once the exception (and the frames it holds) is gone
             except Exception as e:  # noqa: BLE001 - one row's failure is recorded, the run goes on
                 traceback.print_exc()
-                row.update(status="error", message=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+                row.update(status="error", message=f"{type(e).__name__}: {str(e).splitlines()[0][:700]}")
                 break
             if oom:
                 tried.append(micro)
@@ -291,7 +291,7 @@ class Bench:
                 return
             except Exception as e:  # noqa: BLE001
                 traceback.print_exc()
-                out.update(status="error", message=f"{name}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+                out.update(status="error", message=f"{name}: {type(e).__name__}: {str(e).splitlines()[0][:700]}")
                 return
             finally:
                 t = None
@@ -345,7 +345,7 @@ class Bench:
             except torch.OutOfMemoryError:
                 r.update(status="oom")
             except Exception as e:  # noqa: BLE001
-                r.update(status="error", message=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+                r.update(status="error", message=f"{type(e).__name__}: {str(e).splitlines()[0][:700]}")
             self.res["head_loss"].append(r)
             said = (f"{r['fwd_bwd_ms']:8.2f} ms fwd+bwd, +{r['peak_extra_mib'] or 0:,.0f} MiB, loss {r['loss']:.5f}"
                     if r["status"] == "ok" else r["status"] + " " + r.get("message", ""))

@@ -47,8 +47,8 @@ LADDER = [
 BY_NAME = {v.name: v for v in LADDER}
 FIRST = ["+bf16-master+fused-adamw", "llama-fast"]  # per seq, before the loss check and the rest of the ladder
 THEN = ["+health", "bf16-autocast", "+attn-kernels", "+compile-blocks", "+fused-ce", "+selective-ckpt",
-        "+full-ckpt", "+selective-ckpt-eager", "+gemm-autotune", "+coord-descent", "unfused-qk", "adamw8bit",
-        "fp32-eager"]
+        "+full-ckpt", "+selective-ckpt-eager", "+gemm-autotune", "+coord-descent",
+        "unfused-qk", "adamw8bit", "fp32-eager"]
 _BACKENDS: dict = {}
 
 
