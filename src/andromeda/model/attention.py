@@ -52,7 +52,7 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
-    def _math_dtype(self, x: torch.Tensor) -> torch.dtype:
+    def math_dtype(self, x: torch.Tensor) -> torch.dtype:
         """The projections' output dtype: autocast's where it is on, else the weights'."""
         dev = x.device.type
         return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.to_q.weight.dtype
@@ -150,7 +150,7 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         attend = getattr(cache, "attend", None)
         xpos = None if rope is None else rope[2]
-        backend = None if attend is not None else self.backend(x.device, self._math_dtype(x))
+        backend = None if attend is not None else self.backend(x.device, self.math_dtype(x))
         want = backend is not None and self._wants_norms(backend, xpos, alibi_slopes is not None)
         if backend is not None and self._fuses(backend, rope):
             q, k, v = self._linear(x)

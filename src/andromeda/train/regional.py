@@ -185,9 +185,7 @@ class BlockWrappers:
 def _resolve_backend(blk: nn.Module, x: torch.Tensor) -> None:
     """Pick the block's attention kernel before a compiled call: Attention.backend() caches its choice in a dict on
     first use, a side effect dynamo refuses inside a checkpointed (higher-order) region."""
-    dev = x.device.type
-    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else blk.attn.to_q.weight.dtype
-    blk.attn.backend(x.device, dtype)
+    blk.attn.backend(x.device, blk.attn.math_dtype(x))
 
 
 def _traceable_attention(model: nn.Module) -> bool:
