@@ -23,8 +23,8 @@ on out-of-memory, the rest as gradient accumulation), the Trainer of andromeda.t
   +gemm-autotune / +coord-descent   the fast step with its blocks compiled with inductor's matmul autotuning
                            (Triton templates against cuBLAS, epilogues fused) / coordinate-descent tuning of the
                            generated pointwise and reduction kernels (train_variants.py)
-  unfused-qk               the fast step with QK-norm + rotary + xPos as PyTorch ops (TritonTuning.fused_qk off),
-                           to measure our fused kernel (backends/qk_rope.py) in the same run
+  qk-fused / qk-unfused    the fast step with QK-norm + rotary + xPos in our fused kernel (backends/qk_rope.py) /
+                           as PyTorch ops, whatever TritonTuning.fused_qk's default: the two side by side
   adamw8bit                the fast step with bitsandbytes' 8-bit AdamW (over the float32 masters)
   llama-fast               the matched-work transformers Llama (sources hf:matched:<preset>, SDPA) in the fast step
 
@@ -52,6 +52,7 @@ the git commit, device, versions and floors (measure.floors.provenance).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import json
@@ -86,6 +87,21 @@ def _cleanup(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
         torch.cuda.empty_cache()
 
+
+
+@contextlib.contextmanager
+def _kernel_settings(v: Variant):
+    """A row's TritonTuning fields (Variant.extra["triton"]) for its compiles and steps. The compiled blocks are
+    traced again under them, and again after (settings read while tracing are not surely guarded on)."""
+    if not v.extra.get("triton"):
+        yield
+        return
+    torch._dynamo.reset()
+    try:
+        with tuned(dataclasses.replace(tuning(TritonTuning), **v.extra["triton"])):
+            yield
+    finally:
+        torch._dynamo.reset()
 
 class Bench:
     def __init__(self, args, dev: torch.device):
@@ -141,16 +157,8 @@ class Bench:
         return [torch.from_numpy(self.data.train_batch(micro, seq, i)).to(self.dev) for i in range(count)]
 
     def _timed(self, v: Variant, seq: int, micro: int, accum: int) -> dict:
-        if not v.extra.get("triton"):
+        with _kernel_settings(v):
             return self._timed_as_set(v, seq, micro, accum)
-        # the row's kernel settings, for its steps and its compiles: the compiled blocks are traced again under
-        # them, and again for the rows after it (settings read while tracing are not guarded on for sure)
-        torch._dynamo.reset()
-        try:
-            with tuned(dataclasses.replace(tuning(TritonTuning), **v.extra["triton"])):
-                return self._timed_as_set(v, seq, micro, accum)
-        finally:
-            torch._dynamo.reset()
 
     def _timed_as_set(self, v: Variant, seq: int, micro: int, accum: int) -> dict:
         a = self.a
@@ -279,10 +287,11 @@ class Bench:
         def batches(pos):
             return torch.from_numpy(self.data.train_batch(n, seq, 10_000 + pos)).to(self.dev)
 
-        for name, key in (("fp32-eager", "fp32"), ("+bf16-master+fused-adamw", "fast")):
+        out["variant"] = a.loss_variant
+        for name, key in (("fp32-eager", "fp32"), (a.loss_variant, "fast")):
             try:
                 t, _ = self.trainer(BY_NAME[name], seq, n, 1, a.loss_steps, batches, a.lr, max(1, a.loss_steps // 10))
-                with t.wrapped():
+                with _kernel_settings(BY_NAME[name]), t.wrapped():
                     for _ in range(a.loss_steps):
                         t.run_step()
                     out[key] = [r["loss"] for r in t.collect()]
@@ -433,6 +442,8 @@ def parse(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--loss-steps", type=int, default=50)
+    ap.add_argument("--loss-variant", default=FIRST[0], choices=list(BY_NAME),
+                    help="the row whose step the loss check runs against the fp32 eager step")
     ap.add_argument("--loss-tokens", type=int, default=None, help="tokens a step of the loss check (default: one "
                     "sequence of the first --seq: the fp32 step is slow)")
     ap.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the loss check")

@@ -39,7 +39,9 @@ LADDER = [
             FAST, extra={"inductor": GEMM_AUTOTUNE}),
     Variant("+coord-descent", "fast, blocks compiled with coordinate-descent tuning of pointwise/reduction kernels",
             FAST, extra={"inductor": COORD_DESCENT}),
-    Variant("unfused-qk", "fast, QK-norm + rotary + xPos as PyTorch ops (compiled) instead of our fused kernel",
+    Variant("qk-fused", "fast, QK-norm + rotary + xPos in our fused kernel (TritonTuning.fused_qk on)",
+            FAST, extra={"triton": {"fused_qk": True}}),
+    Variant("qk-unfused", "fast, QK-norm + rotary + xPos as PyTorch ops, compiled (TritonTuning.fused_qk off)",
             FAST, extra={"triton": {"fused_qk": False}}),
     Variant("adamw8bit", "fast with 8-bit AdamW", dict(FAST, fused_adamw=False, optimizer="adamw8bit")),
     Variant("llama-fast", "matched Llama, fast step", FAST, "fast", "llama"),
@@ -48,7 +50,7 @@ BY_NAME = {v.name: v for v in LADDER}
 FIRST = ["+bf16-master+fused-adamw", "llama-fast"]  # per seq, before the loss check and the rest of the ladder
 THEN = ["+health", "bf16-autocast", "+attn-kernels", "+compile-blocks", "+fused-ce", "+selective-ckpt",
         "+full-ckpt", "+selective-ckpt-eager", "+gemm-autotune", "+coord-descent",
-        "unfused-qk", "adamw8bit", "fp32-eager"]
+        "qk-fused", "qk-unfused", "adamw8bit", "fp32-eager"]
 _BACKENDS: dict = {}
 
 

@@ -1,6 +1,6 @@
 """Run by tests/model/test_qk_rope.py in a child pytest with TRITON_INTERPRET=1 (not collected): the model with
-QK-norm, rotary and xPos in our fused kernel (TritonTuning.fused_qk, the default with the Triton backend) against
-the same model with them as PyTorch ops."""
+QK-norm, rotary and xPos in our fused kernel (TritonTuning.fused_qk, with the Triton backend) against the same
+model with them as PyTorch ops."""
 
 import os
 from unittest import mock
@@ -64,7 +64,8 @@ def test_fused_qk_cached_chunks_equal_the_whole_forward():
     the fused kernel's key norms) gives the whole forward's logits, both fused."""
     m = _model().eval()
     tokens = torch.randint(0, 256, (1, 120), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad(), tuned(TritonTuning(skip_min_keys=0, config_override={"fwd": TILES, "bwd": TILES})):
+    with torch.no_grad(), tuned(TritonTuning(skip_min_keys=0, fused_qk=True,
+                                             config_override={"fwd": TILES, "bwd": TILES})):
         whole = m(tokens)
         cache = m.new_cache(1, 120)
         parts = torch.cat([m(tokens[:, a:b], cache=cache) for a, b in ((0, 50), (50, 90), (90, 120))], dim=1)

@@ -21,7 +21,7 @@ OLD_KNOBS = {  # the module globals these settings replace, none of which may co
 def test_defaults_are_the_shipped_settings():
     assert dataclasses.asdict(TritonTuning()) == dict(
         split_heads=True, skip_far=True, skip_min_keys=1024, group_heads=3, sm90_forward=True, sm90_offset=True,
-        fused_qk=True,
+        fused_qk=False,
         sm90=dict(BLOCK_M=64, BLOCK_N=128, STAGES=2, LOADER_REGS=24, CONSUMER_REGS=240), config_override={})
     assert dataclasses.asdict(DecodeTuning()) == dict(gemv=None, gemv_by_shape={}, pdl=None, early_out=True,
                                                       out_pre=3, early_in=True, splits=128, split_tiles=4,
