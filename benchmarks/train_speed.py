@@ -52,8 +52,6 @@ the git commit, device, versions and floors (measure.floors.provenance).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import gc
 import json
 import sys
@@ -71,14 +69,13 @@ from andromeda.measure.facts import facts_from_config
 from andromeda.measure.recompute import model_attention_impl
 from andromeda.measure.timing import TimingConfig, time_fn
 from andromeda.model import PRESETS, Andromeda, from_name
-from andromeda.model.backends import TritonTuning, tuned, tuning
 from andromeda.train import TrainConfig, Trainer
 from andromeda.train.fused_ce import linear_cross_entropy, reference_loss
 from andromeda.train.optim import adamw8bit_unavailable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
 import profile_split  # noqa: E402
-from train_variants import BY_NAME, FIRST, LADDER, THEN, Variant, inductor_backend  # noqa: E402
+from train_variants import BY_NAME, FIRST, LADDER, THEN, Variant, inductor_backend, kernel_settings  # noqa: E402
 
 
 def _cleanup(dev: torch.device) -> None:
@@ -88,20 +85,6 @@ def _cleanup(dev: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-
-@contextlib.contextmanager
-def _kernel_settings(v: Variant):
-    """A row's TritonTuning fields (Variant.extra["triton"]) for its compiles and steps. The compiled blocks are
-    traced again under them, and again after (settings read while tracing are not surely guarded on)."""
-    if not v.extra.get("triton"):
-        yield
-        return
-    torch._dynamo.reset()
-    try:
-        with tuned(dataclasses.replace(tuning(TritonTuning), **v.extra["triton"])):
-            yield
-    finally:
-        torch._dynamo.reset()
 
 class Bench:
     def __init__(self, args, dev: torch.device):
@@ -157,10 +140,10 @@ class Bench:
         return [torch.from_numpy(self.data.train_batch(micro, seq, i)).to(self.dev) for i in range(count)]
 
     def _timed(self, v: Variant, seq: int, micro: int, accum: int) -> dict:
-        with _kernel_settings(v):
-            return self._timed_as_set(v, seq, micro, accum)
+        with kernel_settings(v):
+            return self._timed_steps(v, seq, micro, accum)
 
-    def _timed_as_set(self, v: Variant, seq: int, micro: int, accum: int) -> dict:
+    def _timed_steps(self, v: Variant, seq: int, micro: int, accum: int) -> dict:
         a = self.a
         pool = self._pool(micro, seq, 2 * accum)
         t, info = self.trainer(v, seq, micro, accum, a.warmup + a.steps, lambda pos: pool[pos % len(pool)], 1e-4)
@@ -291,7 +274,7 @@ class Bench:
         for name, key in (("fp32-eager", "fp32"), (a.loss_variant, "fast")):
             try:
                 t, _ = self.trainer(BY_NAME[name], seq, n, 1, a.loss_steps, batches, a.lr, max(1, a.loss_steps // 10))
-                with _kernel_settings(BY_NAME[name]), t.wrapped():
+                with kernel_settings(BY_NAME[name]), t.wrapped():
                     for _ in range(a.loss_steps):
                         t.run_step()
                     out[key] = [r["loss"] for r in t.collect()]

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from dataclasses import dataclass, field
+
+import torch
+
+from andromeda.model.backends import TritonTuning, tuned, tuning
 
 FAST = dict(precision="bf16-master", fused_adamw=True, compile="blocks", fused_ce=True)
 # Inductor options of the tuned-compile rows (torch._inductor.config): Triton matmul templates autotuned against
@@ -68,3 +74,18 @@ def inductor_backend(options: dict):
         backend.__name__ = "inductor[" + ",".join(f"{k}={v}" for k, v in key) + "]"
         _BACKENDS[key] = backend
     return _BACKENDS[key]
+
+
+@contextlib.contextmanager
+def kernel_settings(v: Variant):
+    """A row's TritonTuning fields (Variant.extra["triton"]) for its compiles and steps. The compiled blocks are
+    traced again under them, and again after (settings read while tracing are not surely guarded on)."""
+    if not v.extra.get("triton"):
+        yield
+        return
+    torch._dynamo.reset()
+    try:
+        with tuned(dataclasses.replace(tuning(TritonTuning), **v.extra["triton"])):
+            yield
+    finally:
+        torch._dynamo.reset()
