@@ -6,7 +6,7 @@ measures it where they are).
     python benchmarks/cp_projection.py --smoke --json /tmp/cp-proj.json   # CPU check: tiny preset, float32
 
 Method. The context-parallel prefill (model/context_parallel.py) gives rank r the chunks r and 2W - 1 - r of
-`layout(n, W, shift_tokens)` and runs both, one after the other in one call, through each block: per layer, a
+`layout(n, W, shift_tokens)` and runs both together, one call of each block for the two: per layer, a
 chunk [a, b)'s queries attend the all-gathered keys of positions 0 .. b - 1, and its token shift takes the rows
 of position a - 1. Per chunk that is exactly the work of a chunked prefill through a KV cache:
 `model(tokens[:, a:b], cache=cache, logits=...)` with the cache holding positions [0, a) (token-shift state of
