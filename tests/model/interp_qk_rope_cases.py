@@ -14,6 +14,7 @@ import torch
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 from the start of the process", allow_module_level=True)
 
+from interp_child import KeepGraphs  # noqa: E402
 from test_qk_rope import assert_rows_close, by_columns, real_tables, reference64  # noqa: E402
 
 from andromeda.model.backends import qk_rope as qr  # noqa: E402
@@ -149,17 +150,6 @@ def test_opcheck(full):
                                            full, 1e-6))
 
 
-class _Graphs:
-    """A torch.compile backend that keeps dynamo's graphs and runs them through aot_eager."""
-
-    def __init__(self):
-        self.graphs = []
-
-    def __call__(self, gm, example_inputs):
-        self.graphs.append(gm)
-        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
-
-
 def test_compiled_call_is_one_graph_and_gives_the_eager_result():
     """fullgraph=True raises on a graph break; the graph holds the op as one node, and the output, the norms and
     the gradients equal the eager call's."""
@@ -171,7 +161,7 @@ def test_compiled_call_is_one_graph_and_gives_the_eager_result():
         return out.sin(), norms
 
     torch._dynamo.reset()
-    backend = _Graphs()
+    backend = KeepGraphs()
     got, got_norms = torch.compile(f, backend=backend, fullgraph=True)(x, gains, cos, sin, sc)
     want, want_norms = f(x, gains, cos, sin, sc)
     assert len(backend.graphs) == 1

@@ -13,6 +13,7 @@ import torch
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 from the start of the process", allow_module_level=True)
 
+from interp_child import KeepGraphs  # noqa: E402
 from reference64 import alibi_slopes  # noqa: E402  (same directory: on sys.path)
 from test_block_count import pairs_with_work  # noqa: E402
 
@@ -106,17 +107,6 @@ def test_opcheck(with_norms, tune):
     torch.library.opcheck(triton_op.flash_attention_bwd, args)
 
 
-class _Graphs:
-    """A torch.compile backend that keeps dynamo's graphs and runs them through aot_eager."""
-
-    def __init__(self):
-        self.graphs = []
-
-    def __call__(self, gm, example_inputs):
-        self.graphs.append(gm)
-        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
-
-
 def test_compiled_call_is_one_graph_and_gives_the_eager_result(tune):
     """fullgraph=True raises on a graph break; the graph holds the op as one node, and forward and gradients
     equal the eager call's."""
@@ -131,7 +121,7 @@ def test_compiled_call_is_one_graph_and_gives_the_eager_result(tune):
         return attn(q, k, v, causal=True, scale=0.25, alibi_slopes=slopes, norms=norms).sin()
 
     torch._dynamo.reset()
-    backend = _Graphs()
+    backend = KeepGraphs()
     compiled = torch.compile(f, backend=backend, fullgraph=True)
     got = compiled(q, k, v, slopes)
     want = f(q, k, v, slopes)
