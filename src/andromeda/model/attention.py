@@ -73,7 +73,7 @@ class Attention(nn.Module):
         eps = self.q_norm.eps if norm else 0.0
 
         def gain(m):
-            return None if m is None or m.gain is None else m.gain.view(m.gain.shape[0], -1)  # (H, 1, D) -> (H, D)
+            return None if m is None else m.gain  # (H, 1, D) or None: qk_rope takes QKNorm's own
 
         q, qn = qk_rope(q, gain(self.q_norm), cos, sin, None if xpos is None else xpos.scale, norm=norm, eps=eps,
                         want_norms=want_norms)

@@ -65,6 +65,27 @@ def _rows(H, N, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _row_pieces(X, xrow, s_d, live, R: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, RP: tl.constexpr,
+                BLOCK_N: tl.constexpr):
+    """x's rows as the float32 tiles of its pieces (rotary halves a, b; the rest), zeros for a piece of no width,
+    and each row's sum of squares."""
+    HALF: tl.constexpr = R // 2
+    REST: tl.constexpr = D - R
+    a = tl.zeros((BLOCK_N, HP), tl.float32)
+    b = tl.zeros((BLOCK_N, HP), tl.float32)
+    r = tl.zeros((BLOCK_N, RP), tl.float32)
+    ss = tl.zeros((BLOCK_N,), tl.float32)
+    if R > 0:
+        a = _load(X, xrow, s_d, live, 0, HALF, HP, 0.0)
+        b = _load(X, xrow, s_d, live, HALF, HALF, HP, 0.0)
+        ss += _sq(a) + _sq(b)
+    if REST > 0:
+        r = _load(X, xrow, s_d, live, R, REST, RP, 0.0)
+        ss += _sq(r)
+    return a, b, r, ss
+
+
+@triton.jit
 def qk_rope_fwd(X, G, COS, SIN, SC, OUT, NORMS,
                 N, H, sx_b, sx_n, sx_h, sx_d, sg_h, sg_d, sc_n, sc_d, ss_n, ss_d, sk_n, sk_d, eps,
                 D: tl.constexpr, R: tl.constexpr, HP: tl.constexpr, RP: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -74,15 +95,7 @@ def qk_rope_fwd(X, G, COS, SIN, SC, OUT, NORMS,
     b, h, rows, live, r64 = _rows(H, N, BLOCK_N)
     HALF: tl.constexpr = R // 2
     REST: tl.constexpr = D - R
-    xrow = b * sx_b + h * sx_h + r64 * sx_n
-    ss = tl.zeros((BLOCK_N,), tl.float32)
-    if R > 0:
-        ya = _load(X, xrow, sx_d, live, 0, HALF, HP, 0.0)
-        yb = _load(X, xrow, sx_d, live, HALF, HALF, HP, 0.0)
-        ss += _sq(ya) + _sq(yb)
-    if REST > 0:
-        yr = _load(X, xrow, sx_d, live, R, REST, RP, 0.0)
-        ss += _sq(yr)
+    ya, yb, yr, ss = _row_pieces(X, b * sx_b + h * sx_h + r64 * sx_n, sx_d, live, R, D, HP, RP, BLOCK_N)
     inv = tl.full((BLOCK_N,), 1.0, tl.float32)
     if NORM:
         inv = 1.0 / tl.maximum(tl.sqrt_rn(ss), eps)
@@ -137,16 +150,8 @@ def qk_rope_bwd(DO, X, G, COS, SIN, SC, DX, DG,
     b, h, rows, live, r64 = _rows(H, N, BLOCK_N)
     HALF: tl.constexpr = R // 2
     REST: tl.constexpr = D - R
-    xrow = b * sx_b + h * sx_h + r64 * sx_n
     grow = b * so_b + h * so_h + r64 * so_n
-    ss = tl.zeros((BLOCK_N,), tl.float32)
-    if R > 0:
-        xa = _load(X, xrow, sx_d, live, 0, HALF, HP, 0.0)
-        xb = _load(X, xrow, sx_d, live, HALF, HALF, HP, 0.0)
-        ss += _sq(xa) + _sq(xb)
-    if REST > 0:
-        xr = _load(X, xrow, sx_d, live, R, REST, RP, 0.0)
-        ss += _sq(xr)
+    xa, xb, xr, ss = _row_pieces(X, b * sx_b + h * sx_h + r64 * sx_n, sx_d, live, R, D, HP, RP, BLOCK_N)
     length = tl.sqrt_rn(ss)
     n = tl.maximum(length, eps)
     big = length > eps
