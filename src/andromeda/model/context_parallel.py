@@ -2,7 +2,7 @@
 
 The sequence of N tokens is cut into 2W chunks for W ranks; rank r takes chunks r and 2W - 1 - r, so every
 rank holds one early and one late chunk and the causal work is balanced (`layout`). Layer by layer, each rank
-runs both its chunks, one after the other in one call, through the model's own blocks (`Block.forward`) with a
+runs both its chunks together, one call of each of the model's own blocks (`Block.forward`) for the two, with a
 `_Shards` object in place of a KV cache:
 
 - attention: both chunks' keys (with xPos anchored: `positional.XPos`, as a KV cache stores them), values and
